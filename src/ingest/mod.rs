@@ -1,0 +1,1 @@
+//! Ingest: request bodies to events (to be written).

@@ -1,0 +1,21 @@
+//! Reelay: an event stream and webhook notification service for video platforms.
+//!
+//! An event travels through the modules in this order:
+//!
+//! 1. [`http`] receives a publish request and checks the caller's token;
+//! 2. [`ingest`] turns the request body into events (one file per wire format);
+//! 3. [`catalog`] says whether each event is known and complete, and which topic and
+//!    entity key it has;
+//! 4. [`store`] appends the events to the durable log (group commit: concurrent publishes
+//!    share one fsync) and only then is the publisher answered;
+//! 5. [`dispatch`] receives the committed events in memory at once, and for every
+//!    subscription (cursor in the log, retry set for failures) asks [`routing`] whether
+//!    the subscription wants the event;
+//! 6. [`sinks`] carry the event to the destination (signed webhook POSTs), and the outcome
+//!    goes back to [`dispatch`], which records it and schedules a retry when it failed.
+//!
+//! [`config`] holds the settings of all of this; [`model`] the plain types they share.
+
+pub mod catalog;
+pub mod ingest;
+pub mod model;

@@ -1,0 +1,18 @@
+//! Pure domain types shared by every stage: events, subscriptions, destinations and
+//! delivery outcomes. Nothing here knows about HTTP or SQL.
+
+mod event;
+mod subscription;
+
+pub use event::{NewEvent, StoredEvent};
+pub use subscription::{
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
+};
+
+/// Milliseconds since the Unix epoch: the one clock unit stored and compared everywhere.
+pub type Millis = i64;
+
+/// Now, in [`Millis`].
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}

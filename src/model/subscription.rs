@@ -1,0 +1,121 @@
+//! Subscriptions: an account's standing order to receive some events at a destination.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Millis;
+
+/// Where deliveries go. One variant per sink; SNS and Kinesis join here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Destination {
+    /// An HTTP endpoint that receives each event as a signed POST.
+    Webhook { url: String },
+}
+
+/// Which events a subscription wants: whole topics and/or single event names. An event
+/// matches when its name is in `events` or its topic is in `topics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventFilter {
+    pub events: Vec<String>,
+    pub topics: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, name: &str, topic: &str) -> bool {
+        self.events.iter().any(|e| e == name) || self.topics.iter().any(|t| t == topic)
+    }
+}
+
+/// How an event is written on the wire to the subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// The event document exactly as it was published.
+    #[default]
+    Native,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Native => "native",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Format> {
+        match text {
+            "native" => Some(Format::Native),
+            _ => None,
+        }
+    }
+}
+
+/// Why a subscription stopped receiving deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "code", content = "message")]
+pub enum DisabledReason {
+    /// The endpoint answered `410 Gone`: it asked not to be called again.
+    EndpointGone(String),
+    /// Every attempt failed for longer than the configured window.
+    FailingTooLong(String),
+    /// An operator disabled it through the API.
+    Manual(String),
+}
+
+impl DisabledReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DisabledReason::EndpointGone(_) => "endpoint_gone",
+            DisabledReason::FailingTooLong(_) => "failing_too_long",
+            DisabledReason::Manual(_) => "manual",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            DisabledReason::EndpointGone(m)
+            | DisabledReason::FailingTooLong(m)
+            | DisabledReason::Manual(m) => m,
+        }
+    }
+
+    pub fn from_parts(code: &str, message: String) -> DisabledReason {
+        match code {
+            "endpoint_gone" => DisabledReason::EndpointGone(message),
+            "failing_too_long" => DisabledReason::FailingTooLong(message),
+            _ => DisabledReason::Manual(message),
+        }
+    }
+}
+
+/// A subscription as the API creates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSubscription {
+    pub id: String,
+    pub account: String,
+    pub destination: Destination,
+    pub filter: EventFilter,
+    pub format: Format,
+    /// Standard Webhooks signing secret, `whsec_<base64>`.
+    pub secret: String,
+}
+
+/// A stored subscription with its delivery state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub id: String,
+    pub account: String,
+    pub destination: Destination,
+    pub filter: EventFilter,
+    pub format: Format,
+    pub secret: String,
+    pub created_at: Millis,
+    /// Every event with `seq <= cursor` has been delivered or handed to the retry set.
+    pub cursor: i64,
+    pub disabled: Option<DisabledReason>,
+    pub disabled_at: Option<Millis>,
+    /// Start of the current run of failures (cleared by a success).
+    pub failing_since: Option<Millis>,
+    pub last_success_at: Option<Millis>,
+}
