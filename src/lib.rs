@@ -19,3 +19,5 @@
 pub mod catalog;
 pub mod ingest;
 pub mod model;
+pub mod config;
+pub mod store;

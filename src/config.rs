@@ -1,0 +1,140 @@
+//! Server settings: command-line flags, each with its `REELAY_*` environment variable and a
+//! default, parsed once by clap and validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Settings of `reelay serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "REELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL. Default: an embedded SQLite file under ./reelay-data/.
+    #[arg(long = "database", env = "REELAY_DATABASE_URL", default_value = "sqlite://reelay-data/reelay.db")]
+    pub database_url: String,
+
+    /// Admin bearer token. Without it, one is generated on first start, printed once and
+    /// stored hashed.
+    #[arg(long, env = "REELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Allow webhook destinations on loopback, private and link-local addresses.
+    #[arg(long, env = "REELAY_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_destinations: bool,
+
+    /// A JSON file of extra topics and event types, added to the built-in catalog.
+    #[arg(long, env = "REELAY_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// When a publish is acknowledged: `fsync` (on disk, the default) or `relaxed`
+    /// (written to the OS, may be lost if the machine, not the process, crashes).
+    #[arg(long, env = "REELAY_DURABILITY", value_enum, default_value_t = Durability::Fsync)]
+    pub durability: Durability,
+
+    /// Delays between delivery retries, comma-separated (`5s,30s,1m,…`). The number of
+    /// entries is the number of retries before an event is dead-lettered.
+    #[arg(long, env = "REELAY_RETRY_SCHEDULE", default_value = DEFAULT_RETRY_SCHEDULE, value_parser = parse_schedule)]
+    pub retry_schedule: RetrySchedule,
+
+    /// Time limit for one webhook request (connect, send, and read the answer).
+    #[arg(long, env = "REELAY_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// A subscription whose deliveries have all failed for this long is disabled.
+    #[arg(long, env = "REELAY_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub disable_after: Duration,
+
+    /// Most subscriptions one account may have for a single event name or topic.
+    #[arg(long, env = "REELAY_MAX_SUBSCRIPTIONS_PER_EVENT", default_value_t = 10)]
+    pub max_subscriptions_per_event: usize,
+
+    /// Deliveries in flight at once to one subscription.
+    #[arg(long, env = "REELAY_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+}
+
+/// How far a publish must have reached before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    Fsync,
+    Relaxed,
+}
+
+/// Retry delays; jitter is applied when a retry is scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+/// Twenty retries: the first within minutes, the last days later (seed 004).
+pub const DEFAULT_RETRY_SCHEDULE: &str =
+    "5s,30s,1m,2m,5m,10m,20m,30m,1h,2h,3h,4h,6h,8h,12h,16h,24h,24h,36h,48h";
+
+impl RetrySchedule {
+    /// The delay before retry number `retry` (1-based), or `None` once the retries are
+    /// used up and the delivery is dead.
+    pub fn delay_before(&self, retry: u32) -> Option<Duration> {
+        let index = usize::try_from(retry).ok()?.checked_sub(1)?;
+        self.0.get(index).copied()
+    }
+}
+
+fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
+    let delays = text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RetrySchedule(delays))
+}
+
+/// Parses `250ms`, `5s`, `2m`, `3h`, `5d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 5s, 2m, 3h or 5d"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_every_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432_000)));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn default_schedule_has_twenty_retries_reaching_days() {
+        let schedule = parse_schedule(DEFAULT_RETRY_SCHEDULE).unwrap();
+        assert_eq!(schedule.0.len(), 20);
+        assert_eq!(schedule.delay_before(1), Some(Duration::from_secs(5)));
+        assert_eq!(schedule.delay_before(20), Some(Duration::from_secs(48 * 3600)));
+        assert_eq!(schedule.delay_before(21), None);
+        assert_eq!(schedule.delay_before(0), None);
+    }
+}

@@ -1,0 +1,238 @@
+//! The durable store: the event log, subscriptions with their cursors, the retry set,
+//! attempt records and API keys.
+//!
+//! Writes that sit on the hot path (appending events, recording delivery progress) go
+//! through one writer task ([`writer`]) that commits whatever has queued up in a single
+//! transaction: concurrent publishers share one fsync (group commit). Everything else is
+//! a plain query on the connection pool.
+
+mod sqlite;
+mod writer;
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::Durability;
+use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
+
+pub use sqlite::SqliteStore;
+pub use writer::CommittedBatch;
+
+/// Errors of the storage layer. Callers log them; clients only learn that storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What became of one event handed to [`Store::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Newly committed at this position.
+    Stored(Arc<StoredEvent>),
+    /// An event with the same account and id was already in the log (or earlier in the
+    /// same request): nothing new was stored.
+    Duplicate { id: String },
+}
+
+impl Appended {
+    pub fn id(&self) -> &str {
+        match self {
+            Appended::Stored(event) => &event.id,
+            Appended::Duplicate { id } => id,
+        }
+    }
+}
+
+/// Filters of the event query API.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub topic: Option<String>,
+    pub event: Option<String>,
+    /// Only events with a sequence number above this.
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+/// The state of a delivery after an attempt, as the dispatcher decided it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryState {
+    /// Delivered: remove it from the retry set (if it was there).
+    Delivered,
+    /// Failed; try again at `next_attempt_at`.
+    Scheduled {
+        attempts: u32,
+        next_attempt_at: Millis,
+        error: String,
+    },
+    /// Out of retries: kept as a dead letter.
+    Dead { attempts: u32, error: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryUpdate {
+    pub seq: i64,
+    pub state: RetryState,
+}
+
+/// One attempt to deliver one event to one subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub seq: i64,
+    pub event_id: String,
+    pub attempt: u32,
+    pub at: Millis,
+    /// `delivered`, `failed` or `dead`.
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+    pub response: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+}
+
+/// How the subscription's endpoint is doing, for the disable rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Succeeded { at: Millis },
+    Failed { at: Millis },
+}
+
+/// Everything a dispatcher learned about one subscription since its last report,
+/// written in one transaction so the cursor never passes a failure that is not yet in
+/// the retry set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub subscription_id: String,
+    pub cursor: Option<i64>,
+    pub attempts: Vec<AttemptRecord>,
+    pub retries: Vec<RetryUpdate>,
+    pub health: Option<Health>,
+    pub disable: Option<DisabledReason>,
+}
+
+/// A retry that is due, claimed for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueRetry {
+    pub subscription_id: String,
+    pub seq: i64,
+    pub attempts: u32,
+}
+
+/// An attempt as the deliveries API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAttempt {
+    pub id: i64,
+    pub record: AttemptRecord,
+}
+
+/// Retry-set entries of a subscription (pending and dead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryEntry {
+    pub seq: i64,
+    pub event_id: String,
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+    pub last_error: String,
+    pub dead_at: Option<Millis>,
+}
+
+/// What the auth layer finds for a token hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOwner {
+    Admin,
+    Account(String),
+}
+
+/// The handle everyone shares: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: SqliteStore,
+    writes: mpsc::Sender<writer::WriteOp>,
+    committed: broadcast::Sender<Arc<CommittedBatch>>,
+    head: watch::Receiver<i64>,
+}
+
+/// How many committed batches the in-memory hand-off keeps for slow dispatchers; one
+/// that falls further behind reads the log from the database instead.
+const COMMITTED_BACKLOG: usize = 256;
+
+impl Store {
+    /// Opens (creating if needed) the database, runs migrations and starts the writer.
+    pub async fn open(url: &str, durability: Durability, tasks: &TaskTracker) -> Result<Store> {
+        let db = SqliteStore::open(url, durability).await?;
+        let head_seq = db.head().await?;
+        let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
+        let (head_tx, head) = watch::channel(head_seq);
+        let (writes, queue) = mpsc::channel(4096);
+        let writer = writer::Writer::new(db.clone(), queue, committed.clone(), head_tx, head_seq);
+        tasks.spawn(writer.run());
+        Ok(Store {
+            db,
+            writes,
+            committed,
+            head,
+        })
+    }
+
+    /// Appends events to the log; returns once they are committed (durable per the
+    /// configured [`Durability`]). The result has one entry per input, in order.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(writer::WriteOp::Append { events, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a dispatcher's progress report for the next group commit.
+    pub async fn record_progress(&self, progress: Progress) -> Result<()> {
+        self.writes
+            .send(writer::WriteOp::Progress(progress))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(writer::WriteOp::Flush(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Committed batches, in commit order, as they happen.
+    pub fn subscribe_committed(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
+        self.committed.subscribe()
+    }
+
+    /// The highest sequence number committed so far.
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    /// The underlying database, for reads and for writes off the hot path.
+    pub fn db(&self) -> &SqliteStore {
+        &self.db
+    }
+}

@@ -1,0 +1,602 @@
+//! The SQLite backend: every SQL statement Reelay runs against the embedded database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
+
+use super::{
+    AttemptRecord, DueRetry, EventQuery, Health, KeyOwner, Progress, Result, RetryEntry,
+    RetryState, StoreError, StoredAttempt,
+};
+use crate::config::Durability;
+use crate::model::{
+    Destination, DisabledReason, EventFilter, Format, Millis, NewSubscription, StoredEvent,
+    Subscription,
+};
+
+/// SQLite caps the number of bound values per statement; batches are cut to fit.
+const ROWS_PER_INSERT: usize = 500;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const EVENT_COLUMNS: &str =
+    "seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body";
+
+impl SqliteStore {
+    pub async fn open(url: &str, durability: Durability) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode FULL syncs the log at every commit: an acknowledged event is on
+            // disk. NORMAL syncs only at checkpoints: a power cut may lose the last commits.
+            .synchronous(match durability {
+                Durability::Fsync => SqliteSynchronous::Full,
+                Durability::Relaxed => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("foreign_keys", "ON");
+        let path = options.get_filename();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn head(&self) -> Result<i64> {
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(head.unwrap_or(0))
+    }
+
+    /// Commits new events and progress reports in one transaction. Returns the sequence
+    /// numbers of the events actually inserted (the others were duplicates).
+    pub(super) async fn commit_group(
+        &self,
+        events: &[StoredEvent],
+        progress: &[Progress],
+    ) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = Vec::with_capacity(events.len());
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(event.seq)
+                    .push_bind(&event.account)
+                    .push_bind(&event.id)
+                    .push_bind(&event.name)
+                    .push_bind(&event.topic)
+                    .push_bind(&event.entity_key)
+                    .push_bind(event.occurred_at)
+                    .push_bind(event.received_at)
+                    .push_bind(&*event.body);
+            });
+            insert.push(" ON CONFLICT (account, event_id) DO NOTHING RETURNING seq");
+            let seqs: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+            inserted.extend(seqs);
+        }
+        for report in progress {
+            apply_progress(&mut tx, report).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Events of one account after `after`, in log order: how a dispatcher that fell
+    /// behind the in-memory hand-off catches up.
+    pub async fn events_after(
+        &self,
+        account: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body \
+             FROM events WHERE account = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(account)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
+        let row = sqlx::query_as::<_, EventRow>(
+            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body \
+             FROM events WHERE seq = ?",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(StoredEvent::from))
+    }
+
+    pub async fn query_events(&self, account: &str, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+        let mut select: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE account = "
+        ));
+        select.push_bind(account);
+        if let Some(topic) = &query.topic {
+            select.push(" AND topic = ").push_bind(topic);
+        }
+        if let Some(event) = &query.event {
+            select.push(" AND name = ").push_bind(event);
+        }
+        select
+            .push(" AND seq > ")
+            .push_bind(query.after.unwrap_or(0))
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(query.limit);
+        let rows: Vec<EventRow> = select.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// The last sequence number committed before `time`: replaying "from a time" starts
+    /// after it.
+    pub async fn last_seq_before(&self, time: Millis) -> Result<i64> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE received_at < ?")
+                .bind(time)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    pub async fn insert_subscription(
+        &self,
+        subscription: &NewSubscription,
+        cursor: i64,
+        created_at: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO subscriptions (id, account, destination, events, topics, format, secret, created_at, cursor) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&subscription.id)
+        .bind(&subscription.account)
+        .bind(to_json(&subscription.destination))
+        .bind(to_json(&subscription.filter.events))
+        .bind(to_json(&subscription.filter.topics))
+        .bind(subscription.format.as_str())
+        .bind(&subscription.secret)
+        .bind(created_at)
+        .bind(cursor)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Subscriptions of one account, or of every account.
+    pub async fn list_subscriptions(&self, account: Option<&str>) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = match account {
+            Some(account) => {
+                sqlx::query_as("SELECT * FROM subscriptions WHERE account = ? ORDER BY created_at, id")
+                    .bind(account)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
+        let row: Option<SubscriptionRow> =
+            sqlx::query_as("SELECT * FROM subscriptions WHERE account = ? AND id = ?")
+                .bind(account)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(Subscription::try_from).transpose()
+    }
+
+    /// Deletes a subscription with its retry set and attempt records.
+    pub async fn delete_subscription(&self, account: &str, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM subscriptions WHERE account = ? AND id = ?")
+            .bind(account)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            sqlx::query("DELETE FROM retries WHERE subscription_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM attempts WHERE subscription_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// Re-enables a disabled subscription; its waiting retries become due at once.
+    pub async fn enable_subscription(&self, id: &str, now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE subscriptions SET disabled_code = NULL, disabled_message = NULL, disabled_at = NULL, \
+             failing_since = NULL WHERE id = ?",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE retries SET next_attempt_at = ? WHERE subscription_id = ? AND dead_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a subscription's cursor (replay) while no dispatcher runs for it.
+    pub async fn set_cursor(&self, id: &str, cursor: i64) -> Result<()> {
+        sqlx::query("UPDATE subscriptions SET cursor = ? WHERE id = ?")
+            .bind(cursor)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due retries of enabled subscriptions: their next attempt is
+    /// pushed to `lease_until`, so a crash during the attempt only delays it.
+    pub async fn claim_due_retries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueRetry>> {
+        let rows = sqlx::query(
+            "UPDATE retries SET next_attempt_at = ? WHERE rowid IN ( \
+               SELECT r.rowid FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
+               WHERE r.dead_at IS NULL AND r.next_attempt_at <= ? AND s.disabled_at IS NULL \
+               ORDER BY r.next_attempt_at LIMIT ?) \
+             RETURNING subscription_id, seq, attempts",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DueRetry {
+                    subscription_id: row.try_get("subscription_id")?,
+                    seq: row.try_get("seq")?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// When the earliest pending retry is due.
+    pub async fn next_retry_at(&self) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(r.next_attempt_at) FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
+             WHERE r.dead_at IS NULL AND s.disabled_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Attempt records of a subscription, newest first.
+    pub async fn list_attempts(
+        &self,
+        subscription_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttempt>> {
+        let rows = sqlx::query(
+            "SELECT * FROM attempts WHERE subscription_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(subscription_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    /// The retry set of a subscription (pending retries and dead letters), oldest first.
+    pub async fn list_retries(&self, subscription_id: &str, limit: u32) -> Result<Vec<RetryEntry>> {
+        let rows = sqlx::query(
+            "SELECT r.seq, e.event_id, r.attempts, r.next_attempt_at, r.last_error, r.dead_at \
+             FROM retries r JOIN events e ON e.seq = r.seq WHERE r.subscription_id = ? \
+             ORDER BY r.seq LIMIT ?",
+        )
+        .bind(subscription_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RetryEntry {
+                    seq: row.try_get("seq")?,
+                    event_id: row.try_get("event_id")?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                    next_attempt_at: row.try_get("next_attempt_at")?,
+                    last_error: row.try_get("last_error")?,
+                    dead_at: row.try_get("dead_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn insert_key(&self, hash: &str, owner: &KeyOwner, prefix: &str, now: Millis) -> Result<()> {
+        let account = match owner {
+            KeyOwner::Admin => None,
+            KeyOwner::Account(account) => Some(account.as_str()),
+        };
+        sqlx::query("INSERT INTO api_keys (hash, account, prefix, created_at) VALUES (?, ?, ?, ?)")
+            .bind(hash)
+            .bind(account)
+            .bind(prefix)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn find_key(&self, hash: &str) -> Result<Option<KeyOwner>> {
+        let account: Option<Option<String>> =
+            sqlx::query_scalar("SELECT account FROM api_keys WHERE hash = ?")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(account.map(|account| match account {
+            None => KeyOwner::Admin,
+            Some(account) => KeyOwner::Account(account),
+        }))
+    }
+
+    pub async fn has_admin_key(&self) -> Result<bool> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE account IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count > 0)
+    }
+}
+
+async fn apply_progress(tx: &mut sqlx::SqliteConnection, report: &Progress) -> Result<()> {
+    let id = report.subscription_id.as_str();
+    for chunk in report.attempts.chunks(ROWS_PER_INSERT) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, error, latency_ms, response, next_attempt_at) ",
+        );
+        insert.push_values(chunk, |mut row, attempt: &AttemptRecord| {
+            row.push_bind(id)
+                .push_bind(attempt.seq)
+                .push_bind(&attempt.event_id)
+                .push_bind(attempt.attempt as i64)
+                .push_bind(attempt.at)
+                .push_bind(attempt.outcome)
+                .push_bind(attempt.status.map(i64::from))
+                .push_bind(&attempt.error)
+                .push_bind(attempt.latency_ms)
+                .push_bind(&attempt.response)
+                .push_bind(attempt.next_attempt_at);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    for update in &report.retries {
+        match &update.state {
+            RetryState::Delivered => {
+                sqlx::query("DELETE FROM retries WHERE subscription_id = ? AND seq = ?")
+                    .bind(id)
+                    .bind(update.seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            RetryState::Scheduled {
+                attempts,
+                next_attempt_at,
+                error,
+            } => {
+                sqlx::query(
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                     attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+                     last_error = excluded.last_error, dead_at = NULL",
+                )
+                .bind(id)
+                .bind(update.seq)
+                .bind(*attempts as i64)
+                .bind(*next_attempt_at)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            RetryState::Dead { attempts, error } => {
+                let now = crate::model::now_millis();
+                sqlx::query(
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                     attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
+                )
+                .bind(id)
+                .bind(update.seq)
+                .bind(*attempts as i64)
+                .bind(now)
+                .bind(error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    if let Some(cursor) = report.cursor {
+        sqlx::query("UPDATE subscriptions SET cursor = ? WHERE id = ?")
+            .bind(cursor)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    match report.health {
+        Some(Health::Succeeded { at }) => {
+            sqlx::query(
+                "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Some(Health::Failed { at }) => {
+            sqlx::query(
+                "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        None => {}
+    }
+    if let Some(reason) = &report.disable {
+        sqlx::query(
+            "UPDATE subscriptions SET disabled_code = ?, disabled_message = ?, disabled_at = ? \
+             WHERE id = ? AND disabled_at IS NULL",
+        )
+        .bind(reason.code())
+        .bind(reason.message())
+        .bind(crate::model::now_millis())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    seq: i64,
+    account: String,
+    event_id: String,
+    name: String,
+    topic: String,
+    entity_key: Option<String>,
+    occurred_at: i64,
+    received_at: i64,
+    body: String,
+}
+
+impl From<EventRow> for StoredEvent {
+    fn from(row: EventRow) -> StoredEvent {
+        StoredEvent {
+            seq: row.seq,
+            account: row.account,
+            id: row.event_id,
+            name: row.name,
+            topic: row.topic,
+            entity_key: row.entity_key,
+            occurred_at: row.occurred_at,
+            received_at: row.received_at,
+            body: row.body.into(),
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct SubscriptionRow {
+    id: String,
+    account: String,
+    destination: String,
+    events: String,
+    topics: String,
+    format: String,
+    secret: String,
+    created_at: i64,
+    cursor: i64,
+    disabled_code: Option<String>,
+    disabled_message: Option<String>,
+    disabled_at: Option<i64>,
+    failing_since: Option<i64>,
+    last_success_at: Option<i64>,
+}
+
+impl TryFrom<SubscriptionRow> for Subscription {
+    type Error = StoreError;
+
+    fn try_from(row: SubscriptionRow) -> Result<Subscription> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("subscription {}: {what}", row.id));
+        let destination: Destination =
+            serde_json::from_str(&row.destination).map_err(|_| corrupt("destination"))?;
+        let events: Vec<String> = serde_json::from_str(&row.events).map_err(|_| corrupt("events"))?;
+        let topics: Vec<String> = serde_json::from_str(&row.topics).map_err(|_| corrupt("topics"))?;
+        let format = Format::parse(&row.format).ok_or_else(|| corrupt("format"))?;
+        let disabled = row
+            .disabled_code
+            .map(|code| DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default()));
+        Ok(Subscription {
+            id: row.id,
+            account: row.account,
+            destination,
+            filter: EventFilter { events, topics },
+            format,
+            secret: row.secret,
+            created_at: row.created_at,
+            cursor: row.cursor,
+            disabled,
+            disabled_at: row.disabled_at,
+            failing_since: row.failing_since,
+            last_success_at: row.last_success_at,
+        })
+    }
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt> {
+    let outcome: String = row.try_get("outcome")?;
+    Ok(StoredAttempt {
+        id: row.try_get("id")?,
+        record: AttemptRecord {
+            seq: row.try_get("seq")?,
+            event_id: row.try_get("event_id")?,
+            attempt: row.try_get::<i64, _>("attempt")? as u32,
+            at: row.try_get("at")?,
+            outcome: match outcome.as_str() {
+                "delivered" => "delivered",
+                "dead" => "dead",
+                _ => "failed",
+            },
+            status: row
+                .try_get::<Option<i64>, _>("status")?
+                .and_then(|status| u16::try_from(status).ok()),
+            error: row.try_get("error")?,
+            latency_ms: row.try_get("latency_ms")?,
+            response: row.try_get("response")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+        },
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing these plain types cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}

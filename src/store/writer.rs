@@ -1,0 +1,190 @@
+//! The single writer: group commit of appends and delivery progress.
+//!
+//! SQLite allows one writer at a time, and every commit costs an fsync. So one task owns
+//! all hot-path writes: it takes the first queued operation, then everything else already
+//! queued (up to a bound), and commits them in one transaction. Under load many publishes
+//! share one fsync; when idle a publish commits alone, at once. After the commit the new
+//! events are handed to dispatch in memory, so no one polls the database for them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::{Appended, Progress, Result, SqliteStore, StoreError};
+use crate::model::{NewEvent, StoredEvent, now_millis};
+
+/// Events committed together, and the range of sequence numbers the commit covered.
+/// Batches arrive in commit order and `after` of one is `upto` of the previous one, so a
+/// reader that sees `after` above what it has read knows it missed some.
+#[derive(Debug)]
+pub struct CommittedBatch {
+    pub after: i64,
+    pub upto: i64,
+    pub events: Vec<Arc<StoredEvent>>,
+}
+
+pub(super) enum WriteOp {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Appended>>>,
+    },
+    Progress(Progress),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Bounds one transaction, so a burst does not hold every publisher for one long commit.
+const MAX_EVENTS_PER_COMMIT: usize = 5_000;
+const MAX_OPS_PER_COMMIT: usize = 1_024;
+
+pub(super) struct Writer {
+    db: SqliteStore,
+    queue: mpsc::Receiver<WriteOp>,
+    committed: broadcast::Sender<Arc<CommittedBatch>>,
+    head: watch::Sender<i64>,
+    next_seq: i64,
+}
+
+impl Writer {
+    pub(super) fn new(
+        db: SqliteStore,
+        queue: mpsc::Receiver<WriteOp>,
+        committed: broadcast::Sender<Arc<CommittedBatch>>,
+        head: watch::Sender<i64>,
+        head_seq: i64,
+    ) -> Writer {
+        Writer {
+            db,
+            queue,
+            committed,
+            head,
+            next_seq: head_seq + 1,
+        }
+    }
+
+    /// Runs until every [`super::Store`] handle is dropped and the queue is empty.
+    pub(super) async fn run(mut self) {
+        while let Some(first) = self.queue.recv().await {
+            let mut ops = vec![first];
+            let mut events = ops_event_count(&ops);
+            while ops.len() < MAX_OPS_PER_COMMIT && events < MAX_EVENTS_PER_COMMIT {
+                match self.queue.try_recv() {
+                    Ok(op) => {
+                        events += ops_event_count(std::slice::from_ref(&op));
+                        ops.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(ops).await;
+        }
+    }
+
+    async fn commit(&mut self, ops: Vec<WriteOp>) {
+        let received_at = now_millis();
+        let after = self.next_seq - 1;
+
+        // Give every new event its sequence number; an id seen earlier in this same
+        // commit is a duplicate without asking the database.
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        let mut progress = Vec::new();
+        let mut appends = Vec::new();
+        let mut flushes = Vec::new();
+        for op in ops {
+            match op {
+                WriteOp::Append { events, reply } => {
+                    let mut slots = Vec::with_capacity(events.len());
+                    for event in events {
+                        if seen.insert((event.account.clone(), event.id.clone())) {
+                            let seq = self.next_seq;
+                            self.next_seq += 1;
+                            slots.push(Slot::New(rows.len()));
+                            rows.push(StoredEvent {
+                                seq,
+                                account: event.account,
+                                id: event.id,
+                                name: event.name,
+                                topic: event.topic,
+                                entity_key: event.entity_key,
+                                occurred_at: event.occurred_at,
+                                received_at,
+                                body: event.body,
+                            });
+                        } else {
+                            slots.push(Slot::Duplicate(event.id));
+                        }
+                    }
+                    appends.push((slots, reply));
+                }
+                WriteOp::Progress(report) => progress.push(report),
+                WriteOp::Flush(reply) => flushes.push(reply),
+            }
+        }
+
+        match self.db.commit_group(&rows, &progress).await {
+            Ok(inserted) => {
+                let inserted: HashSet<i64> = inserted.into_iter().collect();
+                // A row the database skipped had its id stored by an earlier commit.
+                let stored: Vec<Result<Arc<StoredEvent>, String>> = rows
+                    .into_iter()
+                    .map(|row| match inserted.contains(&row.seq) {
+                        true => Ok(Arc::new(row)),
+                        false => Err(row.id),
+                    })
+                    .collect();
+                for (slots, reply) in appends {
+                    let answer = slots
+                        .into_iter()
+                        .map(|slot| match slot {
+                            Slot::New(index) => match &stored[index] {
+                                Ok(event) => Appended::Stored(event.clone()),
+                                Err(id) => Appended::Duplicate { id: id.clone() },
+                            },
+                            Slot::Duplicate(id) => Appended::Duplicate { id },
+                        })
+                        .collect();
+                    let _ = reply.send(Ok(answer));
+                }
+                let upto = self.next_seq - 1;
+                if upto > after {
+                    let events: Vec<_> = stored.into_iter().filter_map(Result::ok).collect();
+                    self.head.send_replace(upto);
+                    // No receiver is fine: dispatchers that start later read the log.
+                    let _ = self.committed.send(Arc::new(CommittedBatch {
+                        after,
+                        upto,
+                        events,
+                    }));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "group commit failed");
+                // The sequence numbers handed out above were never used; gaps are fine.
+                // Progress reports are lost with the transaction: the deliveries they
+                // describe are retried from the last saved cursor.
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(StoreError::CommitFailed(error.to_string())));
+                }
+            }
+        }
+        for flush in flushes {
+            let _ = flush.send(());
+        }
+    }
+}
+
+/// Where an appended event's answer comes from.
+enum Slot {
+    New(usize),
+    Duplicate(String),
+}
+
+fn ops_event_count(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::Append { events, .. } => events.len(),
+            _ => 1,
+        })
+        .sum()
+}
