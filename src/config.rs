@@ -15,7 +15,11 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
 
     /// Database URL. Default: an embedded SQLite file under ./reelay-data/.
-    #[arg(long = "database", env = "REELAY_DATABASE_URL", default_value = "sqlite://reelay-data/reelay.db")]
+    #[arg(
+        long = "database",
+        env = "REELAY_DATABASE_URL",
+        default_value = "sqlite://reelay-data/reelay.db"
+    )]
     pub database_url: String,
 
     /// Admin bearer token. Without it, one is generated on first start, printed once and
@@ -108,7 +112,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit (use ms, s, m, h or d)"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -133,7 +141,10 @@ mod tests {
         let schedule = parse_schedule(DEFAULT_RETRY_SCHEDULE).unwrap();
         assert_eq!(schedule.0.len(), 20);
         assert_eq!(schedule.delay_before(1), Some(Duration::from_secs(5)));
-        assert_eq!(schedule.delay_before(20), Some(Duration::from_secs(48 * 3600)));
+        assert_eq!(
+            schedule.delay_before(20),
+            Some(Duration::from_secs(48 * 3600))
+        );
         assert_eq!(schedule.delay_before(21), None);
         assert_eq!(schedule.delay_before(0), None);
     }

@@ -17,7 +17,9 @@
 //! [`config`] holds the settings of all of this; [`model`] the plain types they share.
 
 pub mod catalog;
+pub mod config;
+pub mod dispatch;
 pub mod ingest;
 pub mod model;
-pub mod config;
+pub mod sinks;
 pub mod store;

@@ -130,7 +130,11 @@ impl SqliteStore {
         Ok(row.map(StoredEvent::from))
     }
 
-    pub async fn query_events(&self, account: &str, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+    pub async fn query_events(
+        &self,
+        account: &str,
+        query: &EventQuery,
+    ) -> Result<Vec<StoredEvent>> {
         let mut select: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE account = "
         ));
@@ -189,10 +193,12 @@ impl SqliteStore {
     pub async fn list_subscriptions(&self, account: Option<&str>) -> Result<Vec<Subscription>> {
         let rows: Vec<SubscriptionRow> = match account {
             Some(account) => {
-                sqlx::query_as("SELECT * FROM subscriptions WHERE account = ? ORDER BY created_at, id")
-                    .bind(account)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(
+                    "SELECT * FROM subscriptions WHERE account = ? ORDER BY created_at, id",
+                )
+                .bind(account)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
                 sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
@@ -246,11 +252,13 @@ impl SqliteStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE retries SET next_attempt_at = ? WHERE subscription_id = ? AND dead_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE retries SET next_attempt_at = ? WHERE subscription_id = ? AND dead_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -306,6 +314,14 @@ impl SqliteStore {
         .await?)
     }
 
+    pub async fn pending_retry_count(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM retries WHERE dead_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Attempt records of a subscription, newest first.
     pub async fn list_attempts(
         &self,
@@ -349,7 +365,13 @@ impl SqliteStore {
             .collect()
     }
 
-    pub async fn insert_key(&self, hash: &str, owner: &KeyOwner, prefix: &str, now: Millis) -> Result<()> {
+    pub async fn insert_key(
+        &self,
+        hash: &str,
+        owner: &KeyOwner,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<()> {
         let account = match owner {
             KeyOwner::Admin => None,
             KeyOwner::Account(account) => Some(account.as_str()),
@@ -548,12 +570,14 @@ impl TryFrom<SubscriptionRow> for Subscription {
         let corrupt = |what: &str| StoreError::Corrupt(format!("subscription {}: {what}", row.id));
         let destination: Destination =
             serde_json::from_str(&row.destination).map_err(|_| corrupt("destination"))?;
-        let events: Vec<String> = serde_json::from_str(&row.events).map_err(|_| corrupt("events"))?;
-        let topics: Vec<String> = serde_json::from_str(&row.topics).map_err(|_| corrupt("topics"))?;
+        let events: Vec<String> =
+            serde_json::from_str(&row.events).map_err(|_| corrupt("events"))?;
+        let topics: Vec<String> =
+            serde_json::from_str(&row.topics).map_err(|_| corrupt("topics"))?;
         let format = Format::parse(&row.format).ok_or_else(|| corrupt("format"))?;
-        let disabled = row
-            .disabled_code
-            .map(|code| DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default()));
+        let disabled = row.disabled_code.map(|code| {
+            DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default())
+        });
         Ok(Subscription {
             id: row.id,
             account: row.account,

@@ -1,0 +1,252 @@
+//! Dispatch: from the committed log to the sinks.
+//!
+//! Every enabled subscription has one [`worker`] that follows the log with its own cursor:
+//! it takes committed events from memory as they are committed ([`feed`]), or from the
+//! database when it fell behind, keeps a bounded number of deliveries in flight, and
+//! reports progress (cursor, attempt records, failures) to the store in batches. A
+//! failed delivery moves to the retry set in the database, where the [`retry`] scheduler
+//! picks it up when due. So a successful delivery costs no row of its own, and a
+//! receiver that is down for hours costs disk, not memory.
+
+mod feed;
+pub mod policy;
+mod retry;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RetrySchedule;
+use crate::model::{Destination, DisabledReason, Millis, StoredEvent, Subscription};
+use crate::sinks::webhook::{SecretError, Signer, WebhookRequest, WebhookSink};
+use crate::sinks::{AttemptResult, Attempted};
+use crate::store::{Health, Store, StoreError};
+
+/// Dispatch settings, taken from the server configuration.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub retry_schedule: RetrySchedule,
+    pub disable_after: Duration,
+    pub max_in_flight: usize,
+    pub delivery_timeout: Duration,
+    /// How long shutdown waits for deliveries in flight before handing them back (they
+    /// stay behind the saved cursor and are sent again after the restart).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("subscription {id} has an unusable signing secret: {source}")]
+    Secret { id: String, source: SecretError },
+}
+
+/// The dispatcher: cheap to clone, shared by the HTTP layer (which adds and removes
+/// subscriptions) and by its own tasks.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    webhooks: WebhookSink,
+    config: DispatchConfig,
+    /// The running workers, by subscription id.
+    workers: Mutex<HashMap<String, WorkerHandle>>,
+    retry_wake: RetryWake,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct WorkerHandle {
+    target: Arc<Target>,
+    cancel: CancellationToken,
+    control: mpsc::Sender<worker::Control>,
+}
+
+/// A subscription as dispatch needs it: its settings, its prepared signer, and how its
+/// endpoint has been doing.
+pub(crate) struct Target {
+    subscription: Subscription,
+    signer: Signer,
+    failing_since: Mutex<Option<Millis>>,
+}
+
+impl Target {
+    fn new(subscription: Subscription) -> Result<Target, DispatchError> {
+        let signer = Signer::new(&subscription.secret).map_err(|source| DispatchError::Secret {
+            id: subscription.id.clone(),
+            source,
+        })?;
+        let failing_since = Mutex::new(subscription.failing_since);
+        Ok(Target {
+            subscription,
+            signer,
+            failing_since,
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.subscription.id
+    }
+
+    /// Updates the endpoint's health after an attempt; says whether the subscription
+    /// has now failed for too long.
+    fn note(
+        &self,
+        result: &AttemptResult,
+        now: Millis,
+        disable_after: Duration,
+    ) -> (Health, Option<DisabledReason>) {
+        // A poisoned lock only means another task panicked mid-update of a timestamp.
+        let mut failing_since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            AttemptResult::Delivered => {
+                *failing_since = None;
+                (Health::Succeeded { at: now }, None)
+            }
+            _ => {
+                let since = *failing_since.get_or_insert(now);
+                (
+                    Health::Failed { at: since },
+                    policy::failing_too_long(Some(since), now, disable_after),
+                )
+            }
+        }
+    }
+}
+
+/// Lets workers tell the retry scheduler that a retry is due sooner than it planned.
+struct RetryWake {
+    earliest: AtomicI64,
+    notify: Notify,
+}
+
+impl RetryWake {
+    fn at(&self, when: Millis) {
+        if self.earliest.fetch_min(when, Ordering::AcqRel) > when {
+            self.notify.notify_one();
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Starts a worker for every enabled subscription, and the retry scheduler.
+    pub async fn start(
+        store: Store,
+        config: DispatchConfig,
+        cancel: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Result<Dispatcher, DispatchError> {
+        let webhooks = WebhookSink::new(config.delivery_timeout);
+        let dispatcher = Dispatcher {
+            shared: Arc::new(Shared {
+                store: store.clone(),
+                webhooks,
+                config,
+                workers: Mutex::new(HashMap::new()),
+                retry_wake: RetryWake {
+                    earliest: AtomicI64::new(Millis::MAX),
+                    notify: Notify::new(),
+                },
+                cancel,
+                tasks,
+            }),
+        };
+        for subscription in store.db().list_subscriptions(None).await? {
+            if subscription.disabled.is_none() {
+                dispatcher.add(subscription)?;
+            }
+        }
+        let scheduler = retry::Scheduler::new(dispatcher.clone());
+        dispatcher.shared.tasks.spawn(scheduler.run());
+        Ok(dispatcher)
+    }
+
+    /// Starts delivering to a subscription from its cursor.
+    pub fn add(&self, subscription: Subscription) -> Result<(), DispatchError> {
+        let target = Arc::new(Target::new(subscription)?);
+        let cancel = self.shared.cancel.child_token();
+        let (control, commands) = mpsc::channel(8);
+        let worker = worker::Worker::new(self.clone(), target.clone(), cancel.clone(), commands);
+        let handle = WorkerHandle {
+            target,
+            cancel,
+            control,
+        };
+        let previous = self.workers().insert(handle.target.id().to_owned(), handle);
+        if let Some(previous) = previous {
+            previous.cancel.cancel();
+        }
+        self.shared.tasks.spawn(worker.run());
+        Ok(())
+    }
+
+    /// Stops delivering to a subscription (deleted or disabled).
+    pub fn remove(&self, id: &str) {
+        if let Some(handle) = self.workers().remove(id) {
+            handle.cancel.cancel();
+        }
+    }
+
+    /// Moves a running subscription's cursor back to `cursor`, so every event after it
+    /// is delivered again. Returns false when no worker runs for it.
+    pub async fn rewind(&self, id: &str, cursor: i64) -> bool {
+        let control = self.workers().get(id).map(|handle| handle.control.clone());
+        match control {
+            Some(control) => control.send(worker::Control::Rewind(cursor)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    fn target(&self, id: &str) -> Option<Arc<Target>> {
+        self.workers().get(id).map(|handle| handle.target.clone())
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkerHandle>> {
+        self.shared
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    fn config(&self) -> &DispatchConfig {
+        &self.shared.config
+    }
+
+    /// One attempt to deliver `event` to `target`, with its metrics.
+    async fn attempt(&self, target: &Target, event: &StoredEvent) -> Attempted {
+        let attempted = match &target.subscription.destination {
+            Destination::Webhook { url } => {
+                let request = WebhookRequest {
+                    url,
+                    id: &event.id,
+                    sequence: event.seq,
+                    body: &event.body,
+                };
+                self.shared.webhooks.send(&target.signer, request).await
+            }
+        };
+        let outcome = match attempted.result {
+            AttemptResult::Delivered => "delivered",
+            AttemptResult::Failed { .. } => "failed",
+            AttemptResult::Gone => "gone",
+        };
+        metrics::counter!("reelay_deliveries_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("reelay_delivery_latency_seconds")
+            .record(attempted.latency.as_secs_f64());
+        attempted
+    }
+}

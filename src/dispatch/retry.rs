@@ -1,0 +1,183 @@
+//! The retry scheduler: claims due entries of the retry set, attempts them again, and
+//! records the outcome (delivered, rescheduled, or dead-lettered).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use super::worker::attempt_record;
+use super::{Dispatcher, policy};
+use crate::model::{Millis, now_millis};
+use crate::store::{DueRetry, Progress, RetryState, RetryUpdate};
+
+/// Retries claimed per pass.
+const CLAIM_BATCH: u32 = 256;
+/// Retries in flight at once.
+const MAX_IN_FLIGHT: usize = 128;
+/// Even when nothing is known to be due, look again this often (another process or a
+/// re-enabled subscription may have made retries due).
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+pub(super) struct Scheduler {
+    dispatcher: Dispatcher,
+}
+
+impl Scheduler {
+    pub(super) fn new(dispatcher: Dispatcher) -> Scheduler {
+        Scheduler { dispatcher }
+    }
+
+    pub(super) async fn run(self) {
+        let cancel = self.dispatcher.shared.cancel.clone();
+        loop {
+            let wait = match self.pass().await {
+                Ok(true) => continue,
+                Ok(false) => self.time_to_next().await,
+                Err(error) => {
+                    tracing::error!(%error, "retry pass failed");
+                    Duration::from_secs(1)
+                }
+            };
+            let wake = &self.dispatcher.shared.retry_wake;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notify.notified() => {}
+            }
+        }
+    }
+
+    /// How long to sleep: until the earliest known retry, at most [`IDLE_POLL`].
+    async fn time_to_next(&self) -> Duration {
+        let wake = &self.dispatcher.shared.retry_wake;
+        let hinted = wake.earliest.swap(Millis::MAX, Ordering::AcqRel);
+        let stored = self
+            .dispatcher
+            .store()
+            .db()
+            .next_retry_at()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Millis::MAX);
+        let next = hinted.min(stored);
+        if let Ok(count) = self.dispatcher.store().db().pending_retry_count().await {
+            metrics::gauge!("reelay_retry_queue_depth").set(count as f64);
+        }
+        let wait = next.saturating_sub(now_millis()).max(0) as u64;
+        Duration::from_millis(wait).min(IDLE_POLL)
+    }
+
+    /// Attempts every retry that is due now. Returns whether it found any.
+    async fn pass(&self) -> Result<bool, crate::store::StoreError> {
+        let now = now_millis();
+        let lease = self.dispatcher.config().delivery_timeout + Duration::from_secs(60);
+        let due = self
+            .dispatcher
+            .store()
+            .db()
+            .claim_due_retries(now, now + lease.as_millis() as Millis, CLAIM_BATCH)
+            .await?;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let mut reports: HashMap<String, Progress> = HashMap::new();
+        let mut attempts = FuturesUnordered::new();
+        let mut due = due.into_iter();
+        loop {
+            while attempts.len() < MAX_IN_FLIGHT {
+                let Some(retry) = due.next() else { break };
+                attempts.push(self.attempt(retry));
+            }
+            match attempts.next().await {
+                Some(Some((id, update))) => merge(
+                    reports.entry(id.clone()).or_insert_with(|| Progress {
+                        subscription_id: id,
+                        ..Progress::default()
+                    }),
+                    update,
+                ),
+                Some(None) => {}
+                None => break,
+            }
+        }
+        for report in reports.into_values() {
+            self.dispatcher.store().record_progress(report).await?;
+        }
+        Ok(true)
+    }
+
+    /// One retry; `None` when its subscription no longer runs (deleted or disabled: the
+    /// entry waits in the store).
+    async fn attempt(&self, retry: DueRetry) -> Option<(String, Progress)> {
+        let target = self.dispatcher.target(&retry.subscription_id)?;
+        let event = match self.dispatcher.store().db().event_by_seq(retry.seq).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::error!(%error, "reading an event to retry failed");
+                return None;
+            }
+        };
+        let attempt = retry.attempts + 1;
+        let attempted = self.dispatcher.attempt(&target, &event).await;
+        let now = now_millis();
+        let config = self.dispatcher.config();
+        let verdict = policy::decide(
+            &attempted.result,
+            attempt,
+            &config.retry_schedule,
+            now,
+            policy::jitter(),
+        );
+        let (health, too_long) = target.note(&attempted.result, now, config.disable_after);
+        match &verdict.retry {
+            RetryState::Delivered => {
+                tracing::info!(subscription = target.id(), event = %event.id, attempt, "delivered on retry")
+            }
+            RetryState::Scheduled {
+                next_attempt_at, ..
+            } => self.dispatcher.shared.retry_wake.at(*next_attempt_at),
+            RetryState::Dead { .. } => {
+                tracing::warn!(subscription = target.id(), event = %event.id, attempt, "retries used up; dead-lettered")
+            }
+        }
+        let disable = verdict.disable.clone().or(too_long);
+        if let Some(reason) = &disable {
+            tracing::warn!(
+                subscription = target.id(),
+                reason = reason.message(),
+                "subscription disabled"
+            );
+            self.dispatcher.remove(target.id());
+        }
+        let progress = Progress {
+            subscription_id: retry.subscription_id.clone(),
+            cursor: None,
+            attempts: vec![attempt_record(
+                &event,
+                attempt,
+                now,
+                &attempted,
+                &verdict.retry,
+            )],
+            retries: vec![RetryUpdate {
+                seq: event.seq,
+                state: verdict.retry,
+            }],
+            health: Some(health),
+            disable,
+        };
+        Some((retry.subscription_id, progress))
+    }
+}
+
+fn merge(into: &mut Progress, from: Progress) {
+    into.attempts.extend(from.attempts);
+    into.retries.extend(from.retries);
+    into.health = from.health.or(into.health);
+    into.disable = from.disable.or(into.disable.take());
+}

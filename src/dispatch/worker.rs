@@ -1,0 +1,262 @@
+//! The worker of one subscription: follows the log from the subscription's cursor and
+//! delivers every matching event, several at a time.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::feed::Feed;
+use super::{Dispatcher, Target, policy};
+use crate::model::{StoredEvent, now_millis};
+use crate::sinks::Attempted;
+use crate::store::{AttemptRecord, Progress, RetryState, RetryUpdate};
+
+/// Commands from the API to a running worker.
+pub(super) enum Control {
+    /// Deliver again every event after this sequence number.
+    Rewind(i64),
+}
+
+/// How often progress is saved while deliveries flow. Crashing loses at most this much
+/// progress, and those events are delivered again (at-least-once).
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Progress is saved early when this many attempt records wait.
+const FLUSH_RECORDS: usize = 1_024;
+
+pub(super) struct Worker {
+    dispatcher: Dispatcher,
+    target: Arc<Target>,
+    cancel: CancellationToken,
+    control: mpsc::Receiver<Control>,
+    feed: Feed,
+    /// Matching events read from the feed, not yet started.
+    pending: VecDeque<Arc<StoredEvent>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, (Arc<StoredEvent>, Attempted)>>,
+    in_flight_seqs: BTreeSet<i64>,
+    report: Progress,
+    saved_cursor: i64,
+}
+
+impl Worker {
+    pub(super) fn new(
+        dispatcher: Dispatcher,
+        target: Arc<Target>,
+        cancel: CancellationToken,
+        control: mpsc::Receiver<Control>,
+    ) -> Worker {
+        let cursor = target.subscription.cursor;
+        let feed = Feed::new(
+            dispatcher.store().clone(),
+            target.subscription.account.clone(),
+            cursor,
+        );
+        let report = Progress {
+            subscription_id: target.id().to_owned(),
+            ..Progress::default()
+        };
+        Worker {
+            dispatcher,
+            target,
+            cancel,
+            control,
+            feed,
+            pending: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            in_flight_seqs: BTreeSet::new(),
+            report,
+            saved_cursor: cursor,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let max_in_flight = self.dispatcher.config().max_in_flight.max(1);
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while self.in_flight.len() < max_in_flight {
+                let Some(event) = self.pending.pop_front() else {
+                    break;
+                };
+                self.start(event);
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(command) = self.control.recv() => self.command(command),
+                Some((event, attempted)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if self.finished(&event, attempted) {
+                        // Disabled: save what we know and stop.
+                        self.cancel.cancel();
+                    }
+                    if self.report.attempts.len() >= FLUSH_RECORDS {
+                        self.flush().await;
+                    }
+                }
+                events = self.feed.next(), if self.pending.len() < max_in_flight => {
+                    let filter = &self.target.subscription.filter;
+                    self.pending.extend(
+                        events.into_iter().filter(|event| filter.matches(&event.name, &event.topic)),
+                    );
+                }
+                _ = flush.tick() => self.flush().await,
+            }
+        }
+        self.finish_in_flight().await;
+        self.flush().await;
+    }
+
+    fn start(&mut self, event: Arc<StoredEvent>) {
+        self.in_flight_seqs.insert(event.seq);
+        let dispatcher = self.dispatcher.clone();
+        let target = self.target.clone();
+        self.in_flight.push(Box::pin(async move {
+            let attempted = dispatcher.attempt(&target, &event).await;
+            (event, attempted)
+        }));
+    }
+
+    fn command(&mut self, command: Control) {
+        match command {
+            Control::Rewind(cursor) => {
+                // In-flight deliveries finish; everything after `cursor` is read again.
+                self.pending.clear();
+                self.feed.rewind(cursor);
+                self.saved_cursor = i64::MAX; // force the next flush to save the cursor
+            }
+        }
+    }
+
+    /// Records a first attempt's outcome. Returns true when the subscription must stop.
+    fn finished(&mut self, event: &StoredEvent, attempted: Attempted) -> bool {
+        self.in_flight_seqs.remove(&event.seq);
+        let now = now_millis();
+        let config = self.dispatcher.config();
+        let verdict = policy::decide(
+            &attempted.result,
+            1,
+            &config.retry_schedule,
+            now,
+            policy::jitter(),
+        );
+        let (health, too_long) = self
+            .target
+            .note(&attempted.result, now, config.disable_after);
+        self.report.health = Some(health);
+        self.report
+            .attempts
+            .push(attempt_record(event, 1, now, &attempted, &verdict.retry));
+        if let RetryState::Scheduled {
+            next_attempt_at, ..
+        } = &verdict.retry
+        {
+            self.dispatcher.shared.retry_wake.at(*next_attempt_at);
+        }
+        if verdict.retry != RetryState::Delivered {
+            tracing::debug!(subscription = self.target.id(), event = %event.id, "delivery failed; retry scheduled");
+            self.report.retries.push(RetryUpdate {
+                seq: event.seq,
+                state: verdict.retry,
+            });
+        }
+        let disable = verdict.disable.or(too_long);
+        let stop = disable.is_some();
+        if let Some(reason) = disable {
+            tracing::warn!(
+                subscription = self.target.id(),
+                reason = reason.message(),
+                "subscription disabled"
+            );
+            self.report.disable = Some(reason);
+            self.dispatcher.remove(self.target.id());
+        }
+        stop
+    }
+
+    /// Every event at or below this has been delivered or put in the retry set.
+    fn watermark(&self) -> i64 {
+        let in_flight = self.in_flight_seqs.first().map(|seq| seq - 1);
+        let pending = self.pending.front().map(|event| event.seq - 1);
+        [in_flight, pending]
+            .into_iter()
+            .flatten()
+            .fold(self.feed.seen(), i64::min)
+    }
+
+    async fn flush(&mut self) {
+        let cursor = self.watermark();
+        let moved = cursor != self.saved_cursor;
+        if !moved
+            && self.report.attempts.is_empty()
+            && self.report.retries.is_empty()
+            && self.report.disable.is_none()
+        {
+            return;
+        }
+        let report = Progress {
+            subscription_id: self.report.subscription_id.clone(),
+            cursor: moved.then_some(cursor),
+            attempts: std::mem::take(&mut self.report.attempts),
+            retries: std::mem::take(&mut self.report.retries),
+            health: self.report.health.take(),
+            disable: self.report.disable.take(),
+        };
+        match self.dispatcher.store().record_progress(report).await {
+            Ok(()) => self.saved_cursor = cursor,
+            Err(error) => {
+                tracing::error!(%error, subscription = self.target.id(), "saving progress failed")
+            }
+        }
+    }
+
+    /// On shutdown: give deliveries in flight a little time to finish. Those that do not
+    /// stay behind the saved cursor and are delivered again after a restart.
+    async fn finish_in_flight(&mut self) {
+        let grace = tokio::time::sleep(self.dispatcher.config().shutdown_grace);
+        tokio::pin!(grace);
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                Some((event, attempted)) = self.in_flight.next() => { self.finished(&event, attempted); }
+                _ = &mut grace => break,
+            }
+        }
+    }
+}
+
+/// The delivery-log entry of one attempt.
+pub(super) fn attempt_record(
+    event: &StoredEvent,
+    attempt: u32,
+    at: i64,
+    attempted: &Attempted,
+    state: &RetryState,
+) -> AttemptRecord {
+    let (outcome, next_attempt_at) = match state {
+        RetryState::Delivered => ("delivered", None),
+        RetryState::Scheduled {
+            next_attempt_at, ..
+        } => ("failed", Some(*next_attempt_at)),
+        RetryState::Dead { .. } => ("dead", None),
+    };
+    AttemptRecord {
+        seq: event.seq,
+        event_id: event.id.clone(),
+        attempt,
+        at,
+        outcome,
+        status: attempted.status,
+        error: match &attempted.result {
+            crate::sinks::AttemptResult::Failed { error, .. } => Some(error.clone()),
+            crate::sinks::AttemptResult::Gone => Some("HTTP 410 Gone".to_owned()),
+            crate::sinks::AttemptResult::Delivered => None,
+        },
+        latency_ms: attempted.latency.as_millis() as i64,
+        response: attempted.response.clone(),
+        next_attempt_at,
+    }
+}
