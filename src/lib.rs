@@ -19,7 +19,9 @@
 pub mod catalog;
 pub mod config;
 pub mod dispatch;
+pub mod http;
 pub mod ingest;
 pub mod model;
+pub mod server;
 pub mod sinks;
 pub mod store;

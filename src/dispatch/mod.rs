@@ -187,6 +187,8 @@ impl Dispatcher {
             previous.cancel.cancel();
         }
         self.shared.tasks.spawn(worker.run());
+        // Its retries (if it was disabled and is enabled again) may be due now.
+        self.shared.retry_wake.at(crate::model::now_millis());
         Ok(())
     }
 

@@ -53,7 +53,7 @@ impl Scheduler {
     /// How long to sleep: until the earliest known retry, at most [`IDLE_POLL`].
     async fn time_to_next(&self) -> Duration {
         let wake = &self.dispatcher.shared.retry_wake;
-        let hinted = wake.earliest.swap(Millis::MAX, Ordering::AcqRel);
+        let hinted = wake.earliest.load(Ordering::Acquire);
         let stored = self
             .dispatcher
             .store()
@@ -74,6 +74,13 @@ impl Scheduler {
     /// Attempts every retry that is due now. Returns whether it found any.
     async fn pass(&self) -> Result<bool, crate::store::StoreError> {
         let now = now_millis();
+        // A hint that has come due is answered by this pass; later hints stay.
+        let wake = &self.dispatcher.shared.retry_wake;
+        let _ = wake
+            .earliest
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |hint| {
+                (hint <= now).then_some(Millis::MAX)
+            });
         let lease = self.dispatcher.config().delivery_timeout + Duration::from_secs(60);
         let due = self
             .dispatcher

@@ -1,0 +1,109 @@
+//! The small routes: health, metrics, the catalog, account keys, and the OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use crate::catalog::Catalog;
+
+/// Liveness; no authentication.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "ok")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus metrics: events published, deliveries by outcome, delivery latency, retry
+/// queue depth.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Topics and event types, with their fields and entity keys.
+#[utoipa::path(
+    get, path = "/v1/catalog", tag = "catalog",
+    responses((status = 200, body = Catalog)),
+    security(("bearer" = []))
+)]
+pub async fn catalog(State(state): State<AppState>, _caller: Caller) -> Json<Arc<Catalog>> {
+    Json(state.catalog.clone())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyOut {
+    pub account: String,
+    /// The key: shown once, stored only as a hash.
+    pub key: String,
+}
+
+/// Admin: create an API key that reaches only this account.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/keys", tag = "keys",
+    params(("account" = String, Path)),
+    responses((status = 201, body = KeyOut), (status = 403, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account): Path<String>,
+) -> Result<(StatusCode, Json<KeyOut>), ApiError> {
+    caller.check_admin()?;
+    let key = state.keys.create_account_key(&account).await?;
+    tracing::info!(%account, "account key created");
+    Ok((StatusCode::CREATED, Json(KeyOut { account, key })))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Reelay", description = "Event stream and webhook notifications for video platforms"),
+    paths(
+        healthz, metrics, catalog, create_key,
+        super::events::publish, super::events::query,
+        super::subscriptions::create, super::subscriptions::list, super::subscriptions::get_one,
+        super::subscriptions::delete, super::subscriptions::enable, super::subscriptions::deliveries,
+        super::subscriptions::replay,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document, generated from the handlers' own types.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/catalog", get(catalog))
+        .route("/v1/accounts/{account}/keys", post(create_key))
+}

@@ -1,0 +1,142 @@
+//! The one API error type: every failure a client sees, with a stable machine-readable
+//! code, an HTTP status, and a message. Internal errors are logged, never shown.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ingest::IngestError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    MalformedJson {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// The request is well-formed but cannot be accepted: names the code, and for a
+    /// batch the item and field at fault.
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        index: Option<usize>,
+        field: Option<String>,
+    },
+    #[error("storage is unavailable")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable {
+            code,
+            message: message.into(),
+            index: None,
+            field: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            IngestError::Malformed { line, column, .. } => ApiError::MalformedJson {
+                line,
+                column,
+                message,
+            },
+            IngestError::Invalid { index, field, .. } => ApiError::Unprocessable {
+                code: "invalid_event",
+                message,
+                index,
+                field: Some(field),
+            },
+            IngestError::Empty => ApiError::unprocessable("empty_batch", message),
+        }
+    }
+}
+
+/// The error body: `{"error": {"code", "message", "index"?, "field"?}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable.
+    pub code: String,
+    pub message: String,
+    /// For a batch: the position of the item at fault, from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Store(error) = &self {
+            tracing::error!(%error, "storage error");
+        }
+        let mut detail = ErrorDetail {
+            code: code.to_owned(),
+            message: self.to_string(),
+            index: None,
+            field: None,
+            line: None,
+            column: None,
+        };
+        match self {
+            ApiError::Unprocessable { index, field, .. } => {
+                detail.index = index;
+                detail.field = field;
+            }
+            ApiError::MalformedJson { line, column, .. } => {
+                detail.line = Some(line);
+                detail.column = Some(column);
+            }
+            _ => {}
+        }
+        (status, Json(ErrorBody { error: detail })).into_response()
+    }
+}

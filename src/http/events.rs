@@ -1,0 +1,175 @@
+//! `/v1/accounts/{account}/events`: publish (Vimond envelope) and query the log.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use crate::ingest;
+use crate::model::StoredEvent;
+use crate::store::{Appended, EventQuery};
+
+/// The answer to a publish: the ids of the accepted events, in request order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PublishOut {
+    pub ids: Vec<String>,
+    /// How many were new.
+    pub stored: usize,
+    /// How many had been published before (accepted, stored and delivered once).
+    pub duplicates: usize,
+}
+
+/// Publish one event object or an array of them. Answers once they are committed.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/events", tag = "events",
+    params(("account" = String, Path, description = "account (tenant)")),
+    request_body(content = Object, description = "one Vimond event object, or an array of them"),
+    responses(
+        (status = 202, description = "committed", body = PublishOut),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 422, description = "an event is invalid; nothing stored", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
+    caller.check_account(&account)?;
+    let events = ingest::native::parse(&state.catalog, &account, &body)?;
+    let count = events.len();
+    let appended = state.store.append(events).await?;
+    let stored = appended
+        .iter()
+        .filter(|a| matches!(a, Appended::Stored(_)))
+        .count();
+    metrics::counter!("reelay_events_published_total").increment(stored as u64);
+    let ids = appended.iter().map(|a| a.id().to_owned()).collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PublishOut {
+            ids,
+            stored,
+            duplicates: count - stored,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events of this topic.
+    pub topic: Option<String>,
+    /// Only events of this name.
+    pub event: Option<String>,
+    /// Only events after this sequence number (for paging: the previous page's `next`).
+    pub after: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventOut {
+    pub sequence: i64,
+    pub id: String,
+    pub name: String,
+    pub topic: String,
+    pub entity_key: Option<String>,
+    /// The event's own `timestamp`, in epoch milliseconds.
+    pub occurred_at: i64,
+    /// When Reelay committed it, in epoch milliseconds.
+    pub received_at: i64,
+    /// The document as published.
+    #[schema(value_type = Object)]
+    pub event: Box<RawValue>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventOut>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<i64>,
+}
+
+impl EventOut {
+    fn new(event: StoredEvent) -> Result<EventOut, ApiError> {
+        let body = RawValue::from_string(event.body.to_string()).map_err(|_| {
+            ApiError::Store(crate::store::StoreError::Corrupt(format!(
+                "event {} is not JSON",
+                event.seq
+            )))
+        })?;
+        Ok(EventOut {
+            sequence: event.seq,
+            id: event.id,
+            name: event.name,
+            topic: event.topic,
+            entity_key: event.entity_key,
+            occurred_at: event.occurred_at,
+            received_at: event.received_at,
+            event: body,
+        })
+    }
+}
+
+/// Query the log, oldest first. `Accept: application/x-ndjson` streams one event per line.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account}/events", tag = "events",
+    params(("account" = String, Path, description = "account (tenant)"), EventsQuery),
+    responses((status = 200, description = "a page of events", body = EventPage)),
+    security(("bearer" = []))
+)]
+pub async fn query(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account): Path<String>,
+    Query(params): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.check_account(&account)?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let query = EventQuery {
+        topic: params.topic,
+        event: params.event,
+        after: params.after,
+        limit,
+    };
+    let events = state.store.db().query_events(&account, &query).await?;
+    let next = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
+    let events = events
+        .into_iter()
+        .map(EventOut::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let wants_ndjson = headers
+        .get(ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/x-ndjson"));
+    if wants_ndjson {
+        let mut lines = String::new();
+        for event in &events {
+            lines.push_str(&serde_json::to_string(event).unwrap_or_default());
+            lines.push('\n');
+        }
+        return Ok(([(CONTENT_TYPE, "application/x-ndjson")], lines).into_response());
+    }
+    Ok(Json(EventPage { events, next }).into_response())
+}
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/v1/accounts/{account}/events", post(publish).get(query))
+}

@@ -1,0 +1,43 @@
+//! The HTTP API (axum only, no SQL): shared state, the router, and one file per resource.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod subscriptions;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::catalog::Catalog;
+use crate::dispatch::Dispatcher;
+use crate::store::Store;
+
+/// Largest request body accepted (a publish batch).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub dispatcher: Dispatcher,
+    pub keys: Arc<auth::Keys>,
+    pub metrics: PrometheusHandle,
+    pub allow_private_destinations: bool,
+    pub max_subscriptions_per_event: usize,
+    /// Serializes subscription creation, so limits and duplicates are checked atomically.
+    pub subscription_writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(admin::router())
+        .merge(events::router())
+        .merge(subscriptions::router())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

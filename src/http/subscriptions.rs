@@ -1,0 +1,686 @@
+//! `/v1/accounts/{account}/subscriptions`: create, list, get, delete, enable; the delivery
+//! log; replay.
+//!
+//! Creation accepts the Brightcove shape (`endpoint` + `events`) and the general one
+//! (`destination` + `events` and/or `topics`), with seed 004's 422 rules.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use crate::model::{
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription, now_millis,
+};
+use crate::sinks::webhook::{check_destination, generate_secret};
+use crate::store::{RetryEntry, StoredAttempt};
+
+/// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
+/// and/or `topics`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SubscriptionIn {
+    /// Webhook URL (the Brightcove shape).
+    pub endpoint: Option<String>,
+    pub destination: Option<Destination>,
+    /// Event names to receive.
+    pub events: Option<Vec<String>>,
+    /// Whole topics to receive.
+    pub topics: Option<Vec<String>>,
+    /// `native` (default).
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionOut {
+    pub id: String,
+    pub account: String,
+    /// The webhook URL, for webhook destinations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub destination: Destination,
+    pub events: Vec<String>,
+    pub topics: Vec<String>,
+    pub format: Format,
+    /// The signing secret; only in the answer to the creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: i64,
+    /// `enabled` or `disabled`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<DisabledOut>,
+    /// Every event up to this sequence number was delivered or is in the retry set.
+    pub cursor: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisabledOut {
+    /// `endpoint_gone`, `failing_too_long` or `manual`.
+    pub code: String,
+    pub message: String,
+    pub at: Option<i64>,
+}
+
+impl SubscriptionOut {
+    fn new(subscription: Subscription, secret: Option<String>) -> SubscriptionOut {
+        let endpoint = match &subscription.destination {
+            Destination::Webhook { url } => Some(url.clone()),
+        };
+        let disabled_reason = subscription
+            .disabled
+            .as_ref()
+            .map(|reason: &DisabledReason| DisabledOut {
+                code: reason.code().to_owned(),
+                message: reason.message().to_owned(),
+                at: subscription.disabled_at,
+            });
+        SubscriptionOut {
+            id: subscription.id,
+            account: subscription.account,
+            endpoint,
+            destination: subscription.destination,
+            events: subscription.filter.events,
+            topics: subscription.filter.topics,
+            format: subscription.format,
+            secret,
+            created_at: subscription.created_at,
+            status: if disabled_reason.is_some() {
+                "disabled"
+            } else {
+                "enabled"
+            }
+            .to_owned(),
+            disabled_reason,
+            cursor: subscription.cursor,
+            last_success_at: subscription.last_success_at,
+            failing_since: subscription.failing_since,
+        }
+    }
+}
+
+/// Create a subscription. The answer carries the signing secret, once.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/subscriptions", tag = "subscriptions",
+    params(("account" = String, Path)),
+    request_body = SubscriptionIn,
+    responses(
+        (status = 201, body = SubscriptionOut),
+        (status = 422, description = "missing endpoint or events, not an array, duplicate, too many per event, refused destination", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
+    caller.check_account(&account)?;
+    let (destination, filter, format) = parse_request(&state, &body)?;
+    match &destination {
+        Destination::Webhook { url } => check_destination(url, state.allow_private_destinations)
+            .await
+            .map_err(|error| ApiError::unprocessable("destination_refused", error.to_string()))?,
+    }
+
+    // Serialized so two concurrent requests cannot both pass the duplicate and limit
+    // checks.
+    let _guard = state.subscription_writes.lock().await;
+    let existing = state.store.db().list_subscriptions(Some(&account)).await?;
+    check_limits(
+        &existing,
+        &destination,
+        &filter,
+        state.max_subscriptions_per_event,
+    )?;
+
+    let new = NewSubscription {
+        id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+        account: account.clone(),
+        destination,
+        filter,
+        format,
+        secret: generate_secret(),
+    };
+    // A new subscription receives what is published from now on.
+    let cursor = state.store.head();
+    state
+        .store
+        .db()
+        .insert_subscription(&new, cursor, now_millis())
+        .await?;
+    let subscription = state
+        .store
+        .db()
+        .get_subscription(&account, &new.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subscription vanished".into()))?;
+    state
+        .dispatcher
+        .add(subscription.clone())
+        .map_err(|error| ApiError::unprocessable("invalid_subscription", error.to_string()))?;
+    tracing::info!(subscription = %new.id, %account, "subscription created");
+    Ok((
+        StatusCode::CREATED,
+        Json(SubscriptionOut::new(subscription, Some(new.secret))),
+    ))
+}
+
+/// Reads the creation body by hand so each seed 004 rule gets its own message.
+fn parse_request(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(Destination, EventFilter, Format), ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
+        line: error.line(),
+        column: error.column(),
+        message: error.to_string(),
+    })?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
+
+    let destination = match (object.get("endpoint"), object.get("destination")) {
+        (Some(Value::String(url)), None) => Destination::Webhook { url: url.clone() },
+        (None, Some(destination)) => {
+            serde_json::from_value(destination.clone()).map_err(|error| {
+                ApiError::Unprocessable {
+                    code: "invalid_destination",
+                    message: format!("destination: {error}"),
+                    index: None,
+                    field: Some("destination".into()),
+                }
+            })?
+        }
+        (Some(_), Some(_)) => {
+            return Err(field_error(
+                "ambiguous_destination",
+                "endpoint",
+                "give endpoint or destination, not both",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(field_error(
+                "invalid_endpoint",
+                "endpoint",
+                "endpoint must be a URL string",
+            ));
+        }
+        (None, None) => {
+            return Err(field_error(
+                "missing_endpoint",
+                "endpoint",
+                "the endpoint field (or destination) is required",
+            ));
+        }
+    };
+
+    let names = |field: &'static str| -> Result<Option<Vec<String>>, ApiError> {
+        match object.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str().map(str::to_owned).ok_or_else(|| {
+                        field_error(
+                            "invalid_filter",
+                            field,
+                            &format!("every item of {field} must be a string"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(field_error(
+                if field == "events" {
+                    "events_not_array"
+                } else {
+                    "topics_not_array"
+                },
+                field,
+                &format!("the {field} field must be an array"),
+            )),
+        }
+    };
+    let events = names("events")?.unwrap_or_default();
+    let topics = names("topics")?.unwrap_or_default();
+    if events.is_empty() && topics.is_empty() {
+        return Err(field_error(
+            "missing_events",
+            "events",
+            "the events field (or topics) is required and must not be empty",
+        ));
+    }
+    for event in &events {
+        if state.catalog.event_type(event).is_none() {
+            return Err(field_error(
+                "unknown_event",
+                "events",
+                &format!("{event:?} is not an event name in the catalog"),
+            ));
+        }
+    }
+    for topic in &topics {
+        if state.catalog.topic(topic).is_none() {
+            return Err(field_error(
+                "unknown_topic",
+                "topics",
+                &format!("{topic:?} is not a topic in the catalog"),
+            ));
+        }
+    }
+    let format = match object.get("format") {
+        None | Some(Value::Null) => Format::Native,
+        Some(Value::String(name)) => Format::parse(name).ok_or_else(|| {
+            field_error(
+                "invalid_format",
+                "format",
+                &format!("{name:?} is not a format (native)"),
+            )
+        })?,
+        Some(_) => {
+            return Err(field_error(
+                "invalid_format",
+                "format",
+                "format must be a string",
+            ));
+        }
+    };
+    let mut filter = EventFilter { events, topics };
+    filter.events.sort();
+    filter.events.dedup();
+    filter.topics.sort();
+    filter.topics.dedup();
+    Ok((destination, filter, format))
+}
+
+fn field_error(code: &'static str, field: &str, message: &str) -> ApiError {
+    ApiError::Unprocessable {
+        code,
+        message: message.to_owned(),
+        index: None,
+        field: Some(field.to_owned()),
+    }
+}
+
+/// Seed 004: the same subscription cannot be defined twice, and an account has at most
+/// `max` subscriptions per event name (and, here, per topic).
+fn check_limits(
+    existing: &[Subscription],
+    destination: &Destination,
+    filter: &EventFilter,
+    max: usize,
+) -> Result<(), ApiError> {
+    if existing
+        .iter()
+        .any(|s| &s.destination == destination && &s.filter == filter)
+    {
+        return Err(ApiError::unprocessable(
+            "duplicate_subscription",
+            "this subscription is already defined (same destination and events)",
+        ));
+    }
+    for event in &filter.events {
+        let count = existing
+            .iter()
+            .filter(|s| s.filter.events.contains(event))
+            .count();
+        if count >= max {
+            return Err(field_error(
+                "too_many_subscriptions",
+                "events",
+                &format!(
+                    "the account already has {count} subscriptions to {event:?} (at most {max})"
+                ),
+            ));
+        }
+    }
+    for topic in &filter.topics {
+        let count = existing
+            .iter()
+            .filter(|s| s.filter.topics.contains(topic))
+            .count();
+        if count >= max {
+            return Err(field_error(
+                "too_many_subscriptions",
+                "topics",
+                &format!(
+                    "the account already has {count} subscriptions to topic {topic:?} (at most {max})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// List the account's subscriptions (a JSON array, as Brightcove answers).
+#[utoipa::path(
+    get, path = "/v1/accounts/{account}/subscriptions", tag = "subscriptions",
+    params(("account" = String, Path)),
+    responses((status = 200, body = [SubscriptionOut])),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(account): Path<String>,
+) -> Result<Json<Vec<SubscriptionOut>>, ApiError> {
+    caller.check_account(&account)?;
+    let subscriptions = state.store.db().list_subscriptions(Some(&account)).await?;
+    Ok(Json(
+        subscriptions
+            .into_iter()
+            .map(|s| SubscriptionOut::new(s, None))
+            .collect(),
+    ))
+}
+
+async fn find(
+    state: &AppState,
+    caller: &Caller,
+    account: &str,
+    id: &str,
+) -> Result<Subscription, ApiError> {
+    caller.check_account(account)?;
+    state
+        .store
+        .db()
+        .get_subscription(account, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no subscription {id:?} in account {account:?}")))
+}
+
+#[utoipa::path(
+    get, path = "/v1/accounts/{account}/subscriptions/{id}", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = SubscriptionOut), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+) -> Result<Json<SubscriptionOut>, ApiError> {
+    let subscription = find(&state, &caller, &account, &id).await?;
+    Ok(Json(SubscriptionOut::new(subscription, None)))
+}
+
+/// Delete a subscription, its retry set and its delivery log.
+#[utoipa::path(
+    delete, path = "/v1/accounts/{account}/subscriptions/{id}", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.check_account(&account)?;
+    state.dispatcher.remove(&id);
+    if !state.store.db().delete_subscription(&account, &id).await? {
+        return Err(ApiError::NotFound(format!(
+            "no subscription {id:?} in account {account:?}"
+        )));
+    }
+    tracing::info!(subscription = %id, %account, "subscription deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Enable a disabled subscription: deliveries resume from its cursor, and its waiting
+/// retries are attempted at once.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/subscriptions/{id}/enable", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = SubscriptionOut), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn enable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+) -> Result<Json<SubscriptionOut>, ApiError> {
+    let subscription = find(&state, &caller, &account, &id).await?;
+    if subscription.disabled.is_some() {
+        // The worker's last progress (with the disabling) must land before we clear it.
+        state.store.flush().await?;
+        state
+            .store
+            .db()
+            .enable_subscription(&id, now_millis())
+            .await?;
+        let subscription = find(&state, &caller, &account, &id).await?;
+        state
+            .dispatcher
+            .add(subscription)
+            .map_err(|error| ApiError::unprocessable("invalid_subscription", error.to_string()))?;
+        tracing::info!(subscription = %id, %account, "subscription enabled");
+    }
+    Ok(Json(SubscriptionOut::new(
+        find(&state, &caller, &account, &id).await?,
+        None,
+    )))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveriesQuery {
+    /// At most this many attempts (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// Only attempts older than this attempt id (paging).
+    pub before: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptOut {
+    pub id: i64,
+    pub event_id: String,
+    pub sequence: i64,
+    /// 1 for the first delivery, 2 for the first retry, …
+    pub attempt: u32,
+    pub at: i64,
+    /// `delivered`, `failed` (a retry is scheduled) or `dead` (no retries left).
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+    pub response: Option<String>,
+    pub next_attempt_at: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryOut {
+    pub event_id: String,
+    pub sequence: i64,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    pub last_error: String,
+    pub dead_at: Option<i64>,
+}
+
+/// The delivery log of a subscription.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveriesOut {
+    /// Attempts, newest first.
+    pub attempts: Vec<AttemptOut>,
+    /// Deliveries waiting for a retry.
+    pub retrying: Vec<RetryOut>,
+    /// Deliveries that used up their retries.
+    pub dead_letters: Vec<RetryOut>,
+}
+
+impl From<StoredAttempt> for AttemptOut {
+    fn from(stored: StoredAttempt) -> AttemptOut {
+        let record = stored.record;
+        AttemptOut {
+            id: stored.id,
+            event_id: record.event_id,
+            sequence: record.seq,
+            attempt: record.attempt,
+            at: record.at,
+            outcome: record.outcome.to_owned(),
+            status_code: record.status,
+            error: record.error,
+            latency_ms: record.latency_ms,
+            response: record.response,
+            next_attempt_at: record.next_attempt_at,
+        }
+    }
+}
+
+impl From<RetryEntry> for RetryOut {
+    fn from(entry: RetryEntry) -> RetryOut {
+        RetryOut {
+            event_id: entry.event_id,
+            sequence: entry.seq,
+            attempts: entry.attempts,
+            next_attempt_at: entry.dead_at.is_none().then_some(entry.next_attempt_at),
+            last_error: entry.last_error,
+            dead_at: entry.dead_at,
+        }
+    }
+}
+
+/// Delivery attempts (newest first), pending retries and dead letters.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account}/subscriptions/{id}/deliveries", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path), DeliveriesQuery),
+    responses((status = 200, body = DeliveriesOut), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+    Query(params): Query<DeliveriesQuery>,
+) -> Result<Json<DeliveriesOut>, ApiError> {
+    find(&state, &caller, &account, &id).await?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let attempts = state
+        .store
+        .db()
+        .list_attempts(&id, params.before, limit)
+        .await?;
+    let (dead, retrying): (Vec<_>, Vec<_>) = state
+        .store
+        .db()
+        .list_retries(&id, limit)
+        .await?
+        .into_iter()
+        .partition(|entry| entry.dead_at.is_some());
+    Ok(Json(DeliveriesOut {
+        attempts: attempts.into_iter().map(AttemptOut::from).collect(),
+        retrying: retrying.into_iter().map(RetryOut::from).collect(),
+        dead_letters: dead.into_iter().map(RetryOut::from).collect(),
+    }))
+}
+
+/// Where a replay starts: give one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplayIn {
+    /// Redeliver events from this sequence number on (inclusive).
+    pub from_sequence: Option<i64>,
+    /// Redeliver events committed at or after this time (RFC 3339).
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayOut {
+    /// Events after this sequence number will be delivered again.
+    pub after: i64,
+}
+
+/// Redeliver a subscription's events from a sequence number or a time.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/subscriptions/{id}/replay", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path)),
+    request_body = ReplayIn,
+    responses((status = 202, body = ReplayOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ReplayOut>), ApiError> {
+    let subscription = find(&state, &caller, &account, &id).await?;
+    let request: ReplayIn = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::unprocessable(
+            "invalid_replay",
+            format!("expected {{\"fromSequence\": n}} or {{\"since\": time}}: {error}"),
+        )
+    })?;
+    let after = match (request.from_sequence, request.since) {
+        (Some(sequence), None) if sequence >= 1 => sequence - 1,
+        (None, Some(since)) => {
+            let time = chrono::DateTime::parse_from_rfc3339(&since).map_err(|_| {
+                field_error(
+                    "invalid_replay",
+                    "since",
+                    &format!("{since:?} is not an RFC 3339 time"),
+                )
+            })?;
+            state
+                .store
+                .db()
+                .last_seq_before(time.timestamp_millis())
+                .await?
+        }
+        _ => {
+            return Err(ApiError::unprocessable(
+                "invalid_replay",
+                "give exactly one of fromSequence (at least 1) or since",
+            ));
+        }
+    };
+    if !state.dispatcher.rewind(&id, after).await {
+        // Not running (disabled): it resumes from here when enabled.
+        state.store.db().set_cursor(&subscription.id, after).await?;
+    }
+    tracing::info!(subscription = %id, after, "replay requested");
+    Ok((StatusCode::ACCEPTED, Json(ReplayOut { after })))
+}
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route(
+            "/v1/accounts/{account}/subscriptions",
+            post(create).get(list),
+        )
+        .route(
+            "/v1/accounts/{account}/subscriptions/{id}",
+            get(get_one).delete(delete),
+        )
+        .route(
+            "/v1/accounts/{account}/subscriptions/{id}/enable",
+            post(enable),
+        )
+        .route(
+            "/v1/accounts/{account}/subscriptions/{id}/deliveries",
+            get(deliveries),
+        )
+        .route(
+            "/v1/accounts/{account}/subscriptions/{id}/replay",
+            post(replay),
+        )
+}

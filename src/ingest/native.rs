@@ -1,0 +1,369 @@
+//! The native wire format: the Vimond event envelope, one JSON object or an array of them.
+//!
+//! Each event keeps the publisher's own text (a slice of the body), so unknown fields
+//! and their order reach subscribers unchanged.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::IngestError;
+use crate::catalog::{Catalog, EventType, FieldKind, FieldSpec};
+use crate::model::NewEvent;
+
+/// Parses and validates a publish body. The first invalid event refuses the whole body.
+pub fn parse(catalog: &Catalog, account: &str, body: &[u8]) -> Result<Vec<NewEvent>, IngestError> {
+    let whole: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
+    let text = whole.get();
+    let items: Vec<(Option<usize>, &RawValue)> = match text.as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(malformed)?;
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| (Some(i), item))
+                .collect()
+        }
+        Some(b'{') => vec![(None, whole)],
+        _ => {
+            return Err(IngestError::Invalid {
+                index: None,
+                field: String::new(),
+                message: "the body must be an event object or an array of event objects".into(),
+            });
+        }
+    };
+    if items.is_empty() {
+        return Err(IngestError::Empty);
+    }
+    items
+        .into_iter()
+        .map(|(index, raw)| {
+            let invalid = |field: &str, message: String| IngestError::Invalid {
+                index,
+                field: field.to_owned(),
+                message,
+            };
+            let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
+                return Err(invalid("", "an event must be a JSON object".into()));
+            };
+            validate(catalog, account, &fields, raw.get())
+                .map_err(|(field, message)| invalid(&field, message))
+        })
+        .collect()
+}
+
+/// Checks one event; on failure says which field and why.
+fn validate(
+    catalog: &Catalog,
+    account: &str,
+    fields: &Map<String, Value>,
+    text: &str,
+) -> Result<NewEvent, (String, String)> {
+    let fail = |field: &str, message: String| Err((field.to_owned(), message));
+    let name = match fields.get("eventName") {
+        Some(Value::String(name)) => name,
+        Some(_) => return fail("eventName", "eventName must be a string".into()),
+        None => return fail("eventName", "eventName is required".into()),
+    };
+    let Some(event_type) = catalog.event_type(name) else {
+        return fail(
+            "eventName",
+            format!("{name:?} is not an event name in the catalog (see GET /v1/catalog)"),
+        );
+    };
+    let id = match fields.get("guid") {
+        Some(Value::String(guid)) if !guid.trim().is_empty() => guid,
+        Some(_) => return fail("guid", "guid must be a non-empty string".into()),
+        None => return fail("guid", "guid is required".into()),
+    };
+    let occurred_at = match fields.get("timestamp") {
+        Some(Value::String(time)) => match chrono::DateTime::parse_from_rfc3339(time) {
+            Ok(time) => time.timestamp_millis(),
+            Err(_) => {
+                return fail(
+                    "timestamp",
+                    format!("{time:?} is not an RFC 3339 time such as 2024-06-07T14:27:16.035Z"),
+                );
+            }
+        },
+        Some(_) => return fail("timestamp", "timestamp must be an RFC 3339 string".into()),
+        None => return fail("timestamp", "timestamp is required".into()),
+    };
+    match fields.get("tenant") {
+        None => {}
+        Some(Value::String(tenant)) if tenant == account => {}
+        Some(tenant) => {
+            return fail(
+                "tenant",
+                format!(
+                    "tenant {tenant} does not match the account {account:?} it is published to"
+                ),
+            );
+        }
+    }
+    for field in catalog.base_fields.iter().filter(|f| {
+        !matches!(
+            f.name.as_str(),
+            "eventName" | "guid" | "timestamp" | "tenant"
+        )
+    }) {
+        check_kind(field, fields, false, name)?;
+    }
+    for field in &event_type.required {
+        check_kind(field, fields, true, name)?;
+    }
+    for field in &event_type.optional {
+        check_kind(field, fields, false, name)?;
+    }
+    check_event_type_value(event_type, fields)?;
+    let entity_key = event_type
+        .entity_key_spec()
+        .and_then(|spec| spec.find(fields))
+        .and_then(|(_, value)| match value {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        });
+    Ok(NewEvent {
+        account: account.to_owned(),
+        id: id.clone(),
+        name: name.clone(),
+        topic: event_type.topic.clone(),
+        entity_key,
+        occurred_at,
+        body: Arc::from(text),
+    })
+}
+
+fn check_kind(
+    spec: &FieldSpec,
+    fields: &Map<String, Value>,
+    required: bool,
+    event: &str,
+) -> Result<(), (String, String)> {
+    let Some((found_as, value)) = spec.find(fields) else {
+        return match required {
+            true => Err((
+                spec.name.clone(),
+                format!("field {:?} is required for event {event:?}", spec.name),
+            )),
+            false => Ok(()),
+        };
+    };
+    let fits = match spec.kind {
+        FieldKind::Id => match value {
+            Value::String(text) => !text.trim().is_empty(),
+            Value::Number(number) => number.is_u64() || number.is_i64(),
+            _ => false,
+        },
+        FieldKind::String => value.is_string(),
+        FieldKind::Integer => value.is_i64() || value.is_u64(),
+        FieldKind::Number => value.is_number(),
+        FieldKind::Boolean => value.is_boolean(),
+        FieldKind::Array => value.is_array(),
+        FieldKind::Object => value.is_object(),
+        FieldKind::Timestamp => value
+            .as_str()
+            .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+        FieldKind::Any => true,
+    };
+    if fits {
+        return Ok(());
+    }
+    let expected = match spec.kind {
+        FieldKind::Id => "a non-empty string or an integer",
+        FieldKind::String => "a string",
+        FieldKind::Integer => "an integer",
+        FieldKind::Number => "a number",
+        FieldKind::Boolean => "true or false",
+        FieldKind::Array => "an array",
+        FieldKind::Object => "an object",
+        FieldKind::Timestamp => "an RFC 3339 time",
+        FieldKind::Any => "anything",
+    };
+    Err((
+        found_as.to_owned(),
+        format!("field {found_as:?} must be {expected}, not {value}"),
+    ))
+}
+
+fn check_event_type_value(
+    event_type: &EventType,
+    fields: &Map<String, Value>,
+) -> Result<(), (String, String)> {
+    if event_type.event_types.is_empty() {
+        return Ok(());
+    }
+    match fields.get("eventType").and_then(Value::as_str) {
+        Some(value)
+            if !event_type
+                .event_types
+                .iter()
+                .any(|allowed| allowed == value) =>
+        {
+            Err((
+                "eventType".to_owned(),
+                format!(
+                    "{value:?} is not an eventType of {:?} (one of: {})",
+                    event_type.name,
+                    event_type.event_types.join(", ")
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn malformed(error: serde_json::Error) -> IngestError {
+    IngestError::Malformed {
+        line: error.line(),
+        column: error.column(),
+        message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const SEED_EVENTS: &str = include_str!("../../tests/fixtures/seed_events.json");
+
+    fn catalog() -> Catalog {
+        Catalog::builtin()
+    }
+
+    fn asset_updated(guid: &str) -> Value {
+        json!({"eventName": "asset-updated", "tenant": "vimond", "timestamp": "2022-09-19T08:36:30.321Z",
+               "guid": guid, "assetId": 897874})
+    }
+
+    fn invalid(body: &Value) -> (Option<usize>, String) {
+        match parse(&catalog(), "vimond", body.to_string().as_bytes()) {
+            Err(IngestError::Invalid { index, field, .. }) => (index, field),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_seed_example_is_accepted_as_written() {
+        let fixtures: Vec<Value> = serde_json::from_str(SEED_EVENTS).unwrap();
+        assert_eq!(
+            fixtures.len(),
+            11,
+            "every well-formed example of seeds 000 and 001"
+        );
+        for fixture in fixtures {
+            let text = fixture["text"].as_str().unwrap();
+            let events = parse(&catalog(), "vimond", text.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", fixture["title"]));
+            assert_eq!(events.len(), 1);
+            let document: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(events[0].id, document["guid"].as_str().unwrap());
+            assert_eq!(&*events[0].body, text, "kept byte for byte");
+        }
+    }
+
+    #[test]
+    fn the_malformed_seed_example_gets_its_position() {
+        let text = include_str!("../../tests/fixtures/seed_malformed_contentpanel.txt");
+        match parse(&catalog(), "vimond", text.as_bytes()) {
+            Err(IngestError::Malformed { line, column, .. }) => assert!(line > 1 && column > 0),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_each_items_own_text_and_order() {
+        let body = "[ {\"eventName\":\"asset-published\", \"guid\":\"a\",\"timestamp\":\"2022-12-21T13:53:05+00:00\",\"assetId\":\"9\", \"zz\": 1},\n{\"eventName\":\"category-updated\",\"guid\":\"b\",\"timestamp\":\"2023-03-31T12:14:24.527Z\",\"categoryId\":377484} ]";
+        let events = parse(&catalog(), "vimond", body.as_bytes()).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            &*events[0].body,
+            "{\"eventName\":\"asset-published\", \"guid\":\"a\",\"timestamp\":\"2022-12-21T13:53:05+00:00\",\"assetId\":\"9\", \"zz\": 1}"
+        );
+        assert_eq!(events[0].entity_key.as_deref(), Some("9"));
+        assert_eq!(events[0].topic, "asset-operations");
+        assert_eq!(events[1].entity_key.as_deref(), Some("377484"));
+        assert_eq!(events[1].occurred_at, 1_680_264_864_527);
+    }
+
+    #[test]
+    fn each_rule_names_the_item_and_field() {
+        let mut no_asset = asset_updated("2");
+        no_asset.as_object_mut().unwrap().remove("assetId");
+        assert_eq!(
+            invalid(&json!([asset_updated("1"), asset_updated("1b"), no_asset])),
+            (Some(2), "assetId".into())
+        );
+        assert_eq!(
+            invalid(
+                &json!({"eventName": "asset-exploded", "guid": "x", "timestamp": "2022-09-19T08:36:30Z"})
+            ),
+            (None, "eventName".into())
+        );
+        let mut no_guid = asset_updated("x");
+        no_guid.as_object_mut().unwrap().remove("guid");
+        assert_eq!(invalid(&no_guid), (None, "guid".into()));
+        let mut empty_guid = asset_updated("");
+        empty_guid["guid"] = json!("");
+        assert_eq!(invalid(&empty_guid), (None, "guid".into()));
+        let mut tenant = asset_updated("t");
+        tenant["tenant"] = json!("other");
+        assert_eq!(invalid(&tenant), (None, "tenant".into()));
+        let mut time = asset_updated("t");
+        time["timestamp"] = json!("19/09/2022 08:36");
+        assert_eq!(invalid(&time), (None, "timestamp".into()));
+        let mut asset = asset_updated("t");
+        asset["assetId"] = json!({"id": 1});
+        assert_eq!(invalid(&asset), (None, "assetId".into()));
+        let bad_kind = json!({"eventName": "device-event", "guid": "d", "timestamp": "2018-07-17T14:50:00.712Z",
+                              "eventType": "device-exploded", "deviceId": "1"});
+        assert_eq!(invalid(&bad_kind), (None, "eventType".into()));
+        assert_eq!(invalid(&json!([1])), (Some(0), "".into()));
+        assert_eq!(parse(&catalog(), "vimond", b"[]"), Err(IngestError::Empty));
+    }
+
+    #[test]
+    fn ids_as_numbers_or_strings_and_aliases_are_accepted() {
+        for asset in [json!(897874), json!("897874")] {
+            let mut event = asset_updated("n");
+            event["assetId"] = asset;
+            let events = parse(&catalog(), "vimond", event.to_string().as_bytes()).unwrap();
+            assert_eq!(events[0].entity_key.as_deref(), Some("897874"));
+        }
+        let sub = json!({"eventName": "subprofile-event", "guid": "s", "timestamp": "2018-07-17T10:10:15.133Z",
+                         "originatorId": "fb85", "eventType": "subprofile-deleted", "subProfileId": "bf64"});
+        let events = parse(&catalog(), "vimond", sub.to_string().as_bytes()).unwrap();
+        assert_eq!(events[0].entity_key.as_deref(), Some("bf64"));
+        // No tenant at all is fine: the account says whose it is.
+        let mut untenanted = asset_updated("u");
+        untenanted.as_object_mut().unwrap().remove("tenant");
+        assert!(parse(&catalog(), "vimond", untenanted.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn malformed_json_gets_line_and_column() {
+        match parse(
+            &catalog(),
+            "vimond",
+            b"{\n  \"eventName\": \"asset-updated\",\n  \"guid\": }",
+        ) {
+            Err(IngestError::Malformed {
+                line: 3, column, ..
+            }) => assert!(column > 0),
+            other => panic!("expected Malformed at line 3, got {other:?}"),
+        }
+        assert!(matches!(
+            parse(&catalog(), "vimond", b""),
+            Err(IngestError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse(&catalog(), "vimond", b"\"text\""),
+            Err(IngestError::Invalid { .. })
+        ));
+    }
+}

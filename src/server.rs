@@ -1,0 +1,121 @@
+//! Wiring: opens the store, starts dispatch, serves the API until shutdown, then stops
+//! the parts in order (stop accepting, let deliveries finish or hand them back, commit
+//! the last progress).
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::ServeConfig;
+use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
+use crate::http::{self, AppState, auth::Keys};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("dispatch: {0}")]
+    Dispatch(#[from] DispatchError),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server on `listener` until `shutdown` completes.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let catalog = match &config.catalog {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::builtin(),
+    };
+    let store_tasks = TaskTracker::new();
+    let store = Store::open(&config.database_url, config.durability, &store_tasks).await?;
+
+    let keys = Arc::new(Keys::new(store.clone()));
+    if let Some(token) = keys.ensure_admin(config.admin_token.as_deref()).await? {
+        // Printed once: only its hash is stored.
+        println!("Generated admin token (shown once, stored hashed): {token}");
+    }
+
+    let cancel = CancellationToken::new();
+    let dispatch_tasks = TaskTracker::new();
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        DispatchConfig {
+            retry_schedule: config.retry_schedule.clone(),
+            disable_after: config.disable_after,
+            max_in_flight: config.max_in_flight,
+            delivery_timeout: config.delivery_timeout,
+            shutdown_grace: Duration::from_secs(5),
+        },
+        cancel.clone(),
+        dispatch_tasks.clone(),
+    )
+    .await?;
+
+    let state = AppState {
+        store: store.clone(),
+        catalog: Arc::new(catalog),
+        dispatcher,
+        keys,
+        metrics: metrics_handle(),
+        allow_private_destinations: config.allow_private_destinations,
+        max_subscriptions_per_event: config.max_subscriptions_per_event,
+        subscription_writes: Arc::default(),
+    };
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "reelay listening");
+    // Tests and scripts wait for this line to learn the port.
+    println!("reelay listening on http://{address}");
+
+    let http_cancel = cancel.child_token();
+    let serve = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move { http_cancel.cancelled().await });
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    serve.await?;
+
+    // The HTTP server has stopped accepting; now the workers finish their deliveries (or
+    // hand them back), save their progress, and the writer commits it.
+    cancel.cancel();
+    dispatch_tasks.close();
+    dispatch_tasks.wait().await;
+    store.flush().await?;
+    drop(store);
+    store_tasks.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The process-wide Prometheus recorder (the `metrics` crate has one global recorder).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

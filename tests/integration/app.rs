@@ -1,0 +1,193 @@
+//! `TestApp`: the real `reelay` binary on a free port with a scratch database, and the
+//! helpers the tests share.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const ADMIN: &str = "test-admin-token";
+
+pub struct TestApp {
+    pub url: String,
+    pub http: reqwest::Client,
+    child: Child,
+    data: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    /// A server with a retry schedule shrunk for tests and private destinations allowed
+    /// (the receivers run on loopback).
+    pub async fn start() -> TestApp {
+        TestApp::start_with(&[]).await
+    }
+
+    pub async fn start_with(env: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_path_buf();
+        let mut all = vec![
+            (
+                "REELAY_ALLOW_PRIVATE_DESTINATIONS".to_owned(),
+                "true".to_owned(),
+            ),
+            (
+                "REELAY_RETRY_SCHEDULE".to_owned(),
+                "200ms,400ms,600ms".to_owned(),
+            ),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let child = spawn(&data, &all).await;
+        let (child, url) = child;
+        TestApp {
+            url,
+            http: reqwest::Client::new(),
+            child,
+            data,
+            env: all,
+            _dir: Some(dir),
+        }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown at all) and starts it again on the same
+    /// database.
+    pub async fn kill_and_restart(&mut self) {
+        // It may have exited already (after `terminate`).
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let (child, url) = spawn(&self.data, &self.env).await;
+        self.child = child;
+        self.url = url;
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY-free: plain kill(2) through the shell's kill command.
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("server stops within 20s after SIGTERM")
+            .expect("wait")
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(ADMIN), Some(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, Some(ADMIN), None)
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::DELETE, path, Some(ADMIN), None)
+            .await
+    }
+
+    /// Creates a webhook subscription and returns (id, secret).
+    pub async fn subscribe(&self, account: &str, body: Value) -> (String, String) {
+        let (status, created) = self
+            .post(
+                &format!("/v1/accounts/{account}/subscriptions"),
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "subscription refused: {created}");
+        (
+            created["id"].as_str().expect("id").to_owned(),
+            created["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    /// Every stored event of an account.
+    pub async fn stored_events(&self, account: &str) -> Vec<Value> {
+        let (status, page) = self
+            .get(&format!("/v1/accounts/{account}/events?limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        page["events"].as_array().expect("events").clone()
+    }
+}
+
+async fn spawn(data: &Path, env: &[(String, String)]) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reelay"));
+    command
+        .arg("serve")
+        .env("REELAY_LISTEN", "127.0.0.1:0")
+        .env(
+            "REELAY_DATABASE_URL",
+            format!("sqlite://{}/reelay.db", data.display()),
+        )
+        .env("REELAY_ADMIN_TOKEN", ADMIN)
+        .env("REELAY_LOG", "warn,reelay=info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start reelay");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("reelay listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("reelay exited before listening")
+    })
+    .await
+    .expect("reelay starts within 30s");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

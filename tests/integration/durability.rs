@@ -1,0 +1,133 @@
+//! Nothing acknowledged is lost: SIGKILL with the receiver down, restart, and every event
+//! arrives; SIGTERM stops cleanly.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::app::{TestApp, eventually};
+use crate::publish::asset_event;
+use crate::support::receiver::Receiver;
+
+#[tokio::test]
+async fn every_acknowledged_event_arrives_after_sigkill_with_the_receiver_down() {
+    let mut app = TestApp::start_with(&[(
+        "REELAY_RETRY_SCHEDULE",
+        "100ms,200ms,300ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms",
+    )])
+    .await;
+    // A port where nothing listens yet: the receiver is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let (_, secret) = app
+        .subscribe(
+            "vimond",
+            json!({"endpoint": url, "topics": ["asset-operations"]}),
+        )
+        .await;
+
+    // Publish concurrently, single events and batches; keep the acknowledged ids.
+    let mut acknowledged = HashSet::new();
+    let mut requests = Vec::new();
+    for n in 0..40 {
+        let body = if n % 4 == 0 {
+            json!([
+                asset_event("asset-updated", &format!("k-{n}-a")),
+                asset_event("asset-deleted", &format!("k-{n}-b"))
+            ])
+        } else {
+            asset_event("asset-published", &format!("k-{n}"))
+        };
+        let app = &app;
+        requests.push(async move {
+            app.post("/v1/accounts/vimond/events", &body.to_string())
+                .await
+        });
+    }
+    for (status, answer) in futures::future::join_all(requests).await {
+        assert_eq!(status, 202, "{answer}");
+        for id in answer["ids"].as_array().unwrap() {
+            acknowledged.insert(id.as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(acknowledged.len(), 50);
+
+    app.kill_and_restart().await;
+    let receiver = Receiver::start_on(port).await;
+    receiver.hook("/hook", &secret, &[]).await;
+
+    let arrived = eventually(
+        Duration::from_secs(30),
+        "every acknowledged event",
+        || async {
+            let got = receiver.deliveries("/hook").await;
+            let ids: HashSet<String> = got.iter().filter_map(|d| d.webhook_id.clone()).collect();
+            (ids.len() >= acknowledged.len()).then_some(got)
+        },
+    )
+    .await;
+    let ids: HashSet<String> = arrived
+        .iter()
+        .filter_map(|d| d.webhook_id.clone())
+        .collect();
+    assert_eq!(ids, acknowledged);
+    assert!(arrived.iter().all(|d| d.verified == Some(true)));
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_a_restart_carries_on() {
+    let mut app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = app
+        .subscribe(
+            "vimond",
+            json!({"endpoint": receiver.url("/h"), "events": ["asset-updated"]}),
+        )
+        .await;
+    receiver.hook("/h", &secret, &[]).await;
+    assert_eq!(
+        app.post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "s-1").to_string()
+        )
+        .await
+        .0,
+        202
+    );
+    eventually(Duration::from_secs(10), "first delivery", || async {
+        (!receiver.deliveries("/h").await.is_empty()).then_some(())
+    })
+    .await;
+    let status = app.terminate().await;
+    assert!(status.success(), "exit status {status}");
+
+    // Restarted, it delivers new events and does not resend the delivered one.
+    app.kill_and_restart().await;
+    assert_eq!(
+        app.post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "s-2").to_string()
+        )
+        .await
+        .0,
+        202
+    );
+    let got = eventually(Duration::from_secs(10), "second delivery", || async {
+        let got = receiver.deliveries("/h").await;
+        (got.len() >= 2).then_some(got)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<_> = receiver
+        .deliveries("/h")
+        .await
+        .iter()
+        .filter_map(|d| d.webhook_id.clone())
+        .collect();
+    assert_eq!(ids, vec!["s-1", "s-2"], "{got:?}");
+}

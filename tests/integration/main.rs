@@ -1,0 +1,12 @@
+//! Integration tests: the real `reelay` binary, a real SQLite file, and a real webhook
+//! receiver that checks every signature with the `standardwebhooks` Python package.
+
+mod app;
+mod auth;
+mod delivery;
+mod durability;
+mod publish;
+mod subscriptions;
+
+#[path = "../support/mod.rs"]
+mod support;

@@ -1,0 +1,137 @@
+//! A real webhook receiver for tests: `tests/peers/webhook_receiver.py`, which checks
+//! every signature with the `standardwebhooks` Python package and answers from a script.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Receiver {
+    port: u16,
+    http: reqwest::Client,
+    _child: Child,
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub retry_after: Option<String>,
+}
+
+impl Response {
+    pub fn status(status: u16) -> Response {
+        Response {
+            status,
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(status: u16, seconds: &str) -> Response {
+        Response {
+            status,
+            retry_after: Some(seconds.to_owned()),
+        }
+    }
+}
+
+/// A delivery as the receiver recorded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Delivery {
+    pub webhook_id: Option<String>,
+    pub webhook_timestamp: Option<String>,
+    pub webhook_signature: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    /// Arrival time, seconds since the epoch.
+    pub at: f64,
+    /// The `standardwebhooks` verdict, when a secret was registered for the path.
+    pub verified: Option<bool>,
+    pub error: Option<String>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Receiver::start_on(0).await
+    }
+
+    /// Starts on a given port (0: any free one).
+    pub async fn start_on(port: u16) -> Receiver {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/webhook_receiver.py"
+        );
+        let mut child = Command::new("python3")
+            .args([script, "--port", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("receiver starts within 20s")
+            .expect("read receiver stdout");
+        let Some(port) = line.as_deref().and_then(|l| l.strip_prefix("LISTENING ")) else {
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr).await;
+            }
+            panic!(
+                "the webhook receiver did not start (is `standardwebhooks` installed? run scripts/test): {stderr}"
+            );
+        };
+        Receiver {
+            port: port.trim().parse().expect("port"),
+            http: reqwest::Client::new(),
+            _child: child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Registers the secret that signs deliveries to `path`, and the answers to give.
+    pub async fn hook(&self, path: &str, secret: &str, responses: &[Response]) {
+        let responses: Vec<_> = responses
+            .iter()
+            .map(|r| json!({"status": r.status, "retry_after": r.retry_after}))
+            .collect();
+        self.http
+            .post(self.url("/_control/hooks"))
+            .json(&json!({"path": path, "secret": secret, "responses": responses}))
+            .send()
+            .await
+            .expect("register hook")
+            .error_for_status()
+            .expect("hook registered");
+    }
+
+    /// Deliveries to `path`, in arrival order.
+    pub async fn deliveries(&self, path: &str) -> Vec<Delivery> {
+        #[derive(Deserialize)]
+        struct Received {
+            deliveries: Vec<Delivery>,
+        }
+        let received: Received = self
+            .http
+            .get(
+                url::Url::parse_with_params(&self.url("/_control/received"), [("path", path)])
+                    .expect("control URL"),
+            )
+            .send()
+            .await
+            .expect("query receiver")
+            .json()
+            .await
+            .expect("receiver JSON");
+        received.deliveries
+    }
+}
