@@ -16,6 +16,7 @@
 //!
 //! [`config`] holds the settings of all of this; [`model`] the plain types they share.
 
+pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod dispatch;

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Measure throughput, latency and memory on this machine.
+    Bench(reelay::bench::BenchConfig),
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             reelay::server::run(config, listener, shutdown_signal()).await?;
         }
+        Command::Bench(config) => reelay::bench::run(config).await?,
     }
     Ok(())
 }

@@ -1,0 +1,493 @@
+//! `reelay bench`: measures a Reelay server on this machine. It starts a server on a
+//! scratch embedded database (or uses a running one with `--url`), starts its own webhook
+//! receiver, and reports the raw HTTP limit of the same run next to publish throughput,
+//! delivery throughput to 1 and 10 subscriptions, publish→arrival latency at a fixed rate,
+//! and the server's memory and CPU, counting every missing or duplicated delivery.
+
+mod receiver;
+mod report;
+mod server;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use receiver::{Expectation, Receiver};
+use report::{DeliveryResult, LatencyResult, PhaseResources, Report, ThroughputResult};
+use server::BenchServer;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchConfig {
+    /// Measure a running server instead of starting one (it must allow private
+    /// destinations, since the receiver listens on loopback).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Admin token of the server given with --url.
+    #[arg(long, env = "REELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A short run that checks the command works (for CI); its numbers mean little.
+    #[arg(long)]
+    pub quick: bool,
+    /// Concurrent requests of the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Run the outage phase: publish this many events while the receiver answers 503,
+    /// then bring it back and wait for all of them (watching the server's memory).
+    #[arg(long)]
+    pub outage_events: Option<usize>,
+}
+
+/// Sizes of each phase.
+struct Sizes {
+    raw: usize,
+    single: usize,
+    batches: usize,
+    delivery_one: usize,
+    delivery_ten: usize,
+    latency_seconds: u64,
+}
+
+const LATENCY_RATE: u64 = 1_000;
+const BATCH: usize = 100;
+
+pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
+    let sizes = if config.quick {
+        Sizes {
+            raw: 5_000,
+            single: 5_000,
+            batches: 100,
+            delivery_one: 5_000,
+            delivery_ten: 1_000,
+            latency_seconds: 2,
+        }
+    } else {
+        Sizes {
+            raw: 200_000,
+            single: 100_000,
+            batches: 5_000,
+            delivery_one: 100_000,
+            delivery_ten: 20_000,
+            latency_seconds: 10,
+        }
+    };
+    let cancel = CancellationToken::new();
+    let (receiver, receiver_url) = Receiver::start(cancel.clone())
+        .await
+        .context("starting the receiver")?;
+    let server = match &config.url {
+        Some(url) => BenchServer::remote(
+            url.clone(),
+            config.token.clone().context("--url needs --token")?,
+        ),
+        None => BenchServer::start(config.outage_events.is_some()).await?,
+    };
+    let bench = Bench {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(config.concurrency * 2)
+            .build()?,
+        server,
+        receiver,
+        receiver_url,
+        concurrency: config.concurrency,
+    };
+
+    let mut report = Report::new(config.concurrency, config.quick);
+    report.idle_rss_mb = bench.server.rss_mb();
+
+    report.raw = bench.raw_limit(sizes.raw).await?;
+    report.publish_single = bench.publish_single(sizes.single).await?;
+    report.publish_batch = bench.publish_batches(sizes.batches).await?;
+    report.delivery_one = bench.delivery("bench-one", sizes.delivery_one, 1).await?;
+    report.delivery_ten = bench.delivery("bench-ten", sizes.delivery_ten, 10).await?;
+    report.latency = bench.latency(sizes.latency_seconds).await?;
+    if let Some(events) = config.outage_events {
+        report.outage = Some(bench.outage(events).await?);
+    }
+    report.finish();
+
+    eprint!("\r{:70}\r", "");
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report)?;
+    match &config.json {
+        Some(path) => {
+            std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => println!("{json}"),
+    }
+    cancel.cancel();
+    bench.server.stop().await;
+    if report.missing() > 0 {
+        bail!("{} deliveries are missing", report.missing());
+    }
+    Ok(())
+}
+
+struct Bench {
+    http: reqwest::Client,
+    server: BenchServer,
+    receiver: Receiver,
+    receiver_url: String,
+    concurrency: usize,
+}
+
+/// Runs `total` requests with `concurrency` in flight; returns the elapsed time and
+/// each request's latency in microseconds.
+async fn closed_loop<F, Fut>(
+    label: &str,
+    total: usize,
+    concurrency: usize,
+    request: F,
+) -> anyhow::Result<(Duration, Vec<u64>)>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let progress = spawn_progress(label.to_owned(), total, done.clone());
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, done, request) = (next.clone(), done.clone(), request.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let sent = Instant::now();
+                request(n).await?;
+                latencies.push(sent.elapsed().as_micros() as u64);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    progress.abort();
+    Ok((started.elapsed(), latencies))
+}
+
+fn spawn_progress(
+    label: String,
+    total: usize,
+    done: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let count = done.load(Ordering::Relaxed);
+            eprint!("\r{label:<40} {count:>9}/{total:<9}");
+            let _ = std::io::stderr().flush();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+fn bench_event(n: usize) -> serde_json::Value {
+    json!({
+        "eventName": "asset-updated", "originator": "reelay-bench", "versions": ["1.0"],
+        "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("b-{n}"), "assetId": n % 10_000,
+        "metadata": {"title": "Bench asset", "n": n}
+    })
+}
+
+impl Bench {
+    async fn raw_limit(&self, total: usize) -> anyhow::Result<ThroughputResult> {
+        let http = self.http.clone();
+        let url = format!("{}/raw", self.receiver_url);
+        let body = bench_event(0).to_string();
+        let (elapsed, latencies) = closed_loop(
+            "raw POSTs to the receiver",
+            total,
+            self.concurrency,
+            move |_| {
+                let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                async move {
+                    let response = http.post(&url).body(body).send().await?;
+                    anyhow::ensure!(
+                        response.status().is_success(),
+                        "receiver answered {}",
+                        response.status()
+                    );
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        Ok(ThroughputResult::new(
+            total,
+            elapsed,
+            latencies,
+            PhaseResources::default(),
+        ))
+    }
+
+    fn publisher(
+        &self,
+        account: &str,
+    ) -> impl Fn(
+        String,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+    + Clone
+    + Send
+    + 'static {
+        let http = self.http.clone();
+        let url = format!("{}/v1/accounts/{account}/events", self.server.url());
+        let token = self.server.token().to_owned();
+        move |body: String| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            Box::pin(async move {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                anyhow::ensure!(
+                    status.as_u16() == 202,
+                    "publish answered {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
+                Ok(())
+            })
+        }
+    }
+
+    async fn publish_single(&self, total: usize) -> anyhow::Result<ThroughputResult> {
+        let publish = self.publisher("bench-single");
+        let watch = self.server.watch();
+        let (elapsed, latencies) = closed_loop(
+            "publish, single events",
+            total,
+            self.concurrency,
+            move |n| publish(bench_event(n).to_string()),
+        )
+        .await?;
+        Ok(ThroughputResult::new(
+            total,
+            elapsed,
+            latencies,
+            watch.finish(0),
+        ))
+    }
+
+    async fn publish_batches(&self, batches: usize) -> anyhow::Result<ThroughputResult> {
+        let publish = self.publisher("bench-batch");
+        let watch = self.server.watch();
+        let (elapsed, latencies) = closed_loop(
+            "publish, batches of 100",
+            batches,
+            self.concurrency.min(16),
+            move |n| {
+                let events: Vec<_> = (n * BATCH..(n + 1) * BATCH).map(bench_event).collect();
+                publish(serde_json::Value::Array(events).to_string())
+            },
+        )
+        .await?;
+        Ok(ThroughputResult::new(
+            batches * BATCH,
+            elapsed,
+            latencies,
+            watch.finish(0),
+        ))
+    }
+
+    async fn subscribe(&self, account: &str, subscriptions: usize) -> anyhow::Result<()> {
+        for i in 0..subscriptions {
+            let body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url), "events": ["asset-updated"]});
+            let response = self
+                .http
+                .post(format!(
+                    "{}/v1/accounts/{account}/subscriptions",
+                    self.server.url()
+                ))
+                .bearer_auth(self.server.token())
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().as_u16() == 201,
+                "subscription refused: {}",
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until every expected delivery arrived, or nothing arrived for 30 seconds.
+    async fn drain(&self, label: &str, expectation: &Expectation) {
+        let expected = (expectation.events * expectation.subscriptions) as u64;
+        let mut last = (0, Instant::now());
+        loop {
+            let (distinct, _, _) = expectation.tally();
+            eprint!("\r{label:<40} {distinct:>9}/{expected:<9}");
+            if distinct >= expected {
+                return;
+            }
+            if distinct != last.0 {
+                last = (distinct, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(30) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn delivery(
+        &self,
+        account: &str,
+        events: usize,
+        subscriptions: usize,
+    ) -> anyhow::Result<DeliveryResult> {
+        let expectation = Expectation::new(events, subscriptions);
+        self.receiver.expect(Some(expectation.clone()));
+        self.subscribe(account, subscriptions).await?;
+        let publish = self.publisher(account);
+        let watch = self.server.watch();
+        let started = self.receiver.now();
+        let label = format!("deliver to {subscriptions} subscription(s)");
+        let (publish_elapsed, _) = closed_loop(&label, events, self.concurrency, move |n| {
+            publish(bench_event(n).to_string())
+        })
+        .await?;
+        self.drain(&label, &expectation).await;
+        let (distinct, duplicates, missing) = expectation.tally();
+        let elapsed = Duration::from_nanos(
+            expectation
+                .last_arrival
+                .load(Ordering::Relaxed)
+                .saturating_sub(started),
+        );
+        let resources = watch.finish(distinct);
+        self.receiver.expect(None);
+        Ok(DeliveryResult {
+            events,
+            subscriptions,
+            deliveries: distinct,
+            duplicates,
+            missing,
+            seconds: elapsed.as_secs_f64(),
+            per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
+            publish_per_second: events as f64 / publish_elapsed.as_secs_f64(),
+            ratio_to_raw: 0.0,
+            resources,
+        })
+    }
+
+    async fn latency(&self, seconds: u64) -> anyhow::Result<LatencyResult> {
+        let events = (LATENCY_RATE * seconds) as usize;
+        let expectation = Expectation::new(events, 1);
+        self.receiver.expect(Some(expectation.clone()));
+        self.subscribe("bench-latency", 1).await?;
+        let publish = self.publisher("bench-latency");
+        let watch = self.server.watch();
+        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+        let done = Arc::new(AtomicUsize::new(0));
+        let progress = spawn_progress(
+            format!("latency at {LATENCY_RATE} events/s"),
+            events,
+            done.clone(),
+        );
+        let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / LATENCY_RATE));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut requests = Vec::with_capacity(events);
+        for n in 0..events {
+            ticker.tick().await;
+            let (publish, sent, done, receiver) = (
+                publish.clone(),
+                sent.clone(),
+                done.clone(),
+                self.receiver.clone(),
+            );
+            requests.push(tokio::spawn(async move {
+                sent[n].store(receiver.now(), Ordering::Relaxed);
+                let result = publish(bench_event(n).to_string()).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                result
+            }));
+        }
+        for request in requests {
+            request.await??;
+        }
+        progress.abort();
+        self.drain("latency: waiting for arrivals", &expectation)
+            .await;
+        let (distinct, duplicates, missing) = expectation.tally();
+        let mut latencies: Vec<u64> = (0..events)
+            .filter_map(|n| {
+                Some(
+                    expectation
+                        .arrival(n)?
+                        .saturating_sub(sent[n].load(Ordering::Relaxed))
+                        / 1_000,
+                )
+            })
+            .collect();
+        self.receiver.expect(None);
+        Ok(LatencyResult::new(
+            LATENCY_RATE,
+            events,
+            distinct,
+            duplicates,
+            missing,
+            &mut latencies,
+            watch.finish(distinct),
+        ))
+    }
+
+    async fn outage(&self, events: usize) -> anyhow::Result<report::OutageResult> {
+        let expectation = Expectation::new(events, 1);
+        expectation.down.store(true, Ordering::Relaxed);
+        self.receiver.expect(Some(expectation.clone()));
+        self.subscribe("bench-outage", 1).await?;
+        let publish = self.publisher("bench-outage");
+        let watch = self.server.watch();
+        let batches = events.div_ceil(BATCH);
+        let (published_in, _) = closed_loop(
+            "outage: publish while receiver is down",
+            batches,
+            8,
+            move |n| {
+                let events: Vec<_> = (n * BATCH..((n + 1) * BATCH).min(events))
+                    .map(bench_event)
+                    .collect();
+                publish(serde_json::Value::Array(events).to_string())
+            },
+        )
+        .await?;
+        let down = watch.finish(0);
+        let watch = self.server.watch();
+        let back = Instant::now();
+        expectation.down.store(false, Ordering::Relaxed);
+        self.drain("outage: receiver back, waiting", &expectation)
+            .await;
+        let (distinct, duplicates, missing) = expectation.tally();
+        let recovery = back.elapsed();
+        self.receiver.expect(None);
+        Ok(report::OutageResult {
+            events,
+            publish_seconds: published_in.as_secs_f64(),
+            peak_rss_mb_while_down: down.peak_rss_mb,
+            recovery_seconds: recovery.as_secs_f64(),
+            peak_rss_mb_recovering: watch.finish(distinct).peak_rss_mb,
+            delivered: distinct,
+            duplicates,
+            missing,
+        })
+    }
+}

@@ -1,0 +1,314 @@
+//! The benchmark report: the numbers, the targets of the performance issue beside them,
+//! and the table and JSON forms.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PhaseResources {
+    pub peak_rss_mb: Option<f64>,
+    pub cpu_seconds: Option<f64>,
+    pub cpu_seconds_per_1000_deliveries: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ThroughputResult {
+    pub requests_or_events: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub request_p50_ms: f64,
+    pub request_p99_ms: f64,
+    pub resources: PhaseResources,
+}
+
+impl ThroughputResult {
+    pub fn new(
+        count: usize,
+        elapsed: Duration,
+        mut latencies_us: Vec<u64>,
+        resources: PhaseResources,
+    ) -> Self {
+        latencies_us.sort_unstable();
+        ThroughputResult {
+            requests_or_events: count,
+            seconds: elapsed.as_secs_f64(),
+            per_second: count as f64 / elapsed.as_secs_f64(),
+            request_p50_ms: percentile(&latencies_us, 50.0) / 1000.0,
+            request_p99_ms: percentile(&latencies_us, 99.0) / 1000.0,
+            resources,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DeliveryResult {
+    pub events: usize,
+    pub subscriptions: usize,
+    pub deliveries: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+    /// From the first publish to the last arrival.
+    pub seconds: f64,
+    pub per_second: f64,
+    pub publish_per_second: f64,
+    pub ratio_to_raw: f64,
+    pub resources: PhaseResources,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LatencyResult {
+    pub rate_per_second: u64,
+    pub events: usize,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub resources: PhaseResources,
+}
+
+impl LatencyResult {
+    pub fn new(
+        rate: u64,
+        events: usize,
+        delivered: u64,
+        duplicates: u64,
+        missing: u64,
+        latencies_us: &mut [u64],
+        resources: PhaseResources,
+    ) -> Self {
+        latencies_us.sort_unstable();
+        LatencyResult {
+            rate_per_second: rate,
+            events,
+            delivered,
+            duplicates,
+            missing,
+            p50_ms: percentile(latencies_us, 50.0) / 1000.0,
+            p99_ms: percentile(latencies_us, 99.0) / 1000.0,
+            max_ms: latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+            resources,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct OutageResult {
+    pub events: usize,
+    pub publish_seconds: f64,
+    pub peak_rss_mb_while_down: Option<f64>,
+    pub recovery_seconds: f64,
+    pub peak_rss_mb_recovering: Option<f64>,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub cores: usize,
+    pub concurrency: usize,
+    pub quick: bool,
+    pub idle_rss_mb: Option<f64>,
+    pub raw: ThroughputResult,
+    pub publish_single: ThroughputResult,
+    pub publish_batch: ThroughputResult,
+    pub delivery_one: DeliveryResult,
+    pub delivery_ten: DeliveryResult,
+    pub latency: LatencyResult,
+    pub outage: Option<OutageResult>,
+    pub peak_rss_mb: Option<f64>,
+}
+
+impl Report {
+    pub fn new(concurrency: usize, quick: bool) -> Report {
+        Report {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            concurrency,
+            quick,
+            ..Report::default()
+        }
+    }
+
+    pub fn finish(&mut self) {
+        let raw = self.raw.per_second.max(1e-9);
+        self.delivery_one.ratio_to_raw = self.delivery_one.per_second / raw;
+        self.delivery_ten.ratio_to_raw = self.delivery_ten.per_second / raw;
+        self.peak_rss_mb = [
+            &self.publish_single.resources,
+            &self.publish_batch.resources,
+            &self.delivery_one.resources,
+            &self.delivery_ten.resources,
+            &self.latency.resources,
+        ]
+        .iter()
+        .filter_map(|r| r.peak_rss_mb)
+        .reduce(f64::max);
+    }
+
+    pub fn missing(&self) -> u64 {
+        self.delivery_one.missing
+            + self.delivery_ten.missing
+            + self.latency.missing
+            + self.outage.as_ref().map_or(0, |o| o.missing)
+    }
+
+    pub fn table(&self) -> String {
+        let mb = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1} MB"));
+        let cpu = |r: &PhaseResources| {
+            r.cpu_seconds_per_1000_deliveries
+                .map_or("n/a".to_owned(), |v| format!("{v:.3} s"))
+        };
+        let ten_over_one = self.delivery_ten.per_second / self.delivery_one.per_second.max(1e-9);
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "reelay bench: {} cores, {} concurrent requests{}",
+            self.cores,
+            self.concurrency,
+            if self.quick { " (quick)" } else { "" }
+        );
+        let _ = writeln!(t, "{:<44} {:>26} {:>22}", "measure", "result", "target");
+        let mut row = |name: &str, value: String, target: &str| {
+            let _ = writeln!(t, "{name:<44} {value:>26} {target:>22}");
+        };
+        row(
+            "raw limit: POSTs/s to the receiver",
+            format!("{:.0}/s", self.raw.per_second),
+            "",
+        );
+        row(
+            "publish, single events: events/s",
+            format!("{:.0}/s", self.publish_single.per_second),
+            "",
+        );
+        row(
+            "  request p50 / p99",
+            format!(
+                "{:.2} / {:.2} ms",
+                self.publish_single.request_p50_ms, self.publish_single.request_p99_ms
+            ),
+            "",
+        );
+        row(
+            "publish, batches of 100: events/s",
+            format!("{:.0}/s", self.publish_batch.per_second),
+            ">= 50000/s",
+        );
+        row(
+            "deliveries/s, 1 subscription",
+            format!("{:.0}/s", self.delivery_one.per_second),
+            "",
+        );
+        row(
+            "  ratio to the raw limit",
+            format!("{:.3}", self.delivery_one.ratio_to_raw),
+            ">= 0.25",
+        );
+        row(
+            "deliveries/s, 10 subscriptions",
+            format!("{:.0}/s", self.delivery_ten.per_second),
+            "",
+        );
+        row(
+            "  ratio to 1 subscription",
+            format!("{ten_over_one:.2}x"),
+            ">= 2x",
+        );
+        row(
+            &format!(
+                "publish->arrival at {}/s: p50 / p99 / max",
+                self.latency.rate_per_second
+            ),
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms
+            ),
+            "p99 <= 20 ms",
+        );
+        row("idle RSS", mb(self.idle_rss_mb), "<= 40 MB");
+        row(
+            "peak RSS: publish single / batch",
+            format!(
+                "{} / {}",
+                mb(self.publish_single.resources.peak_rss_mb),
+                mb(self.publish_batch.resources.peak_rss_mb)
+            ),
+            "<= 200 MB",
+        );
+        row(
+            "peak RSS: deliver 1 / 10 subscriptions",
+            format!(
+                "{} / {}",
+                mb(self.delivery_one.resources.peak_rss_mb),
+                mb(self.delivery_ten.resources.peak_rss_mb)
+            ),
+            "<= 200 MB",
+        );
+        row(
+            "peak RSS: latency phase",
+            mb(self.latency.resources.peak_rss_mb),
+            "<= 200 MB",
+        );
+        row(
+            "server CPU per 1000 deliveries: 1 / 10 subs",
+            format!(
+                "{} / {}",
+                cpu(&self.delivery_one.resources),
+                cpu(&self.delivery_ten.resources)
+            ),
+            "",
+        );
+        row(
+            "missing / duplicate deliveries",
+            format!(
+                "{} / {}",
+                self.delivery_one.missing + self.delivery_ten.missing + self.latency.missing,
+                self.delivery_one.duplicates
+                    + self.delivery_ten.duplicates
+                    + self.latency.duplicates
+            ),
+            "0 missing",
+        );
+        if let Some(outage) = &self.outage {
+            row(
+                &format!("outage: {} events published while down", outage.events),
+                format!("{:.1} s", outage.publish_seconds),
+                "",
+            );
+            row(
+                "  peak RSS while down / recovering",
+                format!(
+                    "{} / {}",
+                    mb(outage.peak_rss_mb_while_down),
+                    mb(outage.peak_rss_mb_recovering)
+                ),
+                "< 200 MB",
+            );
+            row(
+                "  all delivered after the receiver is back",
+                format!("{:.1} s", outage.recovery_seconds),
+                "",
+            );
+            row(
+                "  missing / duplicates",
+                format!("{} / {}", outage.missing, outage.duplicates),
+                "0 missing",
+            );
+        }
+        t
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64
+}
