@@ -30,7 +30,9 @@ CREATE TABLE subscriptions (
     disabled_message TEXT,
     disabled_at      INTEGER,
     failing_since    INTEGER,
-    last_success_at  INTEGER
+    last_success_at  INTEGER,
+    -- Deliveries that succeeded at once; they get no attempt record of their own.
+    delivered        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX subscriptions_by_account ON subscriptions (account, created_at);
 
@@ -47,7 +49,7 @@ CREATE TABLE retries (
 );
 CREATE INDEX retries_due ON retries (next_attempt_at) WHERE dead_at IS NULL;
 
--- What happened at each attempt, for the deliveries API.
+-- What happened at each failed attempt and each retry, for the deliveries API.
 CREATE TABLE attempts (
     id              INTEGER PRIMARY KEY,
     subscription_id TEXT    NOT NULL,

@@ -14,7 +14,7 @@ mod retry;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +78,8 @@ pub(crate) struct Target {
     subscription: Subscription,
     signer: Signer,
     failing_since: Mutex<Option<Millis>>,
+    /// Failed attempts since the last success (first attempts and retries alike).
+    consecutive_failures: AtomicU32,
 }
 
 impl Target {
@@ -91,11 +93,16 @@ impl Target {
             subscription,
             signer,
             failing_since,
+            consecutive_failures: AtomicU32::new(0),
         })
     }
 
     fn id(&self) -> &str {
         &self.subscription.id
+    }
+
+    fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
     }
 
     /// Updates the endpoint's health after an attempt; says whether the subscription
@@ -111,9 +118,11 @@ impl Target {
         match result {
             AttemptResult::Delivered => {
                 *failing_since = None;
+                self.consecutive_failures.store(0, Ordering::Relaxed);
                 (Health::Succeeded { at: now }, None)
             }
             _ => {
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                 let since = *failing_since.get_or_insert(now);
                 (
                     Health::Failed { at: since },
@@ -236,7 +245,7 @@ impl Dispatcher {
                     url,
                     id: &event.id,
                     sequence: event.seq,
-                    body: &event.body,
+                    body: event.body.bytes(),
                 };
                 self.shared.webhooks.send(&target.signer, request).await
             }

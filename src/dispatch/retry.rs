@@ -164,6 +164,7 @@ impl Scheduler {
         let progress = Progress {
             subscription_id: retry.subscription_id.clone(),
             cursor: None,
+            delivered: 0,
             attempts: vec![attempt_record(
                 &event,
                 attempt,

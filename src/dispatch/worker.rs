@@ -28,6 +28,14 @@ pub(super) enum Control {
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Progress is saved early when this many attempt records wait.
 const FLUSH_RECORDS: usize = 1_024;
+/// After this many failures in a row the endpoint counts as down: the worker stops
+/// sending new events (they wait in the log, behind the cursor) and sends one probe at
+/// a time, spaced along the retry schedule, until a delivery succeeds again. So an
+/// outage of hours costs one failed attempt per probe, not one per event.
+const BREAKER_THRESHOLD: u32 = 10;
+/// Probes are spaced by the retry schedule, but never further apart than its entry at
+/// this position (5 minutes by default), so a recovery is noticed soon.
+const PROBE_SCHEDULE_CAP: u32 = 5;
 
 pub(super) struct Worker {
     dispatcher: Dispatcher,
@@ -41,6 +49,8 @@ pub(super) struct Worker {
     in_flight_seqs: BTreeSet<i64>,
     report: Progress,
     saved_cursor: i64,
+    /// While the endpoint is down: when the next probe may go.
+    next_probe: tokio::time::Instant,
 }
 
 impl Worker {
@@ -71,6 +81,7 @@ impl Worker {
             in_flight_seqs: BTreeSet::new(),
             report,
             saved_cursor: cursor,
+            next_probe: tokio::time::Instant::now(),
         }
     }
 
@@ -79,12 +90,27 @@ impl Worker {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            while self.in_flight.len() < max_in_flight {
+            let endpoint_down = self.target.consecutive_failures() >= BREAKER_THRESHOLD;
+            let may_start = match endpoint_down {
+                false => max_in_flight,
+                true if self.in_flight.is_empty()
+                    && tokio::time::Instant::now() >= self.next_probe =>
+                {
+                    1
+                }
+                true => 0,
+            };
+            while self.in_flight.len() < may_start {
                 let Some(event) = self.pending.pop_front() else {
                     break;
                 };
+                if endpoint_down {
+                    self.next_probe = tokio::time::Instant::now() + self.probe_interval();
+                }
                 self.start(event);
             }
+            let wait_for_probe =
+                endpoint_down && self.in_flight.is_empty() && !self.pending.is_empty();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -105,6 +131,7 @@ impl Worker {
                     );
                 }
                 _ = flush.tick() => self.flush().await,
+                _ = tokio::time::sleep_until(self.next_probe), if wait_for_probe => {}
             }
         }
         self.finish_in_flight().await;
@@ -119,6 +146,20 @@ impl Worker {
             let attempted = dispatcher.attempt(&target, &event).await;
             (event, attempted)
         }));
+    }
+
+    /// The wait between probes of an endpoint that is down.
+    fn probe_interval(&self) -> Duration {
+        let config = self.dispatcher.config();
+        let failures = self.target.consecutive_failures();
+        let step = (failures + 1)
+            .saturating_sub(BREAKER_THRESHOLD)
+            .clamp(1, PROBE_SCHEDULE_CAP);
+        config
+            .retry_schedule
+            .delay_before(step)
+            .or_else(|| config.retry_schedule.0.last().copied())
+            .unwrap_or(Duration::from_secs(5))
     }
 
     fn command(&mut self, command: Control) {
@@ -148,9 +189,14 @@ impl Worker {
             .target
             .note(&attempted.result, now, config.disable_after);
         self.report.health = Some(health);
-        self.report
-            .attempts
-            .push(attempt_record(event, 1, now, &attempted, &verdict.retry));
+        if verdict.retry == RetryState::Delivered {
+            // The common case costs a counter, not a row.
+            self.report.delivered += 1;
+        } else {
+            self.report
+                .attempts
+                .push(attempt_record(event, 1, now, &attempted, &verdict.retry));
+        }
         if let RetryState::Scheduled {
             next_attempt_at, ..
         } = &verdict.retry
@@ -192,6 +238,7 @@ impl Worker {
         let cursor = self.watermark();
         let moved = cursor != self.saved_cursor;
         if !moved
+            && self.report.delivered == 0
             && self.report.attempts.is_empty()
             && self.report.retries.is_empty()
             && self.report.disable.is_none()
@@ -201,6 +248,7 @@ impl Worker {
         let report = Progress {
             subscription_id: self.report.subscription_id.clone(),
             cursor: moved.then_some(cursor),
+            delivered: std::mem::take(&mut self.report.delivered),
             attempts: std::mem::take(&mut self.report.attempts),
             retries: std::mem::take(&mut self.report.retries),
             health: self.report.health.take(),

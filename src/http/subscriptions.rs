@@ -63,6 +63,8 @@ pub struct SubscriptionOut {
     pub last_success_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<i64>,
+    /// Deliveries that succeeded at the first attempt (they have no attempt record).
+    pub delivered: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -107,6 +109,7 @@ impl SubscriptionOut {
             cursor: subscription.cursor,
             last_success_at: subscription.last_success_at,
             failing_since: subscription.failing_since,
+            delivered: subscription.delivered,
         }
     }
 }
@@ -518,7 +521,9 @@ pub struct RetryOut {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveriesOut {
-    /// Attempts, newest first.
+    /// Deliveries that succeeded at the first attempt: counted, not recorded one by one.
+    pub delivered: u64,
+    /// Failed attempts and retries, newest first.
     pub attempts: Vec<AttemptOut>,
     /// Deliveries waiting for a retry.
     pub retrying: Vec<RetryOut>,
@@ -571,7 +576,7 @@ pub async fn deliveries(
     Path((account, id)): Path<(String, String)>,
     Query(params): Query<DeliveriesQuery>,
 ) -> Result<Json<DeliveriesOut>, ApiError> {
-    find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, &account, &id).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let attempts = state
         .store
@@ -586,6 +591,7 @@ pub async fn deliveries(
         .into_iter()
         .partition(|entry| entry.dead_at.is_some());
     Ok(Json(DeliveriesOut {
+        delivered: subscription.delivered,
         attempts: attempts.into_iter().map(AttemptOut::from).collect(),
         retrying: retrying.into_iter().map(RetryOut::from).collect(),
         dead_letters: dead.into_iter().map(RetryOut::from).collect(),

@@ -3,17 +3,16 @@
 //! Each event keeps the publisher's own text (a slice of the body), so unknown fields
 //! and their order reach subscribers unchanged.
 
-use std::sync::Arc;
-
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::IngestError;
 use crate::catalog::{Catalog, EventType, FieldKind, FieldSpec};
-use crate::model::NewEvent;
+use crate::model::{Document, NewEvent};
 
 /// Parses and validates a publish body. The first invalid event refuses the whole body.
-pub fn parse(catalog: &Catalog, account: &str, body: &[u8]) -> Result<Vec<NewEvent>, IngestError> {
+pub fn parse(catalog: &Catalog, account: &str, body: &Bytes) -> Result<Vec<NewEvent>, IngestError> {
     let whole: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
     let text = whole.get();
     let items: Vec<(Option<usize>, &RawValue)> = match text.as_bytes().first() {
@@ -48,8 +47,13 @@ pub fn parse(catalog: &Catalog, account: &str, body: &[u8]) -> Result<Vec<NewEve
             let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
                 return Err(invalid("", "an event must be a JSON object".into()));
             };
-            validate(catalog, account, &fields, raw.get())
-                .map_err(|(field, message)| invalid(&field, message))
+            validate(
+                catalog,
+                account,
+                &fields,
+                Document::slice_of(body, raw.get()),
+            )
+            .map_err(|(field, message)| invalid(&field, message))
         })
         .collect()
 }
@@ -59,7 +63,7 @@ fn validate(
     catalog: &Catalog,
     account: &str,
     fields: &Map<String, Value>,
-    text: &str,
+    body: Document,
 ) -> Result<NewEvent, (String, String)> {
     let fail = |field: &str, message: String| Err((field.to_owned(), message));
     let name = match fields.get("eventName") {
@@ -133,7 +137,7 @@ fn validate(
         topic: event_type.topic.clone(),
         entity_key,
         occurred_at,
-        body: Arc::from(text),
+        body,
     })
 }
 
@@ -242,7 +246,7 @@ mod tests {
     }
 
     fn invalid(body: &Value) -> (Option<usize>, String) {
-        match parse(&catalog(), "vimond", body.to_string().as_bytes()) {
+        match parse(&catalog(), "vimond", &Bytes::from(body.to_string())) {
             Err(IngestError::Invalid { index, field, .. }) => (index, field),
             other => panic!("expected Invalid, got {other:?}"),
         }
@@ -258,19 +262,27 @@ mod tests {
         );
         for fixture in fixtures {
             let text = fixture["text"].as_str().unwrap();
-            let events = parse(&catalog(), "vimond", text.as_bytes())
-                .unwrap_or_else(|e| panic!("{}: {e}", fixture["title"]));
+            let events = parse(
+                &catalog(),
+                "vimond",
+                &Bytes::copy_from_slice(text.as_bytes()),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", fixture["title"]));
             assert_eq!(events.len(), 1);
             let document: Value = serde_json::from_str(text).unwrap();
             assert_eq!(events[0].id, document["guid"].as_str().unwrap());
-            assert_eq!(&*events[0].body, text, "kept byte for byte");
+            assert_eq!(events[0].body.as_str(), text, "kept byte for byte");
         }
     }
 
     #[test]
     fn the_malformed_seed_example_gets_its_position() {
         let text = include_str!("../../tests/fixtures/seed_malformed_contentpanel.txt");
-        match parse(&catalog(), "vimond", text.as_bytes()) {
+        match parse(
+            &catalog(),
+            "vimond",
+            &Bytes::copy_from_slice(text.as_bytes()),
+        ) {
             Err(IngestError::Malformed { line, column, .. }) => assert!(line > 1 && column > 0),
             other => panic!("expected Malformed, got {other:?}"),
         }
@@ -279,10 +291,15 @@ mod tests {
     #[test]
     fn a_batch_keeps_each_items_own_text_and_order() {
         let body = "[ {\"eventName\":\"asset-published\", \"guid\":\"a\",\"timestamp\":\"2022-12-21T13:53:05+00:00\",\"assetId\":\"9\", \"zz\": 1},\n{\"eventName\":\"category-updated\",\"guid\":\"b\",\"timestamp\":\"2023-03-31T12:14:24.527Z\",\"categoryId\":377484} ]";
-        let events = parse(&catalog(), "vimond", body.as_bytes()).unwrap();
+        let events = parse(
+            &catalog(),
+            "vimond",
+            &Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(
-            &*events[0].body,
+            events[0].body.as_str(),
             "{\"eventName\":\"asset-published\", \"guid\":\"a\",\"timestamp\":\"2022-12-21T13:53:05+00:00\",\"assetId\":\"9\", \"zz\": 1}"
         );
         assert_eq!(events[0].entity_key.as_deref(), Some("9"));
@@ -324,7 +341,10 @@ mod tests {
                               "eventType": "device-exploded", "deviceId": "1"});
         assert_eq!(invalid(&bad_kind), (None, "eventType".into()));
         assert_eq!(invalid(&json!([1])), (Some(0), "".into()));
-        assert_eq!(parse(&catalog(), "vimond", b"[]"), Err(IngestError::Empty));
+        assert_eq!(
+            parse(&catalog(), "vimond", &Bytes::from_static(b"[]")),
+            Err(IngestError::Empty)
+        );
     }
 
     #[test]
@@ -332,17 +352,17 @@ mod tests {
         for asset in [json!(897874), json!("897874")] {
             let mut event = asset_updated("n");
             event["assetId"] = asset;
-            let events = parse(&catalog(), "vimond", event.to_string().as_bytes()).unwrap();
+            let events = parse(&catalog(), "vimond", &Bytes::from(event.to_string())).unwrap();
             assert_eq!(events[0].entity_key.as_deref(), Some("897874"));
         }
         let sub = json!({"eventName": "subprofile-event", "guid": "s", "timestamp": "2018-07-17T10:10:15.133Z",
                          "originatorId": "fb85", "eventType": "subprofile-deleted", "subProfileId": "bf64"});
-        let events = parse(&catalog(), "vimond", sub.to_string().as_bytes()).unwrap();
+        let events = parse(&catalog(), "vimond", &Bytes::from(sub.to_string())).unwrap();
         assert_eq!(events[0].entity_key.as_deref(), Some("bf64"));
         // No tenant at all is fine: the account says whose it is.
         let mut untenanted = asset_updated("u");
         untenanted.as_object_mut().unwrap().remove("tenant");
-        assert!(parse(&catalog(), "vimond", untenanted.to_string().as_bytes()).is_ok());
+        assert!(parse(&catalog(), "vimond", &Bytes::from(untenanted.to_string())).is_ok());
     }
 
     #[test]
@@ -350,7 +370,7 @@ mod tests {
         match parse(
             &catalog(),
             "vimond",
-            b"{\n  \"eventName\": \"asset-updated\",\n  \"guid\": }",
+            &Bytes::from_static(b"{\n  \"eventName\": \"asset-updated\",\n  \"guid\": }"),
         ) {
             Err(IngestError::Malformed {
                 line: 3, column, ..
@@ -358,11 +378,11 @@ mod tests {
             other => panic!("expected Malformed at line 3, got {other:?}"),
         }
         assert!(matches!(
-            parse(&catalog(), "vimond", b""),
+            parse(&catalog(), "vimond", &Bytes::from_static(b"")),
             Err(IngestError::Malformed { .. })
         ));
         assert!(matches!(
-            parse(&catalog(), "vimond", b"\"text\""),
+            parse(&catalog(), "vimond", &Bytes::from_static(b"\"text\"")),
             Err(IngestError::Invalid { .. })
         ));
     }

@@ -1,7 +1,7 @@
 //! Events: what ingest produces ([`NewEvent`]) and what the log hands to dispatch
 //! ([`StoredEvent`]).
 
-use std::sync::Arc;
+use bytes::Bytes;
 
 use super::Millis;
 
@@ -19,7 +19,7 @@ pub struct NewEvent {
     pub entity_key: Option<String>,
     /// When the event happened, as the publisher said (`timestamp`).
     pub occurred_at: Millis,
-    pub body: Arc<str>,
+    pub body: Document,
 }
 
 /// An event as committed to the log, with its position.
@@ -35,5 +35,39 @@ pub struct StoredEvent {
     pub occurred_at: Millis,
     /// When Reelay committed it.
     pub received_at: Millis,
-    pub body: Arc<str>,
+    pub body: Document,
+}
+
+/// An event's JSON text as the publisher wrote it. Cheap to clone: it shares the request
+/// buffer it was cut from, so the same bytes go from the publish request to the log and
+/// to every webhook without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document(Bytes);
+
+impl Document {
+    /// The part of `buffer` that `text` (a slice of it) covers.
+    pub fn slice_of(buffer: &Bytes, text: &str) -> Document {
+        Document(buffer.slice_ref(text.as_bytes()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built only from `&str` and `String`, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<String> for Document {
+    fn from(text: String) -> Document {
+        Document(Bytes::from(text))
+    }
+}
+
+impl From<&str> for Document {
+    fn from(text: &str) -> Document {
+        Document(Bytes::copy_from_slice(text.as_bytes()))
+    }
 }

@@ -4,7 +4,7 @@
 mod event;
 mod subscription;
 
-pub use event::{NewEvent, StoredEvent};
+pub use event::{Document, NewEvent, StoredEvent};
 pub use subscription::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
 };

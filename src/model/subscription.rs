@@ -118,4 +118,6 @@ pub struct Subscription {
     /// Start of the current run of failures (cleared by a success).
     pub failing_since: Option<Millis>,
     pub last_success_at: Option<Millis>,
+    /// Deliveries that succeeded at the first attempt.
+    pub delivered: u64,
 }

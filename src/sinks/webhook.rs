@@ -71,7 +71,7 @@ pub struct WebhookRequest<'a> {
     pub url: &'a str,
     pub id: &'a str,
     pub sequence: i64,
-    pub body: &'a str,
+    pub body: &'a bytes::Bytes,
 }
 
 /// Shared HTTP client: one connection pool for every webhook destination.
@@ -95,7 +95,7 @@ impl WebhookSink {
 
     pub async fn send(&self, signer: &Signer, request: WebhookRequest<'_>) -> Attempted {
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = signer.sign(request.id, timestamp, request.body.as_bytes());
+        let signature = signer.sign(request.id, timestamp, request.body);
         let mut headers = HeaderMap::with_capacity(5);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(id) = HeaderValue::from_str(request.id) {
@@ -112,7 +112,7 @@ impl WebhookSink {
             .client
             .post(request.url)
             .headers(headers)
-            .body(request.body.to_owned())
+            .body(request.body.clone())
             .send()
             .await;
         let mut response = match sent {

@@ -122,6 +122,9 @@ pub enum Health {
 pub struct Progress {
     pub subscription_id: String,
     pub cursor: Option<i64>,
+    /// Deliveries that succeeded at the first attempt since the last report.
+    pub delivered: u64,
+    /// Failed attempts and retries (a first-attempt success has no record of its own).
     pub attempts: Vec<AttemptRecord>,
     pub retries: Vec<RetryUpdate>,
     pub health: Option<Health>,

@@ -19,8 +19,23 @@ use crate::model::{
     Subscription,
 };
 
-/// SQLite caps the number of bound values per statement; batches are cut to fit.
-const ROWS_PER_INSERT: usize = 500;
+/// Largest multi-row insert (SQLite caps the bound values per statement).
+const ROWS_PER_INSERT: usize = 256;
+
+/// Cuts `rows` into chunks whose sizes are powers of two, largest first: a multi-row
+/// insert has one SQL text per chunk size, so a handful of prepared statements serve
+/// every batch size from sqlx's statement cache instead of being prepared each commit.
+fn power_of_two_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = ROWS_PER_INSERT.min(1 << rows.len().ilog2());
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -74,7 +89,7 @@ impl SqliteStore {
     ) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
         let mut inserted = Vec::with_capacity(events.len());
-        for chunk in events.chunks(ROWS_PER_INSERT) {
+        for chunk in power_of_two_chunks(events) {
             let mut insert: QueryBuilder<Sqlite> =
                 QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
             insert.push_values(chunk, |mut row, event| {
@@ -86,7 +101,7 @@ impl SqliteStore {
                     .push_bind(&event.entity_key)
                     .push_bind(event.occurred_at)
                     .push_bind(event.received_at)
-                    .push_bind(&*event.body);
+                    .push_bind(event.body.as_str());
             });
             insert.push(" ON CONFLICT (account, event_id) DO NOTHING RETURNING seq");
             let seqs: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
@@ -408,7 +423,7 @@ impl SqliteStore {
 
 async fn apply_progress(tx: &mut sqlx::SqliteConnection, report: &Progress) -> Result<()> {
     let id = report.subscription_id.as_str();
-    for chunk in report.attempts.chunks(ROWS_PER_INSERT) {
+    for chunk in power_of_two_chunks(&report.attempts) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, error, latency_ms, response, next_attempt_at) ",
         );
@@ -473,34 +488,28 @@ async fn apply_progress(tx: &mut sqlx::SqliteConnection, report: &Progress) -> R
             }
         }
     }
-    if let Some(cursor) = report.cursor {
-        sqlx::query("UPDATE subscriptions SET cursor = ? WHERE id = ?")
-            .bind(cursor)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    match report.health {
-        Some(Health::Succeeded { at }) => {
-            sqlx::query(
-                "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?",
-            )
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Some(Health::Failed { at }) => {
-            sqlx::query(
-                "UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
-            )
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        None => {}
-    }
+    let (succeeded, failed) = match report.health {
+        Some(Health::Succeeded { at }) => (Some(at), None),
+        Some(Health::Failed { at }) => (None, Some(at)),
+        None => (None, None),
+    };
+    // One statement for the cursor, the count and the health: this runs for every
+    // subscription at every flush.
+    sqlx::query(
+        "UPDATE subscriptions SET cursor = COALESCE(?1, cursor), delivered = delivered + ?2, \
+         last_success_at = COALESCE(?3, last_success_at), \
+         failing_since = CASE WHEN ?3 IS NOT NULL THEN NULL \
+                              WHEN ?4 IS NOT NULL THEN COALESCE(failing_since, ?4) \
+                              ELSE failing_since END \
+         WHERE id = ?5",
+    )
+    .bind(report.cursor)
+    .bind(report.delivered as i64)
+    .bind(succeeded)
+    .bind(failed)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     if let Some(reason) = &report.disable {
         sqlx::query(
             "UPDATE subscriptions SET disabled_code = ?, disabled_message = ?, disabled_at = ? \
@@ -561,6 +570,7 @@ struct SubscriptionRow {
     disabled_at: Option<i64>,
     failing_since: Option<i64>,
     last_success_at: Option<i64>,
+    delivered: i64,
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {
@@ -591,6 +601,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             disabled_at: row.disabled_at,
             failing_since: row.failing_since,
             last_success_at: row.last_success_at,
+            delivered: row.delivered as u64,
         })
     }
 }
@@ -623,4 +634,36 @@ fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt> {
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing these plain types cannot fail.
     serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_every_row() {
+        let rows: Vec<usize> = (0..1_000).collect();
+        for len in [0, 1, 2, 3, 100, 255, 256, 257, 1_000] {
+            let sizes: Vec<usize> = power_of_two_chunks(&rows[..len])
+                .map(<[usize]>::len)
+                .collect();
+            assert_eq!(sizes.iter().sum::<usize>(), len);
+            assert!(
+                sizes
+                    .iter()
+                    .all(|size| size.is_power_of_two() && *size <= ROWS_PER_INSERT)
+            );
+            let joined: Vec<usize> = power_of_two_chunks(&rows[..len])
+                .flatten()
+                .copied()
+                .collect();
+            assert_eq!(joined, rows[..len]);
+        }
+        assert_eq!(
+            power_of_two_chunks(&rows[..100])
+                .map(<[usize]>::len)
+                .collect::<Vec<_>>(),
+            vec![64, 32, 4]
+        );
+    }
 }

@@ -274,3 +274,60 @@ async fn replay_redelivers_from_a_sequence_number_or_a_time() {
         .await;
     assert_eq!(status, 422, "{error}");
 }
+
+#[tokio::test]
+async fn an_endpoint_that_is_down_is_probed_not_flooded_and_gets_everything_back() {
+    let app = TestApp::start_with(&[("REELAY_MAX_IN_FLIGHT", "4")]).await;
+    let receiver = Receiver::start().await;
+    let (id, secret) =
+        subscribed_with_secret(&app, &receiver, "/outage", &[Response::status(503)]).await;
+    let batch: Vec<Value> = (0..200)
+        .map(|n| asset_event("asset-updated", &format!("o-{n}")))
+        .collect();
+    let (status, _) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &Value::Array(batch).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tried: std::collections::HashSet<_> = receiver
+        .deliveries("/outage")
+        .await
+        .into_iter()
+        .filter_map(|d| d.webhook_id)
+        .collect();
+    assert!(
+        tried.len() < 40,
+        "after 10 failures in a row only probes go out, not all 200 ({} tried)",
+        tried.len()
+    );
+
+    receiver
+        .hook("/outage", &secret, &[Response::status(200)])
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "all 200 events after the outage",
+        || async {
+            let ids: std::collections::HashSet<_> = receiver
+                .deliveries("/outage")
+                .await
+                .into_iter()
+                .filter_map(|d| d.webhook_id)
+                .collect();
+            (ids.len() == 200).then_some(())
+        },
+    )
+    .await;
+    let subscription = eventually(Duration::from_secs(5), "delivered count saved", || async {
+        let (_, s) = app
+            .get(&format!("/v1/accounts/vimond/subscriptions/{id}"))
+            .await;
+        (s["delivered"].as_u64().unwrap_or(0) > 0 && s["status"] == "enabled").then_some(s)
+    })
+    .await;
+    assert!(subscription.get("failingSince").is_none(), "{subscription}");
+}
