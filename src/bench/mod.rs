@@ -45,6 +45,10 @@ pub struct BenchConfig {
     /// then bring it back and wait for all of them (watching the server's memory).
     #[arg(long)]
     pub outage_events: Option<usize>,
+    /// Run only these phases (for profiling one of them): raw, single, batch, one, ten,
+    /// latency. The raw limit always runs.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// Sizes of each phase.
@@ -92,6 +96,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         None => BenchServer::start(config.outage_events.is_some()).await?,
     };
     let bench = Bench {
+        run: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(config.concurrency * 2)
             .build()?,
@@ -104,12 +109,23 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     let mut report = Report::new(config.concurrency, config.quick);
     report.idle_rss_mb = bench.server.rss_mb();
 
+    let runs = |phase: &str| config.only.is_empty() || config.only.iter().any(|p| p == phase);
     report.raw = bench.raw_limit(sizes.raw).await?;
-    report.publish_single = bench.publish_single(sizes.single).await?;
-    report.publish_batch = bench.publish_batches(sizes.batches).await?;
-    report.delivery_one = bench.delivery("bench-one", sizes.delivery_one, 1).await?;
-    report.delivery_ten = bench.delivery("bench-ten", sizes.delivery_ten, 10).await?;
-    report.latency = bench.latency(sizes.latency_seconds).await?;
+    if runs("single") {
+        report.publish_single = bench.publish_single(sizes.single).await?;
+    }
+    if runs("batch") {
+        report.publish_batch = bench.publish_batches(sizes.batches).await?;
+    }
+    if runs("one") {
+        report.delivery_one = bench.delivery("one", sizes.delivery_one, 1).await?;
+    }
+    if runs("ten") {
+        report.delivery_ten = bench.delivery("ten", sizes.delivery_ten, 10).await?;
+    }
+    if runs("latency") {
+        report.latency = bench.latency(sizes.latency_seconds).await?;
+    }
     if let Some(events) = config.outage_events {
         report.outage = Some(bench.outage(events).await?);
     }
@@ -133,6 +149,9 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
 }
 
 struct Bench {
+    /// Accounts are named per run, so runs against one server never see each other's
+    /// events as duplicates.
+    run: String,
     http: reqwest::Client,
     server: BenchServer,
     receiver: Receiver,
@@ -205,6 +224,10 @@ fn bench_event(n: usize) -> serde_json::Value {
 }
 
 impl Bench {
+    fn account(&self, phase: &str) -> String {
+        format!("{}-{phase}", self.run)
+    }
+
     async fn raw_limit(&self, total: usize) -> anyhow::Result<ThroughputResult> {
         let http = self.http.clone();
         let url = format!("{}/raw", self.receiver_url);
@@ -246,7 +269,11 @@ impl Bench {
     + Send
     + 'static {
         let http = self.http.clone();
-        let url = format!("{}/v1/accounts/{account}/events", self.server.url());
+        let url = format!(
+            "{}/v1/accounts/{}/events",
+            self.server.url(),
+            self.account(account)
+        );
         let token = self.server.token().to_owned();
         move |body: String| {
             let (http, url, token) = (http.clone(), url.clone(), token.clone());
@@ -269,7 +296,7 @@ impl Bench {
     }
 
     async fn publish_single(&self, total: usize) -> anyhow::Result<ThroughputResult> {
-        let publish = self.publisher("bench-single");
+        let publish = self.publisher("single");
         let watch = self.server.watch();
         let (elapsed, latencies) = closed_loop(
             "publish, single events",
@@ -287,7 +314,7 @@ impl Bench {
     }
 
     async fn publish_batches(&self, batches: usize) -> anyhow::Result<ThroughputResult> {
-        let publish = self.publisher("bench-batch");
+        let publish = self.publisher("batch");
         let watch = self.server.watch();
         let (elapsed, latencies) = closed_loop(
             "publish, batches of 100",
@@ -313,8 +340,9 @@ impl Bench {
             let response = self
                 .http
                 .post(format!(
-                    "{}/v1/accounts/{account}/subscriptions",
-                    self.server.url()
+                    "{}/v1/accounts/{}/subscriptions",
+                    self.server.url(),
+                    self.account(account)
                 ))
                 .bearer_auth(self.server.token())
                 .json(&body)
@@ -393,8 +421,8 @@ impl Bench {
         let events = (LATENCY_RATE * seconds) as usize;
         let expectation = Expectation::new(events, 1);
         self.receiver.expect(Some(expectation.clone()));
-        self.subscribe("bench-latency", 1).await?;
-        let publish = self.publisher("bench-latency");
+        self.subscribe("latency", 1).await?;
+        let publish = self.publisher("latency");
         let watch = self.server.watch();
         let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
         let done = Arc::new(AtomicUsize::new(0));
@@ -454,8 +482,8 @@ impl Bench {
         let expectation = Expectation::new(events, 1);
         expectation.down.store(true, Ordering::Relaxed);
         self.receiver.expect(Some(expectation.clone()));
-        self.subscribe("bench-outage", 1).await?;
-        let publish = self.publisher("bench-outage");
+        self.subscribe("outage", 1).await?;
+        let publish = self.publisher("outage");
         let watch = self.server.watch();
         let batches = events.div_ceil(BATCH);
         let (published_in, _) = closed_loop(

@@ -46,6 +46,8 @@ pub enum DispatchError {
     Store(#[from] StoreError),
     #[error("subscription {id} has an unusable signing secret: {source}")]
     Secret { id: String, source: SecretError },
+    #[error("subscription {id} has an unusable URL: {url}")]
+    Url { id: String, url: String },
 }
 
 /// The dispatcher: cheap to clone, shared by the HTTP layer (which adds and removes
@@ -76,14 +78,28 @@ struct WorkerHandle {
 /// endpoint has been doing.
 pub(crate) struct Target {
     subscription: Subscription,
+    destination: Prepared,
     signer: Signer,
     failing_since: Mutex<Option<Millis>>,
     /// Failed attempts since the last success (first attempts and retries alike).
     consecutive_failures: AtomicU32,
 }
 
+/// A destination parsed once, not at every delivery.
+enum Prepared {
+    Webhook(reqwest::Url),
+}
+
 impl Target {
     fn new(subscription: Subscription) -> Result<Target, DispatchError> {
+        let destination = match &subscription.destination {
+            Destination::Webhook { url } => {
+                Prepared::Webhook(reqwest::Url::parse(url).map_err(|_| DispatchError::Url {
+                    id: subscription.id.clone(),
+                    url: url.clone(),
+                })?)
+            }
+        };
         let signer = Signer::new(&subscription.secret).map_err(|source| DispatchError::Secret {
             id: subscription.id.clone(),
             source,
@@ -91,6 +107,7 @@ impl Target {
         let failing_since = Mutex::new(subscription.failing_since);
         Ok(Target {
             subscription,
+            destination,
             signer,
             failing_since,
             consecutive_failures: AtomicU32::new(0),
@@ -239,8 +256,8 @@ impl Dispatcher {
 
     /// One attempt to deliver `event` to `target`, with its metrics.
     async fn attempt(&self, target: &Target, event: &StoredEvent) -> Attempted {
-        let attempted = match &target.subscription.destination {
-            Destination::Webhook { url } => {
+        let attempted = match &target.destination {
+            Prepared::Webhook(url) => {
                 let request = WebhookRequest {
                     url,
                     id: &event.id,

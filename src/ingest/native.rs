@@ -13,49 +13,65 @@ use crate::model::{Document, NewEvent};
 
 /// Parses and validates a publish body. The first invalid event refuses the whole body.
 pub fn parse(catalog: &Catalog, account: &str, body: &Bytes) -> Result<Vec<NewEvent>, IngestError> {
-    let whole: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
-    let text = whole.get();
-    let items: Vec<(Option<usize>, &RawValue)> = match text.as_bytes().first() {
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        // One event: parsed once, straight into its fields.
+        Some(b'{') => {
+            let fields: Map<String, Value> = serde_json::from_slice(body).map_err(malformed)?;
+            let text = std::str::from_utf8(body).map_err(|_| not_utf8())?.trim();
+            let event = validate(catalog, account, &fields, Document::slice_of(body, text))
+                .map_err(|(field, message)| IngestError::Invalid {
+                    index: None,
+                    field,
+                    message,
+                })?;
+            Ok(vec![event])
+        }
+        // A batch: each item keeps its own text, then is parsed into its fields.
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(malformed)?;
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
+            if items.is_empty() {
+                return Err(IngestError::Empty);
+            }
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| (Some(i), item))
+                .map(|(index, raw)| {
+                    let invalid = |field: &str, message: String| IngestError::Invalid {
+                        index: Some(index),
+                        field: field.to_owned(),
+                        message,
+                    };
+                    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
+                        return Err(invalid("", "an event must be a JSON object".into()));
+                    };
+                    validate(
+                        catalog,
+                        account,
+                        &fields,
+                        Document::slice_of(body, raw.get()),
+                    )
+                    .map_err(|(field, message)| invalid(&field, message))
+                })
                 .collect()
         }
-        Some(b'{') => vec![(None, whole)],
         _ => {
-            return Err(IngestError::Invalid {
+            // Malformed JSON gets its position; well-formed JSON of another kind, a 422.
+            let _: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
+            Err(IngestError::Invalid {
                 index: None,
                 field: String::new(),
                 message: "the body must be an event object or an array of event objects".into(),
-            });
+            })
         }
-    };
-    if items.is_empty() {
-        return Err(IngestError::Empty);
     }
-    items
-        .into_iter()
-        .map(|(index, raw)| {
-            let invalid = |field: &str, message: String| IngestError::Invalid {
-                index,
-                field: field.to_owned(),
-                message,
-            };
-            let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
-                return Err(invalid("", "an event must be a JSON object".into()));
-            };
-            validate(
-                catalog,
-                account,
-                &fields,
-                Document::slice_of(body, raw.get()),
-            )
-            .map_err(|(field, message)| invalid(&field, message))
-        })
-        .collect()
+}
+
+fn not_utf8() -> IngestError {
+    IngestError::Malformed {
+        line: 1,
+        column: 1,
+        message: "the body is not UTF-8".into(),
+    }
 }
 
 /// Checks one event; on failure says which field and why.

@@ -68,7 +68,7 @@ pub fn generate_secret() -> String {
 
 /// One message to POST.
 pub struct WebhookRequest<'a> {
-    pub url: &'a str,
+    pub url: &'a reqwest::Url,
     pub id: &'a str,
     pub sequence: i64,
     pub body: &'a bytes::Bytes,
@@ -110,7 +110,7 @@ impl WebhookSink {
         let started = Instant::now();
         let sent = self
             .client
-            .post(request.url)
+            .post(request.url.clone())
             .headers(headers)
             .body(request.body.clone())
             .send()

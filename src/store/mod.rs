@@ -173,6 +173,22 @@ pub struct Store {
     head: watch::Receiver<i64>,
 }
 
+/// Checkpoints the WAL every second while the store is open (it is open as long as a
+/// handle to the writer queue exists).
+async fn checkpoints(db: SqliteStore, open: mpsc::WeakSender<writer::WriteOp>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if open.upgrade().is_none() {
+            return;
+        }
+        if let Err(error) = db.checkpoint().await {
+            tracing::warn!(%error, "WAL checkpoint failed; will try again");
+        }
+    }
+}
+
 /// How many committed batches the in-memory hand-off keeps for slow dispatchers; one
 /// that falls further behind reads the log from the database instead.
 const COMMITTED_BACKLOG: usize = 256;
@@ -185,8 +201,10 @@ impl Store {
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
-        let writer = writer::Writer::new(db.clone(), queue, committed.clone(), head_tx, head_seq);
+        let connection = db.writer_connection().await?;
+        let writer = writer::Writer::new(connection, queue, committed.clone(), head_tx, head_seq);
         tasks.spawn(writer.run());
+        tasks.spawn(checkpoints(db.clone(), writes.downgrade()));
         Ok(Store {
             db,
             writes,

@@ -9,6 +9,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use sqlx::Sqlite;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{Appended, Progress, Result, SqliteStore, StoreError};
@@ -38,7 +40,7 @@ const MAX_EVENTS_PER_COMMIT: usize = 5_000;
 const MAX_OPS_PER_COMMIT: usize = 1_024;
 
 pub(super) struct Writer {
-    db: SqliteStore,
+    connection: PoolConnection<Sqlite>,
     queue: mpsc::Receiver<WriteOp>,
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Sender<i64>,
@@ -47,14 +49,14 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        db: SqliteStore,
+        connection: PoolConnection<Sqlite>,
         queue: mpsc::Receiver<WriteOp>,
         committed: broadcast::Sender<Arc<CommittedBatch>>,
         head: watch::Sender<i64>,
         head_seq: i64,
     ) -> Writer {
         Writer {
-            db,
+            connection,
             queue,
             committed,
             head,
@@ -122,7 +124,11 @@ impl Writer {
             }
         }
 
-        match self.db.commit_group(&rows, &progress).await {
+        let started = std::time::Instant::now();
+        let committed = SqliteStore::commit_group(&mut self.connection, &rows, &progress).await;
+        metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
+        match committed {
             Ok(inserted) => {
                 let inserted: HashSet<i64> = inserted.into_iter().collect();
                 // A row the database skipped had its id stored by an earlier commit.

@@ -58,8 +58,8 @@ async fn every_acknowledged_event_arrives_after_sigkill_with_the_receiver_down()
     assert_eq!(acknowledged.len(), 50);
 
     app.kill_and_restart().await;
-    let receiver = Receiver::start_on(port).await;
-    receiver.hook("/hook", &secret, &[]).await;
+    // Deliveries start the moment it listens: it must know the secret from the start.
+    let receiver = Receiver::start_on(port, &[("/hook", &secret)]).await;
 
     let arrived = eventually(
         Duration::from_secs(30),

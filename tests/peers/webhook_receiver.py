@@ -5,7 +5,7 @@ It records every delivery and checks its Standard Webhooks signature with the
 each delivery from a per-path script of responses, so tests can make a receiver fail,
 ask for a pause (Retry-After) or go away (410).
 
-    python3 webhook_receiver.py --port 9000
+    python3 webhook_receiver.py --port 9000 [--hook /path=whsec_...]
 
 Deliveries: POST to any path outside /_control/. Control API (JSON):
     POST /_control/hooks    {"path": "/a", "secret": "whsec_...",
@@ -127,7 +127,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--hook", action="append", default=[], metavar="PATH=SECRET",
+                        help="register a path's secret before the first delivery can arrive")
     args = parser.parse_args()
+    for hook in args.hook:
+        path, secret = hook.split("=", 1)
+        hooks[path] = {"secret": secret, "responses": [], "delay_ms": 0, "served": 0}
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print(f"LISTENING {server.server_address[1]}", flush=True)

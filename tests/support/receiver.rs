@@ -56,17 +56,22 @@ pub struct Delivery {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        Receiver::start_on(0).await
+        Receiver::start_on(0, &[]).await
     }
 
-    /// Starts on a given port (0: any free one).
-    pub async fn start_on(port: u16) -> Receiver {
+    /// Starts on a given port (0: any free one) with `hooks` (path, secret) registered
+    /// before the first delivery can arrive.
+    pub async fn start_on(port: u16, hooks: &[(&str, &str)]) -> Receiver {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/webhook_receiver.py"
         );
+        let mut args = vec![script.to_owned(), "--port".into(), port.to_string()];
+        for (path, secret) in hooks {
+            args.extend(["--hook".to_owned(), format!("{path}={secret}")]);
+        }
         let mut child = Command::new("python3")
-            .args([script, "--port", &port.to_string()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
