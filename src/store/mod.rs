@@ -191,7 +191,7 @@ async fn checkpoints(db: SqliteStore, open: mpsc::WeakSender<writer::WriteOp>) {
 
 /// How many committed batches the in-memory hand-off keeps for slow dispatchers; one
 /// that falls further behind reads the log from the database instead.
-const COMMITTED_BACKLOG: usize = 256;
+const COMMITTED_BACKLOG: usize = 64;
 
 impl Store {
     /// Opens (creating if needed) the database, runs migrations and starts the writer.
