@@ -48,6 +48,8 @@ pub async fn run(
         println!("Generated admin token (shown once, stored hashed): {token}");
     }
 
+    // Installed before dispatch starts, which takes its metric handles at start.
+    let metrics = metrics_handle();
     let cancel = CancellationToken::new();
     let dispatch_tasks = TaskTracker::new();
     let dispatcher = Dispatcher::start(
@@ -69,7 +71,7 @@ pub async fn run(
         catalog: Arc::new(catalog),
         dispatcher,
         keys,
-        metrics: metrics_handle(),
+        metrics,
         allow_private_destinations: config.allow_private_destinations,
         max_subscriptions_per_event: config.max_subscriptions_per_event,
         subscription_writes: Arc::default(),

@@ -107,6 +107,23 @@ async fn a_receiver_that_fails_then_recovers_gets_the_event_and_the_log_shows_bo
         2,
         "no more attempts after success"
     );
+
+    let (_, metrics) = app
+        .request(reqwest::Method::GET, "/metrics", None, None)
+        .await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("reelay_deliveries_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("reelay_deliveries_total{outcome=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("reelay_delivery_latency_seconds_count 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
