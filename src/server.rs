@@ -59,6 +59,7 @@ pub async fn run(
             disable_after: config.disable_after,
             max_in_flight: config.max_in_flight,
             delivery_timeout: config.delivery_timeout,
+            allow_private_destinations: config.allow_private_destinations,
             shutdown_grace: Duration::from_secs(5),
         },
         cancel.clone(),

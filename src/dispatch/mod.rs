@@ -35,6 +35,8 @@ pub struct DispatchConfig {
     pub disable_after: Duration,
     pub max_in_flight: usize,
     pub delivery_timeout: Duration,
+    /// Whether webhooks may reach loopback, private and link-local addresses.
+    pub allow_private_destinations: bool,
     /// How long shutdown waits for deliveries in flight before handing them back (they
     /// stay behind the saved cursor and are sent again after the restart).
     pub shutdown_grace: Duration,
@@ -194,7 +196,7 @@ impl Dispatcher {
         cancel: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Dispatcher, DispatchError> {
-        let webhooks = WebhookSink::new(config.delivery_timeout);
+        let webhooks = WebhookSink::new(config.delivery_timeout, config.allow_private_destinations);
         let dispatcher = Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),

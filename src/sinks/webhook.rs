@@ -81,8 +81,15 @@ pub struct WebhookSink {
 }
 
 impl WebhookSink {
-    pub fn new(timeout: Duration) -> WebhookSink {
-        let client = reqwest::Client::builder()
+    pub fn new(timeout: Duration, allow_private: bool) -> WebhookSink {
+        let builder = reqwest::Client::builder();
+        // Checked at creation too, but a name can be re-pointed later (DNS rebinding):
+        // every connection resolves through the same rule.
+        let builder = match allow_private {
+            true => builder,
+            false => builder.dns_resolver(PublicOnly),
+        };
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -253,6 +260,25 @@ pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), Des
     }
 }
 
+/// A DNS resolver that drops loopback, private and link-local addresses.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| is_public(&address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 fn is_public(address: &IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => {
@@ -338,6 +364,50 @@ mod tests {
             retry_after(StatusCode::TOO_MANY_REQUESTS, &headers),
             Some(MAX_RETRY_AFTER)
         );
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_a_private_address_is_not_called() {
+        // A listener that would answer if the connection were made.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let url: reqwest::Url = format!("http://localhost:{port}/hook").parse().unwrap();
+        let body = bytes::Bytes::from_static(b"{}");
+        let signer = Signer::new(&generate_secret()).unwrap();
+        let request = || WebhookRequest {
+            url: &url,
+            id: "e-1",
+            sequence: 1,
+            body: &body,
+        };
+
+        let refused = WebhookSink::new(Duration::from_secs(5), false)
+            .send(&signer, request())
+            .await;
+        match refused.result {
+            AttemptResult::Failed { error, .. } => {
+                assert!(error.contains("no public address"), "{error}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(refused.status, None);
+
+        // Allowed: the connection is made (the listener hangs up, so it still fails,
+        // but not at name resolution).
+        let allowed = WebhookSink::new(Duration::from_secs(5), true)
+            .send(&signer, request())
+            .await;
+        match allowed.result {
+            AttemptResult::Failed { error, .. } => {
+                assert!(!error.contains("no public address"), "{error}")
+            }
+            AttemptResult::Delivered | AttemptResult::Gone => {}
+        }
     }
 
     #[tokio::test]
