@@ -6,6 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::support::receiver::{Receiver, Response};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -129,6 +131,22 @@ impl TestApp {
             created["id"].as_str().expect("id").to_owned(),
             created["secret"].as_str().expect("secret").to_owned(),
         )
+    }
+
+    /// Subscribes the receiver's `path` in the account "vimond" with `filter` (the
+    /// subscription body without its endpoint), and tells the receiver the secret and
+    /// the answers to give. Returns (id, secret).
+    pub async fn subscribe_receiver(
+        &self,
+        receiver: &Receiver,
+        path: &str,
+        mut filter: Value,
+        script: &[Response],
+    ) -> (String, String) {
+        filter["endpoint"] = Value::String(receiver.url(path));
+        let (id, secret) = self.subscribe("vimond", filter).await;
+        receiver.hook(path, &secret, script).await;
+        (id, secret)
     }
 
     /// Every stored event of an account.

@@ -9,24 +9,14 @@ use crate::app::{TestApp, eventually};
 use crate::publish::asset_event;
 use crate::support::receiver::{Delivery, Receiver, Response};
 
-async fn subscribed(app: &TestApp, receiver: &Receiver, path: &str, script: &[Response]) -> String {
-    subscribed_with_secret(app, receiver, path, script).await.0
-}
-
-async fn subscribed_with_secret(
+async fn subscribed(
     app: &TestApp,
     receiver: &Receiver,
     path: &str,
     script: &[Response],
 ) -> (String, String) {
-    let (id, secret) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url(path), "events": ["asset-updated"]}),
-        )
-        .await;
-    receiver.hook(path, &secret, script).await;
-    (id, secret)
+    app.subscribe_receiver(receiver, path, json!({"events": ["asset-updated"]}), script)
+        .await
 }
 
 async fn publish(app: &TestApp, guid: &str) {
@@ -65,7 +55,7 @@ async fn delivery_log(app: &TestApp, id: &str) -> Value {
 async fn a_receiver_that_fails_then_recovers_gets_the_event_and_the_log_shows_both_attempts() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let id = subscribed(
+    let (id, _) = subscribed(
         &app,
         &receiver,
         "/flaky",
@@ -130,7 +120,7 @@ async fn a_receiver_that_fails_then_recovers_gets_the_event_and_the_log_shows_bo
 async fn retries_follow_the_schedule_and_stop_at_the_dead_letter() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let id = subscribed(&app, &receiver, "/down", &[Response::status(503)]).await;
+    let (id, _) = subscribed(&app, &receiver, "/down", &[Response::status(503)]).await;
     publish(&app, "d-1").await;
 
     // The first attempt and the three retries of the schedule "200ms,400ms,600ms".
@@ -183,8 +173,7 @@ async fn retry_after_is_waited_for() {
 async fn gone_disables_at_once_and_enabling_delivers_what_waited() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let (id, secret) =
-        subscribed_with_secret(&app, &receiver, "/gone", &[Response::status(410)]).await;
+    let (id, secret) = subscribed(&app, &receiver, "/gone", &[Response::status(410)]).await;
     publish(&app, "g-1").await;
     let subscription = eventually(Duration::from_secs(5), "disabled", || async {
         let (_, s) = app
@@ -234,7 +223,7 @@ async fn gone_disables_at_once_and_enabling_delivers_what_waited() {
 async fn a_subscription_failing_for_too_long_is_disabled() {
     let app = TestApp::start_with(&[("REELAY_DISABLE_AFTER", "500ms")]).await;
     let receiver = Receiver::start().await;
-    let id = subscribed(&app, &receiver, "/broken", &[Response::status(500)]).await;
+    let (id, _) = subscribed(&app, &receiver, "/broken", &[Response::status(500)]).await;
     publish(&app, "f-1").await;
     let subscription = eventually(Duration::from_secs(10), "disabled", || async {
         let (_, s) = app
@@ -251,7 +240,7 @@ async fn a_subscription_failing_for_too_long_is_disabled() {
 async fn replay_redelivers_from_a_sequence_number_or_a_time() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let id = subscribed(&app, &receiver, "/replay", &[]).await;
+    let (id, _) = subscribed(&app, &receiver, "/replay", &[]).await;
     publish(&app, "p-1").await;
     publish(&app, "p-2").await;
     wait_for(&receiver, "/replay", 2).await;
@@ -298,8 +287,7 @@ async fn replay_redelivers_from_a_sequence_number_or_a_time() {
 async fn an_endpoint_that_is_down_is_probed_not_flooded_and_gets_everything_back() {
     let app = TestApp::start_with(&[("REELAY_MAX_IN_FLIGHT", "4")]).await;
     let receiver = Receiver::start().await;
-    let (id, secret) =
-        subscribed_with_secret(&app, &receiver, "/outage", &[Response::status(503)]).await;
+    let (id, secret) = subscribed(&app, &receiver, "/outage", &[Response::status(503)]).await;
     let batch: Vec<Value> = (0..200)
         .map(|n| asset_event("asset-updated", &format!("o-{n}")))
         .collect();

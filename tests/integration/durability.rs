@@ -83,13 +83,8 @@ async fn every_acknowledged_event_arrives_after_sigkill_with_the_receiver_down()
 async fn sigterm_stops_cleanly_and_a_restart_carries_on() {
     let mut app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let (_, secret) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url("/h"), "events": ["asset-updated"]}),
-        )
+    app.subscribe_receiver(&receiver, "/h", json!({"events": ["asset-updated"]}), &[])
         .await;
-    receiver.hook("/h", &secret, &[]).await;
     assert_eq!(
         app.post(
             "/v1/accounts/vimond/events",

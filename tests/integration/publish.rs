@@ -31,13 +31,8 @@ async fn every_seed_example_arrives_signed_at_a_subscribed_webhook() {
         .iter()
         .map(|t| t["name"].as_str().expect("name").to_owned())
         .collect();
-    let (_, secret) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url("/all"), "topics": topics}),
-        )
+    app.subscribe_receiver(&receiver, "/all", json!({"topics": topics}), &[])
         .await;
-    receiver.hook("/all", &secret, &[]).await;
 
     let events = seed_events();
     assert_eq!(
@@ -108,20 +103,20 @@ async fn every_seed_example_arrives_signed_at_a_subscribed_webhook() {
 async fn an_event_name_subscriber_gets_only_that_name_and_a_topic_subscriber_all_of_its_names() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let (_, one_name) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url("/name"), "events": ["asset-updated"]}),
-        )
-        .await;
-    let (_, topic) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url("/topic"), "topics": ["asset-operations"]}),
-        )
-        .await;
-    receiver.hook("/name", &one_name, &[]).await;
-    receiver.hook("/topic", &topic, &[]).await;
+    app.subscribe_receiver(
+        &receiver,
+        "/name",
+        json!({"events": ["asset-updated"]}),
+        &[],
+    )
+    .await;
+    app.subscribe_receiver(
+        &receiver,
+        "/topic",
+        json!({"topics": ["asset-operations"]}),
+        &[],
+    )
+    .await;
 
     let batch = json!([
         asset_event("asset-updated", "g-1"),
@@ -157,13 +152,8 @@ async fn an_event_name_subscriber_gets_only_that_name_and_a_topic_subscriber_all
 async fn the_same_guid_published_twice_is_stored_and_delivered_once() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let (_, secret) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url("/h"), "events": ["asset-updated"]}),
-        )
+    app.subscribe_receiver(&receiver, "/h", json!({"events": ["asset-updated"]}), &[])
         .await;
-    receiver.hook("/h", &secret, &[]).await;
     let event = asset_event("asset-updated", "same-guid").to_string();
     let (first, answer) = app.post("/v1/accounts/vimond/events", &event).await;
     assert_eq!((first, answer["stored"].clone()), (202, json!(1)));
@@ -187,13 +177,13 @@ async fn the_same_guid_published_twice_is_stored_and_delivered_once() {
 async fn bad_input_gets_a_clear_error_and_nothing_is_stored() {
     let app = TestApp::start().await;
     let receiver = Receiver::start().await;
-    let (_, secret) = app
-        .subscribe(
-            "vimond",
-            json!({"endpoint": receiver.url("/h"), "topics": ["asset-operations"]}),
-        )
-        .await;
-    receiver.hook("/h", &secret, &[]).await;
+    app.subscribe_receiver(
+        &receiver,
+        "/h",
+        json!({"topics": ["asset-operations"]}),
+        &[],
+    )
+    .await;
     let publish = |body: String| {
         let app = &app;
         async move { app.post("/v1/accounts/vimond/events", &body).await }
