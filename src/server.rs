@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,11 @@ pub async fn run(
     println!("reelay listening on http://{address}");
 
     let http_cancel = cancel.child_token();
+    // Answers are small and written whole: send them now, not when Nagle's algorithm
+    // thinks the peer has acknowledged enough.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move { http_cancel.cancelled().await });
     let trigger = cancel.clone();

@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +79,9 @@ impl Receiver {
             .route("/raw", post(|| async { StatusCode::OK }))
             .route("/hook/{subscription}", post(arrive))
             .with_state(receiver.clone());
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(cancel.cancelled_owned())
