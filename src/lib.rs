@@ -9,12 +9,13 @@
 //! 4. [`store`] appends the events to the durable log (group commit: concurrent publishes
 //!    share one fsync) and only then is the publisher answered;
 //! 5. [`dispatch`] receives the committed events in memory at once, and for every
-//!    subscription (cursor in the log, retry set for failures) asks [`routing`] whether
-//!    the subscription wants the event;
+//!    subscription (cursor in the log, retry set for failures) asks the subscription's
+//!    filter ([`model::EventFilter`]) whether it wants the event;
 //! 6. [`sinks`] carry the event to the destination (signed webhook POSTs), and the outcome
 //!    goes back to [`dispatch`], which records it and schedules a retry when it failed.
 //!
-//! [`config`] holds the settings of all of this; [`model`] the plain types they share.
+//! [`config`] holds the settings of all of this; [`model`] the plain types they share;
+//! [`server`] wires the parts together and stops them in order; [`mod@bench`] measures it all.
 
 pub mod bench;
 pub mod catalog;

@@ -1,10 +1,10 @@
 //! Dispatch: from the committed log to the sinks.
 //!
-//! Every enabled subscription has one [`worker`] that follows the log with its own cursor:
-//! it takes committed events from memory as they are committed ([`feed`]), or from the
+//! Every enabled subscription has one `worker` that follows the log with its own cursor:
+//! it takes committed events from memory as they are committed (`feed`), or from the
 //! database when it fell behind, keeps a bounded number of deliveries in flight, and
 //! reports progress (cursor, attempt records, failures) to the store in batches. A
-//! failed delivery moves to the retry set in the database, where the [`retry`] scheduler
+//! failed delivery moves to the retry set in the database, where the `retry` scheduler
 //! picks it up when due. So a successful delivery costs no row of its own, and a
 //! receiver that is down for hours costs disk, not memory.
 

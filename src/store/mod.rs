@@ -2,7 +2,7 @@
 //! attempt records and API keys.
 //!
 //! Writes that sit on the hot path (appending events, recording delivery progress) go
-//! through one writer task ([`writer`]) that commits whatever has queued up in a single
+//! through one writer task (`writer`) that commits whatever has queued up in a single
 //! transaction: concurrent publishers share one fsync (group commit). Everything else is
 //! a plain query on the connection pool.
 

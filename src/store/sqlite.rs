@@ -87,7 +87,7 @@ impl SqliteStore {
 
     /// Copies what it can of the WAL into the database without blocking writers or
     /// readers. Under constant writes a passive checkpoint never gets to the end of the
-    /// WAL, so once the WAL is past [`WAL_RESTART_FRAMES`] a restarting checkpoint (which
+    /// WAL, so once the WAL is past `WAL_RESTART_FRAMES` a restarting checkpoint (which
     /// briefly holds writers back) lets it start over from the beginning of its file.
     pub async fn checkpoint(&self) -> Result<()> {
         let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
