@@ -434,12 +434,13 @@ pub async fn delete(
     Path((account, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.check_account(&account)?;
-    state.dispatcher.remove(&id);
+    // Deleted in the account first: an id of another account must not stop its worker.
     if !state.store.db().delete_subscription(&account, &id).await? {
         return Err(ApiError::NotFound(format!(
             "no subscription {id:?} in account {account:?}"
         )));
     }
+    state.dispatcher.remove(&id);
     tracing::info!(subscription = %id, %account, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }

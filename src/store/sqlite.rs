@@ -121,7 +121,10 @@ impl SqliteStore {
         events: &[StoredEvent],
         progress: &[Progress],
     ) -> Result<Vec<i64>> {
-        let mut tx = connection.begin().await?;
+        // IMMEDIATE takes the write lock first, so another writer (the retry claims, a
+        // checkpoint) makes this wait under the busy timeout instead of failing with
+        // "database is locked" when a read turns into a write mid-transaction.
+        let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
         let mut inserted = Vec::with_capacity(events.len());
         for chunk in power_of_two_chunks(events) {
             let mut insert: QueryBuilder<Sqlite> =
@@ -470,6 +473,15 @@ impl SqliteStore {
 
 async fn apply_progress(tx: &mut sqlx::SqliteConnection, report: &Progress) -> Result<()> {
     let id = report.subscription_id.as_str();
+    // A worker's last report can arrive after its subscription was deleted: drop it, or
+    // its retries would outlive the subscription.
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM subscriptions WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Ok(());
+    }
     for chunk in power_of_two_chunks(&report.attempts) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, error, latency_ms, response, next_attempt_at) ",

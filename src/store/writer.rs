@@ -165,17 +165,38 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "group commit failed");
+                tracing::error!(%error, "group commit failed; its publishers get an error");
                 // The sequence numbers handed out above were never used; gaps are fine.
-                // Progress reports are lost with the transaction: the deliveries they
-                // describe are retried from the last saved cursor.
                 for (_, reply) in appends {
                     let _ = reply.send(Err(StoreError::CommitFailed(error.to_string())));
                 }
+                self.save_progress_until_committed(&progress).await;
             }
         }
         for flush in flushes {
             let _ = flush.send(());
+        }
+    }
+}
+
+impl Writer {
+    /// Progress cannot be refused like a publish: its worker has moved on, believing its
+    /// cursor and its failed deliveries saved. So it is committed again, alone, until it
+    /// goes in; meanwhile everything else waits in the queue (publishers see the delay).
+    async fn save_progress_until_committed(&mut self, progress: &[Progress]) {
+        if progress.is_empty() {
+            return;
+        }
+        let mut wait = std::time::Duration::from_millis(50);
+        loop {
+            match SqliteStore::commit_group(&mut self.connection, &[], progress).await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::error!(%error, "saving delivery progress failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
         }
     }
 }

@@ -191,3 +191,35 @@ async fn private_destinations_are_refused_unless_allowed() {
         );
     }
 }
+
+#[tokio::test]
+async fn deleting_another_accounts_subscription_id_changes_nothing() {
+    let app = TestApp::start().await;
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let (id, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/theirs",
+            json!({"events": ["asset-updated"]}),
+            &[],
+        )
+        .await;
+    // The id exists, but in account "vimond", not "other".
+    assert_eq!(
+        app.delete(&format!("/v1/accounts/other/subscriptions/{id}"))
+            .await
+            .0,
+        404
+    );
+    let event = crate::publish::asset_event("asset-updated", "still-delivered");
+    assert_eq!(
+        app.post("/v1/accounts/vimond/events", &event.to_string())
+            .await
+            .0,
+        202
+    );
+    crate::app::eventually(std::time::Duration::from_secs(10), "delivery", || async {
+        (!receiver.deliveries("/theirs").await.is_empty()).then_some(())
+    })
+    .await;
+}
