@@ -67,6 +67,9 @@ impl Writer {
     /// Runs until every [`super::Store`] handle is dropped and the queue is empty.
     pub(super) async fn run(mut self) {
         while let Some(first) = self.queue.recv().await {
+            // Let the publishers that are already running reach the queue before this
+            // commit closes: one yield costs microseconds and fills the commit.
+            tokio::task::yield_now().await;
             let mut ops = vec![first];
             let mut events = ops_event_count(&ops);
             while ops.len() < MAX_OPS_PER_COMMIT && events < MAX_EVENTS_PER_COMMIT {
