@@ -53,7 +53,7 @@ impl Feed {
                 let page = match self
                     .store
                     .db()
-                    .events_after(&self.account, self.seen, CATCH_UP_PAGE)
+                    .events_after(&self.account, self.seen, head, CATCH_UP_PAGE)
                     .await
                 {
                     Ok(page) => page,

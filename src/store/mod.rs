@@ -2,7 +2,7 @@
 //! attempt records and API keys.
 //!
 //! Writes that sit on the hot path (appending events, recording delivery progress) go
-//! through one writer task (`writer`) that commits whatever has queued up in a single
+//! through one writer thread (`writer`) that commits whatever has queued up in a single
 //! transaction: concurrent publishers share one fsync (group commit). Everything else is
 //! a plain query on the connection pool.
 
@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Durability;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
+use sqlite::LogConnection;
 pub use sqlite::SqliteStore;
 pub use writer::CommittedBatch;
 
@@ -25,6 +26,12 @@ pub use writer::CommittedBatch;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Log(#[from] rusqlite::Error),
+    #[error(
+        "an in-memory SQLite database is not supported: give a file, e.g. sqlite://reelay-data/reelay.db"
+    )]
+    InMemory,
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create the data directory {path}: {source}")]
@@ -201,9 +208,14 @@ impl Store {
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
-        let connection = db.writer_connection().await?;
+        let connection = db.log_connection(durability)?;
         let writer = writer::Writer::new(connection, queue, committed.clone(), head_tx, head_seq);
-        tasks.spawn(writer.run());
+        // The writer blocks on SQLite and its fsync: it gets a thread of its own.
+        tasks.spawn(async move {
+            if let Err(error) = tokio::task::spawn_blocking(move || writer.run()).await {
+                tracing::error!(%error, "the log writer stopped");
+            }
+        });
         tasks.spawn(checkpoints(db.clone(), writes.downgrade()));
         Ok(Store {
             db,

@@ -1,14 +1,13 @@
 //! The SQLite backend: every SQL statement Reelay runs against the embedded database.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
 };
-use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 
 use super::{
     AttemptRecord, DueRetry, EventQuery, Health, KeyOwner, Progress, Result, RetryEntry,
@@ -23,27 +22,20 @@ use crate::model::{
 /// WAL frames (pages) past which a checkpoint restarts the WAL: 64 MB of 4 KB pages.
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
-/// Largest multi-row insert (SQLite caps the bound values per statement).
-const ROWS_PER_INSERT: usize = 256;
-
-/// Cuts `rows` into chunks whose sizes are powers of two, largest first: a multi-row
-/// insert has one SQL text per chunk size, so a handful of prepared statements serve
-/// every batch size from sqlx's statement cache instead of being prepared each commit.
-fn power_of_two_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if rows.is_empty() {
-            return None;
-        }
-        let size = ROWS_PER_INSERT.min(1 << rows.len().ilog2());
-        let (chunk, rest) = rows.split_at(size);
-        rows = rest;
-        Some(chunk)
-    })
+/// In WAL mode FULL syncs the log at every commit: an acknowledged event is on disk.
+/// NORMAL syncs only at checkpoints: a power cut may lose the last commits.
+fn synchronous(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Fsync => "FULL",
+        Durability::Relaxed => "NORMAL",
+    }
 }
 
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file, for the log writer's own connection.
+    path: PathBuf,
 }
 
 const EVENT_COLUMNS: &str =
@@ -54,12 +46,7 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode FULL syncs the log at every commit: an acknowledged event is on
-            // disk. NORMAL syncs only at checkpoints: a power cut may lose the last commits.
-            .synchronous(match durability {
-                Durability::Fsync => SqliteSynchronous::Full,
-                Durability::Relaxed => SqliteSynchronous::Normal,
-            })
+            .pragma("synchronous", synchronous(durability))
             .busy_timeout(Duration::from_secs(10))
             .pragma("foreign_keys", "ON")
             // 16 MB of page cache per connection (the default is 2 MB).
@@ -70,7 +57,7 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "0")
             // After a checkpoint restarts the WAL, shrink its file back to this size.
             .pragma("journal_size_limit", "67108864");
-        let path = options.get_filename();
+        let path = options.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
                 path: dir.display().to_string(),
@@ -82,7 +69,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, path })
     }
 
     /// Copies what it can of the WAL into the database without blocking writers or
@@ -109,75 +96,38 @@ impl SqliteStore {
         Ok(head.unwrap_or(0))
     }
 
-    /// A connection of its own for the writer, so commits never wait for the pool.
-    pub(super) async fn writer_connection(&self) -> Result<PoolConnection<Sqlite>> {
-        Ok(self.pool.acquire().await?)
+    /// The log writer's own connection (see [`LogConnection`]), with the pool's settings.
+    pub(super) fn log_connection(&self, durability: Durability) -> Result<LogConnection> {
+        if self.path.as_os_str().is_empty() || self.path.as_os_str() == ":memory:" {
+            return Err(StoreError::InMemory);
+        }
+        let connection = rusqlite::Connection::open(&self.path)?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        connection.execute_batch(&format!(
+            "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
+            synchronous(durability)
+        ))?;
+        Ok(LogConnection(connection))
     }
 
-    /// Commits new events and progress reports in one transaction. Returns the sequence
-    /// numbers of the events actually inserted (the others were duplicates).
-    pub(super) async fn commit_group(
-        connection: &mut SqliteConnection,
-        events: &[StoredEvent],
-        progress: &[Progress],
-    ) -> Result<Vec<i64>> {
-        // IMMEDIATE takes the write lock first, so another writer (the retry claims, a
-        // checkpoint) makes this wait under the busy timeout instead of failing with
-        // "database is locked" when a read turns into a write mid-transaction.
-        let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
-        let mut inserted = Vec::with_capacity(events.len());
-        for chunk in power_of_two_chunks(events) {
-            let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.seq)
-                    .push_bind(&event.account)
-                    .push_bind(&event.id)
-                    .push_bind(&event.name)
-                    .push_bind(&event.topic)
-                    .push_bind(&event.entity_key)
-                    .push_bind(event.occurred_at)
-                    .push_bind(event.received_at)
-                    .push_bind(event.body.as_str());
-            });
-            insert.push(" ON CONFLICT (account, event_id) DO NOTHING");
-            // Counting rows costs one message from SQLite's thread; RETURNING would cost
-            // one per row. Only when some were duplicates, ask which ones went in.
-            let count = insert.build().execute(&mut *tx).await?.rows_affected();
-            let (first, last) = (chunk[0].seq, chunk[chunk.len() - 1].seq);
-            if count == chunk.len() as u64 {
-                inserted.extend(chunk.iter().map(|event| event.seq));
-            } else {
-                let seqs: Vec<i64> =
-                    sqlx::query_scalar("SELECT seq FROM events WHERE seq BETWEEN ? AND ?")
-                        .bind(first)
-                        .bind(last)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                inserted.extend(seqs);
-            }
-        }
-        for report in progress {
-            apply_progress(&mut tx, report).await?;
-        }
-        tx.commit().await?;
-        Ok(inserted)
-    }
-
-    /// Events of one account after `after`, in log order: how a dispatcher that fell
-    /// behind the in-memory hand-off catches up.
+    /// Events of one account after `after` and up to `upto`, in log order: how a
+    /// dispatcher that fell behind the in-memory hand-off catches up. `upto` is the
+    /// durable head: a commit still waiting for its fsync is not dispatched yet.
     pub async fn events_after(
         &self,
         account: &str,
         after: i64,
+        upto: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query_as::<_, EventRow>(
             "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body \
-             FROM events WHERE account = ? AND seq > ? ORDER BY seq LIMIT ?",
+             FROM events WHERE account = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
         )
         .bind(account)
         .bind(after)
+        .bind(upto)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -471,119 +421,6 @@ impl SqliteStore {
     }
 }
 
-async fn apply_progress(tx: &mut sqlx::SqliteConnection, report: &Progress) -> Result<()> {
-    let id = report.subscription_id.as_str();
-    // A worker's last report can arrive after its subscription was deleted: drop it, or
-    // its retries would outlive the subscription.
-    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM subscriptions WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if exists.is_none() {
-        return Ok(());
-    }
-    for chunk in power_of_two_chunks(&report.attempts) {
-        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, error, latency_ms, response, next_attempt_at) ",
-        );
-        insert.push_values(chunk, |mut row, attempt: &AttemptRecord| {
-            row.push_bind(id)
-                .push_bind(attempt.seq)
-                .push_bind(&attempt.event_id)
-                .push_bind(attempt.attempt as i64)
-                .push_bind(attempt.at)
-                .push_bind(attempt.outcome)
-                .push_bind(attempt.status.map(i64::from))
-                .push_bind(&attempt.error)
-                .push_bind(attempt.latency_ms)
-                .push_bind(&attempt.response)
-                .push_bind(attempt.next_attempt_at);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    for update in &report.retries {
-        match &update.state {
-            RetryState::Delivered => {
-                sqlx::query("DELETE FROM retries WHERE subscription_id = ? AND seq = ?")
-                    .bind(id)
-                    .bind(update.seq)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            RetryState::Scheduled {
-                attempts,
-                next_attempt_at,
-                error,
-            } => {
-                sqlx::query(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
-                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
-                     attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
-                     last_error = excluded.last_error, dead_at = NULL",
-                )
-                .bind(id)
-                .bind(update.seq)
-                .bind(*attempts as i64)
-                .bind(*next_attempt_at)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?;
-            }
-            RetryState::Dead { attempts, error } => {
-                let now = crate::model::now_millis();
-                sqlx::query(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
-                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
-                     attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
-                )
-                .bind(id)
-                .bind(update.seq)
-                .bind(*attempts as i64)
-                .bind(now)
-                .bind(error)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    let (succeeded, failed) = match report.health {
-        Some(Health::Succeeded { at }) => (Some(at), None),
-        Some(Health::Failed { at }) => (None, Some(at)),
-        None => (None, None),
-    };
-    // One statement for the cursor, the count and the health: this runs for every
-    // subscription at every flush.
-    sqlx::query(
-        "UPDATE subscriptions SET cursor = COALESCE(?1, cursor), delivered = delivered + ?2, \
-         last_success_at = COALESCE(?3, last_success_at), \
-         failing_since = CASE WHEN ?3 IS NOT NULL THEN NULL \
-                              WHEN ?4 IS NOT NULL THEN COALESCE(failing_since, ?4) \
-                              ELSE failing_since END \
-         WHERE id = ?5",
-    )
-    .bind(report.cursor)
-    .bind(report.delivered as i64)
-    .bind(succeeded)
-    .bind(failed)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    if let Some(reason) = &report.disable {
-        sqlx::query(
-            "UPDATE subscriptions SET disabled_code = ?, disabled_message = ?, disabled_at = ? \
-             WHERE id = ? AND disabled_at IS NULL",
-        )
-        .bind(reason.code())
-        .bind(reason.message())
-        .bind(crate::model::now_millis())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
-}
-
 #[derive(FromRow)]
 struct EventRow {
     seq: i64,
@@ -695,34 +532,155 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The log writer's connection. It lives on the writer's own thread and talks to SQLite
+/// directly (rusqlite), so a whole group commit runs in one go: an async driver would
+/// send every statement to a connection thread and wait for the answer, and those round
+/// trips, not SQLite, were most of a commit's time. Everything else uses the pool.
+pub(super) struct LogConnection(rusqlite::Connection);
 
-    #[test]
-    fn chunks_are_powers_of_two_and_cover_every_row() {
-        let rows: Vec<usize> = (0..1_000).collect();
-        for len in [0, 1, 2, 3, 100, 255, 256, 257, 1_000] {
-            let sizes: Vec<usize> = power_of_two_chunks(&rows[..len])
-                .map(<[usize]>::len)
-                .collect();
-            assert_eq!(sizes.iter().sum::<usize>(), len);
-            assert!(
-                sizes
-                    .iter()
-                    .all(|size| size.is_power_of_two() && *size <= ROWS_PER_INSERT)
-            );
-            let joined: Vec<usize> = power_of_two_chunks(&rows[..len])
-                .flatten()
-                .copied()
-                .collect();
-            assert_eq!(joined, rows[..len]);
+const INSERT_EVENT: &str = "INSERT INTO events (seq, account, event_id, name, topic, entity_key, \
+     occurred_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (account, event_id) DO NOTHING";
+
+impl LogConnection {
+    /// Commits new events and progress reports in one transaction. Returns the sequence
+    /// numbers of the events actually inserted (the others were duplicates).
+    pub(super) fn commit_group(
+        &mut self,
+        events: &[StoredEvent],
+        progress: &[Progress],
+    ) -> Result<Vec<i64>> {
+        // IMMEDIATE takes the write lock first, so another writer (the retry claims, a
+        // checkpoint) makes this wait under the busy timeout instead of failing with
+        // "database is locked" when a read turns into a write mid-transaction.
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut inserted = Vec::with_capacity(events.len());
+        {
+            let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+            for event in events {
+                let changed = insert.execute(rusqlite::params![
+                    event.seq,
+                    event.account,
+                    event.id,
+                    event.name,
+                    event.topic,
+                    event.entity_key,
+                    event.occurred_at,
+                    event.received_at,
+                    event.body.as_str(),
+                ])?;
+                // Nothing changed: an earlier commit stored this id.
+                if changed == 1 {
+                    inserted.push(event.seq);
+                }
+            }
         }
-        assert_eq!(
-            power_of_two_chunks(&rows[..100])
-                .map(<[usize]>::len)
-                .collect::<Vec<_>>(),
-            vec![64, 32, 4]
-        );
+        for report in progress {
+            apply_progress(&tx, report)?;
+        }
+        tx.commit()?;
+        Ok(inserted)
     }
+}
+
+fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<()> {
+    use rusqlite::params;
+    let id = report.subscription_id.as_str();
+    // A worker's last report can arrive after its subscription was deleted: drop it, or
+    // its retries would outlive the subscription.
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM subscriptions WHERE id = ?1")?
+        .exists(params![id])?;
+    if !exists {
+        return Ok(());
+    }
+    if !report.attempts.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
+             error, latency_ms, response, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for attempt in &report.attempts {
+            insert.execute(params![
+                id,
+                attempt.seq,
+                attempt.event_id,
+                attempt.attempt,
+                attempt.at,
+                attempt.outcome,
+                attempt.status,
+                attempt.error,
+                attempt.latency_ms,
+                attempt.response,
+                attempt.next_attempt_at,
+            ])?;
+        }
+    }
+    for update in &report.retries {
+        match &update.state {
+            RetryState::Delivered => {
+                tx.prepare_cached("DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2")?
+                    .execute(params![id, update.seq])?;
+            }
+            RetryState::Scheduled {
+                attempts,
+                next_attempt_at,
+                error,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                     attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+                     last_error = excluded.last_error, dead_at = NULL",
+                )?
+                .execute(params![id, update.seq, attempts, next_attempt_at, error])?;
+            }
+            RetryState::Dead { attempts, error } => {
+                let now = crate::model::now_millis();
+                tx.prepare_cached(
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?4) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                     attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
+                )?
+                .execute(params![id, update.seq, attempts, now, error])?;
+            }
+        }
+    }
+    let (succeeded, failed) = match report.health {
+        Some(Health::Succeeded { at }) => (Some(at), None),
+        Some(Health::Failed { at }) => (None, Some(at)),
+        None => (None, None),
+    };
+    // One statement for the cursor, the count and the health: this runs for every
+    // subscription at every flush.
+    tx.prepare_cached(
+        "UPDATE subscriptions SET cursor = COALESCE(?1, cursor), delivered = delivered + ?2, \
+         last_success_at = COALESCE(?3, last_success_at), \
+         failing_since = CASE WHEN ?3 IS NOT NULL THEN NULL \
+                              WHEN ?4 IS NOT NULL THEN COALESCE(failing_since, ?4) \
+                              ELSE failing_since END \
+         WHERE id = ?5",
+    )?
+    .execute(params![
+        report.cursor,
+        report.delivered as i64,
+        succeeded,
+        failed,
+        id
+    ])?;
+    if let Some(reason) = &report.disable {
+        tx.prepare_cached(
+            "UPDATE subscriptions SET disabled_code = ?1, disabled_message = ?2, disabled_at = ?3 \
+             WHERE id = ?4 AND disabled_at IS NULL",
+        )?
+        .execute(params![
+            reason.code(),
+            reason.message(),
+            crate::model::now_millis(),
+            id
+        ])?;
+    }
+    Ok(())
 }

@@ -1,19 +1,17 @@
 //! The single writer: group commit of appends and delivery progress.
 //!
-//! SQLite allows one writer at a time, and every commit costs an fsync. So one task owns
-//! all hot-path writes: it takes the first queued operation, then everything else already
-//! queued (up to a bound), and commits them in one transaction. Under load many publishes
+//! SQLite allows one writer at a time, and every commit costs an fsync. So one thread
+//! owns all hot-path writes: it takes the first queued operation, then everything else
+//! already queued (up to a bound), and commits them in one transaction. Under load many publishes
 //! share one fsync; when idle a publish commits alone, at once. After the commit the new
 //! events are handed to dispatch in memory, so no one polls the database for them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sqlx::Sqlite;
-use sqlx::pool::PoolConnection;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::{Appended, Progress, Result, SqliteStore, StoreError};
+use super::{Appended, LogConnection, Progress, Result, StoreError};
 use crate::model::{NewEvent, StoredEvent, now_millis};
 
 /// Events committed together, and the range of sequence numbers the commit covered.
@@ -40,7 +38,7 @@ const MAX_EVENTS_PER_COMMIT: usize = 5_000;
 const MAX_OPS_PER_COMMIT: usize = 1_024;
 
 pub(super) struct Writer {
-    connection: PoolConnection<Sqlite>,
+    connection: LogConnection,
     queue: mpsc::Receiver<WriteOp>,
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Sender<i64>,
@@ -49,7 +47,7 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        connection: PoolConnection<Sqlite>,
+        connection: LogConnection,
         queue: mpsc::Receiver<WriteOp>,
         committed: broadcast::Sender<Arc<CommittedBatch>>,
         head: watch::Sender<i64>,
@@ -64,12 +62,10 @@ impl Writer {
         }
     }
 
-    /// Runs until every [`super::Store`] handle is dropped and the queue is empty.
-    pub(super) async fn run(mut self) {
-        while let Some(first) = self.queue.recv().await {
-            // Let the publishers that are already running reach the queue before this
-            // commit closes: one yield costs microseconds and fills the commit.
-            tokio::task::yield_now().await;
+    /// Runs on a thread of its own until every [`super::Store`] handle is dropped and the
+    /// queue is empty.
+    pub(super) fn run(mut self) {
+        while let Some(first) = self.queue.blocking_recv() {
             let mut ops = vec![first];
             let mut events = ops_event_count(&ops);
             while ops.len() < MAX_OPS_PER_COMMIT && events < MAX_EVENTS_PER_COMMIT {
@@ -81,11 +77,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(ops).await;
+            self.commit(ops);
         }
     }
 
-    async fn commit(&mut self, ops: Vec<WriteOp>) {
+    fn commit(&mut self, ops: Vec<WriteOp>) {
         let received_at = now_millis();
         let after = self.next_seq - 1;
 
@@ -128,7 +124,7 @@ impl Writer {
         }
 
         let started = std::time::Instant::now();
-        let committed = SqliteStore::commit_group(&mut self.connection, &rows, &progress).await;
+        let committed = self.connection.commit_group(&rows, &progress);
         metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
         match committed {
@@ -173,7 +169,7 @@ impl Writer {
                 for (_, reply) in appends {
                     let _ = reply.send(Err(StoreError::CommitFailed(error.to_string())));
                 }
-                self.save_progress_until_committed(&progress).await;
+                self.save_progress_until_committed(&progress);
             }
         }
         for flush in flushes {
@@ -186,17 +182,17 @@ impl Writer {
     /// Progress cannot be refused like a publish: its worker has moved on, believing its
     /// cursor and its failed deliveries saved. So it is committed again, alone, until it
     /// goes in; meanwhile everything else waits in the queue (publishers see the delay).
-    async fn save_progress_until_committed(&mut self, progress: &[Progress]) {
+    fn save_progress_until_committed(&mut self, progress: &[Progress]) {
         if progress.is_empty() {
             return;
         }
         let mut wait = std::time::Duration::from_millis(50);
         loop {
-            match SqliteStore::commit_group(&mut self.connection, &[], progress).await {
+            match self.connection.commit_group(&[], progress) {
                 Ok(_) => return,
                 Err(error) => {
                     tracing::error!(%error, "saving delivery progress failed; trying again");
-                    tokio::time::sleep(wait).await;
+                    std::thread::sleep(wait);
                     wait = (wait * 2).min(std::time::Duration::from_secs(5));
                 }
             }
