@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RetrySchedule;
 use crate::model::{Destination, DisabledReason, Millis, StoredEvent, Subscription};
-use crate::sinks::webhook::{SecretError, Signer, WebhookRequest, WebhookSink};
+use crate::sinks::webhook::{ClientError, SecretError, Signer, WebhookRequest, WebhookSink};
 use crate::sinks::{AttemptResult, Attempted};
 use crate::store::{Health, Store, StoreError};
 
@@ -50,6 +50,8 @@ pub enum DispatchError {
     Secret { id: String, source: SecretError },
     #[error("subscription {id} has an unusable URL: {url}")]
     Url { id: String, url: String },
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// The dispatcher: cheap to clone, shared by the HTTP layer (which adds and removes
@@ -90,17 +92,20 @@ pub(crate) struct Target {
 
 /// A destination parsed once, not at every delivery.
 enum Prepared {
-    Webhook(reqwest::Url),
+    Webhook(hyper::Uri),
 }
 
 impl Target {
     fn new(subscription: Subscription) -> Result<Target, DispatchError> {
         let destination = match &subscription.destination {
             Destination::Webhook { url } => {
-                Prepared::Webhook(reqwest::Url::parse(url).map_err(|_| DispatchError::Url {
+                let unusable = || DispatchError::Url {
                     id: subscription.id.clone(),
                     url: url.clone(),
-                })?)
+                };
+                // Through `url` first: it puts international host names in ASCII form.
+                let parsed = url::Url::parse(url).map_err(|_| unusable())?;
+                Prepared::Webhook(parsed.as_str().parse().map_err(|_| unusable())?)
             }
         };
         let signer = Signer::new(&subscription.secret).map_err(|source| DispatchError::Secret {
@@ -196,7 +201,8 @@ impl Dispatcher {
         cancel: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Dispatcher, DispatchError> {
-        let webhooks = WebhookSink::new(config.delivery_timeout, config.allow_private_destinations);
+        let webhooks =
+            WebhookSink::new(config.delivery_timeout, config.allow_private_destinations)?;
         let dispatcher = Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),
