@@ -1,6 +1,7 @@
 //! Ingest: request bodies to validated events, one file per wire format.
 
 pub mod native;
+pub mod user_token;
 
 /// Why a request body was refused. Nothing of a refused body is stored.
 #[derive(Debug, thiserror::Error, PartialEq)]
