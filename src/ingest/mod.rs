@@ -1,5 +1,6 @@
 //! Ingest: request bodies to validated events, one file per wire format.
 
+pub mod cloudevents;
 pub mod native;
 pub mod user_token;
 
@@ -23,4 +24,7 @@ pub enum IngestError {
     },
     #[error("the batch is empty: send one event object or a non-empty array")]
     Empty,
+    /// A body of a kind this endpoint does not read (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
