@@ -60,6 +60,11 @@ pub struct ServeConfig {
     /// Deliveries in flight at once to one subscription.
     #[arg(long, env = "REELAY_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
+
+    /// The URL clients reach this server at (e.g. behind a proxy). The `source` of the
+    /// CloudEvents it answers with is this URL's endpoint; without it, the request's host.
+    #[arg(long, env = "REELAY_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
 }
 
 /// How far a publish must have reached before it is acknowledged.

@@ -3,7 +3,9 @@
 //! An event travels through the modules in this order:
 //!
 //! 1. [`http`] receives a publish request and checks the caller's token;
-//! 2. [`ingest`] turns the request body into events (one file per wire format);
+//! 2. [`ingest`] turns the request body into events (one file per wire format: the
+//!    Vimond envelope, CloudEvents); a CloudEvent's user token is replaced by its verified
+//!    subject or a keyed hash ([`ingest::user_token`]) before the event goes further;
 //! 3. [`catalog`] says whether each event is known and complete, and which topic and
 //!    entity key it has;
 //! 4. [`store`] appends the events to the durable log (group commit: concurrent publishes

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
+use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
 use crate::store::{Store, StoreError};
 
@@ -49,6 +50,8 @@ pub async fn run(
         println!("Generated admin token (shown once, stored hashed): {token}");
     }
 
+    let user_tokens = Arc::new(UserTokens::open(store.clone()).await?);
+
     // Installed before dispatch starts, which takes its metric handles at start.
     let metrics = metrics_handle();
     let cancel = CancellationToken::new();
@@ -77,6 +80,8 @@ pub async fn run(
         allow_private_destinations: config.allow_private_destinations,
         max_subscriptions_per_event: config.max_subscriptions_per_event,
         subscription_writes: Arc::default(),
+        user_tokens,
+        public_url: config.public_url.clone(),
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");

@@ -35,7 +35,75 @@ pub enum FieldKind {
     Object,
     /// An RFC 3339 time, `Z` or an offset.
     Timestamp,
+    /// A number, or a string that holds one: apps send seconds both ways (`"0"` and `0`
+    /// in seed 002's `secondsFromStart`).
+    Numeric,
     Any,
+}
+
+impl FieldKind {
+    /// Whether `value` is of this kind.
+    pub fn fits(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match self {
+            FieldKind::Id => match value {
+                Value::String(text) => !text.trim().is_empty(),
+                Value::Number(number) => number.is_u64() || number.is_i64(),
+                _ => false,
+            },
+            FieldKind::String => value.is_string(),
+            FieldKind::Integer => value.is_i64() || value.is_u64(),
+            FieldKind::Number => value.is_number(),
+            FieldKind::Boolean => value.is_boolean(),
+            FieldKind::Array => value.is_array(),
+            FieldKind::Object => value.is_object(),
+            FieldKind::Timestamp => value
+                .as_str()
+                .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+            FieldKind::Numeric => match value {
+                Value::Number(_) => true,
+                Value::String(text) => text.trim().parse::<f64>().is_ok_and(f64::is_finite),
+                _ => false,
+            },
+            FieldKind::Any => true,
+        }
+    }
+
+    /// What a value of this kind looks like, for error messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            FieldKind::Id => "a non-empty string or an integer",
+            FieldKind::String => "a string",
+            FieldKind::Integer => "an integer",
+            FieldKind::Number => "a number",
+            FieldKind::Boolean => "true or false",
+            FieldKind::Array => "an array",
+            FieldKind::Object => "an object",
+            FieldKind::Timestamp => "an RFC 3339 time",
+            FieldKind::Numeric => "a number or a string holding a number",
+            FieldKind::Any => "anything",
+        }
+    }
+}
+
+/// How events of a type are published, and so where its fields are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// The Vimond envelope (`POST …/events`): the fields are members of the event object.
+    #[default]
+    Vimond,
+    /// CloudEvents only (`POST …/cloudevents`): the fields are members of the event's
+    /// `data`. Such types carry user tokens (`data.userIdentifier`) that only the
+    /// CloudEvents endpoint knows to keep out of the log, so the native endpoint refuses
+    /// them.
+    Cloudevents,
+}
+
+impl Envelope {
+    fn is_vimond(&self) -> bool {
+        *self == Envelope::Vimond
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -57,6 +125,31 @@ impl FieldSpec {
             .chain(&self.aliases)
             .find_map(|name| event.get_key_value(name.as_str()))
             .map(|(name, value)| (name.as_str(), value))
+    }
+
+    /// Checks this field of `payload`: present when `required`, and of its kind. On
+    /// failure: the field (as spelled in the payload) and why.
+    pub fn check(
+        &self,
+        payload: &serde_json::Map<String, serde_json::Value>,
+        required: bool,
+        event: &str,
+    ) -> Result<(), (String, String)> {
+        match self.find(payload) {
+            None if required => Err((
+                self.name.clone(),
+                format!("field {:?} is required for event {event:?}", self.name),
+            )),
+            None => Ok(()),
+            Some((_, value)) if self.kind.fits(value) => Ok(()),
+            Some((found_as, value)) => Err((
+                found_as.to_owned(),
+                format!(
+                    "field {found_as:?} must be {}, not {value}",
+                    self.kind.expected()
+                ),
+            )),
+        }
     }
 }
 
@@ -81,6 +174,9 @@ pub struct EventType {
     /// The values `eventType` may take, when the type has sub-kinds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_types: Vec<String>,
+    /// How the type is published (shown only when not the Vimond envelope).
+    #[serde(default, skip_serializing_if = "Envelope::is_vimond")]
+    pub envelope: Envelope,
 }
 
 impl EventType {
@@ -91,6 +187,47 @@ impl EventType {
             .iter()
             .chain(&self.optional)
             .find(|field| field.name == key)
+    }
+
+    /// Checks an event's payload (the event object for the Vimond envelope, `data` for
+    /// CloudEvents) against the type's fields and `eventType` values. On failure: the
+    /// field at fault and why.
+    pub fn check_fields(
+        &self,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), (String, String)> {
+        for field in &self.required {
+            field.check(payload, true, &self.name)?;
+        }
+        for field in &self.optional {
+            field.check(payload, false, &self.name)?;
+        }
+        if self.event_types.is_empty() {
+            return Ok(());
+        }
+        match payload.get("eventType").and_then(serde_json::Value::as_str) {
+            Some(value) if !self.event_types.iter().any(|allowed| allowed == value) => Err((
+                "eventType".to_owned(),
+                format!(
+                    "{value:?} is not an eventType of {:?} (one of: {})",
+                    self.name,
+                    self.event_types.join(", ")
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The entity key's value in `payload`, as text (ids come as strings or numbers).
+    pub fn entity_key_of(
+        &self,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<String> {
+        match self.entity_key_spec()?.find(payload)?.1 {
+            serde_json::Value::String(text) => Some(text.clone()),
+            serde_json::Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -374,6 +511,104 @@ mod tests {
                 .as_deref(),
             Some("assetId")
         );
+    }
+
+    #[test]
+    fn the_builtin_catalog_has_the_zapp_cloudevents_types_of_seed_002() {
+        let catalog = Catalog::builtin();
+        let seed_002 = [
+            (
+                "com.applicaster.video.started.v1",
+                "app-playback",
+                "videoId",
+            ),
+            (
+                "com.applicaster.video.stopped.v1",
+                "app-playback",
+                "videoId",
+            ),
+            (
+                "com.applicaster.video.progress.v1",
+                "app-playback",
+                "videoId",
+            ),
+            ("com.applicaster.video.paused.v1", "app-playback", "videoId"),
+            (
+                "com.applicaster.video.interval.v1",
+                "app-playback",
+                "videoId",
+            ),
+            (
+                "com.applicaster.favorites.added.v1",
+                "app-favorites",
+                "entryId",
+            ),
+            (
+                "com.applicaster.favorites.removed.v1",
+                "app-favorites",
+                "entryId",
+            ),
+        ];
+        for (name, topic, key) in seed_002 {
+            let event_type = catalog.event_type(name).expect(name);
+            assert_eq!(event_type.topic, topic, "{name}");
+            assert_eq!(event_type.envelope, Envelope::Cloudevents, "{name}");
+            assert_eq!(event_type.entity_key.as_deref(), Some(key), "{name}");
+            // Optional as far as the catalog goes: an account that verifies user
+            // tokens refuses an event without one (401), the others need none.
+            assert!(
+                event_type
+                    .optional
+                    .iter()
+                    .any(|f| f.name == "userIdentifier"),
+                "{name}"
+            );
+        }
+        // The seed's quirks: seconds as text or number, extra continue-watching keys.
+        let paused = catalog
+            .event_type("com.applicaster.video.paused.v1")
+            .unwrap();
+        let data = serde_json::json!({"userIdentifier": "t", "videoId": "12345",
+            "secondsFromStart": "0", "progress": 0.5, "status": "VIDEO_PAUSED",
+            "sessionStartAt": 30, "key1": "some info1"});
+        assert_eq!(paused.check_fields(data.as_object().unwrap()), Ok(()));
+        let data =
+            serde_json::json!({"userIdentifier": "t", "entryId": 12345, "secondsFromStart": 7});
+        assert_eq!(paused.check_fields(data.as_object().unwrap()), Ok(()));
+        assert_eq!(
+            paused.entity_key_of(data.as_object().unwrap()).as_deref(),
+            Some("12345")
+        );
+        // Shown as CloudEvents types; the others carry no envelope.
+        let shown = serde_json::to_value(&catalog).unwrap();
+        let types = shown["eventTypes"].as_array().unwrap();
+        let envelope = |name: &str| {
+            types
+                .iter()
+                .find(|t| t["name"] == name)
+                .map(|t| t.get("envelope").cloned())
+        };
+        assert_eq!(
+            envelope("com.applicaster.favorites.added.v1"),
+            Some(Some(serde_json::json!("cloudevents")))
+        );
+        assert_eq!(envelope("asset-updated"), Some(None));
+    }
+
+    #[test]
+    fn numeric_fields_take_numbers_and_numbers_as_text() {
+        for (value, fits) in [
+            (serde_json::json!(0), true),
+            (serde_json::json!(12.5), true),
+            (serde_json::json!("0"), true),
+            (serde_json::json!(" 42.5 "), true),
+            (serde_json::json!("soon"), false),
+            (serde_json::json!("NaN"), false),
+            (serde_json::json!(null), false),
+            (serde_json::json!([1]), false),
+        ] {
+            assert_eq!(FieldKind::Numeric.fits(&value), fits, "{value}");
+        }
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub async fn create_key(
     paths(
         healthz, metrics, catalog, create_key,
         super::events::publish, super::events::query,
+        super::cloudevents::receive, super::token_verification::put_settings,
+        super::token_verification::get_settings, super::token_verification::delete_settings,
         super::subscriptions::create, super::subscriptions::list, super::subscriptions::get_one,
         super::subscriptions::delete, super::subscriptions::enable, super::subscriptions::deliveries,
         super::subscriptions::replay,

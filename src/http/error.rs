@@ -2,6 +2,7 @@
 //! code, an HTTP status, and a message. Internal errors are logged, never shown.
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -35,6 +36,18 @@ pub enum ApiError {
         index: Option<usize>,
         field: Option<String>,
     },
+    /// A CloudEvent's user token (`data.userIdentifier`) was missing or did not
+    /// verify. The message never quotes the token.
+    #[error("{message}")]
+    UserToken {
+        code: &'static str,
+        message: String,
+        index: Option<usize>,
+    },
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("storage is unavailable")]
     Store(#[from] StoreError),
 }
@@ -64,6 +77,13 @@ impl ApiError {
             ApiError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::UserToken { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
         }
     }
@@ -85,6 +105,19 @@ impl From<IngestError> for ApiError {
                 field: Some(field),
             },
             IngestError::Empty => ApiError::unprocessable("empty_batch", message),
+            IngestError::UnsupportedMediaType(message) => ApiError::UnsupportedMediaType(message),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    /// The body could not be read: too large (the router's limit), or cut short.
+    fn from(rejection: BytesRejection) -> ApiError {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                limit: super::MAX_BODY_BYTES,
+            },
+            _ => ApiError::bad_request("unreadable_body", rejection.body_text()),
         }
     }
 }
@@ -134,6 +167,10 @@ impl IntoResponse for ApiError {
             ApiError::MalformedJson { line, column, .. } => {
                 detail.line = Some(line);
                 detail.column = Some(column);
+            }
+            ApiError::UserToken { index, .. } => {
+                detail.index = index;
+                detail.field = Some("data.userIdentifier".into());
             }
             _ => {}
         }

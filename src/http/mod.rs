@@ -2,9 +2,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cloudevents;
 pub mod error;
 pub mod events;
 pub mod subscriptions;
+pub mod token_verification;
 
 use std::sync::Arc;
 
@@ -31,12 +33,18 @@ pub struct AppState {
     pub max_subscriptions_per_event: usize,
     /// Serializes subscription creation, so limits and duplicates are checked atomically.
     pub subscription_writes: Arc<tokio::sync::Mutex<()>>,
+    /// What replaces the user tokens of CloudEvents, per account.
+    pub user_tokens: Arc<token_verification::UserTokens>,
+    /// The server's public URL (`--public-url`), the `source` of its answers.
+    pub public_url: Option<url::Url>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(admin::router())
         .merge(events::router())
+        .merge(cloudevents::router())
+        .merge(token_verification::router())
         .merge(subscriptions::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -1,6 +1,8 @@
 //! Ingest: request bodies to validated events, one file per wire format.
 
+pub mod cloudevents;
 pub mod native;
+pub mod user_token;
 
 /// Why a request body was refused. Nothing of a refused body is stored.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -22,4 +24,7 @@ pub enum IngestError {
     },
     #[error("the batch is empty: send one event object or a non-empty array")]
     Empty,
+    /// A body of a kind this endpoint does not read (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }

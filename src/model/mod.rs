@@ -3,11 +3,13 @@
 
 mod event;
 mod subscription;
+mod token_verification;
 
 pub use event::{Document, NewEvent, StoredEvent};
 pub use subscription::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
 };
+pub use token_verification::TokenVerification;
 
 /// Milliseconds since the Unix epoch: the one clock unit stored and compared everywhere.
 pub type Millis = i64;

@@ -1,5 +1,6 @@
 //! The durable store: the event log, subscriptions with their cursors, the retry set,
-//! attempt records and API keys.
+//! attempt records, API keys, the accounts' user-token verification settings and the
+//! server's own secrets.
 //!
 //! Writes that sit on the hot path (appending events, recording delivery progress) go
 //! through one writer thread (`writer`) that commits whatever has queued up in a single

@@ -16,7 +16,7 @@ use super::{
 use crate::config::Durability;
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, Millis, NewSubscription, StoredEvent,
-    Subscription,
+    Subscription, TokenVerification,
 };
 
 /// WAL frames (pages) past which a checkpoint restarts the WAL: 64 MB of 4 KB pages.
@@ -418,6 +418,80 @@ impl SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(count > 0)
+    }
+
+    /// Sets (replaces) an account's user-token verification.
+    pub async fn put_token_verification(&self, settings: &TokenVerification) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO token_verification (account, hs256_secret, public_keys, issuer, audience, leeway_seconds, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (account) DO UPDATE SET hs256_secret = excluded.hs256_secret, \
+             public_keys = excluded.public_keys, issuer = excluded.issuer, audience = excluded.audience, \
+             leeway_seconds = excluded.leeway_seconds, updated_at = excluded.updated_at",
+        )
+        .bind(&settings.account)
+        .bind(&settings.hs256_secret)
+        .bind(to_json(&settings.public_keys))
+        .bind(&settings.issuer)
+        .bind(&settings.audience)
+        .bind(i64::try_from(settings.leeway_seconds).unwrap_or(i64::MAX))
+        .bind(settings.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_token_verification(&self, account: &str) -> Result<Option<TokenVerification>> {
+        let row = sqlx::query(
+            "SELECT account, hs256_secret, public_keys, issuer, audience, leeway_seconds, updated_at \
+             FROM token_verification WHERE account = ?",
+        )
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let keys: String = row.try_get("public_keys")?;
+        let public_keys: Vec<String> = serde_json::from_str(&keys).map_err(|_| {
+            StoreError::Corrupt(format!("token verification of {account}: public_keys"))
+        })?;
+        Ok(Some(TokenVerification {
+            account: row.try_get("account")?,
+            hs256_secret: row.try_get("hs256_secret")?,
+            public_keys,
+            issuer: row.try_get("issuer")?,
+            audience: row.try_get("audience")?,
+            leeway_seconds: u64::try_from(row.try_get::<i64, _>("leeway_seconds")?).unwrap_or(0),
+            updated_at: row.try_get("updated_at")?,
+        }))
+    }
+
+    /// Removes an account's user-token verification; says whether there was one.
+    pub async fn delete_token_verification(&self, account: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM token_verification WHERE account = ?")
+            .bind(account)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    /// The server secret called `name`: `candidate` becomes it if it has none yet, so
+    /// it is generated once and then kept, whichever process starts first.
+    pub async fn server_secret(&self, name: &str, candidate: &str, now: Millis) -> Result<String> {
+        sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(candidate)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }
 

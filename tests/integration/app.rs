@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,6 +20,8 @@ pub struct TestApp {
     child: Child,
     data: PathBuf,
     env: Vec<(String, String)>,
+    /// Everything the server wrote to standard error (its log), across restarts.
+    logs: Arc<Mutex<String>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -43,16 +46,22 @@ impl TestApp {
             ),
         ];
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let child = spawn(&data, &all).await;
-        let (child, url) = child;
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (child, url) = spawn(&data, &all, &logs).await;
         TestApp {
             url,
             http: reqwest::Client::new(),
             child,
             data,
             env: all,
+            logs,
             _dir: Some(dir),
         }
+    }
+
+    /// The server's log so far (set `REELAY_LOG` in `start_with` for more of it).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Kills the server with SIGKILL (no shutdown at all) and starts it again on the same
@@ -61,7 +70,7 @@ impl TestApp {
         // It may have exited already (after `terminate`).
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        let (child, url) = spawn(&self.data, &self.env).await;
+        let (child, url) = spawn(&self.data, &self.env, &self.logs).await;
         self.child = child;
         self.url = url;
     }
@@ -159,7 +168,11 @@ impl TestApp {
     }
 }
 
-async fn spawn(data: &Path, env: &[(String, String)]) -> (Child, String) {
+async fn spawn(
+    data: &Path,
+    env: &[(String, String)],
+    logs: &Arc<Mutex<String>>,
+) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reelay"));
     command
         .arg("serve")
@@ -173,8 +186,26 @@ async fn spawn(data: &Path, env: &[(String, String)]) -> (Child, String) {
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn().expect("start reelay");
+    // The log is kept for tests that read it, and still shown as the test's output.
+    let stderr = child.stderr.take().expect("stderr");
+    let kept = logs.clone();
+    tokio::spawn(async move {
+        // Bytes, not `lines()`: a line that is not UTF-8 must not stop the draining (the
+        // server would block on a full pipe).
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+            let text = String::from_utf8_lossy(&line);
+            eprint!("{text}");
+            kept.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_str(&text);
+            line.clear();
+        }
+    });
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let url = tokio::time::timeout(Duration::from_secs(30), async {

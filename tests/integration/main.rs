@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod cloudevents;
 mod delivery;
 mod durability;
 mod publish;
