@@ -184,16 +184,23 @@ pub struct Store {
 /// Checkpoints the WAL every second while the store is open (it is open as long as a
 /// handle to the writer queue exists).
 async fn checkpoints(db: SqliteStore, open: mpsc::WeakSender<writer::WriteOp>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use std::time::Duration;
+    let mut pause = Duration::from_secs(1);
     loop {
-        every.tick().await;
+        tokio::time::sleep(pause).await;
         if open.upgrade().is_none() {
             return;
         }
-        if let Err(error) = db.checkpoint().await {
-            tracing::warn!(%error, "WAL checkpoint failed; will try again");
-        }
+        // While the WAL is too long, checkpoint again soon: each passive pass copies
+        // what was written since, until a short restart can finish the job.
+        pause = match db.checkpoint().await {
+            Ok(true) => Duration::from_millis(50),
+            Ok(false) => Duration::from_secs(1),
+            Err(error) => {
+                tracing::warn!(%error, "WAL checkpoint failed; will try again");
+                Duration::from_secs(1)
+            }
+        };
     }
 }
 
