@@ -7,7 +7,7 @@ mod token_verification;
 
 pub use event::{Document, NewEvent, StoredEvent};
 pub use subscription::{
-    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
+    AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
 };
 pub use token_verification::TokenVerification;
 

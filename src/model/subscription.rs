@@ -13,6 +13,22 @@ pub enum Destination {
     Webhook { url: String },
 }
 
+/// Overrides of the standard AWS configuration for one SNS, SQS or Kinesis destination;
+/// what is not set comes from the environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// profiles, instance roles…).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// E.g. a LocalStack or moto server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// A role to assume (STS) for this destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
 /// Which events a subscription wants: whole topics and/or single event names. An event
 /// matches when its name is in `events` or its topic is in `topics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

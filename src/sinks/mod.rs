@@ -1,6 +1,7 @@
 //! Sinks carry one event to one destination and report what happened. They do not decide
 //! about retries: that is [`crate::dispatch`]'s job, from the [`Attempted`] they return.
 
+pub mod aws;
 pub mod webhook;
 
 use std::time::Duration;

@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod aws_sinks;
 mod cloudevents;
 mod delivery;
 mod durability;

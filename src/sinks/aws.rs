@@ -1,0 +1,591 @@
+//! Amazon SNS, SQS and Kinesis sinks, through the official AWS SDK for Rust.
+//!
+//! Credentials, region and endpoint come from the standard AWS chain (`AWS_REGION`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_KINESIS`, profiles, roles…),
+//! optionally overridden per destination ([`AwsOptions`]), so one build talks to AWS,
+//! LocalStack or moto. Each sink sends a batch in as few calls as the service allows
+//! (PutRecords: 500 records and 5 MiB; PublishBatch and SendMessageBatch: 10 entries and
+//! 256 KiB) and reports one [`Attempted`] per event, so a partial failure retries only
+//! the events that failed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kinesis::primitives::Blob;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{AttemptResult, Attempted};
+use crate::model::{AwsOptions, StoredEvent};
+
+/// PutRecords limits.
+const KINESIS_MAX_RECORDS: usize = 500;
+const KINESIS_MAX_CALL_BYTES: usize = 5 * 1024 * 1024;
+const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// PublishBatch and SendMessageBatch limits (SQS allows more per message since 2025; the
+/// smaller common limit keeps one rule for both).
+const MESSAGE_BATCH_ENTRIES: usize = 10;
+const MESSAGE_BATCH_BYTES: usize = 256 * 1024;
+/// Kinesis partition keys, FIFO group and deduplication ids have length limits; a longer
+/// value is replaced by its SHA-256 (hex), which keeps it stable.
+const KINESIS_MAX_PARTITION_KEY: usize = 256;
+const FIFO_MAX_ID: usize = 128;
+
+/// Where an AWS destination delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsResource {
+    SnsTopic { arn: String },
+    SqsQueue { url: String },
+    KinesisStream { name: String },
+}
+
+impl AwsResource {
+    /// How many events one call can carry.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            AwsResource::KinesisStream { .. } => KINESIS_MAX_RECORDS,
+            _ => MESSAGE_BATCH_ENTRIES,
+        }
+    }
+
+    fn is_fifo(&self) -> bool {
+        match self {
+            AwsResource::SnsTopic { arn } => arn.ends_with(".fifo"),
+            AwsResource::SqsQueue { url } => url.ends_with(".fifo"),
+            AwsResource::KinesisStream { .. } => false,
+        }
+    }
+}
+
+/// One event on its way out: the event and the bytes to send (its delivery format).
+pub struct Outgoing<'a> {
+    pub event: &'a StoredEvent,
+    pub body: &'a Bytes,
+}
+
+/// Shared by every AWS destination: the SDK configurations, loaded once per distinct
+/// set of overrides (loading walks the credential chain).
+#[derive(Default)]
+pub struct AwsSinks {
+    configs: tokio::sync::Mutex<HashMap<AwsOptions, SdkConfig>>,
+}
+
+/// A client for one destination, ready to send.
+#[derive(Clone)]
+pub struct AwsTarget {
+    resource: AwsResource,
+    client: Client,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Client {
+    Sns(aws_sdk_sns::Client),
+    Sqs(aws_sdk_sqs::Client),
+    Kinesis(aws_sdk_kinesis::Client),
+}
+
+impl AwsSinks {
+    /// A client for `resource`, with the standard configuration and `options` on top.
+    pub async fn target(
+        &self,
+        resource: AwsResource,
+        options: &AwsOptions,
+        timeout: Duration,
+    ) -> AwsTarget {
+        let config = self.config(options).await;
+        let client = match resource {
+            AwsResource::SnsTopic { .. } => Client::Sns(aws_sdk_sns::Client::new(&config)),
+            AwsResource::SqsQueue { .. } => Client::Sqs(aws_sdk_sqs::Client::new(&config)),
+            AwsResource::KinesisStream { .. } => {
+                Client::Kinesis(aws_sdk_kinesis::Client::new(&config))
+            }
+        };
+        AwsTarget {
+            resource,
+            client,
+            timeout,
+        }
+    }
+
+    async fn config(&self, options: &AwsOptions) -> SdkConfig {
+        let mut configs = self.configs.lock().await;
+        if let Some(config) = configs.get(options) {
+            return config.clone();
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &options.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &options.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let mut config = loader.load().await;
+        if let Some(role) = &options.role_arn {
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+                .session_name("reelay")
+                .configure(&config)
+                .build()
+                .await;
+            config = config
+                .into_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                )
+                .build();
+        }
+        configs.insert(options.clone(), config.clone());
+        config
+    }
+}
+
+impl AwsTarget {
+    pub fn resource(&self) -> &AwsResource {
+        &self.resource
+    }
+
+    /// Checks that the destination exists and can be reached with these credentials.
+    pub async fn check(&self) -> Result<(), String> {
+        let checked = match (&self.client, &self.resource) {
+            (Client::Sns(client), AwsResource::SnsTopic { arn }) => client
+                .get_topic_attributes()
+                .topic_arn(arn)
+                .send()
+                .await
+                .map(drop)
+                .map_err(describe),
+            (Client::Sqs(client), AwsResource::SqsQueue { url }) => client
+                .get_queue_attributes()
+                .queue_url(url)
+                .send()
+                .await
+                .map(drop)
+                .map_err(describe),
+            (Client::Kinesis(client), AwsResource::KinesisStream { name }) => client
+                .describe_stream_summary()
+                .stream_name(name)
+                .send()
+                .await
+                .map(drop)
+                .map_err(describe),
+            _ => Err("client and destination do not match".to_owned()),
+        };
+        match tokio::time::timeout(self.timeout, async { checked }).await {
+            Ok(checked) => checked,
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Sends `events` in as few calls as the service allows; one result per event, in
+    /// order.
+    pub async fn send(&self, events: &[Outgoing<'_>]) -> Vec<Attempted> {
+        let started = Instant::now();
+        let mut results: Vec<Option<Result<(), String>>> = vec![None; events.len()];
+        for range in self.batches(events) {
+            let batch = &events[range.clone()];
+            let sent = tokio::time::timeout(self.timeout, self.send_batch(batch)).await;
+            let outcomes = match sent {
+                Ok(outcomes) => outcomes,
+                Err(_) => vec![Err("timed out".to_owned()); batch.len()],
+            };
+            for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
+                *slot = Some(outcome);
+            }
+        }
+        let latency = started.elapsed();
+        results
+            .into_iter()
+            .map(|outcome| {
+                let result = match outcome.unwrap_or_else(|| Err("not sent".to_owned())) {
+                    Ok(()) => AttemptResult::Delivered,
+                    Err(error) => AttemptResult::Failed {
+                        error,
+                        retry_after: None,
+                    },
+                };
+                Attempted {
+                    result,
+                    status: None,
+                    latency,
+                    response: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Cuts `events` into runs that fit one call each.
+    fn batches(&self, events: &[Outgoing<'_>]) -> Vec<std::ops::Range<usize>> {
+        let (max_entries, max_bytes) = match self.resource {
+            AwsResource::KinesisStream { .. } => (KINESIS_MAX_RECORDS, KINESIS_MAX_CALL_BYTES),
+            _ => (MESSAGE_BATCH_ENTRIES, MESSAGE_BATCH_BYTES),
+        };
+        let mut ranges = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (index, outgoing) in events.iter().enumerate() {
+            let size = outgoing.body.len() + partition_key(outgoing.event).len();
+            if index > start && (index - start == max_entries || bytes + size > max_bytes) {
+                ranges.push(start..index);
+                (start, bytes) = (index, 0);
+            }
+            bytes += size;
+        }
+        if start < events.len() {
+            ranges.push(start..events.len());
+        }
+        ranges
+    }
+
+    async fn send_batch(&self, batch: &[Outgoing<'_>]) -> Vec<Result<(), String>> {
+        match (&self.client, &self.resource) {
+            (Client::Kinesis(client), AwsResource::KinesisStream { name }) => {
+                put_records(client, name, batch).await
+            }
+            (Client::Sns(client), AwsResource::SnsTopic { arn }) => {
+                publish_batch(client, arn, self.resource.is_fifo(), batch).await
+            }
+            (Client::Sqs(client), AwsResource::SqsQueue { url }) => {
+                send_message_batch(client, url, self.resource.is_fifo(), batch).await
+            }
+            _ => vec![Err("client and destination do not match".to_owned()); batch.len()],
+        }
+    }
+}
+
+async fn put_records(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    batch: &[Outgoing<'_>],
+) -> Vec<Result<(), String>> {
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    let mut outcomes = vec![Ok(()); batch.len()];
+    // Records the service would refuse whole are failed here, so the rest still goes.
+    let mut sent = Vec::with_capacity(batch.len());
+    let mut entries = Vec::with_capacity(batch.len());
+    for (index, outgoing) in batch.iter().enumerate() {
+        if outgoing.body.len() > KINESIS_MAX_RECORD_BYTES {
+            outcomes[index] = Err(format!(
+                "the record is {} bytes; Kinesis takes at most 1 MiB",
+                outgoing.body.len()
+            ));
+            continue;
+        }
+        let entry = PutRecordsRequestEntry::builder()
+            .data(Blob::new(outgoing.body.to_vec()))
+            .partition_key(partition_key(outgoing.event))
+            .build();
+        match entry {
+            Ok(entry) => {
+                entries.push(entry);
+                sent.push(index);
+            }
+            Err(error) => outcomes[index] = Err(error.to_string()),
+        }
+    }
+    if entries.is_empty() {
+        return outcomes;
+    }
+    match client
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+    {
+        Ok(output) => {
+            // The answer has one entry per record, in request order.
+            for (index, record) in sent.iter().zip(output.records()) {
+                if let Some(code) = record.error_code() {
+                    outcomes[*index] = Err(format!(
+                        "{code}: {}",
+                        record.error_message().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Err(error) => {
+            let error = describe(error);
+            for index in sent {
+                outcomes[index] = Err(error.clone());
+            }
+        }
+    }
+    outcomes
+}
+
+async fn publish_batch(
+    client: &aws_sdk_sns::Client,
+    topic_arn: &str,
+    fifo: bool,
+    batch: &[Outgoing<'_>],
+) -> Vec<Result<(), String>> {
+    use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
+    let attribute = |data_type: &str, value: String| {
+        MessageAttributeValue::builder()
+            .data_type(data_type)
+            .string_value(value)
+            .build()
+    };
+    let mut outcomes = vec![Ok(()); batch.len()];
+    let mut entries = Vec::with_capacity(batch.len());
+    for (index, outgoing) in batch.iter().enumerate() {
+        let event = outgoing.event;
+        let mut entry = PublishBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message(String::from_utf8_lossy(outgoing.body));
+        for (name, data_type, value) in message_attributes(event) {
+            match attribute(data_type, value) {
+                Ok(value) => entry = entry.message_attributes(name, value),
+                Err(error) => outcomes[index] = Err(error.to_string()),
+            }
+        }
+        if fifo {
+            entry = entry
+                .message_group_id(fifo_id(group_of(event)))
+                .message_deduplication_id(fifo_id(&event.id));
+        }
+        match entry.build() {
+            Ok(entry) if outcomes[index].is_ok() => entries.push(entry),
+            Ok(_) => {}
+            Err(error) => outcomes[index] = Err(error.to_string()),
+        }
+    }
+    if entries.is_empty() {
+        return outcomes;
+    }
+    match client
+        .publish_batch()
+        .topic_arn(topic_arn)
+        .set_publish_batch_request_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(output) => {
+            for failed in output.failed() {
+                if let Some(outcome) = failed
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|index| outcomes.get_mut(index))
+                {
+                    *outcome = Err(format!(
+                        "{}: {}",
+                        failed.code(),
+                        failed.message().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Err(error) => {
+            let error = describe(error);
+            for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+                *outcome = Err(error.clone());
+            }
+        }
+    }
+    outcomes
+}
+
+async fn send_message_batch(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    fifo: bool,
+    batch: &[Outgoing<'_>],
+) -> Vec<Result<(), String>> {
+    use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+    let attribute = |data_type: &str, value: String| {
+        MessageAttributeValue::builder()
+            .data_type(data_type)
+            .string_value(value)
+            .build()
+    };
+    let mut outcomes = vec![Ok(()); batch.len()];
+    let mut entries = Vec::with_capacity(batch.len());
+    for (index, outgoing) in batch.iter().enumerate() {
+        let event = outgoing.event;
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message_body(String::from_utf8_lossy(outgoing.body));
+        for (name, data_type, value) in message_attributes(event) {
+            match attribute(data_type, value) {
+                Ok(value) => entry = entry.message_attributes(name, value),
+                Err(error) => outcomes[index] = Err(error.to_string()),
+            }
+        }
+        if fifo {
+            entry = entry
+                .message_group_id(fifo_id(group_of(event)))
+                .message_deduplication_id(fifo_id(&event.id));
+        }
+        match entry.build() {
+            Ok(entry) if outcomes[index].is_ok() => entries.push(entry),
+            Ok(_) => {}
+            Err(error) => outcomes[index] = Err(error.to_string()),
+        }
+    }
+    if entries.is_empty() {
+        return outcomes;
+    }
+    match client
+        .send_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(output) => {
+            for failed in output.failed() {
+                if let Some(outcome) = failed
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|index| outcomes.get_mut(index))
+                {
+                    *outcome = Err(format!(
+                        "{}: {}",
+                        failed.code(),
+                        failed.message().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Err(error) => {
+            let error = describe(error);
+            for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+                *outcome = Err(error.clone());
+            }
+        }
+    }
+    outcomes
+}
+
+/// The attributes SNS filter policies and SQS consumers select on.
+fn message_attributes(event: &StoredEvent) -> Vec<(&'static str, &'static str, String)> {
+    let mut attributes = vec![
+        ("eventName", "String", event.name.clone()),
+        ("topic", "String", event.topic.clone()),
+        ("tenant", "String", event.account.clone()),
+        ("reelaySequence", "Number", event.seq.to_string()),
+    ];
+    if let Some(key) = &event.entity_key {
+        attributes.push(("entityKey", "String", key.clone()));
+    }
+    attributes
+}
+
+/// One entity's events share a Kinesis shard (and a FIFO group), so they stay in order.
+fn partition_key(event: &StoredEvent) -> String {
+    let key = group_of(event);
+    if key.chars().count() <= KINESIS_MAX_PARTITION_KEY {
+        key.to_owned()
+    } else {
+        hex_sha256(key)
+    }
+}
+
+fn group_of(event: &StoredEvent) -> &str {
+    event.entity_key.as_deref().unwrap_or(&event.account)
+}
+
+/// A FIFO group or deduplication id: up to 128 printable ASCII characters.
+fn fifo_id(value: &str) -> String {
+    let valid = |c: char| c.is_ascii_graphic();
+    if value.len() <= FIFO_MAX_ID && !value.is_empty() && value.chars().all(valid) {
+        value.to_owned()
+    } else {
+        hex_sha256(value)
+    }
+}
+
+fn hex_sha256(value: &str) -> String {
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// An SDK error as one readable line: the service's code and message when it answered.
+fn describe<E, R>(error: aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + aws_sdk_kinesis::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match error.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or_default()
+        ),
+        None => aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Document;
+
+    fn event(seq: i64, entity_key: Option<&str>) -> StoredEvent {
+        StoredEvent {
+            seq,
+            account: "acme".into(),
+            id: format!("e-{seq}"),
+            name: "asset-created".into(),
+            topic: "asset-operations".into(),
+            entity_key: entity_key.map(str::to_owned),
+            occurred_at: 0,
+            received_at: 0,
+            body: Document::from("{}"),
+        }
+    }
+
+    #[test]
+    fn partition_keys_keep_one_entity_on_one_shard() {
+        assert_eq!(partition_key(&event(1, Some("897874"))), "897874");
+        assert_eq!(partition_key(&event(2, None)), "acme");
+        let long = "x".repeat(300);
+        let key = partition_key(&event(3, Some(&long)));
+        assert_eq!(key.len(), 64);
+        assert_eq!(key, partition_key(&event(4, Some(&long))));
+    }
+
+    #[test]
+    fn fifo_ids_are_printable_and_bounded() {
+        assert_eq!(fifo_id("e-1"), "e-1");
+        assert_eq!(fifo_id(&"y".repeat(129)).len(), 64);
+        assert_eq!(fifo_id("with space").len(), 64);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_the_count_and_size_limits() {
+        let sinks = AwsSinks::default();
+        let options = AwsOptions {
+            region: Some("us-east-1".into()),
+            ..AwsOptions::default()
+        };
+        let events: Vec<StoredEvent> = (0..25).map(|seq| event(seq, None)).collect();
+        let small = Bytes::from_static(b"{}");
+        let big = Bytes::from(vec![b' '; 100 * 1024]);
+        let target = sinks
+            .target(
+                AwsResource::SqsQueue { url: "q".into() },
+                &options,
+                Duration::from_secs(1),
+            )
+            .await;
+        let outgoing: Vec<Outgoing> = events
+            .iter()
+            .map(|event| Outgoing {
+                event,
+                body: &small,
+            })
+            .collect();
+        assert_eq!(target.batches(&outgoing), vec![0..10, 10..20, 20..25]);
+        // 100 KiB each: two fit in 256 KiB, the third starts a new call.
+        let outgoing: Vec<Outgoing> = events[..5]
+            .iter()
+            .map(|event| Outgoing { event, body: &big })
+            .collect();
+        assert_eq!(target.batches(&outgoing), vec![0..2, 2..4, 4..5]);
+    }
+}
