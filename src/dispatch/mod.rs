@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::RetrySchedule;
 use crate::model::{Destination, DisabledReason, Millis, StoredEvent, Subscription};
 use crate::sinks::webhook::{ClientError, SecretError, Signer, WebhookRequest, WebhookSink};
-use crate::sinks::{AttemptResult, Attempted};
+use crate::sinks::{AttemptResult, Attempted, Payload};
 use crate::store::{Health, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
@@ -293,7 +293,7 @@ impl Dispatcher {
                     url,
                     id: &event.id,
                     sequence: event.seq,
-                    body: event.body.bytes(),
+                    payload: Payload::new(target.subscription.format, event),
                 };
                 self.shared.webhooks.send(&target.signer, request).await
             }

@@ -2,7 +2,8 @@
 //! log; replay.
 //!
 //! Creation accepts the Brightcove shape (`endpoint` + `events`) and the general one
-//! (`destination` + `events` and/or `topics`), with seed 004's 422 rules.
+//! (`destination` + `events` and/or `topics`), with seed 004's 422 rules, and a delivery
+//! `format`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -33,8 +34,10 @@ pub struct SubscriptionIn {
     pub events: Option<Vec<String>>,
     /// Whole topics to receive.
     pub topics: Option<Vec<String>>,
-    /// `native` (default).
-    pub format: Option<String>,
+    /// How events are written to the endpoint: `native` (default: the stored document
+    /// as published), `cloudevents` (structured JSON, `application/cloudevents+json`) or
+    /// `cloudevents-binary` (`ce-*` headers, the data as the body).
+    pub format: Option<Format>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -121,7 +124,7 @@ impl SubscriptionOut {
     request_body = SubscriptionIn,
     responses(
         (status = 201, body = SubscriptionOut),
-        (status = 422, description = "missing endpoint or events, not an array, duplicate, too many per event, refused destination", body = ErrorBody),
+        (status = 422, description = "missing endpoint or events, not an array, duplicate, too many per event, unknown format, refused destination", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -291,14 +294,14 @@ fn parse_request(
             field_error(
                 "invalid_format",
                 "format",
-                &format!("{name:?} is not a format (native)"),
+                &format!("{name:?} is not a format: {}", format_names()),
             )
         })?,
         Some(_) => {
             return Err(field_error(
                 "invalid_format",
                 "format",
-                "format must be a string",
+                &format!("format must be a string: {}", format_names()),
             ));
         }
     };
@@ -308,6 +311,15 @@ fn parse_request(
     filter.topics.sort();
     filter.topics.dedup();
     Ok((destination, filter, format))
+}
+
+/// `native, cloudevents or cloudevents-binary`.
+fn format_names() -> String {
+    let names = Format::ALL.map(Format::as_str);
+    match names.split_last() {
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 fn field_error(code: &'static str, field: &str, message: &str) -> ApiError {

@@ -534,7 +534,7 @@ fn push_json_string(out: &mut String, text: &str) {
 }
 
 /// `type/subtype` of a Content-Type, lower-cased, without parameters.
-fn media_type(content_type: &str) -> String {
+pub(crate) fn media_type(content_type: &str) -> String {
     content_type
         .split(';')
         .next()
@@ -545,7 +545,7 @@ fn media_type(content_type: &str) -> String {
 
 /// JSON data: `…/json` or `…/…+json`, whatever the type before the slash, so seed 002's
 /// misspelt `applicastion/json` counts.
-fn is_json(media: &str) -> bool {
+pub(crate) fn is_json(media: &str) -> bool {
     media
         .split_once('/')
         .is_some_and(|(_, subtype)| subtype == "json" || subtype.ends_with("+json"))

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 
-use super::{AttemptResult, Attempted};
+use super::{AttemptResult, Attempted, Payload};
 
 /// How much of a destination's answer is kept in the delivery log.
 const RESPONSE_SNIPPET_BYTES: usize = 1024;
@@ -86,7 +86,7 @@ pub struct WebhookRequest<'a> {
     pub url: &'a Uri,
     pub id: &'a str,
     pub sequence: i64,
-    pub body: &'a Bytes,
+    pub payload: Payload,
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
@@ -168,9 +168,15 @@ impl WebhookSink {
         request: WebhookRequest<'_>,
     ) -> Result<(StatusCode, Option<Duration>, Option<String>), String> {
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = signer.sign(request.id, timestamp, request.body);
-        let mut builder = Request::post(request.url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        let payload = request.payload;
+        // The signature covers exactly the body sent (in CloudEvents binary mode, the
+        // data; the attributes in the headers are not signed).
+        let signature = signer.sign(request.id, timestamp, &payload.body);
+        let mut builder = Request::post(request.url.clone());
+        if let Some(content_type) = payload.content_type {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        builder = builder
             .header(USER_AGENT, HeaderValue::from_static(CLIENT_NAME))
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature)
@@ -178,8 +184,11 @@ impl WebhookSink {
         if let Ok(id) = HeaderValue::from_str(request.id) {
             builder = builder.header("webhook-id", id);
         }
+        for (name, value) in payload.headers {
+            builder = builder.header(name, value);
+        }
         let message = builder
-            .body(Full::new(request.body.clone()))
+            .body(Full::new(payload.body))
             .map_err(|error| format!("request failed: {error}"))?;
         let response = self.client.request(message).await.map_err(|error| {
             let cause = root_cause(&error);
@@ -434,13 +443,16 @@ mod tests {
             }
         });
         let url: Uri = format!("http://localhost:{port}/hook").parse().unwrap();
-        let body = bytes::Bytes::from_static(b"{}");
         let signer = Signer::new(&generate_secret()).unwrap();
         let request = || WebhookRequest {
             url: &url,
             id: "e-1",
             sequence: 1,
-            body: &body,
+            payload: Payload {
+                content_type: None,
+                headers: Vec::new(),
+                body: Bytes::from_static(b"{}"),
+            },
         };
 
         let refused = WebhookSink::new(Duration::from_secs(5), false)

@@ -5,6 +5,7 @@ mod app;
 mod auth;
 mod cloudevents;
 mod delivery;
+mod delivery_formats;
 mod durability;
 mod publish;
 mod subscriptions;
