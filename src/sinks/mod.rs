@@ -5,6 +5,7 @@
 //! document, or a CloudEvent ([`cloudevents`]).
 
 pub mod cloudevents;
+pub mod handshake;
 pub mod webhook;
 
 use std::time::Duration;

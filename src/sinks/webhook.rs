@@ -81,6 +81,13 @@ pub fn generate_secret() -> String {
     format!("whsec_{}", BASE64.encode(key))
 }
 
+/// A webhook URL as the client takes it, or `None` when it is not one.
+pub fn parse_url(url: &str) -> Option<Uri> {
+    // Through `url` first: it puts international host names in ASCII form.
+    let parsed = url::Url::parse(url).ok()?;
+    parsed.as_str().parse().ok()
+}
+
 /// One message to POST.
 pub struct WebhookRequest<'a> {
     pub url: &'a Uri,
@@ -104,7 +111,7 @@ pub struct WebhookSink {
 #[error("cannot set up TLS for webhooks: {0}")]
 pub struct ClientError(#[from] rustls::Error);
 
-const CLIENT_NAME: &str = concat!("reelay/", env!("CARGO_PKG_VERSION"));
+pub(super) const CLIENT_NAME: &str = concat!("reelay/", env!("CARGO_PKG_VERSION"));
 
 impl WebhookSink {
     pub fn new(timeout: Duration, allow_private: bool) -> Result<WebhookSink, ClientError> {
@@ -133,6 +140,19 @@ impl WebhookSink {
             .timer(TokioTimer::new())
             .build(https);
         Ok(WebhookSink { client, timeout })
+    }
+
+    /// One request through the pool, for the other requests of the webhook sink (the
+    /// validation handshake).
+    pub(super) async fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub async fn send(&self, signer: &Signer, request: WebhookRequest<'_>) -> Attempted {
@@ -239,7 +259,7 @@ fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
 
 /// The start of an answer's body, for the delivery log. A longer body is not read to
 /// its end (its connection is then not reused).
-async fn read_snippet(mut body: hyper::body::Incoming) -> Option<String> {
+pub(super) async fn read_snippet(mut body: hyper::body::Incoming) -> Option<String> {
     let mut bytes = Vec::new();
     while bytes.len() < RESPONSE_SNIPPET_BYTES {
         match body.frame().await {
@@ -258,7 +278,7 @@ async fn read_snippet(mut body: hyper::body::Incoming) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(next) = cause.source() {
         cause = next;

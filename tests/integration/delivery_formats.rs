@@ -1,7 +1,8 @@
 //! Delivery formats: the seeds' Vimond events and seed 002's Zapp CloudEvents delivered
 //! as CloudEvents in the structured and the binary mode, each read back by the Python
 //! `cloudevents` SDK and checked against the log, every delivery signed; the native format
-//! unchanged beside them; bad input.
+//! unchanged beside them; the validation handshake before a subscription is stored; bad
+//! input.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use serde_json::{Map, Value, json};
 
 use crate::app::{ADMIN, TestApp, eventually};
 use crate::cloudevents::{endpoint, zapp_client};
-use crate::publish::seed_events;
-use crate::support::receiver::{Delivery, Receiver};
+use crate::publish::{asset_event, seed_events};
+use crate::support::receiver::{Delivery, HandshakeAnswer, Receiver};
 
 async fn wait_for(receiver: &Receiver, path: &str, count: usize) -> Vec<Delivery> {
     eventually(
@@ -296,6 +297,171 @@ async fn vimond_events_and_zapp_cloudevents_arrive_as_cloudevents_in_both_modes(
 }
 
 #[tokio::test]
+async fn the_validation_handshake_asks_first_and_a_refusal_stores_nothing() {
+    let app =
+        TestApp::start_with(&[("REELAY_PUBLIC_URL", "https://events.example.test/reelay/")]).await;
+    let receiver = Receiver::start().await;
+    let consent = |allowed_origin: &str| HandshakeAnswer {
+        status: 200,
+        allowed_origin: Some(allowed_origin.to_owned()),
+        allowed_rate: Some("120".to_owned()),
+    };
+    receiver.handshake("/echo", consent("echo")).await;
+    receiver.handshake("/any", consent("*")).await;
+    receiver
+        .handshake("/other", consent("someone-else.example.test"))
+        .await;
+    receiver
+        .handshake(
+            "/no-header",
+            HandshakeAnswer {
+                status: 200,
+                allowed_origin: None,
+                allowed_rate: None,
+            },
+        )
+        .await;
+    receiver
+        .handshake(
+            "/error",
+            HandshakeAnswer {
+                status: 500,
+                allowed_origin: Some("*".to_owned()),
+                allowed_rate: None,
+            },
+        )
+        .await;
+    let create = |path: &str, validate: Value| {
+        let body = json!({"endpoint": receiver.url(path), "events": ["asset-updated"],
+                          "format": "cloudevents", "validationHandshake": validate});
+        let app = &app;
+        async move {
+            app.post("/v1/accounts/vimond/subscriptions", &body.to_string())
+                .await
+        }
+    };
+
+    // Consent: the origin echoed, or any.
+    for path in ["/echo", "/any"] {
+        let (status, subscription) = create(path, json!(true)).await;
+        assert_eq!(status, 201, "{path}: {subscription}");
+        let asked = receiver.handshakes(path).await;
+        assert_eq!(asked.len(), 1, "{path}");
+        assert_eq!(
+            asked[0].headers["webhook-request-origin"], "events.example.test",
+            "the host of the public URL"
+        );
+        assert_eq!(asked[0].status, 200);
+        receiver
+            .hook(path, subscription["secret"].as_str().unwrap(), &[])
+            .await;
+    }
+    // No consent: another origin, no header, not a success, not an OPTIONS server (405).
+    for path in ["/other", "/no-header", "/error", "/silent"] {
+        let (status, error) = create(path, json!(true)).await;
+        assert_eq!(status, 422, "{path}: {error}");
+        assert_eq!(error["error"]["code"], "handshake_refused", "{path}");
+        assert_eq!(error["error"]["field"], "validationHandshake");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("events.example.test"),
+            "the message names the origin: {error}"
+        );
+        assert_eq!(receiver.handshakes(path).await.len(), 1, "{path}");
+    }
+    // Nobody there at all.
+    let (status, error) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"endpoint": "http://127.0.0.1:9/closed", "events": ["asset-updated"],
+                    "validationHandshake": true})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (422, Some("handshake_failed")),
+        "{error}"
+    );
+    // Not asked: no OPTIONS request.
+    let (status, plain) = create("/plain", Value::Null).await;
+    assert_eq!(status, 201, "{plain}");
+    let (status, _) = create("/plain-false", json!(false)).await;
+    assert_eq!(status, 201);
+    assert!(receiver.handshakes("/plain").await.is_empty());
+    assert!(receiver.handshakes("/plain-false").await.is_empty());
+
+    let (_, list) = app.get("/v1/accounts/vimond/subscriptions").await;
+    let mut endpoints: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["endpoint"].as_str())
+        .collect();
+    endpoints.sort();
+    let mut expected = ["/echo", "/any", "/plain", "/plain-false"].map(|p| receiver.url(p));
+    expected.sort();
+    assert_eq!(
+        endpoints, expected,
+        "only the consenting endpoints and those not asked are stored"
+    );
+
+    // The consenting endpoints receive their events.
+    let (status, _) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "h-1").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    for path in ["/echo", "/any"] {
+        let delivered = wait_for(&receiver, path, 1).await;
+        assert_eq!(
+            delivered[0].verified,
+            Some(true),
+            "{:?}",
+            delivered[0].error
+        );
+        assert!(delivered[0].cloudevent.is_some());
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_keeps_to_the_destination_rules_and_its_default_origin() {
+    // Private destinations refused: the endpoint is not even asked.
+    let strict = TestApp::start_with(&[("REELAY_ALLOW_PRIVATE_DESTINATIONS", "false")]).await;
+    let receiver = Receiver::start().await;
+    let any = HandshakeAnswer {
+        status: 200,
+        allowed_origin: Some("echo".to_owned()),
+        allowed_rate: None,
+    };
+    receiver.handshake("/hook", any).await;
+    let body = json!({"endpoint": receiver.url("/hook"), "events": ["asset-updated"],
+                      "validationHandshake": true})
+    .to_string();
+    let (status, error) = strict
+        .post("/v1/accounts/vimond/subscriptions", &body)
+        .await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (422, Some("destination_refused")),
+        "{error}"
+    );
+    assert!(receiver.handshakes("/hook").await.is_empty());
+
+    // Without --public-url the origin is "reelay".
+    let app = TestApp::start().await;
+    let (status, created) = app.post("/v1/accounts/vimond/subscriptions", &body).await;
+    assert_eq!(status, 201, "{created}");
+    let asked = receiver.handshakes("/hook").await;
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].headers["webhook-request-origin"], "reelay");
+}
+
+#[tokio::test]
 async fn formats_are_shown_and_unknown_ones_refused() {
     let app = TestApp::start().await;
     let create = |extra: Value| {
@@ -313,6 +479,10 @@ async fn formats_are_shown_and_unknown_ones_refused() {
         (json!({"format": "xml"}), "invalid_format"),
         (json!({"format": "CloudEvents"}), "invalid_format"),
         (json!({"format": 1}), "invalid_format"),
+        (
+            json!({"validationHandshake": "yes"}),
+            "invalid_validation_handshake",
+        ),
     ] {
         let (status, error) = create(extra.clone()).await;
         assert_eq!(status, 422, "{extra}: {error}");
@@ -363,5 +533,10 @@ async fn formats_are_shown_and_unknown_ones_refused() {
         request["format"]
             .to_string()
             .contains("#/components/schemas/Format")
+    );
+    assert!(
+        request["validationHandshake"]["type"]
+            .to_string()
+            .contains("boolean")
     );
 }

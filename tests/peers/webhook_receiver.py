@@ -4,17 +4,24 @@ It records every delivery and checks its Standard Webhooks signature with the
 `standardwebhooks` package (the reference implementation receivers use), reads every
 CloudEvents delivery (structured or binary mode) with the `cloudevents` SDK, and answers
 each delivery from a per-path script of responses, so tests can make a receiver fail,
-ask for a pause (Retry-After) or go away (410).
+ask for a pause (Retry-After) or go away (410). It also plays the CloudEvents webhook
+validation handshake (an OPTIONS request with WebHook-Request-Origin), consenting or not
+as told.
 
     python3 webhook_receiver.py --port 9000 [--hook /path=whsec_...]
 
 Deliveries: POST to any path outside /_control/. Control API (JSON):
     POST /_control/hooks    {"path": "/a", "secret": "whsec_...",
                              "responses": [{"status": 500}, {"status": 429, "retry_after": "2"}],
-                             "delay_ms": 0}
-                            sets what is given of a path's secret and script (the last
-                            response repeats; none: 200). Recorded deliveries are kept.
-    GET  /_control/received[?path=/a]   {"deliveries": [...]} in arrival order
+                             "delay_ms": 0,
+                             "handshake": {"status": 200, "allowed_origin": "*",
+                                           "allowed_rate": "120"}}
+                            sets what is given of a path's secret, script (the last response
+                            repeats; none: 200) and handshake answer (none: 405, as a server
+                            that does not take part; "allowed_origin": "echo" repeats the
+                            request's origin). Recorded deliveries are kept.
+    GET  /_control/received[?path=/a]   {"deliveries": [...], "handshakes": [...]} in
+                            arrival order
     POST /_control/reset    forgets everything
 A delivery's record has its headers, its body (as text, and as base64), the signature
 verdict, and for a CloudEvent its attributes and data as the SDK read them.
@@ -46,12 +53,13 @@ JSONFormat.JSON_CONTENT_TYPE_PATTERN = re.compile(
 )
 
 lock = threading.Lock()
-hooks = {}  # path -> {"secret", "responses", "delay_ms", "served"}
+hooks = {}  # path -> {"secret", "responses", "delay_ms", "served", "handshake"}
 deliveries = []
+handshakes = []
 
 
 def new_hook(secret=None):
-    return {"secret": secret, "responses": [], "delay_ms": 0, "served": 0}
+    return {"secret": secret, "responses": [], "delay_ms": 0, "served": 0, "handshake": None}
 
 
 def verify(secret, body, headers):
@@ -126,7 +134,29 @@ class Handler(BaseHTTPRequestHandler):
         path = parse_qs(url.query).get("path", [None])[0]
         with lock:
             found = [d for d in deliveries if path is None or d["path"] == path]
-        self._json(200, {"deliveries": found})
+            asked = [h for h in handshakes if path is None or h["path"] == path]
+        self._json(200, {"deliveries": found, "handshakes": asked})
+
+    def do_OPTIONS(self):
+        """The validation handshake of the CloudEvents webhook spec."""
+        self._body()
+        path = urlparse(self.path).path
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        with lock:
+            answer = (hooks.get(path) or {}).get("handshake")
+        status = answer.get("status", 200) if answer else 405
+        extra = {}
+        if answer and answer.get("allowed_origin"):
+            allowed = answer["allowed_origin"]
+            if allowed == "echo":
+                allowed = headers.get("webhook-request-origin", "")
+            extra["WebHook-Allowed-Origin"] = allowed
+        if answer and answer.get("allowed_rate"):
+            extra["WebHook-Allowed-Rate"] = str(answer["allowed_rate"])
+        with lock:
+            handshakes.append({"path": path, "headers": headers, "status": status,
+                               "at": time.time()})
+        self._answer(status, b"", extra)
 
     def do_POST(self):
         body = self._body()
@@ -135,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
             spec = json.loads(body or b"{}")
             with lock:
                 hook = hooks.setdefault(spec["path"], new_hook())
-                for key in ("secret", "delay_ms"):
+                for key in ("secret", "delay_ms", "handshake"):
                     if key in spec:
                         hook[key] = spec[key]
                 if "responses" in spec:
@@ -146,6 +176,7 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 hooks.clear()
                 deliveries.clear()
+                handshakes.clear()
             return self._json(200, {"ok": True})
         self._delivery(path, body)
 

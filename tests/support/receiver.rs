@@ -1,6 +1,6 @@
 //! A real webhook receiver for tests: `tests/peers/webhook_receiver.py`, which checks
 //! every signature with the `standardwebhooks` Python package, reads CloudEvents with the
-//! `cloudevents` SDK, and answers from a script.
+//! `cloudevents` SDK, answers from a script, and plays the validation handshake.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -60,6 +60,23 @@ pub struct Delivery {
     pub cloudevent: Option<Value>,
     /// Why the SDK could not read a delivery that looked like a CloudEvent.
     pub cloudevent_error: Option<String>,
+}
+
+/// A validation handshake (OPTIONS request) as the receiver recorded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Handshake {
+    pub headers: HashMap<String, String>,
+    /// The status it answered.
+    pub status: u16,
+}
+
+/// How the receiver answers a validation handshake.
+#[derive(Debug, Clone)]
+pub struct HandshakeAnswer {
+    pub status: u16,
+    /// `WebHook-Allowed-Origin`; `"echo"` repeats the request's origin.
+    pub allowed_origin: Option<String>,
+    pub allowed_rate: Option<String>,
 }
 
 impl Receiver {
@@ -127,9 +144,28 @@ impl Receiver {
             .expect("hook registered");
     }
 
+    /// How `path` answers validation handshakes (before its secret is known).
+    pub async fn handshake(&self, path: &str, answer: HandshakeAnswer) {
+        let answer = json!({"status": answer.status, "allowed_origin": answer.allowed_origin,
+                            "allowed_rate": answer.allowed_rate});
+        self.http
+            .post(self.url("/_control/hooks"))
+            .json(&json!({"path": path, "handshake": answer}))
+            .send()
+            .await
+            .expect("register handshake")
+            .error_for_status()
+            .expect("handshake registered");
+    }
+
     /// Deliveries to `path`, in arrival order.
     pub async fn deliveries(&self, path: &str) -> Vec<Delivery> {
         self.received(path).await.deliveries
+    }
+
+    /// Validation handshakes asked of `path`, in arrival order.
+    pub async fn handshakes(&self, path: &str) -> Vec<Handshake> {
+        self.received(path).await.handshakes
     }
 
     async fn received(&self, path: &str) -> Received {
@@ -150,4 +186,5 @@ impl Receiver {
 #[derive(Deserialize)]
 struct Received {
     deliveries: Vec<Delivery>,
+    handshakes: Vec<Handshake>,
 }
