@@ -63,8 +63,26 @@ pub struct ServeConfig {
 
     /// The URL clients reach this server at (e.g. behind a proxy). The `source` of the
     /// CloudEvents it answers with is this URL's endpoint; without it, the request's host.
+    /// Its host is also the origin the webhook validation handshake names.
     #[arg(long, env = "REELAY_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
+}
+
+/// The `WebHook-Request-Origin` of the validation handshake when no `--public-url` says
+/// which host this server is.
+pub const DEFAULT_WEBHOOK_ORIGIN: &str = "reelay";
+
+impl ServeConfig {
+    /// The origin this server names when it asks an endpoint for consent (CloudEvents
+    /// webhook validation handshake): the host of `--public-url`, else
+    /// [`DEFAULT_WEBHOOK_ORIGIN`].
+    pub fn webhook_origin(&self) -> String {
+        self.public_url
+            .as_ref()
+            .and_then(|url| url.host_str())
+            .unwrap_or(DEFAULT_WEBHOOK_ORIGIN)
+            .to_owned()
+    }
 }
 
 /// How far a publish must have reached before it is acknowledged.

@@ -13,8 +13,11 @@
 //! 5. [`dispatch`] receives the committed events in memory at once, and for every
 //!    subscription (cursor in the log, retry set for failures) asks the subscription's
 //!    filter ([`model::EventFilter`]) whether it wants the event;
-//! 6. [`sinks`] carry the event to the destination (signed webhook POSTs), and the outcome
-//!    goes back to [`dispatch`], which records it and schedules a retry when it failed.
+//! 6. [`sinks`] write the event in the subscription's format (the stored document, or a
+//!    CloudEvent: [`sinks::cloudevents`]) and carry it to the destination (signed webhook
+//!    POSTs), and the outcome goes back to [`dispatch`], which records it and schedules a
+//!    retry when it failed. A subscription may ask its endpoint for consent first
+//!    ([`sinks::handshake`]).
 //!
 //! [`config`] holds the settings of all of this; [`model`] the plain types they share;
 //! [`server`] wires the parts together and stops them in order; [`mod@bench`] measures it all.

@@ -82,6 +82,7 @@ pub async fn run(
         subscription_writes: Arc::default(),
         user_tokens,
         public_url: config.public_url.clone(),
+        webhook_origin: config.webhook_origin(),
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");

@@ -24,8 +24,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RetrySchedule;
 use crate::model::{Destination, DisabledReason, Millis, StoredEvent, Subscription};
-use crate::sinks::webhook::{ClientError, SecretError, Signer, WebhookRequest, WebhookSink};
-use crate::sinks::{AttemptResult, Attempted};
+use crate::sinks::webhook::{
+    ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
+};
+use crate::sinks::{AttemptResult, Attempted, Payload};
 use crate::store::{Health, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
@@ -99,13 +101,10 @@ impl Target {
     fn new(subscription: Subscription) -> Result<Target, DispatchError> {
         let destination = match &subscription.destination {
             Destination::Webhook { url } => {
-                let unusable = || DispatchError::Url {
+                Prepared::Webhook(parse_url(url).ok_or_else(|| DispatchError::Url {
                     id: subscription.id.clone(),
                     url: url.clone(),
-                };
-                // Through `url` first: it puts international host names in ASCII form.
-                let parsed = url::Url::parse(url).map_err(|_| unusable())?;
-                Prepared::Webhook(parsed.as_str().parse().map_err(|_| unusable())?)
+                })?)
             }
         };
         let signer = Signer::new(&subscription.secret).map_err(|source| DispatchError::Secret {
@@ -266,6 +265,11 @@ impl Dispatcher {
         }
     }
 
+    /// The webhook client, shared with the API for the validation handshake.
+    pub fn webhooks(&self) -> &WebhookSink {
+        &self.shared.webhooks
+    }
+
     fn target(&self, id: &str) -> Option<Arc<Target>> {
         self.workers().get(id).map(|handle| handle.target.clone())
     }
@@ -293,7 +297,7 @@ impl Dispatcher {
                     url,
                     id: &event.id,
                     sequence: event.seq,
-                    body: event.body.bytes(),
+                    payload: Payload::new(target.subscription.format, event),
                 };
                 self.shared.webhooks.send(&target.signer, request).await
             }

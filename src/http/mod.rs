@@ -37,6 +37,8 @@ pub struct AppState {
     pub user_tokens: Arc<token_verification::UserTokens>,
     /// The server's public URL (`--public-url`), the `source` of its answers.
     pub public_url: Option<url::Url>,
+    /// The `WebHook-Request-Origin` of validation handshakes (its host, or a default).
+    pub webhook_origin: String,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -2,7 +2,9 @@
 //! log; replay.
 //!
 //! Creation accepts the Brightcove shape (`endpoint` + `events`) and the general one
-//! (`destination` + `events` and/or `topics`), with seed 004's 422 rules.
+//! (`destination` + `events` and/or `topics`), with seed 004's 422 rules, a delivery
+//! `format`, and on request the CloudEvents webhook validation handshake before anything
+//! is stored.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -19,7 +21,8 @@ use super::error::{ApiError, ErrorBody};
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription, now_millis,
 };
-use crate::sinks::webhook::{check_destination, generate_secret};
+use crate::sinks::handshake::HandshakeError;
+use crate::sinks::webhook::{check_destination, generate_secret, parse_url};
 use crate::store::{RetryEntry, StoredAttempt};
 
 /// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
@@ -33,8 +36,24 @@ pub struct SubscriptionIn {
     pub events: Option<Vec<String>>,
     /// Whole topics to receive.
     pub topics: Option<Vec<String>>,
-    /// `native` (default).
-    pub format: Option<String>,
+    /// How events are written to the endpoint: `native` (default: the stored document
+    /// as published), `cloudevents` (structured JSON, `application/cloudevents+json`) or
+    /// `cloudevents-binary` (`ce-*` headers, the data as the body).
+    pub format: Option<Format>,
+    /// Ask the endpoint for consent first, with the CloudEvents webhook validation
+    /// handshake (an `OPTIONS` request with `WebHook-Request-Origin`); without a 2xx
+    /// answer whose `WebHook-Allowed-Origin` is that origin or `*`, nothing is stored
+    /// (422 `handshake_refused` or `handshake_failed`). Default false.
+    #[serde(rename = "validationHandshake")]
+    pub validation_handshake: Option<bool>,
+}
+
+/// A creation request, read and checked.
+struct Creation {
+    destination: Destination,
+    filter: EventFilter,
+    format: Format,
+    validation_handshake: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -121,7 +140,7 @@ impl SubscriptionOut {
     request_body = SubscriptionIn,
     responses(
         (status = 201, body = SubscriptionOut),
-        (status = 422, description = "missing endpoint or events, not an array, duplicate, too many per event, refused destination", body = ErrorBody),
+        (status = 422, description = "missing endpoint or events, not an array, duplicate, too many per event, unknown format, refused destination, no consent in the validation handshake", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -132,11 +151,20 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
     caller.check_account(&account)?;
-    let (destination, filter, format) = parse_request(&state, &body)?;
+    let Creation {
+        destination,
+        filter,
+        format,
+        validation_handshake,
+    } = parse_request(&state, &body)?;
     match &destination {
         Destination::Webhook { url } => check_destination(url, state.allow_private_destinations)
             .await
             .map_err(|error| ApiError::unprocessable("destination_refused", error.to_string()))?,
+    }
+    // Before taking the lock below: a slow endpoint must not hold up other creations.
+    if validation_handshake {
+        ask_consent(&state, &account, &destination).await?;
     }
 
     // Serialized so two concurrent requests cannot both pass the duplicate and limit
@@ -182,11 +210,43 @@ pub async fn create(
     ))
 }
 
-/// Reads the creation body by hand so each seed 004 rule gets its own message.
-fn parse_request(
+/// The CloudEvents webhook validation handshake: the endpoint must consent to receive
+/// events from this server's origin.
+async fn ask_consent(
     state: &AppState,
-    body: &[u8],
-) -> Result<(Destination, EventFilter, Format), ApiError> {
+    account: &str,
+    destination: &Destination,
+) -> Result<(), ApiError> {
+    match destination {
+        Destination::Webhook { url } => {
+            let uri = parse_url(url).ok_or_else(|| {
+                field_error(
+                    "destination_refused",
+                    "endpoint",
+                    &format!("{url:?} is not a usable URL"),
+                )
+            })?;
+            let origin = &state.webhook_origin;
+            match state.dispatcher.webhooks().handshake(&uri, origin).await {
+                Ok(granted) => {
+                    tracing::info!(%account, %origin, allowed_rate = granted.allowed_rate.as_deref(), "validation handshake: the endpoint consents");
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::info!(%account, %origin, %error, "validation handshake: no consent");
+                    let code = match error {
+                        HandshakeError::Refused { .. } => "handshake_refused",
+                        HandshakeError::Unanswered(_) => "handshake_failed",
+                    };
+                    Err(field_error(code, "validationHandshake", &error.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// Reads the creation body by hand so each seed 004 rule gets its own message.
+fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
         line: error.line(),
         column: error.column(),
@@ -291,14 +351,25 @@ fn parse_request(
             field_error(
                 "invalid_format",
                 "format",
-                &format!("{name:?} is not a format (native)"),
+                &format!("{name:?} is not a format: {}", format_names()),
             )
         })?,
         Some(_) => {
             return Err(field_error(
                 "invalid_format",
                 "format",
-                "format must be a string",
+                &format!("format must be a string: {}", format_names()),
+            ));
+        }
+    };
+    let validation_handshake = match object.get("validationHandshake") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(asked)) => *asked,
+        Some(_) => {
+            return Err(field_error(
+                "invalid_validation_handshake",
+                "validationHandshake",
+                "validationHandshake must be true or false",
             ));
         }
     };
@@ -307,7 +378,21 @@ fn parse_request(
     filter.events.dedup();
     filter.topics.sort();
     filter.topics.dedup();
-    Ok((destination, filter, format))
+    Ok(Creation {
+        destination,
+        filter,
+        format,
+        validation_handshake,
+    })
+}
+
+/// `native, cloudevents or cloudevents-binary`.
+fn format_names() -> String {
+    let names = Format::ALL.map(Format::as_str);
+    match names.split_last() {
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 fn field_error(code: &'static str, field: &str, message: &str) -> ApiError {

@@ -19,12 +19,11 @@ use bytes::Bytes;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::IngestError;
 use super::user_token::UserToken;
 use crate::catalog::Catalog;
-use crate::model::{Document, Millis, NewEvent};
+use crate::model::{Document, Millis, NewEvent, cloudevent_id};
 
 /// The structured content mode's media type.
 pub const STRUCTURED: &str = "application/cloudevents+json";
@@ -119,7 +118,7 @@ impl Incoming {
         text.push('}');
         NewEvent {
             account: account.to_owned(),
-            id: stored_id(&self.source, &self.id),
+            id: cloudevent_id(&self.source, &self.id),
             name: self.name,
             topic: self.topic,
             entity_key: self.entity_key,
@@ -127,26 +126,6 @@ impl Incoming {
             body: Document::from(text),
         }
     }
-}
-
-/// The id an event has in the log (its `guid`, the `webhook-id` of its deliveries).
-///
-/// CloudEvents ids are unique per `source` only: two apps may both send id `1`. The log
-/// de-duplicates on (account, id), so the stored id is `ce_<h>_<id>`, where `<h>` is the
-/// first 16 hex digits of SHA-256 of `source`: fixed-length, so the scheme cannot be
-/// read two ways; stable, so the same (source, id) sent again is a duplicate, stored and
-/// delivered once; and the publisher's id stays readable at its end. The event itself
-/// keeps its own `id` and `source`.
-pub fn stored_id(source: &str, id: &str) -> String {
-    let digest = Sha256::digest(source.as_bytes());
-    let mut text = String::with_capacity(20 + id.len());
-    text.push_str("ce_");
-    for byte in &digest[..8] {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text.push('_');
-    text.push_str(id);
-    text
 }
 
 /// Parses a request to the CloudEvents endpoint. The first invalid event refuses the
@@ -555,7 +534,7 @@ fn push_json_string(out: &mut String, text: &str) {
 }
 
 /// `type/subtype` of a Content-Type, lower-cased, without parameters.
-fn media_type(content_type: &str) -> String {
+pub(crate) fn media_type(content_type: &str) -> String {
     content_type
         .split(';')
         .next()
@@ -566,7 +545,7 @@ fn media_type(content_type: &str) -> String {
 
 /// JSON data: `…/json` or `…/…+json`, whatever the type before the slash, so seed 002's
 /// misspelt `applicastion/json` counts.
-fn is_json(media: &str) -> bool {
+pub(crate) fn is_json(media: &str) -> bool {
     media
         .split_once('/')
         .is_some_and(|(_, subtype)| subtype == "json" || subtype.ends_with("+json"))
@@ -710,7 +689,7 @@ mod tests {
         assert_eq!(stored.occurred_at, 1_618_269_650_520);
         assert_eq!(
             stored.id,
-            stored_id("zapp://com.example.tv/versions/6.1.6", "e-1")
+            cloudevent_id("zapp://com.example.tv/versions/6.1.6", "e-1")
         );
         let mut expected = started("e-1");
         expected["data"]["userIdentifier"] = json!("uid_x");
@@ -735,15 +714,6 @@ mod tests {
         let (_, mut events) = structured_body(&started("e-1").to_string()).unwrap();
         let (_, document) = stored(events.remove(0), None);
         assert_eq!(document["data"]["userIdentifier"], Value::Null);
-    }
-
-    #[test]
-    fn the_stored_id_depends_on_source_and_id() {
-        let a = stored_id("app://one", "1");
-        assert_eq!(a, stored_id("app://one", "1"));
-        assert_ne!(a, stored_id("app://two", "1"));
-        assert!(a.starts_with("ce_") && a.ends_with("_1"));
-        assert_eq!(a.len(), "ce_".len() + 16 + "_1".len());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::IngestError;
 use crate::catalog::{Catalog, Envelope};
-use crate::model::{Document, NewEvent};
+use crate::model::{Document, NewEvent, is_cloudevent_id};
 
 /// Parses and validates a publish body. The first invalid event refuses the whole body.
 pub fn parse(catalog: &Catalog, account: &str, body: &Bytes) -> Result<Vec<NewEvent>, IngestError> {
@@ -107,6 +107,13 @@ fn validate(
         Some(_) => return fail("guid", "guid must be a non-empty string".into()),
         None => return fail("guid", "guid is required".into()),
     };
+    if is_cloudevent_id(id) {
+        // The log tells CloudEvents from Vimond events by this form of id.
+        return fail(
+            "guid",
+            format!("{id:?} has the form ce_<16 hex digits>_<id>, reserved for CloudEvents"),
+        );
+    }
     let occurred_at = match fields.get("timestamp") {
         Some(Value::String(time)) => match chrono::DateTime::parse_from_rfc3339(time) {
             Ok(time) => time.timestamp_millis(),
@@ -261,6 +268,9 @@ mod tests {
         let mut empty_guid = asset_updated("");
         empty_guid["guid"] = json!("");
         assert_eq!(invalid(&empty_guid), (None, "guid".into()));
+        // The form of the CloudEvents' log ids is theirs alone.
+        let reserved = asset_updated(&crate::model::cloudevent_id("app://tv", "1"));
+        assert_eq!(invalid(&reserved), (None, "guid".into()));
         let mut tenant = asset_updated("t");
         tenant["tenant"] = json!("other");
         assert_eq!(invalid(&tenant), (None, "tenant".into()));

@@ -2,6 +2,7 @@
 //! ([`StoredEvent`]).
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use super::Millis;
 
@@ -38,6 +39,53 @@ pub struct StoredEvent {
     pub body: Document,
 }
 
+impl StoredEvent {
+    /// Whether the event was published as a CloudEvent (its log id has the form of
+    /// [`cloudevent_id`]): its document is then a structured CloudEvent with attributes
+    /// of its own, not a Vimond envelope.
+    pub fn arrived_as_cloudevent(&self) -> bool {
+        is_cloudevent_id(&self.id)
+    }
+}
+
+/// The id a CloudEvent has in the log (its `guid`, the `webhook-id` of its deliveries).
+///
+/// CloudEvents ids are unique per `source` only: two apps may both send id `1`. The log
+/// de-duplicates on (account, id), so the stored id is `ce_<h>_<id>`, where `<h>` is the
+/// first 16 hex digits of SHA-256 of `source`: fixed-length, so the scheme cannot be
+/// read two ways; stable, so the same (source, id) sent again is a duplicate, stored and
+/// delivered once; and the publisher's id stays readable at its end. The event itself
+/// keeps its own `id` and `source`. Native publishers cannot use ids of this form
+/// ([`is_cloudevent_id`]), so the form alone says how an event arrived.
+pub fn cloudevent_id(source: &str, id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(source.as_bytes());
+    let mut text = String::with_capacity(CLOUDEVENT_ID_PREFIX + id.len());
+    text.push_str("ce_");
+    for byte in &digest[..8] {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    text.push('_');
+    text.push_str(id);
+    text
+}
+
+/// Length of `ce_<16 hex digits>_`.
+const CLOUDEVENT_ID_PREFIX: usize = 3 + 16 + 1;
+
+/// Whether `id` has the form of [`cloudevent_id`]: `ce_`, 16 lower-case hex digits, `_`,
+/// and a non-empty publisher id.
+pub fn is_cloudevent_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() > CLOUDEVENT_ID_PREFIX
+        && bytes.starts_with(b"ce_")
+        && bytes[CLOUDEVENT_ID_PREFIX - 1] == b'_'
+        && bytes[3..CLOUDEVENT_ID_PREFIX - 1]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
 /// An event's JSON text as the publisher wrote it. Cheap to clone: it shares the request
 /// buffer it was cut from, so the same bytes go from the publish request to the log and
 /// to every webhook without a copy.
@@ -69,5 +117,35 @@ impl From<String> for Document {
 impl From<&str> for Document {
     fn from(text: &str) -> Document {
         Document(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cloudevent_id_depends_on_source_and_id_and_is_recognised() {
+        let a = cloudevent_id("app://one", "1");
+        assert_eq!(a, cloudevent_id("app://one", "1"));
+        assert_ne!(a, cloudevent_id("app://two", "1"));
+        assert_eq!(
+            a, "ce_eb4bf9ce0511b463_1",
+            "SHA-256 of the source, in lower-case hex"
+        );
+        assert_eq!(a.len(), "ce_".len() + 16 + "_1".len());
+        assert!(is_cloudevent_id(&a));
+        assert!(is_cloudevent_id(&cloudevent_id("s", "x_y")));
+        for native in [
+            "0ca2f440-feda-4b20-83f0-aa7582afbf4f",
+            "ce_",
+            "ce_0123456789abcdef_",
+            "ce_0123456789ABCDEF_1",
+            "ce_0123456789abcdeg_1",
+            "ce_0123456789abcde_12",
+            "ce-0123456789abcdef_1",
+        ] {
+            assert!(!is_cloudevent_id(native), "{native}");
+        }
     }
 }

@@ -50,20 +50,34 @@ pub enum Format {
     /// The event document exactly as it was published.
     #[default]
     Native,
+    /// A CloudEvent 1.0 in the structured JSON mode
+    /// (`Content-Type: application/cloudevents+json`).
+    Cloudevents,
+    /// A CloudEvent 1.0 in the binary HTTP mode: the attributes as `ce-*` headers, the
+    /// data as the body with its own content type.
+    CloudeventsBinary,
 }
 
 impl Format {
+    /// Every format, in the order the API lists them.
+    pub const ALL: [Format; 3] = [
+        Format::Native,
+        Format::Cloudevents,
+        Format::CloudeventsBinary,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Native => "native",
+            Format::Cloudevents => "cloudevents",
+            Format::CloudeventsBinary => "cloudevents-binary",
         }
     }
 
     pub fn parse(text: &str) -> Option<Format> {
-        match text {
-            "native" => Some(Format::Native),
-            _ => None,
-        }
+        Format::ALL
+            .into_iter()
+            .find(|format| format.as_str() == text)
     }
 }
 
@@ -136,4 +150,22 @@ pub struct Subscription {
     pub last_success_at: Option<Millis>,
     /// Deliveries that succeeded at the first attempt.
     pub delivered: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_read_back_as_written_and_as_serde_names_them() {
+        for format in Format::ALL {
+            assert_eq!(Format::parse(format.as_str()), Some(format));
+            assert_eq!(
+                serde_json::to_value(format).unwrap(),
+                serde_json::Value::String(format.as_str().to_owned())
+            );
+        }
+        assert_eq!(Format::parse("CloudEvents"), None);
+        assert_eq!(Format::parse("json"), None);
+    }
 }

@@ -1,10 +1,57 @@
 //! Sinks carry one event to one destination and report what happened. They do not decide
 //! about retries: that is [`crate::dispatch`]'s job, from the [`Attempted`] they return.
+//!
+//! What is sent is the event in its subscription's format ([`Payload`]): the stored
+//! document, or a CloudEvent ([`cloudevents`]).
 
 pub mod aws;
+pub mod cloudevents;
+pub mod handshake;
 pub mod webhook;
 
 use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
+
+use crate::model::{Format, StoredEvent};
+
+/// What a delivery sends, in its subscription's format. Built once per attempt; the
+/// signature covers exactly `body`.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub content_type: Option<HeaderValue>,
+    /// The format's own headers (`ce-*` in CloudEvents binary mode), sent beside the
+    /// signature headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Payload {
+    pub fn new(format: Format, event: &StoredEvent) -> Payload {
+        match format {
+            // The hot path: the log's buffer itself, no header to build.
+            Format::Native => Payload {
+                content_type: Some(HeaderValue::from_static("application/json")),
+                headers: Vec::new(),
+                body: event.body.bytes().clone(),
+            },
+            Format::Cloudevents => Payload {
+                content_type: Some(HeaderValue::from_static(cloudevents::STRUCTURED)),
+                headers: Vec::new(),
+                body: cloudevents::structured(event),
+            },
+            Format::CloudeventsBinary => {
+                let binary = cloudevents::binary(event);
+                Payload {
+                    content_type: binary.content_type,
+                    headers: binary.headers,
+                    body: binary.body,
+                }
+            }
+        }
+    }
+}
 
 /// What one attempt produced.
 #[derive(Debug, Clone, PartialEq)]

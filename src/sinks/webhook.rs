@@ -29,7 +29,7 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 
-use super::{AttemptResult, Attempted};
+use super::{AttemptResult, Attempted, Payload};
 
 /// How much of a destination's answer is kept in the delivery log.
 const RESPONSE_SNIPPET_BYTES: usize = 1024;
@@ -81,12 +81,19 @@ pub fn generate_secret() -> String {
     format!("whsec_{}", BASE64.encode(key))
 }
 
+/// A webhook URL as the client takes it, or `None` when it is not one.
+pub fn parse_url(url: &str) -> Option<Uri> {
+    // Through `url` first: it puts international host names in ASCII form.
+    let parsed = url::Url::parse(url).ok()?;
+    parsed.as_str().parse().ok()
+}
+
 /// One message to POST.
 pub struct WebhookRequest<'a> {
     pub url: &'a Uri,
     pub id: &'a str,
     pub sequence: i64,
-    pub body: &'a Bytes,
+    pub payload: Payload,
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
@@ -104,7 +111,7 @@ pub struct WebhookSink {
 #[error("cannot set up TLS for webhooks: {0}")]
 pub struct ClientError(#[from] rustls::Error);
 
-const CLIENT_NAME: &str = concat!("reelay/", env!("CARGO_PKG_VERSION"));
+pub(super) const CLIENT_NAME: &str = concat!("reelay/", env!("CARGO_PKG_VERSION"));
 
 impl WebhookSink {
     pub fn new(timeout: Duration, allow_private: bool) -> Result<WebhookSink, ClientError> {
@@ -133,6 +140,19 @@ impl WebhookSink {
             .timer(TokioTimer::new())
             .build(https);
         Ok(WebhookSink { client, timeout })
+    }
+
+    /// One request through the pool, for the other requests of the webhook sink (the
+    /// validation handshake).
+    pub(super) async fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub async fn send(&self, signer: &Signer, request: WebhookRequest<'_>) -> Attempted {
@@ -168,9 +188,15 @@ impl WebhookSink {
         request: WebhookRequest<'_>,
     ) -> Result<(StatusCode, Option<Duration>, Option<String>), String> {
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = signer.sign(request.id, timestamp, request.body);
-        let mut builder = Request::post(request.url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        let payload = request.payload;
+        // The signature covers exactly the body sent (in CloudEvents binary mode, the
+        // data; the attributes in the headers are not signed).
+        let signature = signer.sign(request.id, timestamp, &payload.body);
+        let mut builder = Request::post(request.url.clone());
+        if let Some(content_type) = payload.content_type {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        builder = builder
             .header(USER_AGENT, HeaderValue::from_static(CLIENT_NAME))
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature)
@@ -178,8 +204,11 @@ impl WebhookSink {
         if let Ok(id) = HeaderValue::from_str(request.id) {
             builder = builder.header("webhook-id", id);
         }
+        for (name, value) in payload.headers {
+            builder = builder.header(name, value);
+        }
         let message = builder
-            .body(Full::new(request.body.clone()))
+            .body(Full::new(payload.body))
             .map_err(|error| format!("request failed: {error}"))?;
         let response = self.client.request(message).await.map_err(|error| {
             let cause = root_cause(&error);
@@ -230,7 +259,7 @@ fn retry_after(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
 
 /// The start of an answer's body, for the delivery log. A longer body is not read to
 /// its end (its connection is then not reused).
-async fn read_snippet(mut body: hyper::body::Incoming) -> Option<String> {
+pub(super) async fn read_snippet(mut body: hyper::body::Incoming) -> Option<String> {
     let mut bytes = Vec::new();
     while bytes.len() < RESPONSE_SNIPPET_BYTES {
         match body.frame().await {
@@ -249,7 +278,7 @@ async fn read_snippet(mut body: hyper::body::Incoming) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(next) = cause.source() {
         cause = next;
@@ -434,13 +463,16 @@ mod tests {
             }
         });
         let url: Uri = format!("http://localhost:{port}/hook").parse().unwrap();
-        let body = bytes::Bytes::from_static(b"{}");
         let signer = Signer::new(&generate_secret()).unwrap();
         let request = || WebhookRequest {
             url: &url,
             id: "e-1",
             sequence: 1,
-            body: &body,
+            payload: Payload {
+                content_type: None,
+                headers: Vec::new(),
+                body: Bytes::from_static(b"{}"),
+            },
         };
 
         let refused = WebhookSink::new(Duration::from_secs(5), false)

@@ -17,12 +17,17 @@ const EC_PRIVATE: &str = include_str!("../fixtures/jwt_es256_private.pem");
 const EC_PUBLIC: &str = include_str!("../fixtures/jwt_es256_public.pem");
 const HS256_SECRET: &str = "hs256-secret-shared-with-the-identity-provider";
 
-fn endpoint(app: &TestApp) -> String {
+pub(crate) fn endpoint(app: &TestApp) -> String {
     format!("{}/v1/accounts/vimond/cloudevents", app.url)
 }
 
 /// Runs the Python SDK client; returns its report.
-async fn zapp_client(app: &TestApp, mode: &str, user_token: &str, source: &str) -> Value {
+pub(crate) async fn zapp_client(
+    app: &TestApp,
+    mode: &str,
+    user_token: &str,
+    source: &str,
+) -> Value {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/peers/cloudevents_client.py"

@@ -6,6 +6,7 @@ mod auth;
 mod aws_sinks;
 mod cloudevents;
 mod delivery;
+mod delivery_formats;
 mod durability;
 mod publish;
 mod subscriptions;

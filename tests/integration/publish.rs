@@ -11,7 +11,7 @@ use crate::support::receiver::Receiver;
 const SEED_EVENTS: &str = include_str!("../fixtures/seed_events.json");
 
 /// Every well-formed example event of seeds 000 and 001, as the seeds write them.
-fn seed_events() -> Vec<String> {
+pub(crate) fn seed_events() -> Vec<String> {
     let fixtures: Vec<Value> = serde_json::from_str(SEED_EVENTS).expect("fixture JSON");
     fixtures
         .into_iter()

@@ -1,12 +1,13 @@
 //! A real webhook receiver for tests: `tests/peers/webhook_receiver.py`, which checks
-//! every signature with the `standardwebhooks` Python package and answers from a script.
+//! every signature with the `standardwebhooks` Python package, reads CloudEvents with the
+//! `cloudevents` SDK, answers from a script, and plays the validation handshake.
 
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -47,11 +48,35 @@ pub struct Delivery {
     pub webhook_signature: Option<String>,
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// The body's bytes, in base64.
+    pub body_base64: String,
     /// Arrival time, seconds since the epoch.
     pub at: f64,
     /// The `standardwebhooks` verdict, when a secret was registered for the path.
     pub verified: Option<bool>,
     pub error: Option<String>,
+    /// A CloudEvent as the `cloudevents` SDK read it: `{"mode", "attributes", "data" or
+    /// "data_base64"}` (times as ISO 8601).
+    pub cloudevent: Option<Value>,
+    /// Why the SDK could not read a delivery that looked like a CloudEvent.
+    pub cloudevent_error: Option<String>,
+}
+
+/// A validation handshake (OPTIONS request) as the receiver recorded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Handshake {
+    pub headers: HashMap<String, String>,
+    /// The status it answered.
+    pub status: u16,
+}
+
+/// How the receiver answers a validation handshake.
+#[derive(Debug, Clone)]
+pub struct HandshakeAnswer {
+    pub status: u16,
+    /// `WebHook-Allowed-Origin`; `"echo"` repeats the request's origin.
+    pub allowed_origin: Option<String>,
+    pub allowed_rate: Option<String>,
 }
 
 impl Receiver {
@@ -119,14 +144,32 @@ impl Receiver {
             .expect("hook registered");
     }
 
+    /// How `path` answers validation handshakes (before its secret is known).
+    pub async fn handshake(&self, path: &str, answer: HandshakeAnswer) {
+        let answer = json!({"status": answer.status, "allowed_origin": answer.allowed_origin,
+                            "allowed_rate": answer.allowed_rate});
+        self.http
+            .post(self.url("/_control/hooks"))
+            .json(&json!({"path": path, "handshake": answer}))
+            .send()
+            .await
+            .expect("register handshake")
+            .error_for_status()
+            .expect("handshake registered");
+    }
+
     /// Deliveries to `path`, in arrival order.
     pub async fn deliveries(&self, path: &str) -> Vec<Delivery> {
-        #[derive(Deserialize)]
-        struct Received {
-            deliveries: Vec<Delivery>,
-        }
-        let received: Received = self
-            .http
+        self.received(path).await.deliveries
+    }
+
+    /// Validation handshakes asked of `path`, in arrival order.
+    pub async fn handshakes(&self, path: &str) -> Vec<Handshake> {
+        self.received(path).await.handshakes
+    }
+
+    async fn received(&self, path: &str) -> Received {
+        self.http
             .get(
                 url::Url::parse_with_params(&self.url("/_control/received"), [("path", path)])
                     .expect("control URL"),
@@ -136,7 +179,12 @@ impl Receiver {
             .expect("query receiver")
             .json()
             .await
-            .expect("receiver JSON");
-        received.deliveries
+            .expect("receiver JSON")
     }
+}
+
+#[derive(Deserialize)]
+struct Received {
+    deliveries: Vec<Delivery>,
+    handshakes: Vec<Handshake>,
 }
