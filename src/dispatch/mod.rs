@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RetrySchedule;
-use crate::model::{Destination, DisabledReason, Millis, StoredEvent, Subscription};
+use crate::model::{AwsOptions, Destination, DisabledReason, Millis, StoredEvent, Subscription};
+use crate::sinks::aws::{AwsResource, AwsSinks, AwsTarget, Outgoing};
 use crate::sinks::webhook::{
     ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
 };
@@ -66,6 +67,7 @@ pub struct Dispatcher {
 struct Shared {
     store: Store,
     webhooks: WebhookSink,
+    aws: AwsSinks,
     metrics: DeliveryMetrics,
     config: DispatchConfig,
     /// The running workers, by subscription id.
@@ -95,6 +97,12 @@ pub(crate) struct Target {
 /// A destination parsed once, not at every delivery.
 enum Prepared {
     Webhook(hyper::Uri),
+    /// The client is made at the first delivery (loading AWS configuration is async).
+    Aws {
+        resource: AwsResource,
+        options: AwsOptions,
+        client: tokio::sync::OnceCell<AwsTarget>,
+    },
 }
 
 impl Target {
@@ -106,6 +114,14 @@ impl Target {
                     url: url.clone(),
                 })?)
             }
+            destination => match AwsResource::of(destination) {
+                Some((resource, options)) => Prepared::Aws {
+                    resource,
+                    options: options.clone(),
+                    client: tokio::sync::OnceCell::new(),
+                },
+                None => unreachable!("every other destination is an AWS one"),
+            },
         };
         let signer = Signer::new(&subscription.secret).map_err(|source| DispatchError::Secret {
             id: subscription.id.clone(),
@@ -123,6 +139,22 @@ impl Target {
 
     fn id(&self) -> &str {
         &self.subscription.id
+    }
+
+    /// How many events one delivery call carries.
+    fn batch_size(&self) -> usize {
+        match &self.destination {
+            Prepared::Webhook(_) => 1,
+            Prepared::Aws { resource, .. } => resource.max_batch(),
+        }
+    }
+
+    /// How many delivery calls may be in flight at once.
+    fn max_in_flight(&self, configured: usize) -> usize {
+        match &self.destination {
+            Prepared::Aws { resource, .. } if resource.ordered() => 1,
+            _ => configured.max(1),
+        }
     }
 
     fn consecutive_failures(&self) -> u32 {
@@ -206,6 +238,7 @@ impl Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),
                 webhooks,
+                aws: AwsSinks::default(),
                 metrics: DeliveryMetrics::new(),
                 config,
                 workers: Mutex::new(HashMap::new()),
@@ -290,25 +323,86 @@ impl Dispatcher {
     }
 
     /// One attempt to deliver `event` to `target`, with its metrics.
-    async fn attempt(&self, target: &Target, event: &StoredEvent) -> Attempted {
+    async fn attempt(&self, target: &Target, event: &Arc<StoredEvent>) -> Attempted {
+        let mut attempted = self
+            .attempt_batch(target, std::slice::from_ref(event))
+            .await;
+        attempted.pop().unwrap_or_else(|| Attempted {
+            result: AttemptResult::Failed {
+                error: "not sent".to_owned(),
+                retry_after: None,
+            },
+            status: None,
+            latency: Duration::ZERO,
+            response: None,
+        })
+    }
+
+    /// One delivery call for `events` (one event for a webhook, a batch for the AWS
+    /// sinks): one result per event, in order, with the metrics counted.
+    async fn attempt_batch(&self, target: &Target, events: &[Arc<StoredEvent>]) -> Vec<Attempted> {
+        let format = target.subscription.format;
         let attempted = match &target.destination {
             Prepared::Webhook(url) => {
-                let request = WebhookRequest {
-                    url,
-                    id: &event.id,
-                    sequence: event.seq,
-                    payload: Payload::new(target.subscription.format, event),
-                };
-                self.shared.webhooks.send(&target.signer, request).await
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    let request = WebhookRequest {
+                        url,
+                        id: &event.id,
+                        sequence: event.seq,
+                        payload: Payload::new(format, event),
+                    };
+                    results.push(self.shared.webhooks.send(&target.signer, request).await);
+                }
+                results
+            }
+            Prepared::Aws {
+                resource,
+                options,
+                client,
+            } => {
+                let timeout = self.config().delivery_timeout;
+                let client = client
+                    .get_or_init(|| self.shared.aws.target(resource.clone(), options, timeout))
+                    .await;
+                let payloads: Vec<Payload> = events
+                    .iter()
+                    .map(|event| Payload::new(format, event))
+                    .collect();
+                let outgoing: Vec<Outgoing> = events
+                    .iter()
+                    .zip(&payloads)
+                    .map(|(event, payload)| Outgoing {
+                        event,
+                        body: &payload.body,
+                    })
+                    .collect();
+                client.send(&outgoing).await
             }
         };
         let metrics = &self.shared.metrics;
-        match attempted.result {
-            AttemptResult::Delivered => metrics.delivered.increment(1),
-            AttemptResult::Failed { .. } => metrics.failed.increment(1),
-            AttemptResult::Gone => metrics.gone.increment(1),
+        for attempted in &attempted {
+            match attempted.result {
+                AttemptResult::Delivered => metrics.delivered.increment(1),
+                AttemptResult::Failed { .. } => metrics.failed.increment(1),
+                AttemptResult::Gone => metrics.gone.increment(1),
+            }
+            metrics.latency.record(attempted.latency.as_secs_f64());
         }
-        metrics.latency.record(attempted.latency.as_secs_f64());
         attempted
+    }
+
+    /// Checks that an AWS destination exists and these credentials reach it.
+    pub async fn check_aws_destination(&self, destination: &Destination) -> Result<(), String> {
+        let Some((resource, options)) = AwsResource::of(destination) else {
+            return Ok(());
+        };
+        let timeout = self.config().delivery_timeout;
+        self.shared
+            .aws
+            .target(resource, options, timeout)
+            .await
+            .check()
+            .await
     }
 }

@@ -122,7 +122,7 @@ impl Scheduler {
     async fn attempt(&self, retry: DueRetry) -> Option<(String, Progress)> {
         let target = self.dispatcher.target(&retry.subscription_id)?;
         let event = match self.dispatcher.store().db().event_by_seq(retry.seq).await {
-            Ok(Some(event)) => event,
+            Ok(Some(event)) => std::sync::Arc::new(event),
             Ok(None) => return None,
             Err(error) => {
                 tracing::error!(%error, "reading an event to retry failed");

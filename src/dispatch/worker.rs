@@ -37,6 +37,9 @@ const BREAKER_THRESHOLD: u32 = 10;
 /// this position (5 minutes by default), so a recovery is noticed soon.
 const PROBE_SCHEDULE_CAP: u32 = 5;
 
+/// An event and what its attempt produced.
+type Outcome = (Arc<StoredEvent>, Attempted);
+
 pub(super) struct Worker {
     dispatcher: Dispatcher,
     target: Arc<Target>,
@@ -45,7 +48,8 @@ pub(super) struct Worker {
     feed: Feed,
     /// Matching events read from the feed, not yet started.
     pending: VecDeque<Arc<StoredEvent>>,
-    in_flight: FuturesUnordered<BoxFuture<'static, (Arc<StoredEvent>, Attempted)>>,
+    /// Delivery calls under way: one event each for a webhook, a batch for AWS sinks.
+    in_flight: FuturesUnordered<BoxFuture<'static, Vec<Outcome>>>,
     in_flight_seqs: BTreeSet<i64>,
     report: Progress,
     saved_cursor: i64,
@@ -86,7 +90,12 @@ impl Worker {
     }
 
     pub(super) async fn run(mut self) {
-        let max_in_flight = self.dispatcher.config().max_in_flight.max(1);
+        let max_in_flight = self
+            .target
+            .max_in_flight(self.dispatcher.config().max_in_flight);
+        let batch_size = self.target.batch_size();
+        // Events read ahead of the calls that will carry them.
+        let read_ahead = max_in_flight * batch_size;
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -100,14 +109,14 @@ impl Worker {
                 }
                 true => 0,
             };
-            while self.in_flight.len() < may_start {
-                let Some(event) = self.pending.pop_front() else {
-                    break;
-                };
+            while self.in_flight.len() < may_start && !self.pending.is_empty() {
+                // A probe is one event, whatever the sink could carry.
+                let size = if endpoint_down { 1 } else { batch_size };
+                let batch: Vec<_> = self.pending.drain(..size.min(self.pending.len())).collect();
                 if endpoint_down {
                     self.next_probe = tokio::time::Instant::now() + self.probe_interval();
                 }
-                self.start(event);
+                self.start(batch);
             }
             let wait_for_probe =
                 endpoint_down && self.in_flight.is_empty() && !self.pending.is_empty();
@@ -115,16 +124,18 @@ impl Worker {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 Some(command) = self.control.recv() => self.command(command),
-                Some((event, attempted)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if self.finished(&event, attempted) {
-                        // Disabled: save what we know and stop.
-                        self.cancel.cancel();
+                Some(results) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    for (event, attempted) in results {
+                        if self.finished(&event, attempted) {
+                            // Disabled: save what we know and stop.
+                            self.cancel.cancel();
+                        }
                     }
                     if self.report.attempts.len() >= FLUSH_RECORDS {
                         self.flush().await;
                     }
                 }
-                events = self.feed.next(), if self.pending.len() < max_in_flight => {
+                events = self.feed.next(), if self.pending.len() < read_ahead => {
                     let filter = &self.target.subscription.filter;
                     self.pending.extend(
                         events.into_iter().filter(|event| filter.matches(&event.name, &event.topic)),
@@ -138,13 +149,14 @@ impl Worker {
         self.flush().await;
     }
 
-    fn start(&mut self, event: Arc<StoredEvent>) {
-        self.in_flight_seqs.insert(event.seq);
+    fn start(&mut self, batch: Vec<Arc<StoredEvent>>) {
+        self.in_flight_seqs
+            .extend(batch.iter().map(|event| event.seq));
         let dispatcher = self.dispatcher.clone();
         let target = self.target.clone();
         self.in_flight.push(Box::pin(async move {
-            let attempted = dispatcher.attempt(&target, &event).await;
-            (event, attempted)
+            let attempted = dispatcher.attempt_batch(&target, &batch).await;
+            batch.into_iter().zip(attempted).collect()
         }));
     }
 
@@ -269,7 +281,11 @@ impl Worker {
         tokio::pin!(grace);
         while !self.in_flight.is_empty() {
             tokio::select! {
-                Some((event, attempted)) = self.in_flight.next() => { self.finished(&event, attempted); }
+                Some(results) = self.in_flight.next() => {
+                    for (event, attempted) in results {
+                        self.finished(&event, attempted);
+                    }
+                }
                 _ = &mut grace => break,
             }
         }

@@ -46,6 +46,11 @@ pub struct SubscriptionIn {
     /// (422 `handshake_refused` or `handshake_failed`). Default false.
     #[serde(rename = "validationHandshake")]
     pub validation_handshake: Option<bool>,
+    /// For SNS, SQS and Kinesis destinations: create the subscription without checking
+    /// that the topic, queue or stream exists and can be reached (422
+    /// `destination_unreachable` otherwise). Default false.
+    #[serde(rename = "skipDestinationCheck")]
+    pub skip_destination_check: Option<bool>,
 }
 
 /// A creation request, read and checked.
@@ -54,6 +59,8 @@ struct Creation {
     filter: EventFilter,
     format: Format,
     validation_handshake: bool,
+    /// Whether an AWS destination is checked (exists, reachable) before it is stored.
+    check_destination: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -99,6 +106,7 @@ impl SubscriptionOut {
     fn new(subscription: Subscription, secret: Option<String>) -> SubscriptionOut {
         let endpoint = match &subscription.destination {
             Destination::Webhook { url } => Some(url.clone()),
+            _ => None,
         };
         let disabled_reason = subscription
             .disabled
@@ -156,11 +164,26 @@ pub async fn create(
         filter,
         format,
         validation_handshake,
+        check_destination: check,
     } = parse_request(&state, &body)?;
     match &destination {
         Destination::Webhook { url } => check_destination(url, state.allow_private_destinations)
             .await
             .map_err(|error| ApiError::unprocessable("destination_refused", error.to_string()))?,
+        aws if check => state
+            .dispatcher
+            .check_aws_destination(aws)
+            .await
+            .map_err(|error| {
+                field_error(
+                    "destination_unreachable",
+                    "destination",
+                    &format!(
+                        "the destination cannot be reached: {error} (set skipDestinationCheck to create it anyway)"
+                    ),
+                )
+            })?,
+        _ => {}
     }
     // Before taking the lock below: a slow endpoint must not hold up other creations.
     if validation_handshake {
@@ -242,6 +265,11 @@ async fn ask_consent(
                 }
             }
         }
+        _ => Err(field_error(
+            "invalid_validation_handshake",
+            "validationHandshake",
+            "the validation handshake is for webhook destinations",
+        )),
     }
 }
 
@@ -373,6 +401,33 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             ));
         }
     };
+    let check_destination = match object.get("skipDestinationCheck") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(skip)) => !skip,
+        Some(_) => {
+            return Err(field_error(
+                "invalid_skip_destination_check",
+                "skipDestinationCheck",
+                "skipDestinationCheck must be true or false",
+            ));
+        }
+    };
+    if let Some(name) = aws_resource_name(&destination)
+        && name.trim().is_empty()
+    {
+        return Err(field_error(
+            "invalid_destination",
+            "destination",
+            "the destination's topicArn, streamName or queueUrl must not be empty",
+        ));
+    }
+    if format == Format::CloudeventsBinary && !matches!(destination, Destination::Webhook { .. }) {
+        return Err(field_error(
+            "invalid_format",
+            "format",
+            "cloudevents-binary puts attributes in HTTP headers: it is for webhooks; use native or cloudevents",
+        ));
+    }
     let mut filter = EventFilter { events, topics };
     filter.events.sort();
     filter.events.dedup();
@@ -383,7 +438,18 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         filter,
         format,
         validation_handshake,
+        check_destination,
     })
+}
+
+/// The name an AWS destination delivers to.
+fn aws_resource_name(destination: &Destination) -> Option<&str> {
+    match destination {
+        Destination::Webhook { .. } => None,
+        Destination::Sns { topic_arn, .. } => Some(topic_arn),
+        Destination::Kinesis { stream_name, .. } => Some(stream_name),
+        Destination::Sqs { queue_url, .. } => Some(queue_url),
+    }
 }
 
 /// `native, cloudevents or cloudevents-binary`.

@@ -5,12 +5,34 @@ use utoipa::ToSchema;
 
 use super::Millis;
 
-/// Where deliveries go. One variant per sink; SNS and Kinesis join here.
+/// Where deliveries go. One variant per sink.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Destination {
     /// An HTTP endpoint that receives each event as a signed POST.
     Webhook { url: String },
+    /// An Amazon SNS topic (PublishBatch, 10 events a call).
+    Sns {
+        #[serde(rename = "topicArn")]
+        topic_arn: String,
+        #[serde(flatten)]
+        aws: AwsOptions,
+    },
+    /// An Amazon Kinesis data stream (PutRecords, up to 500 events a call); the partition
+    /// key is the event's entity key, else its account.
+    Kinesis {
+        #[serde(rename = "streamName")]
+        stream_name: String,
+        #[serde(flatten)]
+        aws: AwsOptions,
+    },
+    /// An Amazon SQS queue (SendMessageBatch, 10 events a call).
+    Sqs {
+        #[serde(rename = "queueUrl")]
+        queue_url: String,
+        #[serde(flatten)]
+        aws: AwsOptions,
+    },
 }
 
 /// Overrides of the standard AWS configuration for one SNS, SQS or Kinesis destination;

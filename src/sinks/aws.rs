@@ -17,7 +17,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{AttemptResult, Attempted};
-use crate::model::{AwsOptions, StoredEvent};
+use crate::model::{AwsOptions, Destination, StoredEvent};
 
 /// PutRecords limits.
 const KINESIS_MAX_RECORDS: usize = 500;
@@ -41,6 +41,37 @@ pub enum AwsResource {
 }
 
 impl AwsResource {
+    /// The AWS resource of a destination, with its overrides; `None` for a webhook.
+    pub fn of(destination: &Destination) -> Option<(AwsResource, &AwsOptions)> {
+        match destination {
+            Destination::Webhook { .. } => None,
+            Destination::Sns { topic_arn, aws } => Some((
+                AwsResource::SnsTopic {
+                    arn: topic_arn.clone(),
+                },
+                aws,
+            )),
+            Destination::Sqs { queue_url, aws } => Some((
+                AwsResource::SqsQueue {
+                    url: queue_url.clone(),
+                },
+                aws,
+            )),
+            Destination::Kinesis { stream_name, aws } => Some((
+                AwsResource::KinesisStream {
+                    name: stream_name.clone(),
+                },
+                aws,
+            )),
+        }
+    }
+
+    /// Whether events to it must go one call at a time to keep their order: a Kinesis
+    /// shard and a FIFO group keep the order in which calls arrive.
+    pub fn ordered(&self) -> bool {
+        matches!(self, AwsResource::KinesisStream { .. }) || self.is_fifo()
+    }
+
     /// How many events one call can carry.
     pub fn max_batch(&self) -> usize {
         match self {

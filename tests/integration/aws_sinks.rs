@@ -9,6 +9,9 @@ use reelay::model::{AwsOptions, Document, StoredEvent};
 use reelay::sinks::AttemptResult;
 use reelay::sinks::aws::{AwsResource, AwsSinks, Outgoing};
 
+use serde_json::{Value, json};
+
+use crate::app::{TestApp, eventually};
 use crate::support::moto::{self, Moto};
 
 fn event(seq: i64, name: &str, entity: &str) -> StoredEvent {
@@ -394,4 +397,303 @@ async fn sqs_messages_carry_the_event_and_its_attributes() {
             .iter()
             .all(|(_, a)| a["eventName"] == "asset-deleted")
     );
+}
+
+// End to end: events published to Reelay, read back from the AWS services.
+
+/// A Reelay server whose AWS chain points at `moto`, with a fast retry schedule.
+async fn app_with(moto: &Moto) -> TestApp {
+    let env = moto::aws_env(&moto.endpoint);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push((
+        "REELAY_RETRY_SCHEDULE",
+        "300ms,300ms,300ms,300ms,300ms,300ms",
+    ));
+    TestApp::start_with(&env).await
+}
+
+fn asset(name: &str, guid: &str, asset_id: u32) -> Value {
+    json!({
+        "eventName": name, "originator": "tests", "tenant": "vimond",
+        "timestamp": "2022-09-19T08:36:30.321Z", "guid": guid, "assetId": asset_id
+    })
+}
+
+async fn publish(app: &TestApp, events: &[Value]) {
+    let (status, answer) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &Value::Array(events.to_vec()).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// Every record of every shard: (partition key, data).
+async fn stream_records(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, Value)> {
+    let mut records = Vec::new();
+    let Ok(shards) = kinesis.list_shards().stream_name(stream).send().await else {
+        return records;
+    };
+    for shard in shards.shards() {
+        let Ok(iterator) = kinesis
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let mut next = iterator.shard_iterator().map(str::to_owned);
+        while let Some(iterator) = next.take() {
+            let page = kinesis
+                .get_records()
+                .shard_iterator(iterator)
+                .limit(1000)
+                .send()
+                .await
+                .unwrap();
+            for record in page.records() {
+                records.push((
+                    record.partition_key().unwrap_or_default().to_owned(),
+                    serde_json::from_slice(record.data().as_ref()).unwrap(),
+                ));
+            }
+            if !page.records().is_empty() {
+                next = page.next_shard_iterator().map(str::to_owned);
+            }
+        }
+    }
+    records
+}
+
+#[tokio::test]
+async fn published_events_reach_kinesis_in_order_per_asset() {
+    let moto = Moto::start().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&moto.sdk_config().await);
+    kinesis
+        .create_stream()
+        .stream_name("platform")
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    let app = app_with(&moto).await;
+    app.subscribe(
+        "vimond",
+        json!({"destination": {"type": "kinesis", "streamName": "platform"},
+               "topics": ["asset-operations"]}),
+    )
+    .await;
+
+    // 300 events for 5 assets, in 3 requests.
+    let events: Vec<Value> = (0..300)
+        .map(|n| {
+            let name = ["asset-created", "asset-updated", "asset-published"][n % 3];
+            asset(name, &format!("k-{n}"), 1000 + (n % 5) as u32)
+        })
+        .collect();
+    for chunk in events.chunks(100) {
+        publish(&app, chunk).await;
+    }
+
+    let records = eventually(
+        Duration::from_secs(20),
+        "300 records in the stream",
+        || async {
+            let records = stream_records(&kinesis, "platform").await;
+            (records.len() >= 300).then_some(records)
+        },
+    )
+    .await;
+    assert_eq!(records.len(), 300, "each event once");
+    let mut by_asset: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, data) in &records {
+        assert_eq!(
+            *key,
+            data["assetId"].to_string(),
+            "partition key = entity key"
+        );
+        by_asset
+            .entry(key.clone())
+            .or_default()
+            .push(data["guid"].as_str().unwrap().to_owned());
+    }
+    // Each asset's events in publish order.
+    for (key, guids) in by_asset {
+        let numbers: Vec<usize> = guids.iter().map(|g| g[2..].parse().unwrap()).collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "asset {key} out of order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn published_events_reach_an_sns_topic_with_their_attributes() {
+    let moto = Moto::start().await;
+    let (topic_arn, queue_url) = topic_with_queue(&moto, "notifications", true, None).await;
+    let app = app_with(&moto).await;
+    app.subscribe(
+        "vimond",
+        json!({"destination": {"type": "sns", "topicArn": topic_arn},
+               "events": ["asset-published", "asset-deleted"]}),
+    )
+    .await;
+    let events: Vec<Value> = (0..30)
+        .map(|n| {
+            let name = ["asset-published", "asset-updated", "asset-deleted"][n % 3];
+            asset(name, &format!("s-{n}"), 7)
+        })
+        .collect();
+    publish(&app, &events).await;
+    let received = std::sync::Mutex::new(Vec::new());
+    eventually(
+        Duration::from_secs(20),
+        "20 messages in the queue",
+        || async {
+            let drained = drain(&moto, &queue_url).await;
+            let mut received = received.lock().unwrap();
+            received.extend(drained);
+            (received.len() >= 20).then_some(())
+        },
+    )
+    .await;
+    let received = received.into_inner().unwrap();
+    assert_eq!(received.len(), 20);
+    for (body, attributes) in &received {
+        let event: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            attributes["eventName"],
+            event["eventName"].as_str().unwrap()
+        );
+        assert_ne!(attributes["eventName"], "asset-updated");
+        assert_eq!(attributes["topic"], "asset-operations");
+        assert_eq!(attributes["tenant"], "vimond");
+        assert_eq!(attributes["entityKey"], "7");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_stream_fails_visibly_and_nothing_is_lost_once_it_is_back() {
+    let moto = Moto::start().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&moto.sdk_config().await);
+    let create = || async {
+        kinesis
+            .create_stream()
+            .stream_name("fragile")
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
+    };
+    create().await;
+    let app = app_with(&moto).await;
+    let (id, _) = app
+        .subscribe(
+            "vimond",
+            json!({"destination": {"type": "kinesis", "streamName": "fragile"},
+                   "topics": ["asset-operations"]}),
+        )
+        .await;
+    let batch = |from: usize| -> Vec<Value> {
+        (from..from + 40)
+            .map(|n| asset("asset-updated", &format!("f-{n}"), 5))
+            .collect()
+    };
+    publish(&app, &batch(0)).await;
+    eventually(Duration::from_secs(20), "the first 40 records", || async {
+        (stream_records(&kinesis, "fragile").await.len() >= 40).then_some(())
+    })
+    .await;
+
+    // The stream goes away: deliveries fail, with the reason in the delivery log.
+    kinesis
+        .delete_stream()
+        .stream_name("fragile")
+        .send()
+        .await
+        .unwrap();
+    publish(&app, &batch(40)).await;
+    let path = format!("/v1/accounts/vimond/subscriptions/{id}/deliveries");
+    let log = eventually(
+        Duration::from_secs(20),
+        "failed attempts in the log",
+        || async {
+            let (_, log) = app.get(&path).await;
+            let failed = log["attempts"]
+                .as_array()
+                .is_some_and(|attempts| !attempts.is_empty());
+            failed.then_some(log)
+        },
+    )
+    .await;
+    let error = log["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ResourceNotFound"), "{log}");
+
+    // Back: the retries deliver all 40, and nothing is lost.
+    create().await;
+    let records = eventually(
+        Duration::from_secs(30),
+        "the 40 retried records",
+        || async {
+            let records = stream_records(&kinesis, "fragile").await;
+            (records.len() >= 40).then_some(records)
+        },
+    )
+    .await;
+    let mut guids: Vec<String> = records
+        .iter()
+        .map(|(_, data)| data["guid"].as_str().unwrap().to_owned())
+        .collect();
+    guids.sort();
+    guids.dedup();
+    let mut expected: Vec<String> = (40..80).map(|n| format!("f-{n}")).collect();
+    expected.sort();
+    assert_eq!(guids, expected);
+}
+
+#[tokio::test]
+async fn an_unreachable_destination_is_refused_unless_the_check_is_skipped() {
+    let moto = Moto::start().await;
+    let app = app_with(&moto).await;
+    let body = |skip: bool| {
+        json!({"destination": {"type": "kinesis", "streamName": "not-there"},
+               "topics": ["asset-operations"], "skipDestinationCheck": skip})
+        .to_string()
+    };
+    let (status, answer) = app
+        .post("/v1/accounts/vimond/subscriptions", &body(false))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "destination_unreachable");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ResourceNotFound")
+    );
+    let (_, list) = app.get("/v1/accounts/vimond/subscriptions").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+
+    let (status, answer) = app
+        .post("/v1/accounts/vimond/subscriptions", &body(true))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["destination"]["streamName"], "not-there");
+
+    // Binary CloudEvents need HTTP headers: not for AWS destinations.
+    let (status, answer) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"destination": {"type": "sqs", "queueUrl": "http://q"},
+                    "events": ["asset-created"], "format": "cloudevents-binary",
+                    "skipDestinationCheck": true})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_format");
 }
