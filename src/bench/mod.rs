@@ -4,6 +4,8 @@
 //! delivery throughput to 1 and 10 subscriptions, publish→arrival latency at a fixed rate,
 //! and the server's memory and CPU, counting every missing or duplicated delivery.
 
+mod aws;
+pub mod moto;
 mod receiver;
 mod report;
 mod server;
@@ -19,6 +21,8 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use aws::AwsSink;
+use moto::Moto;
 use receiver::{Expectation, Receiver};
 use report::{DeliveryResult, LatencyResult, PhaseResources, Report, ThroughputResult};
 use server::BenchServer;
@@ -45,8 +49,13 @@ pub struct BenchConfig {
     /// then bring it back and wait for all of them (watching the server's memory).
     #[arg(long)]
     pub outage_events: Option<usize>,
+    /// Also measure delivery to a Kinesis stream and an SNS topic served by a local
+    /// `moto_server` (it must be on PATH: pip install 'moto[server]'): events/s and API
+    /// calls per 1,000 events.
+    #[arg(long)]
+    pub aws: bool,
     /// Run only these phases (for profiling one of them): raw, single, batch, one, ten,
-    /// latency. The raw limit always runs.
+    /// latency, kinesis, sns. The raw limit always runs.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -59,6 +68,7 @@ struct Sizes {
     delivery_one: usize,
     delivery_ten: usize,
     latency_seconds: u64,
+    aws: usize,
 }
 
 const LATENCY_RATE: u64 = 1_000;
@@ -73,6 +83,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             delivery_one: 5_000,
             delivery_ten: 1_000,
             latency_seconds: 2,
+            aws: 2_000,
         }
     } else {
         Sizes {
@@ -82,7 +93,12 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             delivery_one: 100_000,
             delivery_ten: 20_000,
             latency_seconds: 10,
+            aws: 20_000,
         }
+    };
+    let moto = match config.aws {
+        true => Some(Moto::start().await?),
+        false => None,
     };
     let cancel = CancellationToken::new();
     let (receiver, receiver_url) = Receiver::start(cancel.clone())
@@ -93,7 +109,13 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             url.clone(),
             config.token.clone().context("--url needs --token")?,
         ),
-        None => BenchServer::start(config.outage_events.is_some()).await?,
+        None => {
+            BenchServer::start(
+                config.outage_events.is_some(),
+                moto.as_ref().map(Moto::env).unwrap_or_default(),
+            )
+            .await?
+        }
     };
     let bench = Bench {
         run: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -125,6 +147,15 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     }
     if runs("latency") {
         report.latency = bench.latency(sizes.latency_seconds).await?;
+    }
+    if let Some(moto) = &moto {
+        for sink in [AwsSink::Kinesis, AwsSink::Sns] {
+            if runs(sink.name()) {
+                report
+                    .aws
+                    .push(bench.aws_delivery(moto, sink, sizes.aws).await?);
+            }
+        }
     }
     if let Some(events) = config.outage_events {
         report.outage = Some(bench.outage(events).await?);

@@ -120,6 +120,8 @@ pub struct Report {
     pub delivery_ten: DeliveryResult,
     pub latency: LatencyResult,
     pub outage: Option<OutageResult>,
+    /// Delivery to Kinesis and SNS through moto (`--aws`).
+    pub aws: Vec<super::aws::AwsResult>,
     pub peak_rss_mb: Option<f64>,
 }
 
@@ -156,6 +158,11 @@ impl Report {
             + self.delivery_ten.missing
             + self.latency.missing
             + self.outage.as_ref().map_or(0, |o| o.missing)
+            + self
+                .aws
+                .iter()
+                .map(|a| (a.events as u64).saturating_sub(a.delivered))
+                .sum::<u64>()
     }
 
     pub fn table(&self) -> String {
@@ -275,6 +282,18 @@ impl Report {
             ),
             "0 missing",
         );
+        for aws in &self.aws {
+            row(
+                &format!("deliveries/s to {} (moto), {} events", aws.sink, aws.events),
+                format!("{:.0}/s", aws.per_second),
+                "",
+            );
+            row(
+                "  API calls per 1,000 events",
+                format!("{:.1}", aws.api_calls_per_1000_events),
+                "",
+            );
+        }
         if let Some(outage) = &self.outage {
             row(
                 &format!("outage: {} events published while down", outage.events),

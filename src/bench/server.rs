@@ -34,7 +34,10 @@ impl BenchServer {
 
     /// Starts `reelay serve` (this same executable) on a scratch SQLite database, with
     /// every acknowledged event fsynced as in production.
-    pub async fn start(short_retries: bool) -> anyhow::Result<BenchServer> {
+    pub async fn start(
+        short_retries: bool,
+        env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<BenchServer> {
         let scratch = std::env::temp_dir().join(format!("reelay-bench-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
         let token = format!("bench-{}", uuid::Uuid::new_v4().simple());
@@ -52,6 +55,8 @@ impl BenchServer {
             .env("REELAY_LOG", "warn")
             .stdout(Stdio::piped())
             .kill_on_drop(true);
+        // E.g. the AWS chain pointed at moto.
+        command.envs(env);
         if short_retries {
             // The outage phase brings the receiver back after the publishes: retries must
             // come within seconds, not on the production schedule.

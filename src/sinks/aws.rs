@@ -316,6 +316,7 @@ async fn put_records(
     if entries.is_empty() {
         return outcomes;
     }
+    metrics::counter!("reelay_sink_calls_total", "sink" => "kinesis").increment(1);
     match client
         .put_records()
         .stream_name(stream)
@@ -384,6 +385,7 @@ async fn publish_batch(
     if entries.is_empty() {
         return outcomes;
     }
+    metrics::counter!("reelay_sink_calls_total", "sink" => "sns").increment(1);
     match client
         .publish_batch()
         .topic_arn(topic_arn)
@@ -457,6 +459,7 @@ async fn send_message_batch(
     if entries.is_empty() {
         return outcomes;
     }
+    metrics::counter!("reelay_sink_calls_total", "sink" => "sqs").increment(1);
     match client
         .send_message_batch()
         .queue_url(queue_url)

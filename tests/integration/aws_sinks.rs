@@ -12,7 +12,7 @@ use reelay::sinks::aws::{AwsResource, AwsSinks, Outgoing};
 use serde_json::{Value, json};
 
 use crate::app::{TestApp, eventually};
-use crate::support::moto::{self, Moto};
+use crate::support::moto::{Moto, REGION};
 
 fn event(seq: i64, name: &str, entity: &str) -> StoredEvent {
     let body =
@@ -32,14 +32,14 @@ fn event(seq: i64, name: &str, entity: &str) -> StoredEvent {
 
 /// The sinks read credentials from the standard chain, as in production.
 fn use_moto_credentials(moto: &Moto) -> AwsOptions {
-    for (name, value) in moto::aws_env(&moto.endpoint) {
+    for (name, value) in moto.env() {
         // SAFETY: set before any thread of this test reads the environment; every test
         // sets the same values (nextest runs each test in a process of its own).
         unsafe { std::env::set_var(name, value) };
     }
     AwsOptions {
         endpoint_url: Some(moto.endpoint.clone()),
-        region: Some(moto::REGION.into()),
+        region: Some(REGION.into()),
         role_arn: None,
     }
 }
@@ -75,7 +75,7 @@ async fn send(
 
 #[tokio::test]
 async fn kinesis_records_arrive_in_order_per_partition_key() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
     let kinesis = aws_sdk_kinesis::Client::new(&moto.sdk_config().await);
     kinesis
@@ -149,7 +149,7 @@ async fn kinesis_records_arrive_in_order_per_partition_key() {
 
 #[tokio::test]
 async fn a_missing_stream_fails_every_record_with_a_clear_error() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
     let sinks = AwsSinks::default();
     let stream = AwsResource::KinesisStream {
@@ -265,7 +265,7 @@ async fn drain(moto: &Moto, queue_url: &str) -> Vec<(String, HashMap<String, Str
 
 #[tokio::test]
 async fn sns_messages_carry_the_event_and_its_attributes() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
     let sinks = AwsSinks::default();
     let events: Vec<StoredEvent> = (1..=25)
@@ -323,7 +323,7 @@ async fn sns_messages_carry_the_event_and_its_attributes() {
 
 #[tokio::test]
 async fn an_sns_filter_policy_on_event_name_selects_events() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
     let sinks = AwsSinks::default();
     let (topic, queue) = topic_with_queue(
@@ -361,7 +361,7 @@ async fn an_sns_filter_policy_on_event_name_selects_events() {
 
 #[tokio::test]
 async fn sqs_messages_carry_the_event_and_its_attributes() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
     let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config().await);
     let queue_url = sqs
@@ -403,7 +403,7 @@ async fn sqs_messages_carry_the_event_and_its_attributes() {
 
 /// A Reelay server whose AWS chain points at `moto`, with a fast retry schedule.
 async fn app_with(moto: &Moto) -> TestApp {
-    let env = moto::aws_env(&moto.endpoint);
+    let env = moto.env();
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.push((
         "REELAY_RETRY_SCHEDULE",
@@ -471,7 +471,7 @@ async fn stream_records(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<
 
 #[tokio::test]
 async fn published_events_reach_kinesis_in_order_per_asset() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let kinesis = aws_sdk_kinesis::Client::new(&moto.sdk_config().await);
     kinesis
         .create_stream()
@@ -533,7 +533,7 @@ async fn published_events_reach_kinesis_in_order_per_asset() {
 
 #[tokio::test]
 async fn published_events_reach_an_sns_topic_with_their_attributes() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let (topic_arn, queue_url) = topic_with_queue(&moto, "notifications", true, None).await;
     let app = app_with(&moto).await;
     app.subscribe(
@@ -578,7 +578,7 @@ async fn published_events_reach_an_sns_topic_with_their_attributes() {
 
 #[tokio::test]
 async fn a_deleted_stream_fails_visibly_and_nothing_is_lost_once_it_is_back() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let kinesis = aws_sdk_kinesis::Client::new(&moto.sdk_config().await);
     let create = || async {
         kinesis
@@ -657,7 +657,7 @@ async fn a_deleted_stream_fails_visibly_and_nothing_is_lost_once_it_is_back() {
 
 #[tokio::test]
 async fn an_unreachable_destination_is_refused_unless_the_check_is_skipped() {
-    let moto = Moto::start().await;
+    let moto = Moto::start().await.expect("moto_server");
     let app = app_with(&moto).await;
     let body = |skip: bool| {
         json!({"destination": {"type": "kinesis", "streamName": "not-there"},
