@@ -169,10 +169,12 @@ async fn a_missing_stream_fails_every_record_with_a_clear_error() {
     }
 }
 
-/// An SQS queue subscribed to an SNS topic, with raw message delivery on or off.
+/// An SQS queue subscribed to an SNS topic (created if new), with raw message delivery
+/// on or off and an optional filter policy.
 async fn topic_with_queue(
     moto: &Moto,
     topic: &str,
+    queue: &str,
     raw: bool,
     filter_policy: Option<&str>,
 ) -> (String, String) {
@@ -190,7 +192,7 @@ async fn topic_with_queue(
         .to_owned();
     let queue_url = sqs
         .create_queue()
-        .queue_name(format!("{topic}-queue"))
+        .queue_name(queue)
         .send()
         .await
         .unwrap()
@@ -273,7 +275,7 @@ async fn sns_messages_carry_the_event_and_its_attributes() {
         .collect();
 
     // Raw delivery: the queue gets the event itself, attributes as message attributes.
-    let (raw_topic, raw_queue) = topic_with_queue(&moto, "raw", true, None).await;
+    let (raw_topic, raw_queue) = topic_with_queue(&moto, "raw", "raw-q", true, None).await;
     let results = send(
         &sinks,
         AwsResource::SnsTopic { arn: raw_topic },
@@ -299,7 +301,7 @@ async fn sns_messages_carry_the_event_and_its_attributes() {
     }
 
     // Raw delivery off: SNS wraps the event in its JSON envelope, attributes inside.
-    let (topic, queue) = topic_with_queue(&moto, "wrapped", false, None).await;
+    let (topic, queue) = topic_with_queue(&moto, "wrapped", "wrapped-q", false, None).await;
     send(
         &sinks,
         AwsResource::SnsTopic { arn: topic },
@@ -329,6 +331,7 @@ async fn an_sns_filter_policy_on_event_name_selects_events() {
     let (topic, queue) = topic_with_queue(
         &moto,
         "filtered",
+        "filtered-q",
         true,
         Some(r#"{"eventName": ["asset-published"]}"#),
     )
@@ -532,9 +535,19 @@ async fn published_events_reach_kinesis_in_order_per_asset() {
 }
 
 #[tokio::test]
-async fn published_events_reach_an_sns_topic_with_their_attributes() {
+async fn published_events_reach_an_sns_topic_raw_wrapped_and_filtered() {
     let moto = Moto::start().await.expect("moto_server");
-    let (topic_arn, queue_url) = topic_with_queue(&moto, "notifications", true, None).await;
+    // Three queues on one topic: raw delivery, SNS's JSON envelope, and a filter policy.
+    let (topic_arn, raw) = topic_with_queue(&moto, "notifications", "raw", true, None).await;
+    let (_, wrapped) = topic_with_queue(&moto, "notifications", "wrapped", false, None).await;
+    let (_, deleted_only) = topic_with_queue(
+        &moto,
+        "notifications",
+        "deleted-only",
+        true,
+        Some(r#"{"eventName": ["asset-deleted"]}"#),
+    )
+    .await;
     let app = app_with(&moto).await;
     app.subscribe(
         "vimond",
@@ -549,19 +562,23 @@ async fn published_events_reach_an_sns_topic_with_their_attributes() {
         })
         .collect();
     publish(&app, &events).await;
-    let received = std::sync::Mutex::new(Vec::new());
-    eventually(
-        Duration::from_secs(20),
-        "20 messages in the queue",
-        || async {
-            let drained = drain(&moto, &queue_url).await;
-            let mut received = received.lock().unwrap();
-            received.extend(drained);
-            (received.len() >= 20).then_some(())
-        },
-    )
-    .await;
-    let received = received.into_inner().unwrap();
+
+    let collect = |queue: String, expected: usize| {
+        let moto = &moto;
+        async move {
+            let received = std::sync::Mutex::new(Vec::new());
+            eventually(Duration::from_secs(20), "messages in the queue", || async {
+                let drained = drain(moto, &queue).await;
+                let mut received = received.lock().unwrap();
+                received.extend(drained);
+                (received.len() >= expected).then_some(())
+            })
+            .await;
+            received.into_inner().unwrap()
+        }
+    };
+    // Raw: the event itself, its attributes as message attributes.
+    let received = collect(raw, 20).await;
     assert_eq!(received.len(), 20);
     for (body, attributes) in &received {
         let event: Value = serde_json::from_str(body).unwrap();
@@ -574,6 +591,26 @@ async fn published_events_reach_an_sns_topic_with_their_attributes() {
         assert_eq!(attributes["tenant"], "vimond");
         assert_eq!(attributes["entityKey"], "7");
     }
+    // Wrapped: SNS's envelope, the event as its Message, the attributes inside.
+    let received = collect(wrapped, 20).await;
+    assert_eq!(received.len(), 20);
+    for (body, _) in &received {
+        let envelope: Value = serde_json::from_str(body).unwrap();
+        let event: Value = serde_json::from_str(envelope["Message"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            envelope["MessageAttributes"]["eventName"]["Value"],
+            event["eventName"]
+        );
+        assert_eq!(envelope["MessageAttributes"]["tenant"]["Value"], "vimond");
+    }
+    // Filtered on eventName: only the 10 deletions.
+    let received = collect(deleted_only, 10).await;
+    assert_eq!(received.len(), 10);
+    assert!(
+        received
+            .iter()
+            .all(|(_, a)| a["eventName"] == "asset-deleted")
+    );
 }
 
 #[tokio::test]
