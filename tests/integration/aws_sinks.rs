@@ -734,3 +734,59 @@ async fn an_unreachable_destination_is_refused_unless_the_check_is_skipped() {
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid_format");
 }
+
+#[tokio::test]
+async fn a_fifo_queue_named_with_its_own_endpoint_gets_every_event_in_order() {
+    let moto = Moto::start().await.expect("moto_server");
+    let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config().await);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name("ordered.fifo")
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    // The server's own AWS endpoint leads nowhere: only the destination's override works.
+    let mut env: Vec<(&str, String)> = moto.env();
+    env.retain(|(name, _)| *name != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", "http://127.0.0.1:9".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::start_with(&env).await;
+    app.subscribe(
+        "vimond",
+        json!({"destination": {"type": "sqs", "queueUrl": queue_url,
+                               "endpointUrl": moto.endpoint, "region": REGION},
+               "topics": ["asset-operations"]}),
+    )
+    .await;
+    let events: Vec<Value> = (0..25)
+        .map(|n| asset("asset-updated", &format!("o-{n}"), 42))
+        .collect();
+    publish(&app, &events).await;
+
+    let received = std::sync::Mutex::new(Vec::new());
+    eventually(Duration::from_secs(20), "25 messages", || async {
+        let drained = drain(&moto, &queue_url).await;
+        let mut received = received.lock().unwrap();
+        received.extend(drained);
+        (received.len() >= 25).then_some(())
+    })
+    .await;
+    let guids: Vec<String> = received
+        .into_inner()
+        .unwrap()
+        .iter()
+        .map(|(body, _)| {
+            serde_json::from_str::<Value>(body).unwrap()["guid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // One group (asset 42): the queue hands them out in publish order.
+    let expected: Vec<String> = (0..25).map(|n| format!("o-{n}")).collect();
+    assert_eq!(guids, expected);
+}
