@@ -59,6 +59,18 @@ impl TestApp {
         }
     }
 
+    /// Every byte of the server's data directory (the database, its write-ahead log),
+    /// for tests that check what never reaches the disk.
+    pub fn data_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(&self.data).expect("data dir").flatten() {
+            if entry.path().is_file() {
+                bytes.extend(std::fs::read(entry.path()).unwrap_or_default());
+            }
+        }
+        bytes
+    }
+
     /// The server's log so far (set `REELAY_LOG` in `start_with` for more of it).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -138,8 +138,17 @@ async fn assert_nowhere(app: &TestApp, receiver: &Receiver, secrets: &[&str]) {
     let stored = serde_json::to_string(&app.stored_events("vimond").await).unwrap();
     let logs = app.logs();
     let delivered = receiver.deliveries("/zapp").await;
+    let on_disk = app.data_bytes();
     for secret in secrets {
         assert!(!stored.contains(secret), "{secret} is stored: {stored}");
+        // The operator's HS256 key is kept (it verifies tokens); user tokens never are.
+        let kept = *secret == HS256_SECRET;
+        assert!(
+            kept || !on_disk
+                .windows(secret.len())
+                .any(|window| window == secret.as_bytes()),
+            "{secret} is in the database files"
+        );
         assert!(!logs.contains(secret), "{secret} is in the server's log");
         for delivery in &delivered {
             assert!(!delivery.body.contains(secret), "{secret} was delivered");
