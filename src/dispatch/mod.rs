@@ -362,8 +362,10 @@ impl Dispatcher {
                 client,
             } => {
                 let timeout = self.config().delivery_timeout;
-                let client = client
-                    .get_or_init(|| self.shared.aws.target(resource.clone(), options, timeout))
+                let client =
+                    Box::pin(client.get_or_init(|| {
+                        self.shared.aws.target(resource.clone(), options, timeout)
+                    }))
                     .await;
                 let payloads: Vec<Payload> = events
                     .iter()
@@ -377,7 +379,9 @@ impl Dispatcher {
                         body: &payload.body,
                     })
                     .collect();
-                client.send(&outgoing).await
+                // Boxed: the SDK's futures are large, and inline they would make every
+                // webhook delivery's future (this function's state) as large.
+                Box::pin(client.send(&outgoing)).await
             }
         };
         let metrics = &self.shared.metrics;
