@@ -119,10 +119,16 @@ impl SqliteStore {
         Ok(busy != 0)
     }
 
+    /// The last position handed out: the last event, or a cursor past it. Writers before
+    /// this one could save a cursor on a position that only a duplicate had taken; new
+    /// events start after it, so that cursor skips none of them.
     pub async fn head(&self) -> Result<i64> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
+        let head: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(position) FROM (SELECT MAX(seq) AS position FROM events \
+             UNION ALL SELECT MAX(cursor) FROM subscriptions)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(head.unwrap_or(0))
     }
 

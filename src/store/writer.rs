@@ -151,7 +151,17 @@ impl Writer {
                         .collect();
                     let _ = reply.send(Ok(answer));
                 }
-                let upto = self.next_seq - 1;
+                // Positions handed out to rows that turned out to be duplicates are given
+                // back when nothing stored follows them: the head must be the last stored
+                // event, as a restart reads it from the log. Otherwise a cursor could be
+                // saved past that head, and the events that reuse those positions after a
+                // restart would be skipped.
+                let upto = stored
+                    .iter()
+                    .rev()
+                    .find_map(|row| row.as_ref().ok().map(|event| event.seq))
+                    .unwrap_or(after);
+                self.next_seq = upto + 1;
                 if upto > after {
                     let events: Vec<_> = stored.into_iter().filter_map(Result::ok).collect();
                     self.head.send_replace(upto);
@@ -165,7 +175,8 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "group commit failed; its publishers get an error");
-                // The sequence numbers handed out above were never used; gaps are fine.
+                // Nothing was stored: the positions handed out above are free again.
+                self.next_seq = after + 1;
                 for (_, reply) in appends {
                     let _ = reply.send(Err(StoreError::CommitFailed(error.to_string())));
                 }
