@@ -9,6 +9,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 
+use super::derive::Derivation;
+use super::writer::{LogRow, Written};
 use super::{
     AttemptRecord, DueRetry, EventQuery, Health, KeyOwner, Progress, Result, RetryEntry,
     RetryState, StoreError, StoredAttempt,
@@ -652,46 +654,76 @@ const INSERT_EVENT: &str = "INSERT INTO events (seq, account, event_id, name, to
      occurred_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
      ON CONFLICT (account, event_id) DO NOTHING";
 
+/// The video's next version, in one statement: 1 for a video never seen.
+const NEXT_VIDEO_VERSION: &str = "INSERT INTO video_versions (account, video, version) \
+     VALUES (?1, ?2, 1) ON CONFLICT (account, video) DO UPDATE SET version = version + 1 \
+     RETURNING version";
+
+fn insert_event(insert: &mut rusqlite::CachedStatement<'_>, event: &StoredEvent) -> Result<bool> {
+    let changed = insert.execute(rusqlite::params![
+        event.seq,
+        event.account,
+        event.id,
+        event.name,
+        event.topic,
+        event.entity_key,
+        event.occurred_at,
+        event.received_at,
+        event.body.as_str(),
+    ])?;
+    // Nothing changed: an earlier commit stored this id.
+    Ok(changed == 1)
+}
+
 impl LogConnection {
-    /// Commits new events and progress reports in one transaction. Returns the sequence
-    /// numbers of the events actually inserted (the others were duplicates).
+    /// Commits new events, the events they cause ([`Derivation`]) and progress reports
+    /// in one transaction. Returns what became of each row, in order.
     pub(super) fn commit_group(
         &mut self,
-        events: &[StoredEvent],
+        rows: &[LogRow],
         progress: &[Progress],
-    ) -> Result<Vec<i64>> {
+        derivation: &Derivation,
+    ) -> Result<Vec<Written>> {
         // IMMEDIATE takes the write lock first, so another writer (the retry claims, a
         // checkpoint) makes this wait under the busy timeout instead of failing with
         // "database is locked" when a read turns into a write mid-transaction.
         let tx = self
             .0
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut inserted = Vec::with_capacity(events.len());
+        let mut written = Vec::with_capacity(rows.len());
         {
             let mut insert = tx.prepare_cached(INSERT_EVENT)?;
-            for event in events {
-                let changed = insert.execute(rusqlite::params![
-                    event.seq,
-                    event.account,
-                    event.id,
-                    event.name,
-                    event.topic,
-                    event.entity_key,
-                    event.occurred_at,
-                    event.received_at,
-                    event.body.as_str(),
-                ])?;
-                // Nothing changed: an earlier commit stored this id.
-                if changed == 1 {
-                    inserted.push(event.seq);
+            for row in rows {
+                if !insert_event(&mut insert, &row.event)? {
+                    written.push(Written::Duplicate);
+                    continue;
                 }
+                let video_change = match &row.video_change {
+                    None => None,
+                    Some((video, seq)) => {
+                        let version: i64 = tx
+                            .prepare_cached(NEXT_VIDEO_VERSION)?
+                            .query_row(rusqlite::params![row.event.account, video], |r| r.get(0))?;
+                        let change = derivation.video_change(&row.event, video, version, *seq);
+                        // Its id is fresh and random: a conflict means the log is not
+                        // what this writer thinks, and the whole commit must not stand.
+                        if !insert_event(&mut insert, &change)? {
+                            return Err(StoreError::Corrupt(format!(
+                                "derived event id {} already taken",
+                                change.id
+                            )));
+                        }
+                        Some(change)
+                    }
+                };
+                written.push(Written::Stored { video_change });
             }
         }
         for report in progress {
             apply_progress(&tx, report)?;
         }
         tx.commit()?;
-        Ok(inserted)
+        Ok(written)
     }
 }
 

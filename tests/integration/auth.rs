@@ -55,7 +55,12 @@ async fn account_keys_reach_only_their_own_account() {
         .await;
     assert_eq!(status, 202);
     let (status, page) = app
-        .request(Method::GET, "/v1/accounts/vimond/events", Some(&key), None)
+        .request(
+            Method::GET,
+            "/v1/accounts/vimond/events?topic=asset-operations",
+            Some(&key),
+            None,
+        )
         .await;
     assert_eq!(
         (status, page["events"].as_array().map(Vec::len)),

@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod brightcove;
 mod cloudevents;
 mod delivery;
 mod durability;
