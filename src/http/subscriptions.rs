@@ -196,7 +196,9 @@ fn parse_request(
         .as_object()
         .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
 
-    let destination = match (object.get("endpoint"), object.get("destination")) {
+    // A null field is an absent one, as for `events`.
+    let given = |field: &str| object.get(field).filter(|value| !value.is_null());
+    let destination = match (given("endpoint"), given("destination")) {
         (Some(Value::String(url)), None) => Destination::Webhook { url: url.clone() },
         (None, Some(destination)) => {
             serde_json::from_value(destination.clone()).map_err(|error| {
@@ -445,6 +447,29 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Subscriptions cannot be updated (seed 004): delete one and create another. Answered
+/// `405` with that advice rather than a bare "method not allowed".
+#[utoipa::path(
+    method(put, patch), path = "/v1/accounts/{account}/subscriptions/{id}", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path)),
+    responses((status = 405, description = "subscriptions cannot be updated: delete and create", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    find(&state, &caller, &account, &id).await?;
+    Err(ApiError::MethodNotAllowed {
+        code: "update_not_supported",
+        message: format!(
+            "subscriptions cannot be updated: delete {id:?} and create a new subscription"
+        ),
+        allow: "GET, DELETE",
+    })
+}
+
 /// Enable a disabled subscription: deliveries resume from its cursor, and its waiting
 /// retries are attempted at once.
 #[utoipa::path(
@@ -676,7 +701,7 @@ pub fn router() -> axum::Router<AppState> {
         )
         .route(
             "/v1/accounts/{account}/subscriptions/{id}",
-            get(get_one).delete(delete),
+            get(get_one).delete(delete).put(update).patch(update),
         )
         .route(
             "/v1/accounts/{account}/subscriptions/{id}/enable",
