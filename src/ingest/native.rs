@@ -4,7 +4,6 @@
 //! and their order reach subscribers unchanged.
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::IngestError;
@@ -13,65 +12,9 @@ use crate::model::{Document, NewEvent};
 
 /// Parses and validates a publish body. The first invalid event refuses the whole body.
 pub fn parse(catalog: &Catalog, account: &str, body: &Bytes) -> Result<Vec<NewEvent>, IngestError> {
-    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
-        // One event: parsed once, straight into its fields.
-        Some(b'{') => {
-            let fields: Map<String, Value> = serde_json::from_slice(body).map_err(malformed)?;
-            let text = std::str::from_utf8(body).map_err(|_| not_utf8())?.trim();
-            let event = validate(catalog, account, &fields, Document::slice_of(body, text))
-                .map_err(|(field, message)| IngestError::Invalid {
-                    index: None,
-                    field,
-                    message,
-                })?;
-            Ok(vec![event])
-        }
-        // A batch: each item keeps its own text, then is parsed into its fields.
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
-            if items.is_empty() {
-                return Err(IngestError::Empty);
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(index, raw)| {
-                    let invalid = |field: &str, message: String| IngestError::Invalid {
-                        index: Some(index),
-                        field: field.to_owned(),
-                        message,
-                    };
-                    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
-                        return Err(invalid("", "an event must be a JSON object".into()));
-                    };
-                    validate(
-                        catalog,
-                        account,
-                        &fields,
-                        Document::slice_of(body, raw.get()),
-                    )
-                    .map_err(|(field, message)| invalid(&field, message))
-                })
-                .collect()
-        }
-        _ => {
-            // Malformed JSON gets its position; well-formed JSON of another kind, a 422.
-            let _: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
-            Err(IngestError::Invalid {
-                index: None,
-                field: String::new(),
-                message: "the body must be an event object or an array of event objects".into(),
-            })
-        }
-    }
-}
-
-fn not_utf8() -> IngestError {
-    IngestError::Malformed {
-        line: 1,
-        column: 1,
-        message: "the body is not UTF-8".into(),
-    }
+    super::each_object(body, "event", |fields, document| {
+        validate(catalog, account, fields, document)
+    })
 }
 
 /// Checks one event; on failure says which field and why.
@@ -154,14 +97,6 @@ fn validate(
         occurred_at,
         body,
     })
-}
-
-fn malformed(error: serde_json::Error) -> IngestError {
-    IngestError::Malformed {
-        line: error.line(),
-        column: error.column(),
-        message: error.to_string(),
-    }
 }
 
 #[cfg(test)]
