@@ -91,6 +91,7 @@ pub async fn run(
         subscription_writes: Arc::default(),
         user_tokens,
         public_url: config.public_url.clone(),
+        job_callback_ttl: config.job_callback_ttl,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");

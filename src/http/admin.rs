@@ -78,6 +78,7 @@ pub async fn create_key(
         super::subscriptions::create, super::subscriptions::list, super::subscriptions::get_one,
         super::subscriptions::delete, super::subscriptions::update, super::subscriptions::enable, super::subscriptions::deliveries,
         super::subscriptions::replay,
+        super::jobs::register, super::jobs::list, super::jobs::publish,
     ),
     modifiers(&BearerAuth)
 )]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cloudevents;
 pub mod error;
 pub mod events;
+pub mod jobs;
 pub mod subscriptions;
 pub mod token_verification;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub user_tokens: Arc<token_verification::UserTokens>,
     /// The server's public URL (`--public-url`), the `source` of its answers.
     pub public_url: Option<url::Url>,
+    /// How long a job's callback registration lasts.
+    pub job_callback_ttl: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(cloudevents::router())
         .merge(token_verification::router())
         .merge(subscriptions::router())
+        .merge(jobs::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

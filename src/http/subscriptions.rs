@@ -17,7 +17,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription, now_millis,
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
+    SubscriptionKind, now_millis,
 };
 use crate::sinks::webhook::{check_destination, generate_secret};
 use crate::store::{RetryEntry, StoredAttempt};
@@ -42,6 +43,12 @@ pub struct SubscriptionIn {
 pub struct SubscriptionOut {
     pub id: String,
     pub account: String,
+    /// For a job's callback registration: the job whose notifications it receives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// For a job's callback registration: when it ends (epoch milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// The webhook URL, for webhook destinations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -89,7 +96,13 @@ impl SubscriptionOut {
                 message: reason.message().to_owned(),
                 at: subscription.disabled_at,
             });
+        let job = match &subscription.kind {
+            SubscriptionKind::Standing => None,
+            SubscriptionKind::JobCallback { job, .. } => Some(job.clone()),
+        };
         SubscriptionOut {
+            expires_at: subscription.expires_at(),
+            job,
             id: subscription.id,
             account: subscription.account,
             endpoint,
@@ -142,7 +155,7 @@ pub async fn create(
     // Serialized so two concurrent requests cannot both pass the duplicate and limit
     // checks.
     let _guard = state.subscription_writes.lock().await;
-    let existing = state.store.db().list_subscriptions(Some(&account)).await?;
+    let existing = state.store.db().list_subscriptions(&account).await?;
     check_limits(
         &existing,
         &destination,
@@ -153,6 +166,7 @@ pub async fn create(
     let new = NewSubscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
         account: account.clone(),
+        kind: SubscriptionKind::Standing,
         destination,
         filter,
         format,
@@ -384,7 +398,7 @@ pub async fn list(
     Path(account): Path<String>,
 ) -> Result<Json<Vec<SubscriptionOut>>, ApiError> {
     caller.check_account(&account)?;
-    let subscriptions = state.store.db().list_subscriptions(Some(&account)).await?;
+    let subscriptions = state.store.db().list_subscriptions(&account).await?;
     Ok(Json(
         subscriptions
             .into_iter()

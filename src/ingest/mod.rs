@@ -1,5 +1,6 @@
 //! Ingest: request bodies to validated events, one file per wire format.
 
+pub mod brightcove;
 pub mod cloudevents;
 pub mod native;
 pub mod user_token;

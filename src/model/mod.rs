@@ -8,6 +8,7 @@ mod token_verification;
 pub use event::{Document, NewEvent, StoredEvent};
 pub use subscription::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
+    SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
 

@@ -18,7 +18,7 @@ use super::{
 use crate::config::Durability;
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, Millis, NewSubscription, StoredEvent,
-    Subscription, TokenVerification,
+    Subscription, SubscriptionKind, TokenVerification,
 };
 
 /// WAL frames (pages) past which a checkpoint restarts the WAL: 64 MB of 4 KB pages.
@@ -224,9 +224,13 @@ impl SqliteStore {
         cursor: i64,
         created_at: Millis,
     ) -> Result<()> {
+        let (job_id, expires_at) = match &subscription.kind {
+            SubscriptionKind::Standing => (None, None),
+            SubscriptionKind::JobCallback { job, expires_at } => (Some(job), Some(*expires_at)),
+        };
         sqlx::query(
-            "INSERT INTO subscriptions (id, account, destination, events, topics, format, secret, created_at, cursor) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO subscriptions (id, account, destination, events, topics, format, secret, created_at, cursor, \
+             job_id, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&subscription.id)
         .bind(&subscription.account)
@@ -237,29 +241,81 @@ impl SqliteStore {
         .bind(&subscription.secret)
         .bind(created_at)
         .bind(cursor)
+        .bind(job_id)
+        .bind(expires_at)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Subscriptions of one account, or of every account.
-    pub async fn list_subscriptions(&self, account: Option<&str>) -> Result<Vec<Subscription>> {
-        let rows: Vec<SubscriptionRow> = match account {
-            Some(account) => {
-                sqlx::query_as(
-                    "SELECT * FROM subscriptions WHERE account = ? ORDER BY created_at, id",
-                )
-                .bind(account)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+    /// The standing subscriptions of one account (what the subscription API lists; job
+    /// callbacks are listed per job).
+    pub async fn list_subscriptions(&self, account: &str) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = ? AND job_id IS NULL ORDER BY created_at, id",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// Every subscription of every kind and account: what dispatch runs.
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> =
+            sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// The callback registrations of one job.
+    pub async fn job_callbacks(&self, account: &str, job: &str) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = ? AND job_id = ? ORDER BY created_at, id",
+        )
+        .bind(account)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// Deletes the job callbacks that expired by `now`, with their retry sets and
+    /// attempt records; returns their ids.
+    pub async fn delete_expired_callbacks(&self, now: Millis) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM retries WHERE subscription_id IN \
+             (SELECT id FROM subscriptions WHERE expires_at <= ?)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM attempts WHERE subscription_id IN \
+             (SELECT id FROM subscriptions WHERE expires_at <= ?)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("DELETE FROM subscriptions WHERE expires_at <= ? RETURNING id")
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// The earliest delivery of a subscription that waits for a retry (not dead).
+    pub async fn first_pending_retry(&self, subscription_id: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(seq) FROM retries WHERE subscription_id = ? AND dead_at IS NULL",
+        )
+        .bind(subscription_id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
@@ -579,6 +635,8 @@ struct SubscriptionRow {
     failing_since: Option<i64>,
     last_success_at: Option<i64>,
     delivered: i64,
+    job_id: Option<String>,
+    expires_at: Option<i64>,
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {
@@ -596,9 +654,15 @@ impl TryFrom<SubscriptionRow> for Subscription {
         let disabled = row.disabled_code.map(|code| {
             DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default())
         });
+        let kind = match (row.job_id, row.expires_at) {
+            (None, None) => SubscriptionKind::Standing,
+            (Some(job), Some(expires_at)) => SubscriptionKind::JobCallback { job, expires_at },
+            _ => return Err(corrupt("job_id and expires_at")),
+        };
         Ok(Subscription {
             id: row.id,
             account: row.account,
+            kind,
             destination,
             filter: EventFilter { events, topics },
             format,

@@ -534,3 +534,512 @@ async fn seed_004_4xx_and_5xx_answers_are_retried() {
         .collect();
     assert_eq!(statuses, vec![&json!(404), &json!(503), &json!(200)]);
 }
+
+const SEED_003: &str = include_str!("../fixtures/seed_003_notifications.txt");
+/// The job, video and account of seed 003's example.
+const JOB: &str = "d3ef8751-2b88-4141-95d5-83f0393aca07";
+const VIDEO: &str = "5660367449001";
+
+/// Seed 003's notifications of one ingest job, each as its text there.
+fn seed_notifications() -> Vec<String> {
+    let texts: Vec<String> = serde_json::Deserializer::from_str(SEED_003)
+        .into_iter::<&serde_json::value::RawValue>()
+        .map(|raw| raw.expect("seed 003 notification").get().to_owned())
+        .collect();
+    assert_eq!(texts.len(), 17, "the full set of seed 003");
+    texts
+}
+
+fn jobs(account: &str, job: &str, what: &str) -> String {
+    format!("/v1/accounts/{account}/jobs/{job}/{what}")
+}
+
+/// Registers `urls` as the job's callbacks; returns the registrations.
+async fn register(app: &TestApp, job: &str, urls: &[String]) -> Vec<Value> {
+    let (status, answer) = app
+        .post(
+            &jobs(ACCOUNT, job, "callbacks"),
+            &json!({ "callbacks": urls }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["job"], job);
+    answer["callbacks"].as_array().expect("callbacks").clone()
+}
+
+async fn notify(app: &TestApp, job: &str, body: &str) -> Value {
+    let (status, answer) = app.post(&jobs(ACCOUNT, job, "notifications"), body).await;
+    assert_eq!(status, 202, "{body} -> {answer}");
+    answer
+}
+
+/// Publishes seed notifications as the producer would: some alone, some in arrays.
+async fn publish_seed(app: &TestApp, notifications: &[String]) {
+    let (alone, batched) = notifications.split_at(notifications.len() / 2);
+    for text in alone {
+        assert_eq!(notify(app, JOB, text).await["stored"], 1);
+    }
+    for chunk in batched.chunks(3) {
+        let answer = notify(app, JOB, &format!("[{}]", chunk.join(","))).await;
+        assert_eq!(answer["stored"], chunk.len());
+    }
+}
+
+#[tokio::test]
+async fn seed_003_every_notification_reaches_both_callbacks_in_order_and_video_changes_count_across_a_restart()
+ {
+    let mut app = TestApp::start().await;
+    let host1 = Receiver::start().await;
+    let host2 = Receiver::start().await;
+    // Standing subscriptions: the Dynamic Ingest topic, and video-change.
+    app.subscribe(
+        ACCOUNT,
+        json!({"endpoint": host1.url("/topic"), "topics": ["dynamic-ingest"]}),
+    )
+    .await;
+    let (_, changes_secret) = app
+        .subscribe(
+            ACCOUNT,
+            json!({"endpoint": host2.url("/changes"), "events": ["video-change"]}),
+        )
+        .await;
+    host2.hook("/changes", &changes_secret, &[]).await;
+
+    // Seed 003's request names two callback URLs.
+    let urls = [host1.url("/path1"), host2.url("/path2")];
+    let registered = register(&app, JOB, &urls).await;
+    assert_eq!(registered.len(), 2);
+    for (registration, (receiver, path)) in registered
+        .iter()
+        .zip([(&host1, "/path1"), (&host2, "/path2")])
+    {
+        assert_eq!(registration["url"], receiver.url(path));
+        assert!(registration["id"].as_str().unwrap().starts_with("cb_"));
+        let secret = registration["secret"].as_str().expect("secret");
+        receiver.hook(path, secret, &[]).await;
+    }
+    // Registering a URL again changes nothing.
+    let again = register(&app, JOB, &urls[..1]).await;
+    assert_eq!(again[0]["id"], registered[0]["id"]);
+    assert_eq!(again[0]["expiresAt"], registered[0]["expiresAt"]);
+    let (_, listed) = app.get(&jobs(ACCOUNT, JOB, "callbacks")).await;
+    assert_eq!(listed["callbacks"].as_array().unwrap().len(), 2);
+    assert!(listed["callbacks"][0].get("secret").is_none());
+    // They are not standing subscriptions: the subscription list does not show them.
+    let (_, standing) = app.get(&subscriptions(ACCOUNT)).await;
+    assert_eq!(standing.as_array().unwrap().len(), 2);
+
+    let notifications = seed_notifications();
+    let (first, rest) = notifications.split_at(8);
+    publish_seed(&app, first).await;
+    wait_for(&host1, "/path1", first.len()).await;
+    wait_for(&host2, "/path2", first.len()).await;
+
+    // Stopped and started on the same database halfway through the job.
+    assert!(app.terminate().await.success());
+    app.kill_and_restart().await;
+    publish_seed(&app, rest).await;
+
+    for (receiver, path) in [(&host1, "/path1"), (&host2, "/path2")] {
+        wait_for(receiver, path, notifications.len()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (receiver, path) in [(&host1, "/path1"), (&host2, "/path2")] {
+        let got = receiver.deliveries(path).await;
+        let bodies: Vec<&str> = got.iter().map(|d| d.body.as_str()).collect();
+        assert_eq!(
+            bodies, notifications,
+            "{path}: each once, as sent, in order"
+        );
+        assert!(got.iter().all(|d| d.verified == Some(true)), "{path}");
+        // One at a time: each was sent after the previous one was answered.
+        assert!(got.windows(2).all(|pair| pair[0].at <= pair[1].at));
+    }
+    let topic = wait_for(&host1, "/topic", notifications.len()).await;
+    let mut topic_bodies: Vec<&str> = topic.iter().map(|d| d.body.as_str()).collect();
+    let mut sent: Vec<&str> = notifications.iter().map(String::as_str).collect();
+    topic_bodies.sort();
+    sent.sort();
+    assert_eq!(topic_bodies, sent, "the topic's subscribers get them too");
+
+    // One video-change per notification, versions 1 to 17, in log order, each right after
+    // its notification.
+    let logged = logged_changes(&app, ACCOUNT).await;
+    let expected = BTreeMap::from([(VIDEO.to_owned(), (1..=17).collect::<Vec<i64>>())]);
+    assert_eq!(versions(logged.iter().map(|(change, _)| change)), expected);
+    for (change, cause) in &logged {
+        assert_eq!(cause["name"], "dynamic-ingest-notification");
+        assert_eq!(cause["entityKey"], JOB);
+        assert_eq!(change["account_id"], ACCOUNT);
+    }
+    let delivered = wait_for(&host2, "/changes", 17).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(host2.deliveries("/changes").await.len(), 17, "no repeats");
+    let bodies: Vec<Value> = delivered.iter().map(body).collect();
+    let mut got = versions(&bodies);
+    got.values_mut().for_each(|v| v.sort());
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn a_callback_that_fails_gets_the_job_s_notifications_in_order_all_the_same() {
+    use crate::support::receiver::Response;
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let paths = ["/recovers", "/dies", "/steady"];
+    let urls: Vec<String> = paths.iter().map(|path| receiver.url(path)).collect();
+    let registered = register(&app, JOB, &urls).await;
+    let scripts = [
+        // Two failures, then success: the first notification is retried in place.
+        vec![
+            Response::status(500),
+            Response::status(404),
+            Response::status(200),
+        ],
+        // Four failures use up the (test) schedule's three retries: dead-lettered, and
+        // the next notification goes.
+        vec![
+            Response::status(500),
+            Response::status(500),
+            Response::status(500),
+            Response::status(500),
+            Response::status(200),
+        ],
+        vec![],
+    ];
+    for ((path, registration), script) in paths.iter().zip(&registered).zip(&scripts) {
+        receiver
+            .hook(path, registration["secret"].as_str().unwrap(), script)
+            .await;
+    }
+    let notifications = &seed_notifications()[..5];
+    notify(&app, JOB, &format!("[{}]", notifications.join(","))).await;
+
+    let arrivals = |path: &'static str, count: usize| {
+        let receiver = &receiver;
+        async move {
+            wait_for(receiver, path, count)
+                .await
+                .iter()
+                .map(|d| d.body.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    let n = |i: usize| notifications[i].clone();
+    assert_eq!(
+        arrivals("/recovers", 7).await,
+        vec![n(0), n(0), n(0), n(1), n(2), n(3), n(4)]
+    );
+    assert_eq!(
+        arrivals("/dies", 8).await,
+        vec![n(0), n(0), n(0), n(0), n(1), n(2), n(3), n(4)]
+    );
+    assert_eq!(arrivals("/steady", 5).await, notifications);
+
+    // The dead letter is in the registration's delivery log.
+    let id = registered[1]["id"].as_str().unwrap();
+    let log = eventually(Duration::from_secs(10), "the dead letter", || async {
+        let (_, log) = app
+            .get(&format!("{}/{id}/deliveries", subscriptions(ACCOUNT)))
+            .await;
+        (log["deadLetters"].as_array().map(Vec::len) == Some(1)).then_some(log)
+    })
+    .await;
+    let (_, stored) = app
+        .get(&format!(
+            "/v1/accounts/{ACCOUNT}/events?event=dynamic-ingest-notification&limit=1"
+        ))
+        .await;
+    assert_eq!(log["deadLetters"][0]["eventId"], stored["events"][0]["id"]);
+}
+
+#[tokio::test]
+async fn a_notification_for_a_job_without_callbacks_is_stored_and_reaches_the_topic() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = app
+        .subscribe(
+            ACCOUNT,
+            json!({"endpoint": receiver.url("/topic"), "events": ["dynamic-ingest-notification"]}),
+        )
+        .await;
+    receiver.hook("/topic", &secret, &[]).await;
+    let registered = register(&app, "another-job", &[receiver.url("/other-job")]).await;
+    receiver
+        .hook("/other-job", registered[0]["secret"].as_str().unwrap(), &[])
+        .await;
+
+    let notification = &seed_notifications()[4];
+    let answer = notify(&app, JOB, notification).await;
+    assert_eq!(
+        (answer["stored"].clone(), answer["duplicates"].clone()),
+        (json!(1), json!(0))
+    );
+    // Sent again (a producer's retry): stored and delivered once.
+    let answer = notify(&app, JOB, notification).await;
+    assert_eq!(answer["duplicates"], 1);
+
+    let got = wait_for(&receiver, "/topic", 1).await;
+    assert_eq!(got[0].body, *notification);
+    assert_eq!(got[0].verified, Some(true));
+    let (_, page) = app
+        .get(&format!(
+            "/v1/accounts/{ACCOUNT}/events?topic=dynamic-ingest"
+        ))
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["events"][0]["entityKey"], JOB);
+    assert_eq!(page["events"][0]["id"], answer["ids"][0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        receiver.deliveries("/other-job").await.is_empty(),
+        "another job's callback"
+    );
+    assert_eq!(receiver.deliveries("/topic").await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_job_input_gets_a_clear_422_and_changes_nothing() {
+    let app = TestApp::start().await;
+    let callbacks = jobs(ACCOUNT, JOB, "callbacks");
+    let cases = [
+        (json!({}), "missing_callbacks", None),
+        (json!({"callbacks": []}), "missing_callbacks", None),
+        (
+            json!({"callbacks": "https://host1/path1"}),
+            "callbacks_not_array",
+            None,
+        ),
+        (
+            json!({"callbacks": {"url": "https://host1/path1"}}),
+            "callbacks_not_array",
+            None,
+        ),
+        (
+            json!({"callbacks": ["https://host1/path1", 7]}),
+            "invalid_callback",
+            Some(1),
+        ),
+        (
+            json!({"callbacks": ["https://host1/path1", "not a url"]}),
+            "destination_refused",
+            Some(1),
+        ),
+        (
+            json!({"callbacks": ["ftp://host1/path1"]}),
+            "destination_refused",
+            Some(0),
+        ),
+        (json!(["https://host1/path1"]), "invalid_body", None),
+    ];
+    for (body, code, index) in cases {
+        let (status, error) = app.post(&callbacks, &body.to_string()).await;
+        assert_eq!(status, 422, "{body} -> {error}");
+        assert_eq!(error["error"]["code"], code, "{body} -> {error}");
+        if code != "invalid_body" {
+            assert_eq!(error["error"]["field"], "callbacks", "{body} -> {error}");
+        }
+        assert_eq!(
+            error["error"].get("index").and_then(Value::as_u64),
+            index.map(|i| i as u64)
+        );
+    }
+    assert_eq!(app.post(&callbacks, "{\"callbacks\": [").await.0, 400);
+    let too_many: Vec<String> = (0..11).map(|n| format!("https://host{n}/path")).collect();
+    let (status, error) = app
+        .post(&callbacks, &json!({ "callbacks": too_many }).to_string())
+        .await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (422, Some("too_many_callbacks"))
+    );
+    let (_, listed) = app.get(&callbacks).await;
+    assert_eq!(listed["callbacks"], json!([]), "nothing registered");
+
+    // Notifications: the whole request is refused, naming the item and the field.
+    let notifications = seed_notifications();
+    let other_job = notifications[1].replace(JOB, "another-job");
+    let no_status = notifications[2].replace("\"status\"", "\"state\"");
+    for (body, index, field) in [
+        (other_job.clone(), None, "jobId"),
+        (
+            format!("[{},{other_job}]", notifications[0]),
+            Some(1),
+            "jobId",
+        ),
+        (
+            format!("[{},{no_status}]", notifications[0]),
+            Some(1),
+            "status",
+        ),
+        (
+            notifications[0].replace("\"57838016001\"", "\"775205503001\""),
+            None,
+            "accountId",
+        ),
+    ] {
+        let (status, error) = app.post(&jobs(ACCOUNT, JOB, "notifications"), &body).await;
+        assert_eq!(status, 422, "{body} -> {error}");
+        assert_eq!(error["error"]["field"], field);
+        assert_eq!(
+            error["error"].get("index").and_then(Value::as_u64),
+            index.map(|i: usize| i as u64)
+        );
+    }
+    assert_eq!(
+        app.post(&jobs(ACCOUNT, JOB, "notifications"), "[]").await.0,
+        422
+    );
+    assert_eq!(
+        app.post(&jobs(ACCOUNT, JOB, "notifications"), "{").await.0,
+        400
+    );
+    // Elsewhere than their own route, notifications are refused too.
+    let as_vimond = json!({"eventName": "dynamic-ingest-notification", "guid": "g",
+        "timestamp": "2024-06-26T08:52:12Z", "entity": "poster", "entityType": "ASSET",
+        "action": "CREATE", "status": "SUCCESS"});
+    let (status, error) = app
+        .post(
+            &format!("/v1/accounts/{ACCOUNT}/events"),
+            &as_vimond.to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["field"].as_str()),
+        (422, Some("eventName"))
+    );
+    assert!(
+        app.stored_events(ACCOUNT).await.is_empty(),
+        "nothing stored"
+    );
+
+    // Another account's key, a wrong token, no token.
+    let (_, key) = app.post("/v1/accounts/another/keys", "").await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let register_body = json!({"callbacks": ["https://host1/path1"]}).to_string();
+    for (token, expected) in [(Some(key.as_str()), 403), (Some("wrong"), 401), (None, 401)] {
+        for (method, path, body) in [
+            (
+                reqwest::Method::POST,
+                callbacks.clone(),
+                Some(register_body.as_str()),
+            ),
+            (reqwest::Method::GET, callbacks.clone(), None),
+            (
+                reqwest::Method::POST,
+                jobs(ACCOUNT, JOB, "notifications"),
+                Some(notifications[0].as_str()),
+            ),
+        ] {
+            let (status, answer) = app.request(method.clone(), &path, token, body).await;
+            assert_eq!(status, expected, "{method} {path} with {token:?}: {answer}");
+        }
+    }
+    assert!(
+        app.stored_events(ACCOUNT).await.is_empty(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn private_callback_urls_are_refused_unless_allowed() {
+    let app = TestApp::start_with(&[("REELAY_ALLOW_PRIVATE_DESTINATIONS", "false")]).await;
+    let callbacks = jobs(ACCOUNT, JOB, "callbacks");
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.8/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost/hook",
+    ] {
+        let body = json!({"callbacks": ["http://93.184.215.14/public", url]});
+        let (status, error) = app.post(&callbacks, &body.to_string()).await;
+        assert_eq!(status, 422, "{url}: {error}");
+        assert_eq!(error["error"]["code"], "destination_refused");
+        assert_eq!(error["error"]["index"], 1);
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--allow-private-destinations"),
+            "{error}"
+        );
+    }
+    let (_, listed) = app.get(&callbacks).await;
+    assert_eq!(
+        listed["callbacks"],
+        json!([]),
+        "none of the request is registered"
+    );
+}
+
+#[tokio::test]
+async fn job_callbacks_expire() {
+    let app = TestApp::start_with(&[("REELAY_JOB_CALLBACK_TTL", "1s")]).await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = app
+        .subscribe(
+            ACCOUNT,
+            json!({"endpoint": receiver.url("/topic"), "topics": ["dynamic-ingest"]}),
+        )
+        .await;
+    receiver.hook("/topic", &secret, &[]).await;
+    let before = chrono::Utc::now().timestamp_millis();
+    let registered = register(&app, JOB, &[receiver.url("/callback")]).await;
+    let expires_at = registered[0]["expiresAt"].as_i64().unwrap();
+    assert!(
+        (before + 1000..before + 5000).contains(&expires_at),
+        "{expires_at}"
+    );
+    receiver
+        .hook("/callback", registered[0]["secret"].as_str().unwrap(), &[])
+        .await;
+    let notifications = seed_notifications();
+    notify(&app, JOB, &notifications[0]).await;
+    wait_for(&receiver, "/callback", 1).await;
+
+    eventually(
+        Duration::from_secs(10),
+        "the registration to expire",
+        || async {
+            let (_, listed) = app.get(&jobs(ACCOUNT, JOB, "callbacks")).await;
+            (listed["callbacks"] == json!([])).then_some(())
+        },
+    )
+    .await;
+    let id = registered[0]["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("{}/{id}", subscriptions(ACCOUNT))).await.0,
+        404
+    );
+    notify(&app, JOB, &notifications[1]).await;
+    wait_for(&receiver, "/topic", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.deliveries("/callback").await.len(), 1, "expired");
+}
+
+#[tokio::test]
+async fn a_callback_waiting_for_a_retry_keeps_its_order_across_a_restart() {
+    use crate::support::receiver::Response;
+    let mut app = TestApp::start_with(&[("REELAY_RETRY_SCHEDULE", "2s,2s,2s")]).await;
+    let receiver = Receiver::start().await;
+    let registered = register(&app, JOB, &[receiver.url("/callback")]).await;
+    receiver
+        .hook(
+            "/callback",
+            registered[0]["secret"].as_str().unwrap(),
+            &[Response::status(503), Response::status(200)],
+        )
+        .await;
+    let notifications = &seed_notifications()[..3];
+    notify(&app, JOB, &format!("[{}]", notifications.join(","))).await;
+    wait_for(&receiver, "/callback", 1).await;
+
+    // The first notification waits for its retry; the others wait behind it, across a
+    // restart too.
+    assert!(app.terminate().await.success());
+    app.kill_and_restart().await;
+    let got = wait_for(&receiver, "/callback", 4).await;
+    let bodies: Vec<&str> = got.iter().map(|d| d.body.as_str()).collect();
+    let n = |i: usize| notifications[i].as_str();
+    assert_eq!(bodies, vec![n(0), n(0), n(1), n(2)]);
+}
