@@ -63,7 +63,7 @@ fn body(delivery: &Delivery) -> Value {
 }
 
 #[tokio::test]
-async fn every_change_of_a_video_is_a_video_change_with_its_next_version_across_a_restart() {
+async fn every_change_of_a_video_is_a_video_change_with_its_next_version_across_a_crash() {
     let mut app = TestApp::start().await;
     let receiver = Receiver::start().await;
     app.subscribe_receiver(
@@ -101,8 +101,8 @@ async fn every_change_of_a_video_is_a_video_change_with_its_next_version_across_
     assert_eq!((status, answer["duplicates"].clone()), (202, json!(1)));
     wait_for(&receiver, "/changes", 4).await;
 
-    // Stopped and started on the same database: the versions go on from where they were.
-    assert!(app.terminate().await.success());
+    // Killed (SIGKILL, no shutdown at all) and started on the same database: the versions
+    // go on from where they were.
     app.kill_and_restart().await;
     let after = json!([
         vimond("asset-deleted", "c-6", json!({"assetId": 100})),
@@ -136,16 +136,21 @@ async fn every_change_of_a_video_is_a_video_change_with_its_next_version_across_
         assert_ne!(cause["name"], "category-updated");
     }
 
-    // The subscriber: each version once, signed, in seed 004's shape.
-    wait_for(&receiver, "/changes", 7).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let delivered = receiver.deliveries("/changes").await;
-    assert_eq!(delivered.len(), 7, "no version delivered twice");
+    // The subscriber: every version, signed, in seed 004's shape. After a crash a delivery
+    // may come again (at-least-once), under the same webhook-id with the same body.
+    let delivered = eventually(Duration::from_secs(20), "7 video-changes", || async {
+        let mut got = receiver.deliveries("/changes").await;
+        got.sort_by(|a, b| a.webhook_id.cmp(&b.webhook_id));
+        got.dedup_by(|a, b| a.webhook_id == b.webhook_id && a.body == b.body);
+        (got.len() >= 7).then_some(got)
+    })
+    .await;
+    assert_eq!(delivered.len(), 7, "one body per webhook-id");
     assert!(delivered.iter().all(|d| d.verified == Some(true)));
     let bodies: Vec<Value> = delivered.iter().map(body).collect();
     let mut got = versions(&bodies);
     got.values_mut().for_each(|v| v.sort());
-    assert_eq!(got, expected);
+    assert_eq!(got, expected, "each version once");
     for (delivery, change) in delivered.iter().zip(&bodies) {
         let shape = format!(
             r#"{{"timestamp":{},"account_id":"vimond","event":"video-change","video":"{}","version":{}}}"#,
