@@ -61,6 +61,11 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
+    /// How long a Dynamic Ingest job's callback URLs receive its notifications after
+    /// they are registered.
+    #[arg(long, env = "REELAY_JOB_CALLBACK_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub job_callback_ttl: Duration,
+
     /// The URL clients reach this server at (e.g. behind a proxy). The `source` of the
     /// CloudEvents it answers with is this URL's endpoint; without it, the request's host.
     /// Its host is also the origin the webhook validation handshake names.

@@ -4,20 +4,23 @@
 //!
 //! 1. [`http`] receives a publish request and checks the caller's token;
 //! 2. [`ingest`] turns the request body into events (one file per wire format: the
-//!    Vimond envelope, CloudEvents); a CloudEvent's user token is replaced by its verified
-//!    subject or a keyed hash ([`ingest::user_token`]) before the event goes further;
-//! 3. [`catalog`] says whether each event is known and complete, and which topic and
-//!    entity key it has;
+//!    Vimond envelope, CloudEvents, Brightcove's Dynamic Ingest notifications); a
+//!    CloudEvent's user token is replaced by its verified subject or a keyed hash
+//!    ([`ingest::user_token`]) before the event goes further;
+//! 3. [`catalog`] says whether each event is known and complete, which topic and entity
+//!    key it has, and which video it changes;
 //! 4. [`store`] appends the events to the durable log (group commit: concurrent publishes
-//!    share one fsync) and only then is the publisher answered;
+//!    share one fsync), each event that changes a video followed by the `video-change`
+//!    the writer derives in the same transaction, and only then is the publisher answered;
 //! 5. [`dispatch`] receives the committed events in memory at once, and for every
-//!    subscription (cursor in the log, retry set for failures) asks the subscription's
-//!    filter ([`model::EventFilter`]) whether it wants the event;
+//!    subscription (cursor in the log, retry set for failures) asks whether it wants the
+//!    event ([`model::Subscription::wants`]: its filter, and for a job's callback the job);
+//!    a job's callbacks get one delivery at a time, in order;
 //! 6. [`sinks`] write the event in the subscription's format (the stored document, or a
 //!    CloudEvent: [`sinks::cloudevents`]) and carry it to the destination (signed webhook
-//!    POSTs), and the outcome goes back to [`dispatch`], which records it and schedules a
-//!    retry when it failed. A subscription may ask its endpoint for consent first
-//!    ([`sinks::handshake`]).
+//!    POSTs, or batched calls to SNS, SQS and Kinesis: [`sinks::aws`]), and the outcome goes
+//!    back to [`dispatch`], which records it and schedules a retry when it failed. A
+//!    subscription may ask its endpoint for consent first ([`sinks::handshake`]).
 //!
 //! [`config`] holds the settings of all of this; [`model`] the plain types they share;
 //! [`server`] wires the parts together and stops them in order; [`mod@bench`] measures it all.

@@ -17,7 +17,7 @@ use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
-use crate::store::{Store, StoreError};
+use crate::store::{Derivation, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -42,7 +42,16 @@ pub async fn run(
         None => Catalog::builtin(),
     };
     let store_tasks = TaskTracker::new();
-    let store = Store::open(&config.database_url, config.durability, &store_tasks).await?;
+    let derivation = Derivation {
+        video_change_topic: catalog.video_change_topic()?.to_owned(),
+    };
+    let store = Store::open(
+        &config.database_url,
+        config.durability,
+        derivation,
+        &store_tasks,
+    )
+    .await?;
 
     let keys = Arc::new(Keys::new(store.clone()));
     if let Some(token) = keys.ensure_admin(config.admin_token.as_deref()).await? {
@@ -83,6 +92,7 @@ pub async fn run(
         user_tokens,
         public_url: config.public_url.clone(),
         webhook_origin: config.webhook_origin(),
+        job_callback_ttl: config.job_callback_ttl,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");

@@ -10,6 +10,9 @@ use utoipa::ToSchema;
 
 const BUILTIN: &str = include_str!("builtin.json");
 
+/// The event Reelay derives from every event that changes a video (seed 004).
+pub const VIDEO_CHANGE: &str = "video-change";
+
 /// A named group of event types.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Topic {
@@ -98,12 +101,48 @@ pub enum Envelope {
     /// CloudEvents endpoint knows to keep out of the log, so the native endpoint refuses
     /// them.
     Cloudevents,
+    /// Brightcove Dynamic Ingest notifications, as Brightcove writes them (no envelope:
+    /// the fields are members of the notification), published to
+    /// `POST …/jobs/{job}/notifications` only: the job in the path decides which
+    /// callbacks receive them.
+    Brightcove,
+    /// Made by Reelay itself (`video-change`); no endpoint accepts them, or a publisher
+    /// could forge a video's version.
+    Derived,
 }
 
 impl Envelope {
     fn is_vimond(&self) -> bool {
         *self == Envelope::Vimond
     }
+
+    /// Where events of this type are published, for the error an endpoint of another
+    /// wire format answers with.
+    pub fn how_published(self) -> &'static str {
+        match self {
+            Envelope::Vimond => "publish it to POST /v1/accounts/{account}/events",
+            Envelope::Cloudevents => {
+                "publish it as a CloudEvent to POST /v1/accounts/{account}/cloudevents"
+            }
+            Envelope::Brightcove => {
+                "publish it to POST /v1/accounts/{account}/jobs/{job}/notifications"
+            }
+            Envelope::Derived => {
+                "Reelay derives it from the events that cause it; it cannot be published"
+            }
+        }
+    }
+}
+
+/// Seed 004's `video-change`: every event of a type with this rule changes the video
+/// named by its `idField`, and is followed in the log by a `video-change` for that video
+/// with the video's next version. Data, so operators mark their own types too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VideoChange {
+    /// The field holding the video's id (`assetId`, `videoId`); an event without it
+    /// changes no video.
+    pub id_field: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -177,16 +216,15 @@ pub struct EventType {
     /// How the type is published (shown only when not the Vimond envelope).
     #[serde(default, skip_serializing_if = "Envelope::is_vimond")]
     pub envelope: Envelope,
+    /// Set when each event of the type changes a video (seed 004's `video-change`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_change: Option<VideoChange>,
 }
 
 impl EventType {
     /// The spec of the entity key field, if the type has one.
     pub fn entity_key_spec(&self) -> Option<&FieldSpec> {
-        let key = self.entity_key.as_deref()?;
-        self.required
-            .iter()
-            .chain(&self.optional)
-            .find(|field| field.name == key)
+        self.field(self.entity_key.as_deref()?)
     }
 
     /// Checks an event's payload (the event object for the Vimond envelope, `data` for
@@ -223,11 +261,36 @@ impl EventType {
         &self,
         payload: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<String> {
-        match self.entity_key_spec()?.find(payload)?.1 {
-            serde_json::Value::String(text) => Some(text.clone()),
-            serde_json::Value::Number(number) => Some(number.to_string()),
-            _ => None,
-        }
+        id_text(self.entity_key_spec()?, payload)
+    }
+
+    fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.required
+            .iter()
+            .chain(&self.optional)
+            .find(|field| field.name == name)
+    }
+
+    /// The video an event of this type changes (its `videoChange` field, as text), if
+    /// the type changes videos and the event names one.
+    pub fn changed_video(
+        &self,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<String> {
+        let rule = self.video_change.as_ref()?;
+        id_text(self.field(&rule.id_field)?, payload)
+    }
+}
+
+/// An id field's value as text: ids come as strings or numbers.
+fn id_text(
+    spec: &FieldSpec,
+    payload: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    match spec.find(payload)?.1 {
+        serde_json::Value::String(text) if !text.is_empty() => Some(text.clone()),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
     }
 }
 
@@ -272,6 +335,12 @@ pub enum CatalogError {
     UnknownTopic { event: String, topic: String },
     #[error("event type {event:?} has entity key {key:?}, which is not one of its fields")]
     UnknownEntityKey { event: String, key: String },
+    #[error(
+        "event type {event:?} changes the video named by {field:?}, which is not one of its fields"
+    )]
+    UnknownVideoField { event: String, field: String },
+    #[error("the catalog has no {VIDEO_CHANGE:?} event type, which Reelay derives")]
+    NoVideoChange,
 }
 
 impl Catalog {
@@ -354,6 +423,14 @@ impl Catalog {
                     key: key.clone(),
                 });
             }
+            if let Some(rule) = &event_type.video_change
+                && event_type.field(&rule.id_field).is_none()
+            {
+                return Err(CatalogError::UnknownVideoField {
+                    event: event_type.name.clone(),
+                    field: rule.id_field.clone(),
+                });
+            }
             let event_type = EventType {
                 legacy: Some(event_type.legacy.unwrap_or(legacy_topic)),
                 ..event_type
@@ -380,6 +457,14 @@ impl Catalog {
 
     pub fn event_type(&self, name: &str) -> Option<&EventType> {
         self.type_index.get(name).map(|&at| &self.event_types[at])
+    }
+
+    /// The topic of [`VIDEO_CHANGE`], the event the log writer derives. An operator's
+    /// file may move it to another topic, but not remove it.
+    pub fn video_change_topic(&self) -> Result<&str, CatalogError> {
+        self.event_type(VIDEO_CHANGE)
+            .map(|event_type| event_type.topic.as_str())
+            .ok_or(CatalogError::NoVideoChange)
     }
 }
 
@@ -596,6 +681,66 @@ mod tests {
     }
 
     #[test]
+    fn the_builtin_catalog_has_brightcove_and_says_which_events_change_videos() {
+        let catalog = Catalog::builtin();
+        assert_eq!(catalog.video_change_topic().unwrap(), "cms-notifications");
+        let change = catalog.event_type(VIDEO_CHANGE).unwrap();
+        assert_eq!(change.envelope, Envelope::Derived);
+        assert_eq!(change.video_change, None, "a change is not itself a change");
+        let notification = catalog.event_type("dynamic-ingest-notification").unwrap();
+        assert_eq!(notification.topic, "dynamic-ingest");
+        assert_eq!(notification.envelope, Envelope::Brightcove);
+        assert_eq!(notification.entity_key.as_deref(), Some("jobId"));
+        let rule = |name: &str| {
+            catalog
+                .event_type(name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .video_change
+                .as_ref()
+                .map(|rule| rule.id_field.as_str())
+        };
+        assert_eq!(rule("dynamic-ingest-notification"), Some("videoId"));
+        for name in [
+            "asset-created",
+            "asset-updated",
+            "asset-deleted",
+            "asset-published",
+            "asset-unpublished",
+            "mce-ingest-started",
+            "mce-ingest-completed",
+            "mce-ingest-failed",
+            "mce-ingest-cancelled",
+            "asset-media-import-queued",
+            "vmfm-transcoder-completed",
+            "vmfm-video-file-deleted",
+            "asset-event",
+        ] {
+            assert_eq!(rule(name), Some("assetId"), "{name}");
+        }
+        // Progress reports and what is not a video change nothing.
+        for name in [
+            "vmfm-transcoder-progress",
+            "category-updated",
+            "player_log_event",
+            "playlist-event",
+            "com.applicaster.video.started.v1",
+        ] {
+            assert_eq!(rule(name), None, "{name}");
+        }
+        // The seed 003 example: the video is named by videoId, as text.
+        let example = serde_json::json!({"entity": "default/audio192", "entityType": "DYNAMIC_RENDITION",
+            "version": "1", "action": "CREATE", "jobId": "d3ef8751-2b88-4141-95d5-83f0393aca07",
+            "videoId": "5660367449001", "dynamicRenditionId": "default/audio192", "language": "en",
+            "variant": "main", "accountId": "57838016001", "status": "SUCCESS"});
+        let example = example.as_object().unwrap();
+        assert_eq!(notification.check_fields(example), Ok(()));
+        assert_eq!(
+            notification.changed_video(example).as_deref(),
+            Some("5660367449001")
+        );
+    }
+
+    #[test]
     fn numeric_fields_take_numbers_and_numbers_as_text() {
         for (value, fits) in [
             (serde_json::json!(0), true),
@@ -650,6 +795,31 @@ mod tests {
             Catalog::from_file(&path),
             Err(CatalogError::UnknownEntityKey { .. })
         ));
+        std::fs::write(
+            &path,
+            r#"{"eventTypes": [{"name": "x", "topic": "asset-operations", "videoChange": {"idField": "nope"}}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            Catalog::from_file(&path),
+            Err(CatalogError::UnknownVideoField { .. })
+        ));
+        // Operators mark their own types as changing videos.
+        std::fs::write(
+            &path,
+            r#"{"eventTypes": [{"name": "clip-trimmed", "topic": "asset-operations",
+                                "required": [{"name": "clipId", "kind": "id"}], "videoChange": {"idField": "clipId"}}]}"#,
+        )
+        .unwrap();
+        let catalog = Catalog::from_file(&path).unwrap();
+        let trimmed = catalog.event_type("clip-trimmed").unwrap();
+        let payload = serde_json::json!({"clipId": 42});
+        assert_eq!(
+            trimmed
+                .changed_video(payload.as_object().unwrap())
+                .as_deref(),
+            Some("42")
+        );
         std::fs::write(&path, "{not json").unwrap();
         assert!(matches!(
             Catalog::from_file(&path),

@@ -250,7 +250,12 @@ impl Dispatcher {
                 tasks,
             }),
         };
-        for subscription in store.db().list_subscriptions(None).await? {
+        // Callbacks that expired while the server was down go first.
+        store
+            .db()
+            .delete_expired_callbacks(crate::model::now_millis())
+            .await?;
+        for subscription in store.db().all_subscriptions().await? {
             if subscription.disabled.is_none() {
                 dispatcher.add(subscription)?;
             }
@@ -291,9 +296,19 @@ impl Dispatcher {
     /// Moves a running subscription's cursor back to `cursor`, so every event after it
     /// is delivered again. Returns false when no worker runs for it.
     pub async fn rewind(&self, id: &str, cursor: i64) -> bool {
+        self.control(id, worker::Control::Rewind(cursor)).await
+    }
+
+    /// Tells an in-order subscription's worker that the retry it waits for is over
+    /// (delivered or dead), so the next delivery may go.
+    async fn retry_resolved(&self, id: &str, seq: i64) {
+        self.control(id, worker::Control::Resolved(seq)).await;
+    }
+
+    async fn control(&self, id: &str, command: worker::Control) -> bool {
         let control = self.workers().get(id).map(|handle| handle.control.clone());
         match control {
-            Some(control) => control.send(worker::Control::Rewind(cursor)).await.is_ok(),
+            Some(control) => control.send(command).await.is_ok(),
             None => false,
         }
     }
@@ -301,6 +316,25 @@ impl Dispatcher {
     /// The webhook client, shared with the API for the validation handshake.
     pub fn webhooks(&self) -> &WebhookSink {
         &self.shared.webhooks
+    }
+
+    /// Removes an expired job callback: its worker has stopped; its row, retries and
+    /// attempt records go.
+    async fn expire(&self, target: &Target) {
+        let subscription = &target.subscription;
+        match self
+            .store()
+            .db()
+            .delete_subscription(&subscription.account, &subscription.id)
+            .await
+        {
+            Ok(_) => tracing::info!(subscription = %subscription.id, "job callback expired"),
+            // It stays in the database and is removed at the next start.
+            Err(error) => {
+                tracing::error!(%error, subscription = %subscription.id, "removing an expired job callback failed")
+            }
+        }
+        self.remove(&subscription.id);
     }
 
     fn target(&self, id: &str) -> Option<Arc<Target>> {

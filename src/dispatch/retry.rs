@@ -152,6 +152,11 @@ impl Scheduler {
                 tracing::warn!(subscription = target.id(), event = %event.id, attempt, "retries used up; dead-lettered")
             }
         }
+        // An in-order subscription waits for this retry before its next delivery.
+        if target.subscription.in_order() && !matches!(verdict.retry, RetryState::Scheduled { .. })
+        {
+            self.dispatcher.retry_resolved(target.id(), event.seq).await;
+        }
         let disable = verdict.disable.clone().or(too_long);
         if let Some(reason) = &disable {
             tracing::warn!(

@@ -17,10 +17,13 @@ use crate::model::{StoredEvent, now_millis};
 use crate::sinks::Attempted;
 use crate::store::{AttemptRecord, Progress, RetryState, RetryUpdate};
 
-/// Commands from the API to a running worker.
+/// Commands from the API and the retry scheduler to a running worker.
 pub(super) enum Control {
     /// Deliver again every event after this sequence number.
     Rewind(i64),
+    /// The retry of this event is over (delivered or dead): an in-order subscription
+    /// that waited for it carries on.
+    Resolved(i64),
 }
 
 /// How often progress is saved while deliveries flow. Crashing loses at most this much
@@ -33,6 +36,10 @@ const FLUSH_RECORDS: usize = 1_024;
 /// a time, spaced along the retry schedule, until a delivery succeeds again. So an
 /// outage of hours costs one failed attempt per probe, not one per event.
 const BREAKER_THRESHOLD: u32 = 10;
+/// An in-order subscription that waits for a retry is told when it is over (delivered or
+/// dead); it also looks at the retry set this often, so a word lost to a restart of its
+/// worker cannot stall it.
+const RECHECK_WAITING: Duration = Duration::from_secs(5);
 /// Probes are spaced by the retry schedule, but never further apart than its entry at
 /// this position (5 minutes by default), so a recovery is noticed soon.
 const PROBE_SCHEDULE_CAP: u32 = 5;
@@ -55,6 +62,9 @@ pub(super) struct Worker {
     saved_cursor: i64,
     /// While the endpoint is down: when the next probe may go.
     next_probe: tokio::time::Instant,
+    /// In-order subscriptions only: the event whose retry must be over before the next
+    /// delivery starts.
+    waiting_for: Option<i64>,
 }
 
 impl Worker {
@@ -86,21 +96,42 @@ impl Worker {
             report,
             saved_cursor: cursor,
             next_probe: tokio::time::Instant::now(),
+            waiting_for: None,
         }
     }
 
     pub(super) async fn run(mut self) {
-        let max_in_flight = self
-            .target
-            .max_in_flight(self.dispatcher.config().max_in_flight);
-        let batch_size = self.target.batch_size();
+        let subscription = &self.target.subscription;
+        let in_order = subscription.in_order();
+        let (max_in_flight, batch_size) = match in_order {
+            true => (1, 1),
+            false => (
+                self.target
+                    .max_in_flight(self.dispatcher.config().max_in_flight),
+                self.target.batch_size(),
+            ),
+        };
         // Events read ahead of the calls that will carry them.
         let read_ahead = max_in_flight * batch_size;
+        if in_order {
+            // A retry left from before a restart still comes first.
+            self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
+        }
+        let mut recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + RECHECK_WAITING,
+            RECHECK_WAITING,
+        );
+        let expires = subscription.expires_at().map(|at| {
+            let left = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_millis(left)
+        });
+        let mut expired = false;
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let endpoint_down = self.target.consecutive_failures() >= BREAKER_THRESHOLD;
             let may_start = match endpoint_down {
+                _ if self.waiting_for.is_some() => 0,
                 false => max_in_flight,
                 true if self.in_flight.is_empty()
                     && tokio::time::Instant::now() >= self.next_probe =>
@@ -136,17 +167,29 @@ impl Worker {
                     }
                 }
                 events = self.feed.next(), if self.pending.len() < read_ahead => {
-                    let filter = &self.target.subscription.filter;
-                    self.pending.extend(
-                        events.into_iter().filter(|event| filter.matches(&event.name, &event.topic)),
-                    );
+                    let subscription = &self.target.subscription;
+                    self.pending.extend(events.into_iter().filter(|event| subscription.wants(event)));
                 }
                 _ = flush.tick() => self.flush().await,
                 _ = tokio::time::sleep_until(self.next_probe), if wait_for_probe => {}
+                _ = recheck.tick(), if self.waiting_for.is_some() => {
+                    // Everything this worker reported is committed before the look.
+                    self.flush().await;
+                    if self.dispatcher.store().flush().await.is_ok() {
+                        self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
+                    }
+                }
+                _ = sleep_until_some(expires) => {
+                    expired = true;
+                    break;
+                }
             }
         }
         self.finish_in_flight().await;
         self.flush().await;
+        if expired {
+            self.dispatcher.expire(&self.target).await;
+        }
     }
 
     fn start(&mut self, batch: Vec<Arc<StoredEvent>>) {
@@ -182,6 +225,11 @@ impl Worker {
                 self.feed.rewind(cursor);
                 self.saved_cursor = i64::MAX; // force the next flush to save the cursor
             }
+            Control::Resolved(seq) => {
+                if self.waiting_for == Some(seq) {
+                    self.waiting_for = None;
+                }
+            }
         }
     }
 
@@ -214,6 +262,13 @@ impl Worker {
         } = &verdict.retry
         {
             self.dispatcher.shared.retry_wake.at(*next_attempt_at);
+        }
+        if matches!(verdict.retry, RetryState::Scheduled { .. })
+            && self.target.subscription.in_order()
+        {
+            // The next delivery waits until the retry set has delivered this one or
+            // given up on it: the receiver sees the events in order.
+            self.waiting_for = Some(event.seq);
         }
         if verdict.retry != RetryState::Delivered {
             tracing::debug!(subscription = self.target.id(), event = %event.id, "delivery failed; retry scheduled");
@@ -289,6 +344,25 @@ impl Worker {
                 _ = &mut grace => break,
             }
         }
+    }
+}
+
+/// The first of a subscription's deliveries waiting in the retry set.
+async fn pending_retry(dispatcher: &Dispatcher, id: &str) -> Option<i64> {
+    match dispatcher.store().db().first_pending_retry(id).await {
+        Ok(seq) => seq,
+        Err(error) => {
+            tracing::error!(%error, subscription = id, "reading pending retries failed");
+            None
+        }
+    }
+}
+
+/// Completes at `at`, or never.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

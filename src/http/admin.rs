@@ -76,8 +76,9 @@ pub async fn create_key(
         super::cloudevents::receive, super::token_verification::put_settings,
         super::token_verification::get_settings, super::token_verification::delete_settings,
         super::subscriptions::create, super::subscriptions::list, super::subscriptions::get_one,
-        super::subscriptions::delete, super::subscriptions::enable, super::subscriptions::deliveries,
+        super::subscriptions::delete, super::subscriptions::update, super::subscriptions::enable, super::subscriptions::deliveries,
         super::subscriptions::replay,
+        super::jobs::register, super::jobs::list, super::jobs::publish,
     ),
     modifiers(&BearerAuth)
 )]

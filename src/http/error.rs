@@ -3,7 +3,8 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::header::ALLOW;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -44,6 +45,13 @@ pub enum ApiError {
         message: String,
         index: Option<usize>,
     },
+    /// The resource exists but does not take this method; `allow` lists those it takes.
+    #[error("{message}")]
+    MethodNotAllowed {
+        code: &'static str,
+        message: String,
+        allow: &'static str,
+    },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -78,6 +86,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::UserToken { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            ApiError::MethodNotAllowed { code, .. } => (StatusCode::METHOD_NOT_ALLOWED, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
@@ -151,6 +160,10 @@ impl IntoResponse for ApiError {
         if let ApiError::Store(error) = &self {
             tracing::error!(%error, "storage error");
         }
+        let allow = match &self {
+            ApiError::MethodNotAllowed { allow, .. } => Some(*allow),
+            _ => None,
+        };
         let mut detail = ErrorDetail {
             code: code.to_owned(),
             message: self.to_string(),
@@ -174,6 +187,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        (status, Json(ErrorBody { error: detail })).into_response()
+        let mut response = (status, Json(ErrorBody { error: detail })).into_response();
+        if let Some(allow) = allow {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
     }
 }

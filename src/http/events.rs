@@ -15,7 +15,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::ingest;
-use crate::model::StoredEvent;
+use crate::model::{NewEvent, StoredEvent};
 use crate::store::{Appended, EventQuery};
 
 /// The answer to a publish: the ids of the accepted events, in request order.
@@ -48,6 +48,14 @@ pub async fn publish(
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
     caller.check_account(&account)?;
     let events = ingest::native::parse(&state.catalog, &account, &body)?;
+    Ok((StatusCode::ACCEPTED, Json(append(&state, events).await?)))
+}
+
+/// Appends validated events to the log; answers once they are committed.
+pub(super) async fn append(
+    state: &AppState,
+    events: Vec<NewEvent>,
+) -> Result<PublishOut, ApiError> {
     let count = events.len();
     let appended = state.store.append(events).await?;
     let stored = appended
@@ -56,14 +64,11 @@ pub async fn publish(
         .count();
     metrics::counter!("reelay_events_published_total").increment(stored as u64);
     let ids = appended.iter().map(|a| a.id().to_owned()).collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(PublishOut {
-            ids,
-            stored,
-            duplicates: count - stored,
-        }),
-    ))
+    Ok(PublishOut {
+        ids,
+        stored,
+        duplicates: count - stored,
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cloudevents;
 pub mod error;
 pub mod events;
+pub mod jobs;
 pub mod subscriptions;
 pub mod token_verification;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub public_url: Option<url::Url>,
     /// The `WebHook-Request-Origin` of validation handshakes (its host, or a default).
     pub webhook_origin: String,
+    /// How long a job's callback registration lasts.
+    pub job_callback_ttl: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(cloudevents::router())
         .merge(token_verification::router())
         .merge(subscriptions::router())
+        .merge(jobs::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -19,7 +19,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription, now_millis,
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
+    SubscriptionKind, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
 use crate::sinks::webhook::{check_destination, generate_secret, parse_url};
@@ -68,6 +69,12 @@ struct Creation {
 pub struct SubscriptionOut {
     pub id: String,
     pub account: String,
+    /// For a job's callback registration: the job whose notifications it receives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// For a job's callback registration: when it ends (epoch milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
     /// The webhook URL, for webhook destinations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -116,7 +123,13 @@ impl SubscriptionOut {
                 message: reason.message().to_owned(),
                 at: subscription.disabled_at,
             });
+        let job = match &subscription.kind {
+            SubscriptionKind::Standing => None,
+            SubscriptionKind::JobCallback { job, .. } => Some(job.clone()),
+        };
         SubscriptionOut {
+            expires_at: subscription.expires_at(),
+            job,
             id: subscription.id,
             account: subscription.account,
             endpoint,
@@ -193,7 +206,7 @@ pub async fn create(
     // Serialized so two concurrent requests cannot both pass the duplicate and limit
     // checks.
     let _guard = state.subscription_writes.lock().await;
-    let existing = state.store.db().list_subscriptions(Some(&account)).await?;
+    let existing = state.store.db().list_subscriptions(&account).await?;
     check_limits(
         &existing,
         &destination,
@@ -204,6 +217,7 @@ pub async fn create(
     let new = NewSubscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
         account: account.clone(),
+        kind: SubscriptionKind::Standing,
         destination,
         filter,
         format,
@@ -284,7 +298,9 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         .as_object()
         .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
 
-    let destination = match (object.get("endpoint"), object.get("destination")) {
+    // A null field is an absent one, as for `events`.
+    let given = |field: &str| object.get(field).filter(|value| !value.is_null());
+    let destination = match (given("endpoint"), given("destination")) {
         (Some(Value::String(url)), None) => Destination::Webhook { url: url.clone() },
         (None, Some(destination)) => {
             serde_json::from_value(destination.clone()).map_err(|error| {
@@ -533,7 +549,7 @@ pub async fn list(
     Path(account): Path<String>,
 ) -> Result<Json<Vec<SubscriptionOut>>, ApiError> {
     caller.check_account(&account)?;
-    let subscriptions = state.store.db().list_subscriptions(Some(&account)).await?;
+    let subscriptions = state.store.db().list_subscriptions(&account).await?;
     Ok(Json(
         subscriptions
             .into_iter()
@@ -594,6 +610,29 @@ pub async fn delete(
     state.dispatcher.remove(&id);
     tracing::info!(subscription = %id, %account, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Subscriptions cannot be updated (seed 004): delete one and create another. Answered
+/// `405` with that advice rather than a bare "method not allowed".
+#[utoipa::path(
+    method(put, patch), path = "/v1/accounts/{account}/subscriptions/{id}", tag = "subscriptions",
+    params(("account" = String, Path), ("id" = String, Path)),
+    responses((status = 405, description = "subscriptions cannot be updated: delete and create", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    find(&state, &caller, &account, &id).await?;
+    Err(ApiError::MethodNotAllowed {
+        code: "update_not_supported",
+        message: format!(
+            "subscriptions cannot be updated: delete {id:?} and create a new subscription"
+        ),
+        allow: "GET, DELETE",
+    })
 }
 
 /// Enable a disabled subscription: deliveries resume from its cursor, and its waiting
@@ -827,7 +866,7 @@ pub fn router() -> axum::Router<AppState> {
         )
         .route(
             "/v1/accounts/{account}/subscriptions/{id}",
-            get(get_one).delete(delete),
+            get(get_one).delete(delete).put(update).patch(update),
         )
         .route(
             "/v1/accounts/{account}/subscriptions/{id}/enable",

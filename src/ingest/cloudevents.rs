@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::IngestError;
 use super::user_token::UserToken;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Envelope};
 use crate::model::{Document, Millis, NewEvent, cloudevent_id};
 
 /// The structured content mode's media type.
@@ -59,6 +59,8 @@ pub struct Incoming {
     pub name: String,
     pub topic: String,
     pub entity_key: Option<String>,
+    /// The video the event changes (its type's `videoChange`).
+    pub video: Option<String>,
     /// `time`, when the event has one.
     pub occurred_at: Option<Millis>,
     /// The structured event's members, in order. When `data` is an object its value
@@ -122,6 +124,7 @@ impl Incoming {
             name: self.name,
             topic: self.topic,
             entity_key: self.entity_key,
+            video: self.video,
             occurred_at: self.occurred_at.unwrap_or(now),
             body: Document::from(text),
         }
@@ -450,6 +453,20 @@ fn validate(
             format!("{name:?} is not an event type in the catalog (see GET /v1/catalog)"),
         );
     };
+    // Vimond types may come as CloudEvents (their fields in `data`); a Dynamic Ingest
+    // notification's job comes from its path, and a derived event is never published.
+    if matches!(
+        event_type.envelope,
+        Envelope::Brightcove | Envelope::Derived
+    ) {
+        return fail(
+            "type",
+            format!(
+                "{name:?} is not accepted here: {}",
+                event_type.envelope.how_published()
+            ),
+        );
+    }
 
     // The data: when an object, its members are kept in order and checked against the
     // catalog type's fields.
@@ -489,6 +506,7 @@ fn validate(
         .check_fields(&payload)
         .map_err(|(field, message)| (format!("data.{field}"), message))?;
     let entity_key = event_type.entity_key_of(&payload);
+    let video = event_type.changed_video(&payload);
     let (user_slot, user) = match &mut data {
         Some(data_members) => match data_members.iter().position(|(f, _)| f == USER_FIELD) {
             Some(at) => {
@@ -510,6 +528,7 @@ fn validate(
         name,
         topic: event_type.topic.clone(),
         entity_key,
+        video,
         occurred_at,
         members,
         data,

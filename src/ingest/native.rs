@@ -4,7 +4,6 @@
 //! and their order reach subscribers unchanged.
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::IngestError;
@@ -13,65 +12,9 @@ use crate::model::{Document, NewEvent, is_cloudevent_id};
 
 /// Parses and validates a publish body. The first invalid event refuses the whole body.
 pub fn parse(catalog: &Catalog, account: &str, body: &Bytes) -> Result<Vec<NewEvent>, IngestError> {
-    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
-        // One event: parsed once, straight into its fields.
-        Some(b'{') => {
-            let fields: Map<String, Value> = serde_json::from_slice(body).map_err(malformed)?;
-            let text = std::str::from_utf8(body).map_err(|_| not_utf8())?.trim();
-            let event = validate(catalog, account, &fields, Document::slice_of(body, text))
-                .map_err(|(field, message)| IngestError::Invalid {
-                    index: None,
-                    field,
-                    message,
-                })?;
-            Ok(vec![event])
-        }
-        // A batch: each item keeps its own text, then is parsed into its fields.
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
-            if items.is_empty() {
-                return Err(IngestError::Empty);
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(index, raw)| {
-                    let invalid = |field: &str, message: String| IngestError::Invalid {
-                        index: Some(index),
-                        field: field.to_owned(),
-                        message,
-                    };
-                    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
-                        return Err(invalid("", "an event must be a JSON object".into()));
-                    };
-                    validate(
-                        catalog,
-                        account,
-                        &fields,
-                        Document::slice_of(body, raw.get()),
-                    )
-                    .map_err(|(field, message)| invalid(&field, message))
-                })
-                .collect()
-        }
-        _ => {
-            // Malformed JSON gets its position; well-formed JSON of another kind, a 422.
-            let _: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
-            Err(IngestError::Invalid {
-                index: None,
-                field: String::new(),
-                message: "the body must be an event object or an array of event objects".into(),
-            })
-        }
-    }
-}
-
-fn not_utf8() -> IngestError {
-    IngestError::Malformed {
-        line: 1,
-        column: 1,
-        message: "the body is not UTF-8".into(),
-    }
+    super::each_object(body, "event", |fields, document| {
+        validate(catalog, account, fields, document)
+    })
 }
 
 /// Checks one event; on failure says which field and why.
@@ -93,12 +36,15 @@ fn validate(
             format!("{name:?} is not an event name in the catalog (see GET /v1/catalog)"),
         );
     };
-    if event_type.envelope == Envelope::Cloudevents {
-        // Its data carries a user token that only the CloudEvents endpoint pseudonymises.
+    // A CloudEvents type's data carries a user token that only the CloudEvents endpoint
+    // pseudonymises; a Dynamic Ingest notification's job comes from its path; a derived
+    // event is never published.
+    if event_type.envelope != Envelope::Vimond {
         return fail(
             "eventName",
             format!(
-                "{name:?} is a CloudEvents type: publish it to POST /v1/accounts/{account}/cloudevents"
+                "{name:?} is not accepted here: {}",
+                event_type.envelope.how_published()
             ),
         );
     }
@@ -148,24 +94,16 @@ fn validate(
         field.check(fields, false, name)?;
     }
     event_type.check_fields(fields)?;
-    let entity_key = event_type.entity_key_of(fields);
     Ok(NewEvent {
         account: account.to_owned(),
         id: id.clone(),
         name: name.clone(),
         topic: event_type.topic.clone(),
-        entity_key,
+        entity_key: event_type.entity_key_of(fields),
+        video: event_type.changed_video(fields),
         occurred_at,
         body,
     })
-}
-
-fn malformed(error: serde_json::Error) -> IngestError {
-    IngestError::Malformed {
-        line: error.line(),
-        column: error.column(),
-        message: error.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -291,11 +229,39 @@ mod tests {
     }
 
     #[test]
-    fn cloudevents_types_are_refused_here() {
+    fn cloudevents_brightcove_and_derived_types_are_refused_here() {
         // Their data carries user tokens only the CloudEvents endpoint replaces.
         let zapp = json!({"eventName": "com.applicaster.favorites.added.v1", "guid": "z",
                           "timestamp": "2021-04-12T23:20:50.52Z", "userIdentifier": "token", "entryId": "1"});
         assert_eq!(invalid(&zapp), (None, "eventName".into()));
+        // A notification's job comes from its path; a video's version from Reelay.
+        let notification = json!({"eventName": "dynamic-ingest-notification", "guid": "n",
+                                  "timestamp": "2021-04-12T23:20:50.52Z", "entity": "poster",
+                                  "entityType": "ASSET", "action": "CREATE", "status": "SUCCESS"});
+        assert_eq!(invalid(&notification), (None, "eventName".into()));
+        let forged = json!({"eventName": "video-change", "guid": "v", "timestamp": "2021-04-12T23:20:50.52Z",
+                            "account_id": "vimond", "event": "video-change", "video": "1", "version": 99});
+        assert_eq!(invalid(&forged), (None, "eventName".into()));
+    }
+
+    #[test]
+    fn events_that_change_a_video_name_it() {
+        let events = parse(
+            &catalog(),
+            "vimond",
+            &Bytes::from(asset_updated("v").to_string()),
+        )
+        .unwrap();
+        assert_eq!(events[0].video.as_deref(), Some("897874"));
+        let category = json!({"eventName": "category-updated", "guid": "c",
+                              "timestamp": "2022-09-19T08:36:30Z", "categoryId": 5});
+        let events = parse(&catalog(), "vimond", &Bytes::from(category.to_string())).unwrap();
+        assert_eq!(events[0].video, None, "a category is not a video");
+        // A type that changes videos, without the video's id: nothing to report.
+        let anonymous = json!({"eventName": "vmfm-archive-started", "guid": "a",
+                               "timestamp": "2022-09-19T08:36:30Z"});
+        let events = parse(&catalog(), "vimond", &Bytes::from(anonymous.to_string())).unwrap();
+        assert_eq!(events[0].video, None);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct NewEvent {
     pub topic: String,
     /// The value of the type's entity key field (`assetId`, `categoryId`, …), as text.
     pub entity_key: Option<String>,
+    /// The video this event changes (its type's `videoChange` rule in the catalog): the
+    /// log writer follows it with a `video-change` carrying the video's next version.
+    pub video: Option<String>,
     /// When the event happened, as the publisher said (`timestamp`).
     pub occurred_at: Millis,
     pub body: Document,

@@ -8,6 +8,7 @@ mod token_verification;
 pub use event::{Document, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
 pub use subscription::{
     AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
+    SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::Millis;
+use super::{Millis, StoredEvent};
 
 /// Where deliveries go. One variant per sink.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -141,11 +141,23 @@ impl DisabledReason {
     }
 }
 
+/// What a subscription is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    /// A standing order, made through the subscription API.
+    Standing,
+    /// A callback URL of one Dynamic Ingest job (seed 003): it receives that job's
+    /// notifications (events whose entity key is the job) one at a time, in publish
+    /// order, until it expires.
+    JobCallback { job: String, expires_at: Millis },
+}
+
 /// A subscription as the API creates it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSubscription {
     pub id: String,
     pub account: String,
+    pub kind: SubscriptionKind,
     pub destination: Destination,
     pub filter: EventFilter,
     pub format: Format,
@@ -158,6 +170,7 @@ pub struct NewSubscription {
 pub struct Subscription {
     pub id: String,
     pub account: String,
+    pub kind: SubscriptionKind,
     pub destination: Destination,
     pub filter: EventFilter,
     pub format: Format,
@@ -172,6 +185,33 @@ pub struct Subscription {
     pub last_success_at: Option<Millis>,
     /// Deliveries that succeeded at the first attempt.
     pub delivered: u64,
+}
+
+impl Subscription {
+    /// Whether this subscription receives `event`.
+    pub fn wants(&self, event: &StoredEvent) -> bool {
+        self.filter.matches(&event.name, &event.topic)
+            && match &self.kind {
+                SubscriptionKind::Standing => true,
+                SubscriptionKind::JobCallback { job, .. } => {
+                    event.entity_key.as_deref() == Some(job.as_str())
+                }
+            }
+    }
+
+    /// Whether deliveries go one at a time, each only once the one before it is
+    /// delivered or dead: a job's callbacks see its notifications in publish order.
+    pub fn in_order(&self) -> bool {
+        matches!(self.kind, SubscriptionKind::JobCallback { .. })
+    }
+
+    /// When it stops and is removed, if it does.
+    pub fn expires_at(&self) -> Option<Millis> {
+        match self.kind {
+            SubscriptionKind::Standing => None,
+            SubscriptionKind::JobCallback { expires_at, .. } => Some(expires_at),
+        }
+    }
 }
 
 #[cfg(test)]

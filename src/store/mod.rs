@@ -7,6 +7,7 @@
 //! transaction: concurrent publishers share one fsync (group commit). Everything else is
 //! a plain query on the connection pool.
 
+mod derive;
 mod sqlite;
 mod writer;
 
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Durability;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
+pub use derive::Derivation;
 use sqlite::LogConnection;
 pub use sqlite::SqliteStore;
 pub use writer::CommittedBatch;
@@ -209,15 +211,28 @@ async fn checkpoints(db: SqliteStore, open: mpsc::WeakSender<writer::WriteOp>) {
 const COMMITTED_BACKLOG: usize = 64;
 
 impl Store {
-    /// Opens (creating if needed) the database, runs migrations and starts the writer.
-    pub async fn open(url: &str, durability: Durability, tasks: &TaskTracker) -> Result<Store> {
+    /// Opens (creating if needed) the database, runs migrations and starts the writer,
+    /// which derives events as `derivation` says.
+    pub async fn open(
+        url: &str,
+        durability: Durability,
+        derivation: Derivation,
+        tasks: &TaskTracker,
+    ) -> Result<Store> {
         let db = SqliteStore::open(url, durability).await?;
         let head_seq = db.head().await?;
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
         let connection = db.log_connection(durability)?;
-        let writer = writer::Writer::new(connection, queue, committed.clone(), head_tx, head_seq);
+        let writer = writer::Writer::new(
+            connection,
+            queue,
+            committed.clone(),
+            head_tx,
+            head_seq,
+            derivation,
+        );
         // The writer blocks on SQLite and its fsync: it gets a thread of its own.
         tasks.spawn(async move {
             if let Err(error) = tokio::task::spawn_blocking(move || writer.run()).await {

@@ -9,6 +9,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 
+use super::derive::Derivation;
+use super::writer::{LogRow, Written};
 use super::{
     AttemptRecord, DueRetry, EventQuery, Health, KeyOwner, Progress, Result, RetryEntry,
     RetryState, StoreError, StoredAttempt,
@@ -16,7 +18,7 @@ use super::{
 use crate::config::Durability;
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, Millis, NewSubscription, StoredEvent,
-    Subscription, TokenVerification,
+    Subscription, SubscriptionKind, TokenVerification,
 };
 
 /// WAL frames (pages) past which a checkpoint restarts the WAL: 64 MB of 4 KB pages.
@@ -119,10 +121,16 @@ impl SqliteStore {
         Ok(busy != 0)
     }
 
+    /// The last position handed out: the last event, or a cursor past it. Writers before
+    /// this one could save a cursor on a position that only a duplicate had taken; new
+    /// events start after it, so that cursor skips none of them.
     pub async fn head(&self) -> Result<i64> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
+        let head: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(position) FROM (SELECT MAX(seq) AS position FROM events \
+             UNION ALL SELECT MAX(cursor) FROM subscriptions)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(head.unwrap_or(0))
     }
 
@@ -216,9 +224,13 @@ impl SqliteStore {
         cursor: i64,
         created_at: Millis,
     ) -> Result<()> {
+        let (job_id, expires_at) = match &subscription.kind {
+            SubscriptionKind::Standing => (None, None),
+            SubscriptionKind::JobCallback { job, expires_at } => (Some(job), Some(*expires_at)),
+        };
         sqlx::query(
-            "INSERT INTO subscriptions (id, account, destination, events, topics, format, secret, created_at, cursor) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO subscriptions (id, account, destination, events, topics, format, secret, created_at, cursor, \
+             job_id, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&subscription.id)
         .bind(&subscription.account)
@@ -229,29 +241,81 @@ impl SqliteStore {
         .bind(&subscription.secret)
         .bind(created_at)
         .bind(cursor)
+        .bind(job_id)
+        .bind(expires_at)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Subscriptions of one account, or of every account.
-    pub async fn list_subscriptions(&self, account: Option<&str>) -> Result<Vec<Subscription>> {
-        let rows: Vec<SubscriptionRow> = match account {
-            Some(account) => {
-                sqlx::query_as(
-                    "SELECT * FROM subscriptions WHERE account = ? ORDER BY created_at, id",
-                )
-                .bind(account)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+    /// The standing subscriptions of one account (what the subscription API lists; job
+    /// callbacks are listed per job).
+    pub async fn list_subscriptions(&self, account: &str) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = ? AND job_id IS NULL ORDER BY created_at, id",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// Every subscription of every kind and account: what dispatch runs.
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> =
+            sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// The callback registrations of one job.
+    pub async fn job_callbacks(&self, account: &str, job: &str) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = ? AND job_id = ? ORDER BY created_at, id",
+        )
+        .bind(account)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// Deletes the job callbacks that expired by `now`, with their retry sets and
+    /// attempt records; returns their ids.
+    pub async fn delete_expired_callbacks(&self, now: Millis) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM retries WHERE subscription_id IN \
+             (SELECT id FROM subscriptions WHERE expires_at <= ?)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM attempts WHERE subscription_id IN \
+             (SELECT id FROM subscriptions WHERE expires_at <= ?)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("DELETE FROM subscriptions WHERE expires_at <= ? RETURNING id")
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// The earliest delivery of a subscription that waits for a retry (not dead).
+    pub async fn first_pending_retry(&self, subscription_id: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(seq) FROM retries WHERE subscription_id = ? AND dead_at IS NULL",
+        )
+        .bind(subscription_id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
@@ -571,6 +635,8 @@ struct SubscriptionRow {
     failing_since: Option<i64>,
     last_success_at: Option<i64>,
     delivered: i64,
+    job_id: Option<String>,
+    expires_at: Option<i64>,
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {
@@ -588,9 +654,15 @@ impl TryFrom<SubscriptionRow> for Subscription {
         let disabled = row.disabled_code.map(|code| {
             DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default())
         });
+        let kind = match (row.job_id, row.expires_at) {
+            (None, None) => SubscriptionKind::Standing,
+            (Some(job), Some(expires_at)) => SubscriptionKind::JobCallback { job, expires_at },
+            _ => return Err(corrupt("job_id and expires_at")),
+        };
         Ok(Subscription {
             id: row.id,
             account: row.account,
+            kind,
             destination,
             filter: EventFilter { events, topics },
             format,
@@ -646,46 +718,76 @@ const INSERT_EVENT: &str = "INSERT INTO events (seq, account, event_id, name, to
      occurred_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
      ON CONFLICT (account, event_id) DO NOTHING";
 
+/// The video's next version, in one statement: 1 for a video never seen.
+const NEXT_VIDEO_VERSION: &str = "INSERT INTO video_versions (account, video, version) \
+     VALUES (?1, ?2, 1) ON CONFLICT (account, video) DO UPDATE SET version = version + 1 \
+     RETURNING version";
+
+fn insert_event(insert: &mut rusqlite::CachedStatement<'_>, event: &StoredEvent) -> Result<bool> {
+    let changed = insert.execute(rusqlite::params![
+        event.seq,
+        event.account,
+        event.id,
+        event.name,
+        event.topic,
+        event.entity_key,
+        event.occurred_at,
+        event.received_at,
+        event.body.as_str(),
+    ])?;
+    // Nothing changed: an earlier commit stored this id.
+    Ok(changed == 1)
+}
+
 impl LogConnection {
-    /// Commits new events and progress reports in one transaction. Returns the sequence
-    /// numbers of the events actually inserted (the others were duplicates).
+    /// Commits new events, the events they cause ([`Derivation`]) and progress reports
+    /// in one transaction. Returns what became of each row, in order.
     pub(super) fn commit_group(
         &mut self,
-        events: &[StoredEvent],
+        rows: &[LogRow],
         progress: &[Progress],
-    ) -> Result<Vec<i64>> {
+        derivation: &Derivation,
+    ) -> Result<Vec<Written>> {
         // IMMEDIATE takes the write lock first, so another writer (the retry claims, a
         // checkpoint) makes this wait under the busy timeout instead of failing with
         // "database is locked" when a read turns into a write mid-transaction.
         let tx = self
             .0
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut inserted = Vec::with_capacity(events.len());
+        let mut written = Vec::with_capacity(rows.len());
         {
             let mut insert = tx.prepare_cached(INSERT_EVENT)?;
-            for event in events {
-                let changed = insert.execute(rusqlite::params![
-                    event.seq,
-                    event.account,
-                    event.id,
-                    event.name,
-                    event.topic,
-                    event.entity_key,
-                    event.occurred_at,
-                    event.received_at,
-                    event.body.as_str(),
-                ])?;
-                // Nothing changed: an earlier commit stored this id.
-                if changed == 1 {
-                    inserted.push(event.seq);
+            for row in rows {
+                if !insert_event(&mut insert, &row.event)? {
+                    written.push(Written::Duplicate);
+                    continue;
                 }
+                let video_change = match &row.video_change {
+                    None => None,
+                    Some((video, seq)) => {
+                        let version: i64 = tx
+                            .prepare_cached(NEXT_VIDEO_VERSION)?
+                            .query_row(rusqlite::params![row.event.account, video], |r| r.get(0))?;
+                        let change = derivation.video_change(&row.event, video, version, *seq);
+                        // Its id is fresh and random: a conflict means the log is not
+                        // what this writer thinks, and the whole commit must not stand.
+                        if !insert_event(&mut insert, &change)? {
+                            return Err(StoreError::Corrupt(format!(
+                                "derived event id {} already taken",
+                                change.id
+                            )));
+                        }
+                        Some(change)
+                    }
+                };
+                written.push(Written::Stored { video_change });
             }
         }
         for report in progress {
             apply_progress(&tx, report)?;
         }
         tx.commit()?;
-        Ok(inserted)
+        Ok(written)
     }
 }
 

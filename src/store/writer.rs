@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::derive::Derivation;
 use super::{Appended, LogConnection, Progress, Result, StoreError};
 use crate::model::{NewEvent, StoredEvent, now_millis};
 
@@ -33,6 +34,24 @@ pub(super) enum WriteOp {
     Flush(oneshot::Sender<()>),
 }
 
+/// An event on its way into the log.
+pub(super) struct LogRow {
+    pub event: StoredEvent,
+    /// The video the event changes, and the position reserved for its `video-change`
+    /// (right after the event, so a subscriber sees the change after its cause).
+    pub video_change: Option<(String, i64)>,
+}
+
+/// What became of a [`LogRow`] in its commit.
+#[derive(Debug)]
+pub(super) enum Written {
+    /// An earlier commit stored this id: nothing new, nothing derived.
+    Duplicate,
+    Stored {
+        video_change: Option<StoredEvent>,
+    },
+}
+
 /// Bounds one transaction, so a burst does not hold every publisher for one long commit.
 const MAX_EVENTS_PER_COMMIT: usize = 5_000;
 const MAX_OPS_PER_COMMIT: usize = 1_024;
@@ -43,6 +62,7 @@ pub(super) struct Writer {
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Sender<i64>,
     next_seq: i64,
+    derivation: Derivation,
 }
 
 impl Writer {
@@ -52,6 +72,7 @@ impl Writer {
         committed: broadcast::Sender<Arc<CommittedBatch>>,
         head: watch::Sender<i64>,
         head_seq: i64,
+        derivation: Derivation,
     ) -> Writer {
         Writer {
             connection,
@@ -59,6 +80,7 @@ impl Writer {
             committed,
             head,
             next_seq: head_seq + 1,
+            derivation,
         }
     }
 
@@ -100,17 +122,26 @@ impl Writer {
                         if seen.insert((event.account.clone(), event.id.clone())) {
                             let seq = self.next_seq;
                             self.next_seq += 1;
+                            // Reserved even if the event turns out to be a duplicate: a
+                            // gap in the log is fine.
+                            let video_change = event.video.map(|video| {
+                                self.next_seq += 1;
+                                (video, seq + 1)
+                            });
                             slots.push(Slot::New(rows.len()));
-                            rows.push(StoredEvent {
-                                seq,
-                                account: event.account,
-                                id: event.id,
-                                name: event.name,
-                                topic: event.topic,
-                                entity_key: event.entity_key,
-                                occurred_at: event.occurred_at,
-                                received_at,
-                                body: event.body,
+                            rows.push(LogRow {
+                                event: StoredEvent {
+                                    seq,
+                                    account: event.account,
+                                    id: event.id,
+                                    name: event.name,
+                                    topic: event.topic,
+                                    entity_key: event.entity_key,
+                                    occurred_at: event.occurred_at,
+                                    received_at,
+                                    body: event.body,
+                                },
+                                video_change,
                             });
                         } else {
                             slots.push(Slot::Duplicate(event.id));
@@ -124,18 +155,27 @@ impl Writer {
         }
 
         let started = std::time::Instant::now();
-        let committed = self.connection.commit_group(&rows, &progress);
+        let committed = self
+            .connection
+            .commit_group(&rows, &progress, &self.derivation);
         metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
         match committed {
-            Ok(inserted) => {
-                let inserted: HashSet<i64> = inserted.into_iter().collect();
+            Ok(written) => {
+                // In log order: each derived event right after its cause.
+                let mut events = Vec::with_capacity(rows.len());
                 // A row the database skipped had its id stored by an earlier commit.
                 let stored: Vec<Result<Arc<StoredEvent>, String>> = rows
                     .into_iter()
-                    .map(|row| match inserted.contains(&row.seq) {
-                        true => Ok(Arc::new(row)),
-                        false => Err(row.id),
+                    .zip(written)
+                    .map(|(row, written)| match written {
+                        Written::Stored { video_change } => {
+                            let event = Arc::new(row.event);
+                            events.push(event.clone());
+                            events.extend(video_change.map(Arc::new));
+                            Ok(event)
+                        }
+                        Written::Duplicate => Err(row.event.id),
                     })
                     .collect();
                 for (slots, reply) in appends {
@@ -151,9 +191,14 @@ impl Writer {
                         .collect();
                     let _ = reply.send(Ok(answer));
                 }
-                let upto = self.next_seq - 1;
+                // Positions handed out to rows that turned out to be duplicates are given
+                // back when nothing stored follows them: the head must be the last stored
+                // event, as a restart reads it from the log. Otherwise a cursor could be
+                // saved past that head, and the events that reuse those positions after a
+                // restart would be skipped.
+                let upto = events.last().map_or(after, |event| event.seq);
+                self.next_seq = upto + 1;
                 if upto > after {
-                    let events: Vec<_> = stored.into_iter().filter_map(Result::ok).collect();
                     self.head.send_replace(upto);
                     // No receiver is fine: dispatchers that start later read the log.
                     let _ = self.committed.send(Arc::new(CommittedBatch {
@@ -165,7 +210,8 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "group commit failed; its publishers get an error");
-                // The sequence numbers handed out above were never used; gaps are fine.
+                // Nothing was stored: the positions handed out above are free again.
+                self.next_seq = after + 1;
                 for (_, reply) in appends {
                     let _ = reply.send(Err(StoreError::CommitFailed(error.to_string())));
                 }
@@ -188,7 +234,10 @@ impl Writer {
         }
         let mut wait = std::time::Duration::from_millis(50);
         loop {
-            match self.connection.commit_group(&[], progress) {
+            match self
+                .connection
+                .commit_group(&[], progress, &self.derivation)
+            {
                 Ok(_) => return,
                 Err(error) => {
                     tracing::error!(%error, "saving delivery progress failed; trying again");

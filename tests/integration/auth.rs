@@ -55,7 +55,12 @@ async fn account_keys_reach_only_their_own_account() {
         .await;
     assert_eq!(status, 202);
     let (status, page) = app
-        .request(Method::GET, "/v1/accounts/vimond/events", Some(&key), None)
+        .request(
+            Method::GET,
+            "/v1/accounts/vimond/events?topic=asset-operations",
+            Some(&key),
+            None,
+        )
         .await;
     assert_eq!(
         (status, page["events"].as_array().map(Vec::len)),
@@ -165,10 +170,25 @@ async fn health_metrics_catalog_and_openapi() {
         "/v1/accounts/{account}/subscriptions/{id}/deliveries",
         "/v1/accounts/{account}/subscriptions/{id}/replay",
         "/v1/accounts/{account}/subscriptions/{id}/enable",
+        "/v1/accounts/{account}/jobs/{job}/callbacks",
+        "/v1/accounts/{account}/jobs/{job}/notifications",
     ] {
         assert!(
             paths.contains_key(route),
             "{route} missing from the OpenAPI document"
         );
     }
+    let one = &paths["/v1/accounts/{account}/subscriptions/{id}"];
+    for method in ["get", "delete", "put", "patch"] {
+        assert!(one.get(method).is_some(), "{method} of a subscription");
+    }
+    let callbacks = &paths["/v1/accounts/{account}/jobs/{job}/callbacks"];
+    assert!(callbacks.get("post").is_some() && callbacks.get("get").is_some());
+    // The catalog says which events change videos, and shows video-change itself.
+    let video_change = types
+        .iter()
+        .find(|t| t["name"] == "video-change")
+        .expect("video-change");
+    assert_eq!(video_change["topic"], "cms-notifications");
+    assert_eq!(asset_updated["videoChange"]["idField"], "assetId");
 }

@@ -126,3 +126,37 @@ async fn sigterm_stops_cleanly_and_a_restart_carries_on() {
         .collect();
     assert_eq!(ids, vec!["s-1", "s-2"], "{got:?}");
 }
+
+#[tokio::test]
+async fn a_duplicate_published_last_before_a_restart_costs_no_later_event() {
+    let mut app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    app.subscribe_receiver(&receiver, "/h", json!({"events": ["asset-updated"]}), &[])
+        .await;
+    let first = asset_event("asset-updated", "d-1").to_string();
+    assert_eq!(app.post("/v1/accounts/vimond/events", &first).await.0, 202);
+    // The same id again: stored once. The position it was offered must not end up
+    // behind the subscription's saved cursor and be handed out again after a restart.
+    let (status, answer) = app.post("/v1/accounts/vimond/events", &first).await;
+    assert_eq!((status, answer["duplicates"].clone()), (202, json!(1)));
+    eventually(Duration::from_secs(10), "first delivery", || async {
+        (!receiver.deliveries("/h").await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(app.terminate().await.success());
+    app.kill_and_restart().await;
+
+    let next = asset_event("asset-updated", "d-2").to_string();
+    assert_eq!(app.post("/v1/accounts/vimond/events", &next).await.0, 202);
+    let got = eventually(
+        Duration::from_secs(10),
+        "the event after the restart",
+        || async {
+            let got = receiver.deliveries("/h").await;
+            (got.len() >= 2).then_some(got)
+        },
+    )
+    .await;
+    let ids: Vec<_> = got.iter().filter_map(|d| d.webhook_id.clone()).collect();
+    assert_eq!(ids, vec!["d-1", "d-2"]);
+}

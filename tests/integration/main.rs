@@ -4,6 +4,7 @@
 mod app;
 mod auth;
 mod aws_sinks;
+mod brightcove;
 mod cloudevents;
 mod delivery;
 mod delivery_formats;

@@ -1,0 +1,386 @@
+//! `/v1/accounts/{account}/jobs/{job}`: Brightcove Dynamic Ingest jobs (seed 003): a job's
+//! callback URLs, and the job's notifications.
+//!
+//! A callback registration is a subscription of its own kind
+//! ([`SubscriptionKind::JobCallback`]): filtered on the job, delivered one at a time in
+//! publish order, signed and retried like any other, removed when it expires. The
+//! notifications are events of the catalog's Dynamic Ingest topic, so standing
+//! subscriptions to that topic receive them too.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::events::PublishOut;
+use crate::ingest::brightcove::{self, NOTIFICATION};
+use crate::model::{
+    Destination, EventFilter, Format, Millis, NewSubscription, Subscription, SubscriptionKind,
+    now_millis,
+};
+use crate::sinks::webhook::{check_destination, generate_secret};
+
+/// Callback URLs one job may have: each is a delivery worker until it expires.
+const MAX_CALLBACKS_PER_JOB: usize = 10;
+/// Longest job id accepted.
+const MAX_JOB_ID_CHARS: usize = 256;
+
+/// The callback URLs of a job, as Brightcove's ingest request carries them.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CallbacksIn {
+    /// http(s) URLs that receive each notification of the job, as it was published.
+    pub callbacks: Vec<String>,
+}
+
+/// A job's callback registration.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackOut {
+    /// Also a subscription id: `GET …/subscriptions/{id}/deliveries` shows its
+    /// deliveries, `DELETE …/subscriptions/{id}` ends it early.
+    pub id: String,
+    pub url: String,
+    /// The signing secret of its deliveries (Standard Webhooks); only in the answer to
+    /// the registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// When it stops receiving notifications (epoch milliseconds).
+    pub expires_at: Millis,
+    /// `enabled` or `disabled`.
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CallbacksOut {
+    pub job: String,
+    pub callbacks: Vec<CallbackOut>,
+}
+
+impl CallbackOut {
+    fn new(subscription: Subscription, with_secret: bool) -> CallbackOut {
+        let expires_at = subscription.expires_at().unwrap_or_default();
+        // Callbacks are registered as webhook URLs only.
+        let url = match subscription.destination {
+            Destination::Webhook { url } => url,
+            _ => String::new(),
+        };
+        CallbackOut {
+            expires_at,
+            status: match subscription.disabled {
+                Some(_) => "disabled",
+                None => "enabled",
+            }
+            .to_owned(),
+            id: subscription.id,
+            url,
+            secret: with_secret.then_some(subscription.secret),
+        }
+    }
+}
+
+/// Register callback URLs for a job: from now until they expire (`--job-callback-ttl`,
+/// 7 days by default), each receives every notification published for the job, one at
+/// a time in publish order. A URL already registered for the job stays as it is.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/jobs/{job}/callbacks", tag = "jobs",
+    params(("account" = String, Path), ("job" = String, Path, description = "the Dynamic Ingest job id")),
+    request_body = CallbacksIn,
+    responses(
+        (status = 201, description = "the registrations of the URLs given, in request order", body = CallbacksOut),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 422, description = "callbacks missing or not an array of URLs, a refused destination, too many for the job", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, job)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CallbacksOut>), ApiError> {
+    caller.check_account(&account)?;
+    check_job(&job)?;
+    let urls = parse_callbacks(&body)?;
+    for (index, url) in urls.iter().enumerate() {
+        check_destination(url, state.allow_private_destinations)
+            .await
+            .map_err(|error| ApiError::Unprocessable {
+                code: "destination_refused",
+                message: error.to_string(),
+                index: Some(index),
+                field: Some("callbacks".into()),
+            })?;
+    }
+
+    // Serialized with subscription creation, so a URL is registered once per job.
+    let _guard = state.subscription_writes.lock().await;
+    let db = state.store.db();
+    let existing = db.job_callbacks(&account, &job).await?;
+    let registered = |url: &str| {
+        existing
+            .iter()
+            .find(|s| matches!(&s.destination, Destination::Webhook { url: u } if u == url))
+    };
+    let new_urls: Vec<&String> = urls
+        .iter()
+        .filter(|url| registered(url).is_none())
+        .collect();
+    if existing.len() + new_urls.len() > MAX_CALLBACKS_PER_JOB {
+        return Err(field_error(
+            "too_many_callbacks",
+            &format!(
+                "job {job:?} would have {} callback URLs (at most {MAX_CALLBACKS_PER_JOB})",
+                existing.len() + new_urls.len()
+            ),
+        ));
+    }
+    let now = now_millis();
+    let ttl = Millis::try_from(state.job_callback_ttl.as_millis()).unwrap_or(Millis::MAX);
+    let mut created = Vec::with_capacity(new_urls.len());
+    for url in new_urls {
+        let new = NewSubscription {
+            id: format!("cb_{}", uuid::Uuid::now_v7().simple()),
+            account: account.clone(),
+            kind: SubscriptionKind::JobCallback {
+                job: job.clone(),
+                expires_at: now.saturating_add(ttl),
+            },
+            destination: Destination::Webhook { url: url.clone() },
+            filter: EventFilter {
+                events: vec![NOTIFICATION.to_owned()],
+                topics: Vec::new(),
+            },
+            format: Format::Native,
+            secret: generate_secret(),
+        };
+        // Notifications published from now on.
+        db.insert_subscription(&new, state.store.head(), now)
+            .await?;
+        let subscription = db
+            .get_subscription(&account, &new.id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("callback registration vanished".into()))?;
+        state
+            .dispatcher
+            .add(subscription.clone())
+            .map_err(|error| ApiError::unprocessable("invalid_callback", error.to_string()))?;
+        tracing::info!(subscription = %new.id, %account, %job, "job callback registered");
+        created.push(subscription);
+    }
+    let callbacks = urls
+        .iter()
+        .filter_map(|url| {
+            registered(url)
+                .or_else(|| {
+                    created.iter().find(
+                        |s| matches!(&s.destination, Destination::Webhook { url: u } if u == url),
+                    )
+                })
+                .cloned()
+        })
+        .map(|subscription| CallbackOut::new(subscription, true))
+        .collect();
+    Ok((StatusCode::CREATED, Json(CallbacksOut { job, callbacks })))
+}
+
+/// Reads `{"callbacks": [URL, …]}` by hand, so each mistake gets its own message.
+/// Returns the URLs without repeats, in order.
+fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
+        line: error.line(),
+        column: error.column(),
+        message: error.to_string(),
+    })?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
+    let items = match object.get("callbacks") {
+        None | Some(Value::Null) => {
+            return Err(field_error(
+                "missing_callbacks",
+                "the callbacks field is required: an array of callback URLs",
+            ));
+        }
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(field_error(
+                "missing_callbacks",
+                "the callbacks array is empty: give at least one callback URL",
+            ));
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(field_error(
+                "callbacks_not_array",
+                "the callbacks field must be an array of callback URLs",
+            ));
+        }
+    };
+    let mut urls: Vec<String> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let Value::String(url) = item else {
+            return Err(ApiError::Unprocessable {
+                code: "invalid_callback",
+                message: format!("callbacks[{index}] must be a URL string, not {item}"),
+                index: Some(index),
+                field: Some("callbacks".into()),
+            });
+        };
+        if !urls.contains(url) {
+            urls.push(url.clone());
+        }
+    }
+    Ok(urls)
+}
+
+fn field_error(code: &'static str, message: &str) -> ApiError {
+    ApiError::Unprocessable {
+        code,
+        message: message.to_owned(),
+        index: None,
+        field: Some("callbacks".into()),
+    }
+}
+
+/// A job id is a path segment: not empty, not huge, no control characters (it is part
+/// of stored notification ids and log lines).
+fn check_job(job: &str) -> Result<(), ApiError> {
+    if job.is_empty() || job.chars().count() > MAX_JOB_ID_CHARS || job.chars().any(char::is_control)
+    {
+        return Err(ApiError::Unprocessable {
+            code: "invalid_job",
+            message: format!(
+                "a job id has 1 to {MAX_JOB_ID_CHARS} characters and no control characters"
+            ),
+            index: None,
+            field: Some("job".into()),
+        });
+    }
+    Ok(())
+}
+
+/// The job's callback registrations (without their secrets); none for a job never
+/// registered.
+#[utoipa::path(
+    get, path = "/v1/accounts/{account}/jobs/{job}/callbacks", tag = "jobs",
+    params(("account" = String, Path), ("job" = String, Path)),
+    responses((status = 200, body = CallbacksOut)),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, job)): Path<(String, String)>,
+) -> Result<Json<CallbacksOut>, ApiError> {
+    caller.check_account(&account)?;
+    check_job(&job)?;
+    let callbacks = state
+        .store
+        .db()
+        .job_callbacks(&account, &job)
+        .await?
+        .into_iter()
+        .map(|subscription| CallbackOut::new(subscription, false))
+        .collect();
+    Ok(Json(CallbacksOut { job, callbacks }))
+}
+
+/// Publish a job's Dynamic Ingest notifications, one object or an array, in Brightcove's
+/// own shape (seed 003). Each is stored as sent, as an event of the catalog's Dynamic
+/// Ingest topic, and POSTed as sent to each of the job's callback URLs and to the
+/// topic's subscribers; one with a `videoId` is followed by a `video-change`. A job
+/// without callbacks is no error. Answers once the notifications are committed; the
+/// same notification sent again for the job is stored and delivered once.
+#[utoipa::path(
+    post, path = "/v1/accounts/{account}/jobs/{job}/notifications", tag = "jobs",
+    params(("account" = String, Path), ("job" = String, Path)),
+    request_body(content = Object, description = "one Dynamic Ingest notification (entity, entityType, version, action, jobId, videoId, accountId, status, errorMessage, rendition fields), or an array of them"),
+    responses(
+        (status = 202, description = "committed", body = PublishOut),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 422, description = "a notification is invalid (with index and field), or its jobId or accountId is not the path's; nothing stored", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((account, job)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
+    caller.check_account(&account)?;
+    check_job(&job)?;
+    let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
+    let published = super::events::append(&state, events).await?;
+    Ok((StatusCode::ACCEPTED, Json(published)))
+}
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route(
+            "/v1/accounts/{account}/jobs/{job}/callbacks",
+            post(register).get(list),
+        )
+        .route(
+            "/v1/accounts/{account}/jobs/{job}/notifications",
+            post(publish),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(result: Result<Vec<String>, ApiError>) -> (&'static str, Option<usize>) {
+        match result {
+            Err(ApiError::Unprocessable { code, index, .. }) => (code, index),
+            other => panic!("expected a 422, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn callbacks_must_be_an_array_of_url_strings() {
+        assert_eq!(
+            parse_callbacks(br#"{"callbacks": ["https://host1/path1", "https://host2/path2", "https://host1/path1"]}"#)
+                .unwrap(),
+            vec!["https://host1/path1", "https://host2/path2"]
+        );
+        assert_eq!(code(parse_callbacks(b"{}")), ("missing_callbacks", None));
+        assert_eq!(
+            code(parse_callbacks(br#"{"callbacks": []}"#)),
+            ("missing_callbacks", None)
+        );
+        assert_eq!(
+            code(parse_callbacks(br#"{"callbacks": "https://host1/path1"}"#)),
+            ("callbacks_not_array", None)
+        );
+        assert_eq!(
+            code(parse_callbacks(
+                br#"{"callbacks": ["https://host1/path1", 7]}"#
+            )),
+            ("invalid_callback", Some(1))
+        );
+        assert_eq!(
+            code(parse_callbacks(br#"["https://host1/path1"]"#)),
+            ("invalid_body", None)
+        );
+        assert!(matches!(
+            parse_callbacks(b"{\"callbacks\": [").unwrap_err(),
+            ApiError::MalformedJson { .. }
+        ));
+    }
+
+    #[test]
+    fn job_ids_are_checked() {
+        assert!(check_job("d3ef8751-2b88-4141-95d5-83f0393aca07").is_ok());
+        assert!(check_job("").is_err());
+        assert!(check_job("a\u{0}b").is_err());
+        assert!(check_job(&"j".repeat(MAX_JOB_ID_CHARS + 1)).is_err());
+    }
+}
