@@ -72,7 +72,7 @@ impl Bench {
         let id = self
             .subscribe_to(
                 sink.name(),
-                json!({"destination": destination, "events": ["asset-updated"]}),
+                json!({"destination": destination, "events": [super::BENCH_EVENT]}),
             )
             .await?;
         let calls_before = self.sink_calls(sink).await?;

@@ -54,8 +54,8 @@ pub struct BenchConfig {
     /// calls per 1,000 events.
     #[arg(long)]
     pub aws: bool,
-    /// Run only these phases (for profiling one of them): raw, single, batch, one, ten,
-    /// latency, kinesis, sns. The raw limit always runs.
+    /// Run only these phases (for profiling one of them): raw, single, changes, batch,
+    /// one, ten, latency, kinesis, sns. The raw limit always runs.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -134,7 +134,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     let runs = |phase: &str| config.only.is_empty() || config.only.iter().any(|p| p == phase);
     report.raw = bench.raw_limit(sizes.raw).await?;
     if runs("single") {
-        report.publish_single = bench.publish_single(sizes.single).await?;
+        report.publish_single = bench
+            .publish_single("single", sizes.single, bench_event)
+            .await?;
+    }
+    if runs("changes") {
+        report.publish_video_changes = bench
+            .publish_single("changes", sizes.single, video_change_event)
+            .await?;
     }
     if runs("batch") {
         report.publish_batch = bench.publish_batches(sizes.batches).await?;
@@ -246,10 +253,24 @@ fn spawn_progress(
     })
 }
 
+/// The event of every phase: a player's progress report (seed 001), the kind of event a
+/// video platform publishes most of. It derives nothing ([`video_change_event`] does).
+const BENCH_EVENT: &str = "player_log_event";
+
 fn bench_event(n: usize) -> serde_json::Value {
     json!({
-        "eventName": "asset-updated", "originator": "reelay-bench", "versions": ["1.0"],
+        "eventName": BENCH_EVENT, "originator": "reelay-bench", "versions": ["1.0"],
         "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("b-{n}"), "assetId": n % 10_000,
+        "userId": format!("user-{}", n % 5_000), "progress": {"position": n % 3_600, "duration": 3_600}
+    })
+}
+
+/// An event that changes a video: Reelay appends a `video-change` (with the video's next
+/// version) in the same commit, so each costs two log rows and a version update.
+fn video_change_event(n: usize) -> serde_json::Value {
+    json!({
+        "eventName": "asset-updated", "originator": "reelay-bench", "versions": ["1.0"],
+        "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("v-{n}"), "assetId": n % 10_000,
         "metadata": {"title": "Bench asset", "n": n}
     })
 }
@@ -326,14 +347,19 @@ impl Bench {
         }
     }
 
-    async fn publish_single(&self, total: usize) -> anyhow::Result<ThroughputResult> {
-        let publish = self.publisher("single");
+    async fn publish_single(
+        &self,
+        phase: &str,
+        total: usize,
+        event: fn(usize) -> serde_json::Value,
+    ) -> anyhow::Result<ThroughputResult> {
+        let publish = self.publisher(phase);
         let watch = self.server.watch();
         let (elapsed, latencies) = closed_loop(
-            "publish, single events",
+            &format!("publish, single events ({phase})"),
             total,
             self.concurrency,
-            move |n| publish(bench_event(n).to_string()),
+            move |n| publish(event(n).to_string()),
         )
         .await?;
         Ok(ThroughputResult::new(
@@ -367,7 +393,7 @@ impl Bench {
 
     async fn subscribe(&self, account: &str, subscriptions: usize) -> anyhow::Result<()> {
         for i in 0..subscriptions {
-            let body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url), "events": ["asset-updated"]});
+            let body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url), "events": [BENCH_EVENT]});
             let response = self
                 .http
                 .post(format!(

@@ -115,6 +115,8 @@ pub struct Report {
     pub idle_rss_mb: Option<f64>,
     pub raw: ThroughputResult,
     pub publish_single: ThroughputResult,
+    /// Single events that change a video (each also derives a `video-change`).
+    pub publish_video_changes: ThroughputResult,
     pub publish_batch: ThroughputResult,
     pub delivery_one: DeliveryResult,
     pub delivery_ten: DeliveryResult,
@@ -143,6 +145,7 @@ impl Report {
         self.delivery_ten.ratio_to_raw = self.delivery_ten.per_second / raw;
         self.peak_rss_mb = [
             &self.publish_single.resources,
+            &self.publish_video_changes.resources,
             &self.publish_batch.resources,
             &self.delivery_one.resources,
             &self.delivery_ten.resources,
@@ -200,6 +203,11 @@ impl Report {
                 "{:.2} / {:.2} ms",
                 self.publish_single.request_p50_ms, self.publish_single.request_p99_ms
             ),
+            "",
+        );
+        row(
+            "  events that change a video: events/s",
+            format!("{:.0}/s", self.publish_video_changes.per_second),
             "",
         );
         row(
