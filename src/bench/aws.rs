@@ -109,31 +109,6 @@ impl Bench {
         })
     }
 
-    /// Creates a subscription in the phase's account; returns its id.
-    async fn subscribe_to(&self, phase: &str, body: Value) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(format!(
-                "{}/v1/accounts/{}/subscriptions",
-                self.server.url(),
-                self.account(phase)
-            ))
-            .bearer_auth(self.server.token())
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().as_u16() == 201,
-            "subscription refused: {}",
-            response.text().await?
-        );
-        let created: Value = response.json().await?;
-        created["id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no id in the answer")
-    }
-
     /// The subscription's count of first-attempt deliveries.
     async fn delivered(&self, phase: &str, id: &str) -> anyhow::Result<u64> {
         let subscription: Value = self

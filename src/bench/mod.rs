@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use aws::AwsSink;
@@ -391,25 +391,40 @@ impl Bench {
         ))
     }
 
+    /// Creates a subscription in the phase's account; returns its id.
+    async fn subscribe_to(&self, phase: &str, body: Value) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/accounts/{}/subscriptions",
+                self.server.url(),
+                self.account(phase)
+            ))
+            .bearer_auth(self.server.token())
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().as_u16() == 201,
+            "subscription refused: {}",
+            response.text().await?
+        );
+        let created: Value = response.json().await?;
+        created["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no id in the answer")
+    }
+
+    /// Subscribes the receiver's `/hook/{i}` paths to the bench event, `subscriptions` times.
     async fn subscribe(&self, account: &str, subscriptions: usize) -> anyhow::Result<()> {
         for i in 0..subscriptions {
-            let body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url), "events": [BENCH_EVENT]});
-            let response = self
-                .http
-                .post(format!(
-                    "{}/v1/accounts/{}/subscriptions",
-                    self.server.url(),
-                    self.account(account)
-                ))
-                .bearer_auth(self.server.token())
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(
-                response.status().as_u16() == 201,
-                "subscription refused: {}",
-                response.text().await?
-            );
+            let endpoint = format!("{}/hook/{i}", self.receiver_url);
+            self.subscribe_to(
+                account,
+                json!({"endpoint": endpoint, "events": [BENCH_EVENT]}),
+            )
+            .await?;
         }
         Ok(())
     }

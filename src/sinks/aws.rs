@@ -394,27 +394,16 @@ async fn publish_batch(
         .await
     {
         Ok(output) => {
-            for failed in output.failed() {
-                if let Some(outcome) = failed
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|index| outcomes.get_mut(index))
-                {
-                    *outcome = Err(format!(
-                        "{}: {}",
-                        failed.code(),
-                        failed.message().unwrap_or_default()
-                    ));
-                }
-            }
+            let failed = output.failed().iter().map(|failed| {
+                (
+                    failed.id(),
+                    failed.code(),
+                    failed.message().unwrap_or_default(),
+                )
+            });
+            mark_failed_entries(&mut outcomes, failed);
         }
-        Err(error) => {
-            let error = describe(error);
-            for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
-                *outcome = Err(error.clone());
-            }
-        }
+        Err(error) => fail_the_rest(&mut outcomes, describe(error)),
     }
     outcomes
 }
@@ -468,29 +457,38 @@ async fn send_message_batch(
         .await
     {
         Ok(output) => {
-            for failed in output.failed() {
-                if let Some(outcome) = failed
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|index| outcomes.get_mut(index))
-                {
-                    *outcome = Err(format!(
-                        "{}: {}",
-                        failed.code(),
-                        failed.message().unwrap_or_default()
-                    ));
-                }
-            }
+            let failed = output.failed().iter().map(|failed| {
+                (
+                    failed.id(),
+                    failed.code(),
+                    failed.message().unwrap_or_default(),
+                )
+            });
+            mark_failed_entries(&mut outcomes, failed);
         }
-        Err(error) => {
-            let error = describe(error);
-            for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
-                *outcome = Err(error.clone());
-            }
-        }
+        Err(error) => fail_the_rest(&mut outcomes, describe(error)),
     }
     outcomes
+}
+
+/// Marks the entries a batch answer names as failed (`(id, code, message)`; the id is
+/// the event's index in the batch).
+fn mark_failed_entries<'a>(
+    outcomes: &mut [Result<(), String>],
+    failed: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) {
+    for (id, code, message) in failed {
+        if let Some(outcome) = id.parse::<usize>().ok().and_then(|i| outcomes.get_mut(i)) {
+            *outcome = Err(format!("{code}: {message}"));
+        }
+    }
+}
+
+/// The whole call failed: every entry not already refused fails with its error.
+fn fail_the_rest(outcomes: &mut [Result<(), String>], error: String) {
+    for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+        *outcome = Err(error.clone());
+    }
 }
 
 /// The attributes SNS filter policies and SQS consumers select on.
