@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::model::EntityChange;
+
 const BUILTIN: &str = include_str!("builtin.json");
 
 /// The event Reelay derives from every event that changes a video (seed 004).
@@ -145,6 +147,33 @@ pub struct VideoChange {
     pub id_field: String,
 }
 
+/// Catalog mirroring (seed 001): every event of a type with this rule is the latest
+/// state of a catalog entity (an asset, a category, a content panel) named by its
+/// `idField`, or says the entity is gone. Reelay keeps, per account, the latest such event
+/// of every entity. Data, so operators mark their own types too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntityRule {
+    /// The entity type (`asset`, `category`, `contentPanel`).
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// The field holding the entity's id; an event without it changes no entity.
+    pub id_field: String,
+    /// Every event of the type deletes the entity (`asset-deleted`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletes: bool,
+    /// Events whose `field` has one of `values` delete it (`eventType: asset-deleted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes_when: Option<FieldValues>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldValues {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FieldSpec {
     pub name: String,
@@ -219,6 +248,9 @@ pub struct EventType {
     /// Set when each event of the type changes a video (seed 004's `video-change`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_change: Option<VideoChange>,
+    /// Set when each event of the type is the state of a catalog entity (mirroring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<EntityRule>,
 }
 
 impl EventType {
@@ -282,6 +314,30 @@ impl EventType {
     }
 }
 
+impl EventType {
+    /// The catalog entity an event of this type sets or deletes, if the type has an
+    /// entity rule and the event names one.
+    pub fn entity_change(
+        &self,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<EntityChange> {
+        let rule = self.entity.as_ref()?;
+        let id = id_text(self.field(&rule.id_field)?, payload)?;
+        let deleted = rule.deletes
+            || rule.deletes_when.as_ref().is_some_and(|when| {
+                payload
+                    .get(&when.field)
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|value| when.values.iter().any(|v| v == value))
+            });
+        Some(EntityChange {
+            entity_type: rule.entity_type.clone(),
+            id,
+            deleted,
+        })
+    }
+}
+
 /// An id field's value as text: ids come as strings or numbers.
 fn id_text(
     spec: &FieldSpec,
@@ -339,6 +395,10 @@ pub enum CatalogError {
         "event type {event:?} changes the video named by {field:?}, which is not one of its fields"
     )]
     UnknownVideoField { event: String, field: String },
+    #[error(
+        "event type {event:?} is the state of the entity named by {field:?}, which is not one of its fields"
+    )]
+    UnknownEntityField { event: String, field: String },
     #[error("the catalog has no {VIDEO_CHANGE:?} event type, which Reelay derives")]
     NoVideoChange,
 }
@@ -431,6 +491,14 @@ impl Catalog {
                     field: rule.id_field.clone(),
                 });
             }
+            if let Some(rule) = &event_type.entity
+                && event_type.field(&rule.id_field).is_none()
+            {
+                return Err(CatalogError::UnknownEntityField {
+                    event: event_type.name.clone(),
+                    field: rule.id_field.clone(),
+                });
+            }
             let event_type = EventType {
                 legacy: Some(event_type.legacy.unwrap_or(legacy_topic)),
                 ..event_type
@@ -457,6 +525,18 @@ impl Catalog {
 
     pub fn event_type(&self, name: &str) -> Option<&EventType> {
         self.type_index.get(name).map(|&at| &self.event_types[at])
+    }
+
+    /// The catalog entity types events keep the state of (`asset`, `category`, …), in
+    /// catalog order.
+    pub fn entity_types(&self) -> Vec<&str> {
+        let mut types: Vec<&str> = Vec::new();
+        for rule in self.event_types.iter().filter_map(|t| t.entity.as_ref()) {
+            if !types.contains(&rule.entity_type.as_str()) {
+                types.push(&rule.entity_type);
+            }
+        }
+        types
     }
 
     /// The topic of [`VIDEO_CHANGE`], the event the log writer derives. An operator's
@@ -804,6 +884,15 @@ mod tests {
             Catalog::from_file(&path),
             Err(CatalogError::UnknownVideoField { .. })
         ));
+        std::fs::write(
+            &path,
+            r#"{"eventTypes": [{"name": "x", "topic": "asset-operations", "entity": {"type": "asset", "idField": "nope"}}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            Catalog::from_file(&path),
+            Err(CatalogError::UnknownEntityField { .. })
+        ));
         // Operators mark their own types as changing videos.
         std::fs::write(
             &path,
@@ -829,5 +918,49 @@ mod tests {
             Catalog::from_file(&dir.path().join("missing.json")),
             Err(CatalogError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn catalog_events_set_or_delete_their_entity() {
+        let catalog = Catalog::builtin();
+        assert_eq!(
+            catalog.entity_types(),
+            vec!["asset", "category", "contentPanel"]
+        );
+        let change = |name: &str, payload: serde_json::Value| {
+            catalog
+                .event_type(name)
+                .unwrap()
+                .entity_change(payload.as_object().unwrap())
+        };
+        let asset = |id: &str, deleted: bool| {
+            Some(EntityChange {
+                entity_type: "asset".into(),
+                id: id.into(),
+                deleted,
+            })
+        };
+        assert_eq!(
+            change("asset-updated", serde_json::json!({"assetId": 7})),
+            asset("7", false)
+        );
+        assert_eq!(
+            change("asset-deleted", serde_json::json!({"assetId": "7"})),
+            asset("7", true)
+        );
+        // Seed 001's catalog events say it in eventType.
+        let event = |kind: &str| serde_json::json!({"assetId": 7, "eventType": kind});
+        assert_eq!(
+            change("asset-event", event("asset-updated")),
+            asset("7", false)
+        );
+        assert_eq!(
+            change("asset-event", event("content-deleted")),
+            asset("7", true)
+        );
+        assert_eq!(
+            change("player_log_event", serde_json::json!({"assetId": 7})),
+            None
+        );
     }
 }

@@ -79,6 +79,7 @@ pub async fn create_key(
         super::subscriptions::delete, super::subscriptions::update, super::subscriptions::enable, super::subscriptions::deliveries,
         super::subscriptions::replay,
         super::jobs::register, super::jobs::list, super::jobs::publish,
+        super::entities::list, super::entities::get,
     ),
     modifiers(&BearerAuth)
 )]

@@ -110,7 +110,7 @@ pub struct EventPage {
 }
 
 impl EventOut {
-    fn new(event: StoredEvent) -> Result<EventOut, ApiError> {
+    pub(super) fn new(event: StoredEvent) -> Result<EventOut, ApiError> {
         let body = RawValue::from_string(event.body.as_str().to_owned()).map_err(|_| {
             ApiError::Store(crate::store::StoreError::Corrupt(format!(
                 "event {} is not JSON",

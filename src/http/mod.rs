@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cloudevents;
+pub mod entities;
 pub mod error;
 pub mod events;
 pub mod jobs;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(token_verification::router())
         .merge(subscriptions::router())
         .merge(jobs::router())
+        .merge(entities::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -65,6 +65,7 @@ fn validate(
         topic: event_type.topic.clone(),
         entity_key: Some(job.to_owned()),
         video: event_type.changed_video(fields),
+        entity: event_type.entity_change(fields),
         occurred_at: now,
         body,
     })

@@ -61,6 +61,8 @@ pub struct Incoming {
     pub entity_key: Option<String>,
     /// The video the event changes (its type's `videoChange`).
     pub video: Option<String>,
+    /// The catalog entity the event sets or deletes (its type's `entity`).
+    pub entity: Option<crate::model::EntityChange>,
     /// `time`, when the event has one.
     pub occurred_at: Option<Millis>,
     /// The structured event's members, in order. When `data` is an object its value
@@ -125,6 +127,7 @@ impl Incoming {
             topic: self.topic,
             entity_key: self.entity_key,
             video: self.video,
+            entity: self.entity,
             occurred_at: self.occurred_at.unwrap_or(now),
             body: Document::from(text),
         }
@@ -507,6 +510,7 @@ fn validate(
         .map_err(|(field, message)| (format!("data.{field}"), message))?;
     let entity_key = event_type.entity_key_of(&payload);
     let video = event_type.changed_video(&payload);
+    let entity = event_type.entity_change(&payload);
     let (user_slot, user) = match &mut data {
         Some(data_members) => match data_members.iter().position(|(f, _)| f == USER_FIELD) {
             Some(at) => {
@@ -529,6 +533,7 @@ fn validate(
         topic: event_type.topic.clone(),
         entity_key,
         video,
+        entity,
         occurred_at,
         members,
         data,

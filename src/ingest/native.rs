@@ -101,6 +101,7 @@ fn validate(
         topic: event_type.topic.clone(),
         entity_key: event_type.entity_key_of(fields),
         video: event_type.changed_video(fields),
+        entity: event_type.entity_change(fields),
         occurred_at,
         body,
     })

@@ -21,6 +21,9 @@ pub struct NewEvent {
     /// The video this event changes (its type's `videoChange` rule in the catalog): the
     /// log writer follows it with a `video-change` carrying the video's next version.
     pub video: Option<String>,
+    /// The catalog entity this event sets or deletes (its type's `entity` rule): the log
+    /// writer records it as the entity's latest state, for mirroring.
+    pub entity: Option<EntityChange>,
     /// When the event happened, as the publisher said (`timestamp`).
     pub occurred_at: Millis,
     pub body: Document,
@@ -151,4 +154,14 @@ mod tests {
             assert!(!is_cloudevent_id(native), "{native}");
         }
     }
+}
+
+/// A catalog entity's new state, as an event says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityChange {
+    /// `asset`, `category`, `contentPanel`, …
+    pub entity_type: String,
+    pub id: String,
+    /// The event says the entity is gone.
+    pub deleted: bool,
 }

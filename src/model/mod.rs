@@ -5,7 +5,7 @@ mod event;
 mod subscription;
 mod token_verification;
 
-pub use event::{Document, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
+pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
 pub use subscription::{
     AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
     SubscriptionKind,

@@ -167,6 +167,16 @@ pub struct RetryEntry {
     pub dead_at: Option<Millis>,
 }
 
+/// A catalog entity's latest state (mirroring): the event that set it, and whether that
+/// event deleted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityState {
+    pub entity_type: String,
+    pub id: String,
+    pub deleted: bool,
+    pub event: StoredEvent,
+}
+
 /// What the auth layer finds for a token hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyOwner {

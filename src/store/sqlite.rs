@@ -12,8 +12,8 @@ use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 use super::derive::Derivation;
 use super::writer::{LogRow, Written};
 use super::{
-    AttemptRecord, DueRetry, EventQuery, Health, KeyOwner, Progress, Result, RetryEntry,
-    RetryState, StoreError, StoredAttempt,
+    AttemptRecord, DueRetry, EntityState, EventQuery, Health, KeyOwner, Progress, Result,
+    RetryEntry, RetryState, StoreError, StoredAttempt,
 };
 use crate::config::Durability;
 use crate::model::{
@@ -170,6 +170,51 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// A page of an account's entities of one type, by id, with the event that set each
+    /// one's state: ids after `after`, at most `limit`.
+    pub async fn list_entities(
+        &self,
+        account: &str,
+        entity_type: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<EntityState>> {
+        let rows = sqlx::query(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
+             e.entity_key, e.occurred_at, e.received_at, e.body \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = ? AND n.type = ? AND n.id > ? ORDER BY n.id LIMIT ?",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    /// One entity's state, with the event that set it.
+    pub async fn get_entity(
+        &self,
+        account: &str,
+        entity_type: &str,
+        id: &str,
+    ) -> Result<Option<EntityState>> {
+        let row = sqlx::query(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
+             e.entity_key, e.occurred_at, e.received_at, e.body \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = ? AND n.type = ? AND n.id = ?",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entity_from_row).transpose()
     }
 
     pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
@@ -678,6 +723,25 @@ impl TryFrom<SubscriptionRow> for Subscription {
     }
 }
 
+fn entity_from_row(row: &SqliteRow) -> Result<EntityState> {
+    Ok(EntityState {
+        entity_type: row.try_get("type")?,
+        id: row.try_get("id")?,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        event: StoredEvent {
+            seq: row.try_get("seq")?,
+            account: row.try_get("account")?,
+            id: row.try_get("event_id")?,
+            name: row.try_get("name")?,
+            topic: row.try_get("topic")?,
+            entity_key: row.try_get("entity_key")?,
+            occurred_at: row.try_get("occurred_at")?,
+            received_at: row.try_get("received_at")?,
+            body: row.try_get::<String, _>("body")?.into(),
+        },
+    })
+}
+
 fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt> {
     let outcome: String = row.try_get("outcome")?;
     Ok(StoredAttempt {
@@ -717,6 +781,11 @@ pub(super) struct LogConnection(rusqlite::Connection);
 const INSERT_EVENT: &str = "INSERT INTO events (seq, account, event_id, name, topic, entity_key, \
      occurred_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
      ON CONFLICT (account, event_id) DO NOTHING";
+
+/// An entity's latest state: the event with the highest sequence number wins.
+const SET_ENTITY: &str = "INSERT INTO entities (account, type, id, seq, deleted) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (account, type, id) DO UPDATE SET \
+     seq = excluded.seq, deleted = excluded.deleted WHERE excluded.seq > entities.seq";
 
 /// The video's next version, in one statement: 1 for a video never seen.
 const NEXT_VIDEO_VERSION: &str = "INSERT INTO video_versions (account, video, version) \
@@ -780,6 +849,15 @@ impl LogConnection {
                         Some(change)
                     }
                 };
+                if let Some(entity) = &row.entity {
+                    tx.prepare_cached(SET_ENTITY)?.execute(rusqlite::params![
+                        row.event.account,
+                        entity.entity_type,
+                        entity.id,
+                        row.event.seq,
+                        entity.deleted,
+                    ])?;
+                }
                 written.push(Written::Stored { video_change });
             }
         }

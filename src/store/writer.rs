@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::derive::Derivation;
 use super::{Appended, LogConnection, Progress, Result, StoreError};
-use crate::model::{NewEvent, StoredEvent, now_millis};
+use crate::model::{EntityChange, NewEvent, StoredEvent, now_millis};
 
 /// Events committed together, and the range of sequence numbers the commit covered.
 /// Batches arrive in commit order and `after` of one is `upto` of the previous one, so a
@@ -40,6 +40,8 @@ pub(super) struct LogRow {
     /// The video the event changes, and the position reserved for its `video-change`
     /// (right after the event, so a subscriber sees the change after its cause).
     pub video_change: Option<(String, i64)>,
+    /// The catalog entity whose latest state this event becomes.
+    pub entity: Option<EntityChange>,
 }
 
 /// What became of a [`LogRow`] in its commit.
@@ -142,6 +144,7 @@ impl Writer {
                                     body: event.body,
                                 },
                                 video_change,
+                                entity: event.entity,
                             });
                         } else {
                             slots.push(Slot::Duplicate(event.id));

@@ -9,6 +9,7 @@ mod cloudevents;
 mod delivery;
 mod delivery_formats;
 mod durability;
+mod entities;
 mod publish;
 mod subscriptions;
 
