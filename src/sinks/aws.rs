@@ -345,6 +345,29 @@ async fn put_records(
     outcomes
 }
 
+/// One SNS or SQS message, before it takes the service's own entry type: both take the
+/// same id, body, attributes and FIFO ids.
+struct Message {
+    /// The event's index in the batch: a batch answer names failed entries by it.
+    id: String,
+    body: String,
+    attributes: Vec<(&'static str, &'static str, String)>,
+    /// FIFO topics and queues: the group (entity key, else account) and deduplication id.
+    fifo: Option<(String, String)>,
+}
+
+fn messages(batch: &[Outgoing<'_>], fifo: bool) -> impl Iterator<Item = Message> {
+    batch.iter().enumerate().map(move |(index, outgoing)| {
+        let event = outgoing.event;
+        Message {
+            id: index.to_string(),
+            body: String::from_utf8_lossy(outgoing.body).into_owned(),
+            attributes: message_attributes(event),
+            fifo: fifo.then(|| (fifo_id(group_of(event)), fifo_id(&event.id))),
+        }
+    })
+}
+
 async fn publish_batch(
     client: &aws_sdk_sns::Client,
     topic_arn: &str,
@@ -352,36 +375,25 @@ async fn publish_batch(
     batch: &[Outgoing<'_>],
 ) -> Vec<Result<(), String>> {
     use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
-    let attribute = |data_type: &str, value: String| {
-        MessageAttributeValue::builder()
-            .data_type(data_type)
-            .string_value(value)
-            .build()
-    };
-    let mut outcomes = vec![Ok(()); batch.len()];
-    let mut entries = Vec::with_capacity(batch.len());
-    for (index, outgoing) in batch.iter().enumerate() {
-        let event = outgoing.event;
+    let entry = |message: Message| {
         let mut entry = PublishBatchRequestEntry::builder()
-            .id(index.to_string())
-            .message(String::from_utf8_lossy(outgoing.body));
-        for (name, data_type, value) in message_attributes(event) {
-            match attribute(data_type, value) {
-                Ok(value) => entry = entry.message_attributes(name, value),
-                Err(error) => outcomes[index] = Err(error.to_string()),
-            }
+            .id(message.id)
+            .message(message.body);
+        for (name, data_type, value) in message.attributes {
+            let value = MessageAttributeValue::builder()
+                .data_type(data_type)
+                .string_value(value)
+                .build()?;
+            entry = entry.message_attributes(name, value);
         }
-        if fifo {
+        if let Some((group, dedup)) = message.fifo {
             entry = entry
-                .message_group_id(fifo_id(group_of(event)))
-                .message_deduplication_id(fifo_id(&event.id));
+                .message_group_id(group)
+                .message_deduplication_id(dedup);
         }
-        match entry.build() {
-            Ok(entry) if outcomes[index].is_ok() => entries.push(entry),
-            Ok(_) => {}
-            Err(error) => outcomes[index] = Err(error.to_string()),
-        }
-    }
+        entry.build()
+    };
+    let (mut outcomes, entries) = entries(messages(batch, fifo).map(entry));
     if entries.is_empty() {
         return outcomes;
     }
@@ -393,16 +405,13 @@ async fn publish_batch(
         .send()
         .await
     {
-        Ok(output) => {
-            let failed = output.failed().iter().map(|failed| {
-                (
-                    failed.id(),
-                    failed.code(),
-                    failed.message().unwrap_or_default(),
-                )
-            });
-            mark_failed_entries(&mut outcomes, failed);
-        }
+        Ok(output) => mark_failed_entries(
+            &mut outcomes,
+            output.failed().iter().map(|failed| {
+                let message = failed.message().unwrap_or_default();
+                (failed.id(), failed.code(), message)
+            }),
+        ),
         Err(error) => fail_the_rest(&mut outcomes, describe(error)),
     }
     outcomes
@@ -415,36 +424,25 @@ async fn send_message_batch(
     batch: &[Outgoing<'_>],
 ) -> Vec<Result<(), String>> {
     use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-    let attribute = |data_type: &str, value: String| {
-        MessageAttributeValue::builder()
-            .data_type(data_type)
-            .string_value(value)
-            .build()
-    };
-    let mut outcomes = vec![Ok(()); batch.len()];
-    let mut entries = Vec::with_capacity(batch.len());
-    for (index, outgoing) in batch.iter().enumerate() {
-        let event = outgoing.event;
+    let entry = |message: Message| {
         let mut entry = SendMessageBatchRequestEntry::builder()
-            .id(index.to_string())
-            .message_body(String::from_utf8_lossy(outgoing.body));
-        for (name, data_type, value) in message_attributes(event) {
-            match attribute(data_type, value) {
-                Ok(value) => entry = entry.message_attributes(name, value),
-                Err(error) => outcomes[index] = Err(error.to_string()),
-            }
+            .id(message.id)
+            .message_body(message.body);
+        for (name, data_type, value) in message.attributes {
+            let value = MessageAttributeValue::builder()
+                .data_type(data_type)
+                .string_value(value)
+                .build()?;
+            entry = entry.message_attributes(name, value);
         }
-        if fifo {
+        if let Some((group, dedup)) = message.fifo {
             entry = entry
-                .message_group_id(fifo_id(group_of(event)))
-                .message_deduplication_id(fifo_id(&event.id));
+                .message_group_id(group)
+                .message_deduplication_id(dedup);
         }
-        match entry.build() {
-            Ok(entry) if outcomes[index].is_ok() => entries.push(entry),
-            Ok(_) => {}
-            Err(error) => outcomes[index] = Err(error.to_string()),
-        }
-    }
+        entry.build()
+    };
+    let (mut outcomes, entries) = entries(messages(batch, fifo).map(entry));
     if entries.is_empty() {
         return outcomes;
     }
@@ -456,19 +454,35 @@ async fn send_message_batch(
         .send()
         .await
     {
-        Ok(output) => {
-            let failed = output.failed().iter().map(|failed| {
-                (
-                    failed.id(),
-                    failed.code(),
-                    failed.message().unwrap_or_default(),
-                )
-            });
-            mark_failed_entries(&mut outcomes, failed);
-        }
+        Ok(output) => mark_failed_entries(
+            &mut outcomes,
+            output.failed().iter().map(|failed| {
+                let message = failed.message().unwrap_or_default();
+                (failed.id(), failed.code(), message)
+            }),
+        ),
         Err(error) => fail_the_rest(&mut outcomes, describe(error)),
     }
     outcomes
+}
+
+/// The entries that could be built, and one outcome per event: an entry the SDK refused
+/// to build fails its event here and is not sent.
+fn entries<T, E: std::fmt::Display>(
+    built: impl Iterator<Item = Result<T, E>>,
+) -> (Vec<Result<(), String>>, Vec<T>) {
+    let mut outcomes = Vec::new();
+    let mut entries = Vec::new();
+    for entry in built {
+        match entry {
+            Ok(entry) => {
+                entries.push(entry);
+                outcomes.push(Ok(()));
+            }
+            Err(error) => outcomes.push(Err(error.to_string())),
+        }
+    }
+    (outcomes, entries)
 }
 
 /// Marks the entries a batch answer names as failed (`(id, code, message)`; the id is
