@@ -179,13 +179,17 @@ fn plain_json(catalog: &Catalog, body: &Bytes) -> Result<(Mode, Vec<Incoming>), 
 
 fn structured(catalog: &Catalog, body: &Bytes) -> Result<(Mode, Vec<Incoming>), IngestError> {
     let members = object_members(body)?;
-    let event =
-        validate(catalog, members, None).map_err(|(field, message)| IngestError::Invalid {
-            index: None,
-            field,
-            message,
-        })?;
+    let event = validate(catalog, members, None).map_err(single_invalid)?;
     Ok((Mode::Structured, vec![event]))
+}
+
+/// A single event's refusal: the field at fault and why.
+fn single_invalid((field, message): (String, String)) -> IngestError {
+    IngestError::Invalid {
+        index: None,
+        field,
+        message,
+    }
 }
 
 fn batch(catalog: &Catalog, body: &Bytes) -> Result<(Mode, Vec<Incoming>), IngestError> {
@@ -312,12 +316,7 @@ fn binary(
             Some(_) => members.push(("data_base64".into(), json_string(&STANDARD.encode(body)))),
         }
     }
-    let event =
-        validate(catalog, members, None).map_err(|(field, message)| IngestError::Invalid {
-            index: None,
-            field,
-            message,
-        })?;
+    let event = validate(catalog, members, None).map_err(single_invalid)?;
     Ok((Mode::Binary, vec![event]))
 }
 
