@@ -265,6 +265,24 @@ async fn drain(moto: &Moto, queue_url: &str) -> Vec<(String, HashMap<String, Str
     }
 }
 
+/// Drains the queue until `expected` messages have come (or 20 s pass): SNS fans out to
+/// the queue a little after the publish.
+async fn receive(
+    moto: &Moto,
+    queue_url: &str,
+    expected: usize,
+) -> Vec<(String, HashMap<String, String>)> {
+    let received = std::sync::Mutex::new(Vec::new());
+    eventually(Duration::from_secs(20), "messages in the queue", || async {
+        let drained = drain(moto, queue_url).await;
+        let mut received = received.lock().unwrap();
+        received.extend(drained);
+        (received.len() >= expected).then_some(())
+    })
+    .await;
+    received.into_inner().unwrap()
+}
+
 #[tokio::test]
 async fn sns_messages_carry_the_event_and_its_attributes() {
     let moto = Moto::start().await.expect("moto_server");
@@ -563,22 +581,8 @@ async fn published_events_reach_an_sns_topic_raw_wrapped_and_filtered() {
         .collect();
     publish(&app, &events).await;
 
-    let collect = |queue: String, expected: usize| {
-        let moto = &moto;
-        async move {
-            let received = std::sync::Mutex::new(Vec::new());
-            eventually(Duration::from_secs(20), "messages in the queue", || async {
-                let drained = drain(moto, &queue).await;
-                let mut received = received.lock().unwrap();
-                received.extend(drained);
-                (received.len() >= expected).then_some(())
-            })
-            .await;
-            received.into_inner().unwrap()
-        }
-    };
     // Raw: the event itself, its attributes as message attributes.
-    let received = collect(raw, 20).await;
+    let received = receive(&moto, &raw, 20).await;
     assert_eq!(received.len(), 20);
     for (body, attributes) in &received {
         let event: Value = serde_json::from_str(body).unwrap();
@@ -592,7 +596,7 @@ async fn published_events_reach_an_sns_topic_raw_wrapped_and_filtered() {
         assert_eq!(attributes["entityKey"], "7");
     }
     // Wrapped: SNS's envelope, the event as its Message, the attributes inside.
-    let received = collect(wrapped, 20).await;
+    let received = receive(&moto, &wrapped, 20).await;
     assert_eq!(received.len(), 20);
     for (body, _) in &received {
         let envelope: Value = serde_json::from_str(body).unwrap();
@@ -604,7 +608,7 @@ async fn published_events_reach_an_sns_topic_raw_wrapped_and_filtered() {
         assert_eq!(envelope["MessageAttributes"]["tenant"]["Value"], "vimond");
     }
     // Filtered on eventName: only the 10 deletions.
-    let received = collect(deleted_only, 10).await;
+    let received = receive(&moto, &deleted_only, 10).await;
     assert_eq!(received.len(), 10);
     assert!(
         received
@@ -767,17 +771,8 @@ async fn a_fifo_queue_named_with_its_own_endpoint_gets_every_event_in_order() {
         .collect();
     publish(&app, &events).await;
 
-    let received = std::sync::Mutex::new(Vec::new());
-    eventually(Duration::from_secs(20), "25 messages", || async {
-        let drained = drain(&moto, &queue_url).await;
-        let mut received = received.lock().unwrap();
-        received.extend(drained);
-        (received.len() >= 25).then_some(())
-    })
-    .await;
+    let received = receive(&moto, &queue_url, 25).await;
     let guids: Vec<String> = received
-        .into_inner()
-        .unwrap()
         .iter()
         .map(|(body, _)| {
             serde_json::from_str::<Value>(body).unwrap()["guid"]

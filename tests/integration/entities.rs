@@ -144,7 +144,7 @@ async fn each_entity_is_its_latest_event_with_deletions_marked() {
     assert_eq!(status, 200, "{asset}");
     assert_eq!(asset["event"]["id"], "u-3");
     assert_eq!(asset["sequence"], by_id["3"]["sequence"]);
-    // Player events feed no entity.
+    // A type the catalog keeps but nothing was published of: an empty page, not an error.
     assert!(all_entities(&app, "contentPanel", 100).await.is_empty());
 }
 
