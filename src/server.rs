@@ -88,7 +88,6 @@ pub async fn run(
         metrics,
         allow_private_destinations: config.allow_private_destinations,
         max_subscriptions_per_event: config.max_subscriptions_per_event,
-        subscription_writes: Arc::default(),
         user_tokens,
         public_url: config.public_url.clone(),
         webhook_origin: config.webhook_origin(),

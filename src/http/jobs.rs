@@ -119,8 +119,6 @@ pub async fn register(
             })?;
     }
 
-    // Serialized with subscription creation, so a URL is registered once per job.
-    let _guard = state.subscription_writes.lock().await;
     let db = state.store.db();
     let existing = db.job_callbacks(&account, &job).await?;
     let registered = |url: &str| {
@@ -160,9 +158,30 @@ pub async fn register(
             format: Format::Native,
             secret: generate_secret(),
         };
-        // Notifications published from now on.
-        db.insert_subscription(&new, state.store.head(), now)
+        // Notifications published from now on. Checked again in the insert's transaction:
+        // a concurrent request (to any node) may have registered the URL meanwhile.
+        let registered_meanwhile = db
+            .insert_subscription_checked(&new, state.store.head(), now, |existing| {
+                let taken = existing
+                    .iter()
+                    .any(|s| matches!(&s.destination, Destination::Webhook { url: u } if u == url));
+                if taken {
+                    Err(None)
+                } else if existing.len() >= MAX_CALLBACKS_PER_JOB {
+                    Err(Some(field_error(
+                        "too_many_callbacks",
+                        &format!("job {job:?} has {MAX_CALLBACKS_PER_JOB} callback URLs already"),
+                    )))
+                } else {
+                    Ok(())
+                }
+            })
             .await?;
+        match registered_meanwhile {
+            Ok(()) => {}
+            Err(None) => continue,
+            Err(Some(refused)) => return Err(refused),
+        }
         let subscription = db
             .get_subscription(&account, &new.id)
             .await?

@@ -33,8 +33,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub allow_private_destinations: bool,
     pub max_subscriptions_per_event: usize,
-    /// Serializes subscription creation, so limits and duplicates are checked atomically.
-    pub subscription_writes: Arc<tokio::sync::Mutex<()>>,
     /// What replaces the user tokens of CloudEvents, per account.
     pub user_tokens: Arc<token_verification::UserTokens>,
     /// The server's public URL (`--public-url`), the `source` of its answers.

@@ -203,17 +203,6 @@ pub async fn create(
         ask_consent(&state, &account, &destination).await?;
     }
 
-    // Serialized so two concurrent requests cannot both pass the duplicate and limit
-    // checks.
-    let _guard = state.subscription_writes.lock().await;
-    let existing = state.store.db().list_subscriptions(&account).await?;
-    check_limits(
-        &existing,
-        &destination,
-        &filter,
-        state.max_subscriptions_per_event,
-    )?;
-
     let new = NewSubscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
         account: account.clone(),
@@ -223,13 +212,22 @@ pub async fn create(
         format,
         secret: generate_secret(),
     };
-    // A new subscription receives what is published from now on.
+    // A new subscription receives what is published from now on. The duplicate and
+    // limit checks run in the insert's transaction, so concurrent requests (to any
+    // node) cannot both pass them.
     let cursor = state.store.head();
     state
         .store
         .db()
-        .insert_subscription(&new, cursor, now_millis())
-        .await?;
+        .insert_subscription_checked(&new, cursor, now_millis(), |existing| {
+            check_limits(
+                existing,
+                &new.destination,
+                &new.filter,
+                state.max_subscriptions_per_event,
+            )
+        })
+        .await??;
     let subscription = state
         .store
         .db()

@@ -5,9 +5,15 @@
 //! Writes that sit on the hot path (appending events, recording delivery progress) go
 //! through one writer thread (`writer`) that commits whatever has queued up in a single
 //! transaction: concurrent publishers share one fsync (group commit). Everything else is
-//! a plain query on the connection pool.
+//! a plain query on the connection pool (`database`).
+//!
+//! Two backends: an embedded SQLite file (the default; one process) and PostgreSQL
+//! (several processes may share it: see `postgres`).
 
+mod database;
 mod derive;
+mod postgres;
+mod rows;
 mod sqlite;
 mod writer;
 
@@ -19,9 +25,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Durability;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
+pub use database::{Backend, Database};
 pub use derive::Derivation;
 use sqlite::LogConnection;
-pub use sqlite::SqliteStore;
 pub use writer::CommittedBatch;
 
 /// Errors of the storage layer. Callers log them; clients only learn that storage failed.
@@ -187,7 +193,7 @@ pub enum KeyOwner {
 /// The handle everyone shares: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: SqliteStore,
+    db: Database,
     writes: mpsc::Sender<writer::WriteOp>,
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Receiver<i64>,
@@ -195,7 +201,7 @@ pub struct Store {
 
 /// Checkpoints the WAL every second while the store is open (it is open as long as a
 /// handle to the writer queue exists).
-async fn checkpoints(db: SqliteStore, open: mpsc::WeakSender<writer::WriteOp>) {
+async fn checkpoints(db: Database, open: mpsc::WeakSender<writer::WriteOp>) {
     use std::time::Duration;
     let mut pause = Duration::from_secs(1);
     loop {
@@ -229,27 +235,47 @@ impl Store {
         derivation: Derivation,
         tasks: &TaskTracker,
     ) -> Result<Store> {
-        let db = SqliteStore::open(url, durability).await?;
+        let db = Database::open(url, durability).await?;
         let head_seq = db.head().await?;
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
-        let connection = db.log_connection(durability)?;
-        let writer = writer::Writer::new(
-            connection,
-            queue,
-            committed.clone(),
-            head_tx,
-            head_seq,
-            derivation,
-        );
-        // The writer blocks on SQLite and its fsync: it gets a thread of its own.
+        let (log, announce) = match &db.pool {
+            database::Pool::Sqlite(_) => (
+                writer::Log::Sqlite(sqlite::log_connection(url, durability)?),
+                writer::Announce::Dispatchers {
+                    committed: committed.clone(),
+                    head: head_tx,
+                },
+            ),
+            database::Pool::Postgres(pool) => {
+                let (follower, local) = mpsc::unbounded_channel();
+                tasks.spawn(postgres::follow_log(
+                    db.clone(),
+                    pool.clone(),
+                    local,
+                    committed.clone(),
+                    head_tx,
+                ));
+                (
+                    writer::Log::Postgres {
+                        db: db.clone(),
+                        pool: pool.clone(),
+                    },
+                    writer::Announce::Follower(follower),
+                )
+            }
+        };
+        let writer = writer::Writer::new(log, queue, announce, head_seq, derivation);
+        // The writer blocks on the database and its fsync: it gets a thread of its own.
         tasks.spawn(async move {
             if let Err(error) = tokio::task::spawn_blocking(move || writer.run()).await {
                 tracing::error!(%error, "the log writer stopped");
             }
         });
-        tasks.spawn(checkpoints(db.clone(), writes.downgrade()));
+        if db.backend() == Backend::Sqlite {
+            tasks.spawn(checkpoints(db.clone(), writes.downgrade()));
+        }
         Ok(Store {
             db,
             writes,
@@ -298,7 +324,7 @@ impl Store {
     }
 
     /// The underlying database, for reads and for writes off the hot path.
-    pub fn db(&self) -> &SqliteStore {
+    pub fn db(&self) -> &Database {
         &self.db
     }
 }

@@ -1,25 +1,19 @@
-//! The SQLite backend: every SQL statement Reelay runs against the embedded database.
+//! The SQLite backend: how the embedded database is opened and checkpointed, what it
+//! does differently from PostgreSQL, and the log writer's own connection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::derive::Derivation;
+use super::rows::DueRetryRow;
 use super::writer::{LogRow, Written};
-use super::{
-    AttemptRecord, DueRetry, EntityState, EventQuery, Health, KeyOwner, Progress, Result,
-    RetryEntry, RetryState, StoreError, StoredAttempt,
-};
+use super::{Health, Progress, Result, RetryState, StoreError};
 use crate::config::Durability;
-use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, Millis, NewSubscription, StoredEvent,
-    Subscription, SubscriptionKind, TokenVerification,
-};
+use crate::model::StoredEvent;
 
 /// WAL frames (pages) past which a checkpoint restarts the WAL: 64 MB of 4 KB pages.
 const WAL_RESTART_FRAMES: i64 = 16_384;
@@ -46,730 +40,127 @@ fn synchronous(durability: Durability) -> &'static str {
 /// server CPU; 1 KB pages cost more CPU (deeper trees, overflow pages for large events).
 const PAGE_SIZE: u32 = 2048;
 
-#[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-    /// The database file, for the log writer's own connection.
-    path: PathBuf,
+/// The database file a URL names (`sqlite://path` or a bare path).
+fn database_file(url: &str) -> Result<PathBuf> {
+    let path = SqliteConnectOptions::from_str(url)?
+        .get_filename()
+        .to_path_buf();
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Err(StoreError::InMemory);
+    }
+    Ok(path)
 }
 
-const EVENT_COLUMNS: &str =
-    "seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body";
-
-impl SqliteStore {
-    pub async fn open(url: &str, durability: Durability) -> Result<SqliteStore> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .page_size(PAGE_SIZE)
-            .journal_mode(SqliteJournalMode::Wal)
-            .pragma("synchronous", synchronous(durability))
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("foreign_keys", "ON")
-            // 16 MB of page cache per connection (the default is 2 MB).
-            .pragma("cache_size", "-16000")
-            // Commits never checkpoint (copy the WAL back into the database and fsync it):
-            // that would stall every publisher queued behind that commit. A background
-            // task checkpoints instead ([`SqliteStore::checkpoint`]).
-            .pragma("wal_autocheckpoint", "0")
-            // After a checkpoint restarts the WAL, shrink its file back to this size.
-            .pragma("journal_size_limit", "67108864");
-        let path = options.get_filename().to_path_buf();
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool, path })
-    }
-
-    /// Copies what it can of the WAL into the database without blocking writers or
-    /// readers (PASSIVE). Under constant writes a passive checkpoint never reaches the end
-    /// of the WAL, so the WAL would grow without end: once it is past
-    /// `WAL_RESTART_FRAMES`, and a passive checkpoint has left little to copy, a
-    /// restarting checkpoint copies that little and starts the WAL over. A restart holds
-    /// writers back while it runs, so it is only started when it is short: a long one
-    /// stalls every publisher. Returns whether the WAL is still too long (call again soon).
-    pub async fn checkpoint(&self) -> Result<bool> {
-        let started = std::time::Instant::now();
-        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&self.pool)
-            .await?;
-        metrics::histogram!("reelay_checkpoint_seconds", "mode" => "passive")
-            .record(started.elapsed().as_secs_f64());
-        let (frames, copied): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
-        if frames <= WAL_RESTART_FRAMES {
-            return Ok(false);
-        }
-        // Past `WAL_FORCE_RESTART_FRAMES` the disk matters more than a stall.
-        if frames - copied > RESTART_AT_MOST_FRAMES && frames < WAL_FORCE_RESTART_FRAMES {
-            return Ok(true);
-        }
-        let started = std::time::Instant::now();
-        let row = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-            .fetch_one(&self.pool)
-            .await?;
-        metrics::histogram!("reelay_checkpoint_seconds", "mode" => "restart")
-            .record(started.elapsed().as_secs_f64());
-        // Busy: a reader or writer kept it from finishing; the WAL is still long.
-        let busy: i64 = row.try_get(0)?;
-        Ok(busy != 0)
-    }
-
-    /// The last position handed out: the last event, or a cursor past it. Writers before
-    /// this one could save a cursor on a position that only a duplicate had taken; new
-    /// events start after it, so that cursor skips none of them.
-    pub async fn head(&self) -> Result<i64> {
-        let head: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(position) FROM (SELECT MAX(seq) AS position FROM events \
-             UNION ALL SELECT MAX(cursor) FROM subscriptions)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(head.unwrap_or(0))
-    }
-
-    /// The log writer's own connection (see [`LogConnection`]), with the pool's settings.
-    pub(super) fn log_connection(&self, durability: Durability) -> Result<LogConnection> {
-        if self.path.as_os_str().is_empty() || self.path.as_os_str() == ":memory:" {
-            return Err(StoreError::InMemory);
-        }
-        let connection = rusqlite::Connection::open(&self.path)?;
-        connection.busy_timeout(Duration::from_secs(10))?;
-        connection.execute_batch(&format!(
-            "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
-            synchronous(durability)
-        ))?;
-        Ok(LogConnection(connection))
-    }
-
-    /// Events of one account after `after` and up to `upto`, in log order: how a
-    /// dispatcher that fell behind the in-memory hand-off catches up. `upto` is the
-    /// durable head: a commit still waiting for its fsync is not dispatched yet.
-    pub async fn events_after(
-        &self,
-        account: &str,
-        after: i64,
-        upto: i64,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query_as::<_, EventRow>(
-            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body \
-             FROM events WHERE account = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-        )
-        .bind(account)
-        .bind(after)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(StoredEvent::from).collect())
-    }
-
-    /// A page of an account's entities of one type, by id, with the event that set each
-    /// one's state: ids after `after`, at most `limit`.
-    pub async fn list_entities(
-        &self,
-        account: &str,
-        entity_type: &str,
-        after: &str,
-        limit: u32,
-    ) -> Result<Vec<EntityState>> {
-        let rows = sqlx::query(
-            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
-             e.entity_key, e.occurred_at, e.received_at, e.body \
-             FROM entities n JOIN events e ON e.seq = n.seq \
-             WHERE n.account = ? AND n.type = ? AND n.id > ? ORDER BY n.id LIMIT ?",
-        )
-        .bind(account)
-        .bind(entity_type)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entity_from_row).collect()
-    }
-
-    /// One entity's state, with the event that set it.
-    pub async fn get_entity(
-        &self,
-        account: &str,
-        entity_type: &str,
-        id: &str,
-    ) -> Result<Option<EntityState>> {
-        let row = sqlx::query(
-            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
-             e.entity_key, e.occurred_at, e.received_at, e.body \
-             FROM entities n JOIN events e ON e.seq = n.seq \
-             WHERE n.account = ? AND n.type = ? AND n.id = ?",
-        )
-        .bind(account)
-        .bind(entity_type)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(entity_from_row).transpose()
-    }
-
-    pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
-        let row = sqlx::query_as::<_, EventRow>(
-            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body \
-             FROM events WHERE seq = ?",
-        )
-        .bind(seq)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(StoredEvent::from))
-    }
-
-    pub async fn query_events(
-        &self,
-        account: &str,
-        query: &EventQuery,
-    ) -> Result<Vec<StoredEvent>> {
-        let mut select: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE account = "
-        ));
-        select.push_bind(account);
-        if let Some(topic) = &query.topic {
-            select.push(" AND topic = ").push_bind(topic);
-        }
-        if let Some(event) = &query.event {
-            select.push(" AND name = ").push_bind(event);
-        }
-        select
-            .push(" AND seq > ")
-            .push_bind(query.after.unwrap_or(0))
-            .push(" ORDER BY seq LIMIT ")
-            .push_bind(query.limit);
-        let rows: Vec<EventRow> = select.build_query_as().fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(StoredEvent::from).collect())
-    }
-
-    /// The last sequence number committed before `time`: replaying "from a time" starts
-    /// after it.
-    pub async fn last_seq_before(&self, time: Millis) -> Result<i64> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE received_at < ?")
-                .bind(time)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(seq.unwrap_or(0))
-    }
-
-    pub async fn insert_subscription(
-        &self,
-        subscription: &NewSubscription,
-        cursor: i64,
-        created_at: Millis,
-    ) -> Result<()> {
-        let (job_id, expires_at) = match &subscription.kind {
-            SubscriptionKind::Standing => (None, None),
-            SubscriptionKind::JobCallback { job, expires_at } => (Some(job), Some(*expires_at)),
-        };
-        sqlx::query(
-            "INSERT INTO subscriptions (id, account, destination, events, topics, format, secret, created_at, cursor, \
-             job_id, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&subscription.id)
-        .bind(&subscription.account)
-        .bind(to_json(&subscription.destination))
-        .bind(to_json(&subscription.filter.events))
-        .bind(to_json(&subscription.filter.topics))
-        .bind(subscription.format.as_str())
-        .bind(&subscription.secret)
-        .bind(created_at)
-        .bind(cursor)
-        .bind(job_id)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The standing subscriptions of one account (what the subscription API lists; job
-    /// callbacks are listed per job).
-    pub async fn list_subscriptions(&self, account: &str) -> Result<Vec<Subscription>> {
-        let rows: Vec<SubscriptionRow> = sqlx::query_as(
-            "SELECT * FROM subscriptions WHERE account = ? AND job_id IS NULL ORDER BY created_at, id",
-        )
-        .bind(account)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(Subscription::try_from).collect()
-    }
-
-    /// Every subscription of every kind and account: what dispatch runs.
-    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>> {
-        let rows: Vec<SubscriptionRow> =
-            sqlx::query_as("SELECT * FROM subscriptions ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter().map(Subscription::try_from).collect()
-    }
-
-    /// The callback registrations of one job.
-    pub async fn job_callbacks(&self, account: &str, job: &str) -> Result<Vec<Subscription>> {
-        let rows: Vec<SubscriptionRow> = sqlx::query_as(
-            "SELECT * FROM subscriptions WHERE account = ? AND job_id = ? ORDER BY created_at, id",
-        )
-        .bind(account)
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(Subscription::try_from).collect()
-    }
-
-    /// Deletes the job callbacks that expired by `now`, with their retry sets and
-    /// attempt records; returns their ids.
-    pub async fn delete_expired_callbacks(&self, now: Millis) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "DELETE FROM retries WHERE subscription_id IN \
-             (SELECT id FROM subscriptions WHERE expires_at <= ?)",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM attempts WHERE subscription_id IN \
-             (SELECT id FROM subscriptions WHERE expires_at <= ?)",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let ids: Vec<String> =
-            sqlx::query_scalar("DELETE FROM subscriptions WHERE expires_at <= ? RETURNING id")
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(ids)
-    }
-
-    /// The earliest delivery of a subscription that waits for a retry (not dead).
-    pub async fn first_pending_retry(&self, subscription_id: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(seq) FROM retries WHERE subscription_id = ? AND dead_at IS NULL",
-        )
-        .bind(subscription_id)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
-        let row: Option<SubscriptionRow> =
-            sqlx::query_as("SELECT * FROM subscriptions WHERE account = ? AND id = ?")
-                .bind(account)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(Subscription::try_from).transpose()
-    }
-
-    /// Deletes a subscription with its retry set and attempt records.
-    pub async fn delete_subscription(&self, account: &str, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM subscriptions WHERE account = ? AND id = ?")
-            .bind(account)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted > 0 {
-            sqlx::query("DELETE FROM retries WHERE subscription_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM attempts WHERE subscription_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(deleted > 0)
-    }
-
-    /// Re-enables a disabled subscription; its waiting retries become due at once.
-    pub async fn enable_subscription(&self, id: &str, now: Millis) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE subscriptions SET disabled_code = NULL, disabled_message = NULL, disabled_at = NULL, \
-             failing_since = NULL WHERE id = ?",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE retries SET next_attempt_at = ? WHERE subscription_id = ? AND dead_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Moves a subscription's cursor (replay) while no dispatcher runs for it.
-    pub async fn set_cursor(&self, id: &str, cursor: i64) -> Result<()> {
-        sqlx::query("UPDATE subscriptions SET cursor = ? WHERE id = ?")
-            .bind(cursor)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Claims up to `limit` due retries of enabled subscriptions: their next attempt is
-    /// pushed to `lease_until`, so a crash during the attempt only delays it.
-    pub async fn claim_due_retries(
-        &self,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-    ) -> Result<Vec<DueRetry>> {
-        let rows = sqlx::query(
-            "UPDATE retries SET next_attempt_at = ? WHERE rowid IN ( \
-               SELECT r.rowid FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
-               WHERE r.dead_at IS NULL AND r.next_attempt_at <= ? AND s.disabled_at IS NULL \
-               ORDER BY r.next_attempt_at LIMIT ?) \
-             RETURNING subscription_id, seq, attempts",
-        )
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DueRetry {
-                    subscription_id: row.try_get("subscription_id")?,
-                    seq: row.try_get("seq")?,
-                    attempts: row.try_get::<i64, _>("attempts")? as u32,
-                })
-            })
-            .collect()
-    }
-
-    /// When the earliest pending retry is due.
-    pub async fn next_retry_at(&self) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(r.next_attempt_at) FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
-             WHERE r.dead_at IS NULL AND s.disabled_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    pub async fn pending_retry_count(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM retries WHERE dead_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Attempt records of a subscription, newest first.
-    pub async fn list_attempts(
-        &self,
-        subscription_id: &str,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<StoredAttempt>> {
-        let rows = sqlx::query(
-            "SELECT * FROM attempts WHERE subscription_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(subscription_id)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(attempt_from_row).collect()
-    }
-
-    /// The retry set of a subscription (pending retries and dead letters), oldest first.
-    pub async fn list_retries(&self, subscription_id: &str, limit: u32) -> Result<Vec<RetryEntry>> {
-        let rows = sqlx::query(
-            "SELECT r.seq, e.event_id, r.attempts, r.next_attempt_at, r.last_error, r.dead_at \
-             FROM retries r JOIN events e ON e.seq = r.seq WHERE r.subscription_id = ? \
-             ORDER BY r.seq LIMIT ?",
-        )
-        .bind(subscription_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RetryEntry {
-                    seq: row.try_get("seq")?,
-                    event_id: row.try_get("event_id")?,
-                    attempts: row.try_get::<i64, _>("attempts")? as u32,
-                    next_attempt_at: row.try_get("next_attempt_at")?,
-                    last_error: row.try_get("last_error")?,
-                    dead_at: row.try_get("dead_at")?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn insert_key(
-        &self,
-        hash: &str,
-        owner: &KeyOwner,
-        prefix: &str,
-        now: Millis,
-    ) -> Result<()> {
-        let account = match owner {
-            KeyOwner::Admin => None,
-            KeyOwner::Account(account) => Some(account.as_str()),
-        };
-        sqlx::query("INSERT INTO api_keys (hash, account, prefix, created_at) VALUES (?, ?, ?, ?)")
-            .bind(hash)
-            .bind(account)
-            .bind(prefix)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn find_key(&self, hash: &str) -> Result<Option<KeyOwner>> {
-        let account: Option<Option<String>> =
-            sqlx::query_scalar("SELECT account FROM api_keys WHERE hash = ?")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(account.map(|account| match account {
-            None => KeyOwner::Admin,
-            Some(account) => KeyOwner::Account(account),
-        }))
-    }
-
-    pub async fn has_admin_key(&self) -> Result<bool> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE account IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(count > 0)
-    }
-
-    /// Sets (replaces) an account's user-token verification.
-    pub async fn put_token_verification(&self, settings: &TokenVerification) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO token_verification (account, hs256_secret, public_keys, issuer, audience, leeway_seconds, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (account) DO UPDATE SET hs256_secret = excluded.hs256_secret, \
-             public_keys = excluded.public_keys, issuer = excluded.issuer, audience = excluded.audience, \
-             leeway_seconds = excluded.leeway_seconds, updated_at = excluded.updated_at",
-        )
-        .bind(&settings.account)
-        .bind(&settings.hs256_secret)
-        .bind(to_json(&settings.public_keys))
-        .bind(&settings.issuer)
-        .bind(&settings.audience)
-        .bind(i64::try_from(settings.leeway_seconds).unwrap_or(i64::MAX))
-        .bind(settings.updated_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn get_token_verification(&self, account: &str) -> Result<Option<TokenVerification>> {
-        let row = sqlx::query(
-            "SELECT account, hs256_secret, public_keys, issuer, audience, leeway_seconds, updated_at \
-             FROM token_verification WHERE account = ?",
-        )
-        .bind(account)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let keys: String = row.try_get("public_keys")?;
-        let public_keys: Vec<String> = serde_json::from_str(&keys).map_err(|_| {
-            StoreError::Corrupt(format!("token verification of {account}: public_keys"))
+/// Opens (creating if needed) the database and brings its schema up to date.
+pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<SqlitePool> {
+    let path = database_file(url)?;
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .page_size(PAGE_SIZE)
+        .journal_mode(SqliteJournalMode::Wal)
+        .pragma("synchronous", synchronous(durability))
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("foreign_keys", "ON")
+        // 16 MB of page cache per connection (the default is 2 MB).
+        .pragma("cache_size", "-16000")
+        // Commits never checkpoint (copy the WAL back into the database and fsync it):
+        // that would stall every publisher queued behind that commit. A background
+        // task checkpoints instead ([`checkpoint`]).
+        .pragma("wal_autocheckpoint", "0")
+        // After a checkpoint restarts the WAL, shrink its file back to this size.
+        .pragma("journal_size_limit", "67108864");
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
         })?;
-        Ok(Some(TokenVerification {
-            account: row.try_get("account")?,
-            hs256_secret: row.try_get("hs256_secret")?,
-            public_keys,
-            issuer: row.try_get("issuer")?,
-            audience: row.try_get("audience")?,
-            leeway_seconds: u64::try_from(row.try_get::<i64, _>("leeway_seconds")?).unwrap_or(0),
-            updated_at: row.try_get("updated_at")?,
-        }))
     }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    Ok(pool)
+}
 
-    /// Removes an account's user-token verification; says whether there was one.
-    pub async fn delete_token_verification(&self, account: &str) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM token_verification WHERE account = ?")
-            .bind(account)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(deleted > 0)
+/// Copies what it can of the WAL into the database without blocking writers or readers
+/// (PASSIVE). Under constant writes a passive checkpoint never reaches the end of the
+/// WAL, so the WAL would grow without end: once it is past `WAL_RESTART_FRAMES`, and a
+/// passive checkpoint has left little to copy, a restarting checkpoint copies that little
+/// and starts the WAL over. A restart holds writers back while it runs, so it is only
+/// started when it is short: a long one stalls every publisher. Returns whether the WAL
+/// is still too long (call again soon).
+pub(super) async fn checkpoint(pool: &SqlitePool) -> Result<bool> {
+    let started = std::time::Instant::now();
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    metrics::histogram!("reelay_checkpoint_seconds", "mode" => "passive")
+        .record(started.elapsed().as_secs_f64());
+    let (frames, copied): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+    if frames <= WAL_RESTART_FRAMES {
+        return Ok(false);
     }
-
-    /// The server secret called `name`: `candidate` becomes it if it has none yet, so
-    /// it is generated once and then kept, whichever process starts first.
-    pub async fn server_secret(&self, name: &str, candidate: &str, now: Millis) -> Result<String> {
-        sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(candidate)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    // Past `WAL_FORCE_RESTART_FRAMES` the disk matters more than a stall.
+    if frames - copied > RESTART_AT_MOST_FRAMES && frames < WAL_FORCE_RESTART_FRAMES {
+        return Ok(true);
     }
+    let started = std::time::Instant::now();
+    let row = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_one(pool)
+        .await?;
+    metrics::histogram!("reelay_checkpoint_seconds", "mode" => "restart")
+        .record(started.elapsed().as_secs_f64());
+    // Busy: a reader or writer kept it from finishing; the WAL is still long.
+    let busy: i64 = row.try_get(0)?;
+    Ok(busy != 0)
 }
 
-#[derive(FromRow)]
-struct EventRow {
-    seq: i64,
-    account: String,
-    event_id: String,
-    name: String,
-    topic: String,
-    entity_key: Option<String>,
-    occurred_at: i64,
-    received_at: i64,
-    body: String,
+/// The last position handed out: the last event, or a cursor past it. Writers before
+/// this one could save a cursor on a position that only a duplicate had taken; new
+/// events start after it, so that cursor skips none of them.
+pub(super) async fn head(pool: &SqlitePool) -> Result<i64> {
+    let head: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(position) FROM (SELECT MAX(seq) AS position FROM events \
+         UNION ALL SELECT MAX(cursor) FROM subscriptions)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(head.unwrap_or(0))
 }
 
-impl From<EventRow> for StoredEvent {
-    fn from(row: EventRow) -> StoredEvent {
-        StoredEvent {
-            seq: row.seq,
-            account: row.account,
-            id: row.event_id,
-            name: row.name,
-            topic: row.topic,
-            entity_key: row.entity_key,
-            occurred_at: row.occurred_at,
-            received_at: row.received_at,
-            body: row.body.into(),
-        }
-    }
+/// Claims due retries: one process owns all the work, so every due retry is its own.
+pub(super) async fn claim_due_retries(
+    pool: &SqlitePool,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<DueRetryRow>> {
+    Ok(sqlx::query_as(
+        "UPDATE retries SET next_attempt_at = $1 WHERE rowid IN ( \
+           SELECT r.rowid FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
+           WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
+           ORDER BY r.next_attempt_at LIMIT $3) \
+         RETURNING subscription_id, seq, attempts",
+    )
+    .bind(lease_until)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
-#[derive(FromRow)]
-struct SubscriptionRow {
-    id: String,
-    account: String,
-    destination: String,
-    events: String,
-    topics: String,
-    format: String,
-    secret: String,
-    created_at: i64,
-    cursor: i64,
-    disabled_code: Option<String>,
-    disabled_message: Option<String>,
-    disabled_at: Option<i64>,
-    failing_since: Option<i64>,
-    last_success_at: Option<i64>,
-    delivered: i64,
-    job_id: Option<String>,
-    expires_at: Option<i64>,
-}
-
-impl TryFrom<SubscriptionRow> for Subscription {
-    type Error = StoreError;
-
-    fn try_from(row: SubscriptionRow) -> Result<Subscription> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("subscription {}: {what}", row.id));
-        let destination: Destination =
-            serde_json::from_str(&row.destination).map_err(|_| corrupt("destination"))?;
-        let events: Vec<String> =
-            serde_json::from_str(&row.events).map_err(|_| corrupt("events"))?;
-        let topics: Vec<String> =
-            serde_json::from_str(&row.topics).map_err(|_| corrupt("topics"))?;
-        let format = Format::parse(&row.format).ok_or_else(|| corrupt("format"))?;
-        let disabled = row.disabled_code.map(|code| {
-            DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default())
-        });
-        let kind = match (row.job_id, row.expires_at) {
-            (None, None) => SubscriptionKind::Standing,
-            (Some(job), Some(expires_at)) => SubscriptionKind::JobCallback { job, expires_at },
-            _ => return Err(corrupt("job_id and expires_at")),
-        };
-        Ok(Subscription {
-            id: row.id,
-            account: row.account,
-            kind,
-            destination,
-            filter: EventFilter { events, topics },
-            format,
-            secret: row.secret,
-            created_at: row.created_at,
-            cursor: row.cursor,
-            disabled,
-            disabled_at: row.disabled_at,
-            failing_since: row.failing_since,
-            last_success_at: row.last_success_at,
-            delivered: row.delivered as u64,
-        })
-    }
-}
-
-fn entity_from_row(row: &SqliteRow) -> Result<EntityState> {
-    Ok(EntityState {
-        entity_type: row.try_get("type")?,
-        id: row.try_get("id")?,
-        deleted: row.try_get::<i64, _>("deleted")? != 0,
-        event: StoredEvent {
-            seq: row.try_get("seq")?,
-            account: row.try_get("account")?,
-            id: row.try_get("event_id")?,
-            name: row.try_get("name")?,
-            topic: row.try_get("topic")?,
-            entity_key: row.try_get("entity_key")?,
-            occurred_at: row.try_get("occurred_at")?,
-            received_at: row.try_get("received_at")?,
-            body: row.try_get::<String, _>("body")?.into(),
-        },
-    })
-}
-
-fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt> {
-    let outcome: String = row.try_get("outcome")?;
-    Ok(StoredAttempt {
-        id: row.try_get("id")?,
-        record: AttemptRecord {
-            seq: row.try_get("seq")?,
-            event_id: row.try_get("event_id")?,
-            attempt: row.try_get::<i64, _>("attempt")? as u32,
-            at: row.try_get("at")?,
-            outcome: match outcome.as_str() {
-                "delivered" => "delivered",
-                "dead" => "dead",
-                _ => "failed",
-            },
-            status: row
-                .try_get::<Option<i64>, _>("status")?
-                .and_then(|status| u16::try_from(status).ok()),
-            error: row.try_get("error")?,
-            latency_ms: row.try_get("latency_ms")?,
-            response: row.try_get("response")?,
-            next_attempt_at: row.try_get("next_attempt_at")?,
-        },
-    })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Serializing these plain types cannot fail.
-    serde_json::to_string(value).unwrap_or_default()
+/// The log writer's own connection (see [`LogConnection`]), with the pool's settings.
+pub(super) fn log_connection(url: &str, durability: Durability) -> Result<LogConnection> {
+    let path = database_file(url)?;
+    let connection = rusqlite::Connection::open(Path::new(&path))?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
+        synchronous(durability)
+    ))?;
+    Ok(LogConnection(connection))
 }
 
 /// The log writer's connection. It lives on the writer's own thread and talks to SQLite

@@ -9,10 +9,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio::runtime::Handle;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::derive::Derivation;
-use super::{Appended, LogConnection, Progress, Result, StoreError};
+use super::{Appended, Database, LogConnection, Progress, Result, StoreError, postgres};
 use crate::model::{EntityChange, NewEvent, StoredEvent, now_millis};
 
 /// Events committed together, and the range of sequence numbers the commit covered.
@@ -58,38 +61,91 @@ pub(super) enum Written {
 const MAX_EVENTS_PER_COMMIT: usize = 5_000;
 const MAX_OPS_PER_COMMIT: usize = 1_024;
 
+/// Where the writer commits.
+pub(super) enum Log {
+    /// Its own SQLite connection: this process is the only writer.
+    Sqlite(LogConnection),
+    /// The shared PostgreSQL database; other nodes append too.
+    Postgres { db: Database, pool: sqlx::PgPool },
+}
+
+/// Who learns of a commit.
+pub(super) enum Announce {
+    /// The dispatchers, directly: no other process appends, so commits are the log.
+    Dispatchers {
+        committed: broadcast::Sender<Arc<CommittedBatch>>,
+        head: watch::Sender<i64>,
+    },
+    /// This node's log follower, which merges them with the other nodes' commits.
+    Follower(mpsc::UnboundedSender<CommittedBatch>),
+}
+
+/// After a failed commit, progress reports are tried again after this long even if no
+/// new work arrives.
+const PROGRESS_RETRY: Duration = Duration::from_millis(200);
+
 pub(super) struct Writer {
-    connection: LogConnection,
+    log: Log,
     queue: mpsc::Receiver<WriteOp>,
-    committed: broadcast::Sender<Arc<CommittedBatch>>,
-    head: watch::Sender<i64>,
+    announce: Announce,
     next_seq: i64,
     derivation: Derivation,
+    runtime: Handle,
+    /// Progress reports whose commit failed, to go first into the next one: a
+    /// dispatcher has moved on believing them saved, so they cannot be refused like a
+    /// publish. Flushes wait until they are in.
+    carried: Vec<Progress>,
+    carried_flushes: Vec<oneshot::Sender<()>>,
 }
 
 impl Writer {
+    /// A writer that numbers new events from `head_seq + 1`. Call in the runtime the
+    /// writer's thread should use for async work.
     pub(super) fn new(
-        connection: LogConnection,
+        log: Log,
         queue: mpsc::Receiver<WriteOp>,
-        committed: broadcast::Sender<Arc<CommittedBatch>>,
-        head: watch::Sender<i64>,
+        announce: Announce,
         head_seq: i64,
         derivation: Derivation,
     ) -> Writer {
         Writer {
-            connection,
+            log,
             queue,
-            committed,
-            head,
+            announce,
             next_seq: head_seq + 1,
             derivation,
+            runtime: Handle::current(),
+            carried: Vec::new(),
+            carried_flushes: Vec::new(),
+        }
+    }
+
+    /// Waits for the next operation; with progress left from a failed commit, only for a
+    /// while. `None` when the queue is closed and empty and nothing is left to save.
+    fn next_op(&mut self) -> Option<Option<WriteOp>> {
+        if self.carried.is_empty() {
+            return self.queue.blocking_recv().map(Some);
+        }
+        let queue = &mut self.queue;
+        match self
+            .runtime
+            .block_on(tokio::time::timeout(PROGRESS_RETRY, queue.recv()))
+        {
+            Ok(Some(op)) => Some(Some(op)),
+            // Closed: the carried progress is tried once more, then the writer ends.
+            Ok(None) => None,
+            Err(_) => Some(None),
         }
     }
 
     /// Runs on a thread of its own until every [`super::Store`] handle is dropped and the
     /// queue is empty.
     pub(super) fn run(mut self) {
-        while let Some(first) = self.queue.blocking_recv() {
+        while let Some(first) = self.next_op() {
+            let Some(first) = first else {
+                self.commit(Vec::new());
+                continue;
+            };
             let mut ops = vec![first];
             let mut events = ops_event_count(&ops);
             while ops.len() < MAX_OPS_PER_COMMIT && events < MAX_EVENTS_PER_COMMIT {
@@ -103,6 +159,9 @@ impl Writer {
             }
             self.commit(ops);
         }
+        if !self.carried.is_empty() {
+            self.commit(Vec::new());
+        }
     }
 
     fn commit(&mut self, ops: Vec<WriteOp>) {
@@ -113,9 +172,9 @@ impl Writer {
         // commit is a duplicate without asking the database.
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
-        let mut progress = Vec::new();
+        let mut progress = std::mem::take(&mut self.carried);
         let mut appends = Vec::new();
-        let mut flushes = Vec::new();
+        let mut flushes = std::mem::take(&mut self.carried_flushes);
         for op in ops {
             match op {
                 WriteOp::Append { events, reply } => {
@@ -157,14 +216,13 @@ impl Writer {
             }
         }
 
+        let reserved = self.next_seq - 1 - after;
         let started = std::time::Instant::now();
-        let committed = self
-            .connection
-            .commit_group(&rows, &progress, &self.derivation);
+        let committed = self.commit_group(&mut rows, after, reserved, &progress);
         metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
         match committed {
-            Ok(written) => {
+            Ok((written, log_after)) => {
                 // In log order: each derived event right after its cause.
                 let mut events = Vec::with_capacity(rows.len());
                 // A row the database skipped had its id stored by an earlier commit.
@@ -194,22 +252,7 @@ impl Writer {
                         .collect();
                     let _ = reply.send(Ok(answer));
                 }
-                // Positions handed out to rows that turned out to be duplicates are given
-                // back when nothing stored follows them: the head must be the last stored
-                // event, as a restart reads it from the log. Otherwise a cursor could be
-                // saved past that head, and the events that reuse those positions after a
-                // restart would be skipped.
-                let upto = events.last().map_or(after, |event| event.seq);
-                self.next_seq = upto + 1;
-                if upto > after {
-                    self.head.send_replace(upto);
-                    // No receiver is fine: dispatchers that start later read the log.
-                    let _ = self.committed.send(Arc::new(CommittedBatch {
-                        after,
-                        upto,
-                        events,
-                    }));
-                }
+                self.announce(log_after, reserved, events);
             }
             Err(error) => {
                 tracing::error!(%error, "group commit failed; its publishers get an error");
@@ -218,34 +261,77 @@ impl Writer {
                 for (_, reply) in appends {
                     let _ = reply.send(Err(StoreError::CommitFailed(error.to_string())));
                 }
-                self.save_progress_until_committed(&progress);
+                if !progress.is_empty() {
+                    tracing::error!("delivery progress not saved; trying again");
+                    self.carried = progress;
+                    self.carried_flushes = flushes;
+                    return;
+                }
             }
         }
         for flush in flushes {
             let _ = flush.send(());
         }
     }
-}
 
-impl Writer {
-    /// Progress cannot be refused like a publish: its worker has moved on, believing its
-    /// cursor and its failed deliveries saved. So it is committed again, alone, until it
-    /// goes in; meanwhile everything else waits in the queue (publishers see the delay).
-    fn save_progress_until_committed(&mut self, progress: &[Progress]) {
-        if progress.is_empty() {
-            return;
+    /// Commits one group where the log lives. Returns what became of each row and the
+    /// position the group starts after (PostgreSQL: other nodes may have appended since
+    /// this writer last looked, and the rows are moved up to follow them).
+    fn commit_group(
+        &mut self,
+        rows: &mut [LogRow],
+        after: i64,
+        reserved: i64,
+        progress: &[Progress],
+    ) -> Result<(Vec<Written>, i64)> {
+        match &mut self.log {
+            Log::Sqlite(connection) => connection
+                .commit_group(rows, progress, &self.derivation)
+                .map(|written| (written, after)),
+            Log::Postgres { db, pool } => self.runtime.block_on(postgres::commit_group(
+                db,
+                pool,
+                rows,
+                after,
+                reserved,
+                progress,
+                &self.derivation,
+            )),
         }
-        let mut wait = std::time::Duration::from_millis(50);
-        loop {
-            match self
-                .connection
-                .commit_group(&[], progress, &self.derivation)
-            {
-                Ok(_) => return,
-                Err(error) => {
-                    tracing::error!(%error, "saving delivery progress failed; trying again");
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+
+    /// Hands a commit's events on, and settles where the next commit starts.
+    fn announce(&mut self, after: i64, reserved: i64, events: Vec<Arc<StoredEvent>>) {
+        match &self.announce {
+            Announce::Dispatchers { committed, head } => {
+                // Positions handed out to rows that turned out to be duplicates are given
+                // back when nothing stored follows them: the head must be the last stored
+                // event, as a restart reads it from the log. Otherwise a cursor could be
+                // saved past that head, and the events that reuse those positions after a
+                // restart would be skipped.
+                let upto = events.last().map_or(after, |event| event.seq);
+                self.next_seq = upto + 1;
+                if upto > after {
+                    head.send_replace(upto);
+                    // No receiver is fine: dispatchers that start later read the log.
+                    let _ = committed.send(Arc::new(CommittedBatch {
+                        after,
+                        upto,
+                        events,
+                    }));
+                }
+            }
+            Announce::Follower(follower) => {
+                // The shared head keeps every reserved position (it is stored, not read
+                // from the log), so a gap left by a duplicate is never reused.
+                let upto = after + reserved;
+                self.next_seq = upto + 1;
+                if upto > after {
+                    let _ = follower.send(CommittedBatch {
+                        after,
+                        upto,
+                        events,
+                    });
                 }
             }
         }

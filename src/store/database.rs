@@ -1,0 +1,686 @@
+//! The storage interface: every query Reelay runs off the hot path, written once for both
+//! backends. The SQL is the same text for SQLite and PostgreSQL (`$n` placeholders,
+//! 64-bit integers and text); where the engines differ (claiming work among several
+//! nodes, the log's head) the method says so and has one branch per backend.
+//! Appends and delivery progress go through the log writer instead (`writer`).
+
+use std::time::Duration;
+
+use sqlx::QueryBuilder;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+
+use super::rows::{
+    AttemptRow, DueRetryRow, EVENT_COLUMNS, EntityRow, EventRow, RetryRow, SubscriptionRow,
+    TokenVerificationRow, to_json,
+};
+use super::{
+    DueRetry, EntityState, EventQuery, KeyOwner, Result, RetryEntry, StoredAttempt, postgres,
+    sqlite,
+};
+use crate::config::Durability;
+use crate::model::{
+    Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
+};
+
+/// A connection pool to one of the two backends.
+#[derive(Clone)]
+pub(super) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same statements on whichever pool this is: `$body` is compiled once per
+/// backend, with `$pool` bound to that backend's pool.
+macro_rules! on_pool {
+    ($self:expr, |$pool:ident| $body:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Which backend a database URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+/// The database, for reads and for writes off the hot path. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    pub(super) pool: Pool,
+    /// This process's name among the nodes sharing a PostgreSQL database (leases are
+    /// held in its name). A SQLite database has one process: it owns all the work.
+    node: String,
+}
+
+/// Bounds a query's `LIMIT` (PostgreSQL has no unsigned integers).
+fn limit(n: u32) -> i64 {
+    i64::from(n)
+}
+
+impl Database {
+    /// Opens the database `url` names, creating it if needed (SQLite), and brings its
+    /// schema up to date.
+    pub async fn open(url: &str, durability: Durability) -> Result<Database> {
+        let pool = match Backend::of(url) {
+            Backend::Sqlite => Pool::Sqlite(sqlite::open_pool(url, durability).await?),
+            Backend::Postgres => Pool::Postgres(postgres::open_pool(url).await?),
+        };
+        Ok(Database {
+            pool,
+            node: format!("node_{}", uuid::Uuid::now_v7().simple()),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// This process's node name (see [`Database::node`]).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The last position handed out in the log: new events come after it.
+    pub async fn head(&self) -> Result<i64> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite::head(pool).await,
+            Pool::Postgres(pool) => postgres::head(pool).await,
+        }
+    }
+
+    /// Events of one account after `after` and up to `upto`, in log order: how a
+    /// dispatcher that fell behind the in-memory hand-off catches up. `upto` is the
+    /// durable head: a commit still waiting for its fsync is not dispatched yet.
+    pub async fn events_after(
+        &self,
+        account: &str,
+        after: i64,
+        upto: i64,
+        limit_to: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, \
+             body FROM events WHERE account = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        )
+        .bind(account)
+        .bind(after)
+        .bind(upto)
+        .bind(limit(limit_to))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// Events of every account after `after` and up to `upto`, in log order.
+    pub async fn log_range(
+        &self,
+        after: i64,
+        upto: i64,
+        limit_to: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, \
+             body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        )
+        .bind(after)
+        .bind(upto)
+        .bind(limit(limit_to))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// A page of an account's entities of one type, by id, with the event that set each
+    /// one's state: ids after `after`, at most `limit`.
+    pub async fn list_entities(
+        &self,
+        account: &str,
+        entity_type: &str,
+        after: &str,
+        limit_to: u32,
+    ) -> Result<Vec<EntityState>> {
+        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
+             e.entity_key, e.occurred_at, e.received_at, e.body \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = $1 AND n.type = $2 AND n.id > $3 ORDER BY n.id LIMIT $4",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .bind(after)
+        .bind(limit(limit_to))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(EntityState::from).collect())
+    }
+
+    /// One entity's state, with the event that set it.
+    pub async fn get_entity(
+        &self,
+        account: &str,
+        entity_type: &str,
+        id: &str,
+    ) -> Result<Option<EntityState>> {
+        let row: Option<EntityRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
+             e.entity_key, e.occurred_at, e.received_at, e.body \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = $1 AND n.type = $2 AND n.id = $3",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(EntityState::from))
+    }
+
+    pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
+        let row: Option<EventRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, \
+             body FROM events WHERE seq = $1"
+        )
+        .bind(seq)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(StoredEvent::from))
+    }
+
+    pub async fn query_events(
+        &self,
+        account: &str,
+        query: &EventQuery,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = on_pool!(self, |pool| {
+            let mut select = QueryBuilder::new(format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE account = "
+            ));
+            select.push_bind(account);
+            if let Some(topic) = &query.topic {
+                select.push(" AND topic = ").push_bind(topic);
+            }
+            if let Some(event) = &query.event {
+                select.push(" AND name = ").push_bind(event);
+            }
+            select
+                .push(" AND seq > ")
+                .push_bind(query.after.unwrap_or(0))
+                .push(" ORDER BY seq LIMIT ")
+                .push_bind(limit(query.limit));
+            select.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// The last sequence number committed before `time`: replaying "from a time" starts
+    /// after it.
+    pub async fn last_seq_before(&self, time: Millis) -> Result<i64> {
+        let seq: Option<i64> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT MAX(seq) FROM events WHERE received_at < $1"
+        )
+        .bind(time)
+        .fetch_one(pool)
+        .await?);
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Stores a new subscription after `check` accepted the account's existing ones of
+    /// the same kind (standing subscriptions, or the same job's callbacks): both in one
+    /// transaction that holds the account's subscription lock, so two requests (to any
+    /// node) cannot both pass a limit that only one may. `Ok(Err(_))` is `check`'s
+    /// refusal, with nothing stored.
+    pub async fn insert_subscription_checked<E>(
+        &self,
+        subscription: &NewSubscription,
+        cursor: i64,
+        created_at: Millis,
+        check: impl FnOnce(&[Subscription]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(), E>> {
+        let (job_id, expires_at) = match &subscription.kind {
+            SubscriptionKind::Standing => (None, None),
+            SubscriptionKind::JobCallback { job, expires_at } => (Some(job), Some(*expires_at)),
+        };
+        on_pool!(self, |pool| {
+            let mut tx = match self.backend() {
+                // SQLite: the database's write lock, taken at BEGIN and held until commit.
+                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+                // PostgreSQL: a lock on the account's subscriptions, across all nodes.
+                Backend::Postgres => {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('subscriptions:' || $1))")
+                        .bind(&subscription.account)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx
+                }
+            };
+            let existing: Vec<SubscriptionRow> = sqlx::query_as(
+                "SELECT * FROM subscriptions WHERE account = $1 AND job_id IS NOT DISTINCT FROM $2 \
+                 ORDER BY created_at, id",
+            )
+            .bind(&subscription.account)
+            .bind(job_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let existing = existing
+                .into_iter()
+                .map(Subscription::try_from)
+                .collect::<Result<Vec<_>>>()?;
+            if let Err(refused) = check(&existing) {
+                return Ok(Err(refused));
+            }
+            sqlx::query(
+                "INSERT INTO subscriptions (id, account, destination, events, topics, format, \
+                 secret, created_at, cursor, job_id, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&subscription.id)
+            .bind(&subscription.account)
+            .bind(to_json(&subscription.destination))
+            .bind(to_json(&subscription.filter.events))
+            .bind(to_json(&subscription.filter.topics))
+            .bind(subscription.format.as_str())
+            .bind(&subscription.secret)
+            .bind(created_at)
+            .bind(cursor)
+            .bind(job_id)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+    }
+
+    /// Stores a new subscription that no limit applies to.
+    pub async fn insert_subscription(
+        &self,
+        subscription: &NewSubscription,
+        cursor: i64,
+        created_at: Millis,
+    ) -> Result<()> {
+        self.insert_subscription_checked(subscription, cursor, created_at, |_| {
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The standing subscriptions of one account (what the subscription API lists; job
+    /// callbacks are listed per job).
+    pub async fn list_subscriptions(&self, account: &str) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = $1 AND job_id IS NULL \
+             ORDER BY created_at, id",
+        )
+        .bind(account)
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// Every subscription of every kind and account.
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM subscriptions ORDER BY created_at, id"
+        )
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// The callback registrations of one job.
+    pub async fn job_callbacks(&self, account: &str, job: &str) -> Result<Vec<Subscription>> {
+        let rows: Vec<SubscriptionRow> = on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = $1 AND job_id = $2 ORDER BY created_at, id",
+        )
+        .bind(account)
+        .bind(job)
+        .fetch_all(pool)
+        .await?
+        });
+        rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// Deletes the job callbacks that expired by `now`, with their retry sets and
+    /// attempt records; returns their ids.
+    pub async fn delete_expired_callbacks(&self, now: Millis) -> Result<Vec<String>> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "DELETE FROM retries WHERE subscription_id IN \
+                 (SELECT id FROM subscriptions WHERE expires_at <= $1)",
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM attempts WHERE subscription_id IN \
+                 (SELECT id FROM subscriptions WHERE expires_at <= $1)",
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let ids: Vec<String> =
+                sqlx::query_scalar("DELETE FROM subscriptions WHERE expires_at <= $1 RETURNING id")
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            Ok(ids)
+        })
+    }
+
+    /// The earliest delivery of a subscription that waits for a retry (not dead).
+    pub async fn first_pending_retry(&self, subscription_id: &str) -> Result<Option<i64>> {
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT MIN(seq) FROM retries WHERE subscription_id = $1 AND dead_at IS NULL",
+        )
+        .bind(subscription_id)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
+        let row: Option<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE account = $1 AND id = $2"
+        )
+        .bind(account)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        row.map(Subscription::try_from).transpose()
+    }
+
+    /// Deletes a subscription with its retry set and attempt records.
+    pub async fn delete_subscription(&self, account: &str, id: &str) -> Result<bool> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query("DELETE FROM subscriptions WHERE account = $1 AND id = $2")
+                .bind(account)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted > 0 {
+                sqlx::query("DELETE FROM retries WHERE subscription_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM attempts WHERE subscription_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(deleted > 0)
+        })
+    }
+
+    /// Re-enables a disabled subscription; its waiting retries become due at once.
+    pub async fn enable_subscription(&self, id: &str, now: Millis) -> Result<()> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE subscriptions SET disabled_code = NULL, disabled_message = NULL, \
+                 disabled_at = NULL, failing_since = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE retries SET next_attempt_at = $1 \
+                 WHERE subscription_id = $2 AND dead_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Moves a subscription's cursor (replay) while no dispatcher runs for it.
+    pub async fn set_cursor(&self, id: &str, cursor: i64) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE subscriptions SET cursor = $1 WHERE id = $2"
+        )
+        .bind(cursor)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Claims up to `limit` due retries of enabled subscriptions (with PostgreSQL: of the
+    /// subscriptions this node holds): their next attempt is pushed to `lease_until`, so
+    /// a crash during the attempt only delays it.
+    pub async fn claim_due_retries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit_to: u32,
+    ) -> Result<Vec<DueRetry>> {
+        let rows: Vec<DueRetryRow> = match &self.pool {
+            Pool::Sqlite(pool) => {
+                sqlite::claim_due_retries(pool, now, lease_until, limit(limit_to)).await?
+            }
+            Pool::Postgres(pool) => {
+                postgres::claim_due_retries(pool, &self.node, now, lease_until, limit(limit_to))
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| DueRetry {
+                subscription_id: row.subscription_id,
+                seq: row.seq,
+                attempts: row.attempts as u32,
+            })
+            .collect())
+    }
+
+    /// When the earliest pending retry is due.
+    pub async fn next_retry_at(&self) -> Result<Option<Millis>> {
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT MIN(r.next_attempt_at) FROM retries r \
+             JOIN subscriptions s ON s.id = r.subscription_id \
+             WHERE r.dead_at IS NULL AND s.disabled_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?))
+    }
+
+    pub async fn pending_retry_count(&self) -> Result<i64> {
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM retries WHERE dead_at IS NULL"
+        )
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// Attempt records of a subscription, newest first.
+    pub async fn list_attempts(
+        &self,
+        subscription_id: &str,
+        before: Option<i64>,
+        limit_to: u32,
+    ) -> Result<Vec<StoredAttempt>> {
+        let rows: Vec<AttemptRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM attempts WHERE subscription_id = $1 AND id < $2 \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(subscription_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit(limit_to))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(StoredAttempt::from).collect())
+    }
+
+    /// The retry set of a subscription (pending retries and dead letters), oldest first.
+    pub async fn list_retries(
+        &self,
+        subscription_id: &str,
+        limit_to: u32,
+    ) -> Result<Vec<RetryEntry>> {
+        let rows: Vec<RetryRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT r.seq, e.event_id, r.attempts, r.next_attempt_at, r.last_error, r.dead_at \
+             FROM retries r JOIN events e ON e.seq = r.seq WHERE r.subscription_id = $1 \
+             ORDER BY r.seq LIMIT $2",
+        )
+        .bind(subscription_id)
+        .bind(limit(limit_to))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(RetryEntry::from).collect())
+    }
+
+    pub async fn insert_key(
+        &self,
+        hash: &str,
+        owner: &KeyOwner,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<()> {
+        let account = match owner {
+            KeyOwner::Admin => None,
+            KeyOwner::Account(account) => Some(account.as_str()),
+        };
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO api_keys (hash, account, prefix, created_at) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(hash)
+        .bind(account)
+        .bind(prefix)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    pub async fn find_key(&self, hash: &str) -> Result<Option<KeyOwner>> {
+        let account: Option<Option<String>> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT account FROM api_keys WHERE hash = $1"
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?);
+        Ok(account.map(|account| match account {
+            None => KeyOwner::Admin,
+            Some(account) => KeyOwner::Account(account),
+        }))
+    }
+
+    pub async fn has_admin_key(&self) -> Result<bool> {
+        let count: i64 = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE account IS NULL"
+        )
+        .fetch_one(pool)
+        .await?);
+        Ok(count > 0)
+    }
+
+    /// Sets (replaces) an account's user-token verification.
+    pub async fn put_token_verification(&self, settings: &TokenVerification) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO token_verification (account, hs256_secret, public_keys, issuer, \
+             audience, leeway_seconds, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (account) DO UPDATE SET hs256_secret = excluded.hs256_secret, \
+             public_keys = excluded.public_keys, issuer = excluded.issuer, \
+             audience = excluded.audience, leeway_seconds = excluded.leeway_seconds, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&settings.account)
+        .bind(&settings.hs256_secret)
+        .bind(to_json(&settings.public_keys))
+        .bind(&settings.issuer)
+        .bind(&settings.audience)
+        .bind(i64::try_from(settings.leeway_seconds).unwrap_or(i64::MAX))
+        .bind(settings.updated_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    pub async fn get_token_verification(&self, account: &str) -> Result<Option<TokenVerification>> {
+        let row: Option<TokenVerificationRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT account, hs256_secret, public_keys, issuer, audience, leeway_seconds, \
+             updated_at FROM token_verification WHERE account = $1",
+        )
+        .bind(account)
+        .fetch_optional(pool)
+        .await?);
+        row.map(TokenVerification::try_from).transpose()
+    }
+
+    /// Removes an account's user-token verification; says whether there was one.
+    pub async fn delete_token_verification(&self, account: &str) -> Result<bool> {
+        let deleted = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM token_verification WHERE account = $1"
+        )
+        .bind(account)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(deleted > 0)
+    }
+
+    /// The server secret called `name`: `candidate` becomes it if it has none yet, so
+    /// it is generated once and then kept, whichever process starts first.
+    pub async fn server_secret(&self, name: &str, candidate: &str, now: Millis) -> Result<String> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(candidate)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(
+                sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(pool)
+                    .await?,
+            )
+        })
+    }
+
+    /// Copies the SQLite WAL back into the database (see [`sqlite::checkpoint`]);
+    /// nothing to do for PostgreSQL. Returns whether to call again soon.
+    pub async fn checkpoint(&self) -> Result<bool> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite::checkpoint(pool).await,
+            Pool::Postgres(_) => Ok(false),
+        }
+    }
+}
+
+/// How long a PostgreSQL statement may run before the server cancels it: a stuck query
+/// must turn into an error (and a `503`), not a request that hangs.
+pub(super) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);

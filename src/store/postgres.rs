@@ -1,0 +1,538 @@
+//! The PostgreSQL backend: what it does differently from SQLite. Several `reelay serve`
+//! processes (nodes) may share one database, so:
+//!
+//! - the log's positions come from the `log_head` row, whose lock every append takes:
+//!   positions are handed out, and become visible, in commit order across all nodes;
+//! - every append notifies the other nodes (`NOTIFY reelay_log`), and each node follows
+//!   the log ([`follow_log`]) to hand new events to its dispatchers;
+//! - each node delivers the subscriptions it holds a lease on; its progress reports are
+//!   only applied while it still holds that lease, so a node that was taken over cannot
+//!   move a cursor the new owner relies on.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::database::STATEMENT_TIMEOUT;
+use super::derive::Derivation;
+use super::rows::DueRetryRow;
+use super::writer::{LogRow, Written};
+use super::{CommittedBatch, Database, Health, Progress, Result, RetryState, StoreError};
+use crate::model::{Millis, StoredEvent};
+
+/// The channel appends notify on; the payload is the new head.
+pub(super) const LOG_CHANNEL: &str = "reelay_log";
+
+/// How long a request waits for a connection before it fails (and a publish is answered
+/// `503`): long enough for a burst, short enough that an outage is reported, not hidden.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) async fn open_pool(url: &str) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)?.options([(
+        "statement_timeout",
+        format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+    )]);
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    // sqlx holds an advisory lock while it migrates: nodes starting together take turns.
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    Ok(pool)
+}
+
+pub(super) async fn head(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT seq FROM log_head WHERE id = 1")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Claims due retries of the subscriptions `node` holds. `SKIP LOCKED`: a retry another
+/// transaction is claiming right now is not waited for.
+pub(super) async fn claim_due_retries(
+    pool: &PgPool,
+    node: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: i64,
+) -> Result<Vec<DueRetryRow>> {
+    Ok(sqlx::query_as(
+        "UPDATE retries SET next_attempt_at = $1 WHERE (subscription_id, seq) IN ( \
+           SELECT r.subscription_id, r.seq FROM retries r \
+           JOIN subscriptions s ON s.id = r.subscription_id \
+           JOIN subscription_leases l ON l.subscription_id = r.subscription_id \
+           WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
+             AND l.node_id = $4 \
+           ORDER BY r.next_attempt_at LIMIT $3 FOR UPDATE OF r SKIP LOCKED) \
+         RETURNING subscription_id, seq, attempts",
+    )
+    .bind(lease_until)
+    .bind(now)
+    .bind(limit)
+    .bind(node)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Commits a group of appends and progress reports in one transaction. The writer
+/// numbered `rows` from `after + 1`, reserving `reserved` positions; the log's real head
+/// may be further on (other nodes appended), so the rows are moved up to follow it.
+/// Returns what became of each row and the position the group starts after.
+pub(super) async fn commit_group(
+    db: &Database,
+    pool: &PgPool,
+    rows: &mut [LogRow],
+    after: i64,
+    reserved: i64,
+    progress: &[Progress],
+    derivation: &Derivation,
+) -> Result<(Vec<Written>, i64)> {
+    let mut tx = pool.begin().await?;
+    let mut log_after = after;
+    let mut written = Vec::with_capacity(rows.len());
+    if reserved > 0 {
+        let top: i64 =
+            sqlx::query_scalar("UPDATE log_head SET seq = seq + $1 WHERE id = 1 RETURNING seq")
+                .bind(reserved)
+                .fetch_one(&mut *tx)
+                .await?;
+        log_after = top - reserved;
+        let shift = log_after - after;
+        for row in rows.iter_mut() {
+            row.event.seq += shift;
+            if let Some((_, seq)) = &mut row.video_change {
+                *seq += shift;
+            }
+        }
+        let inserted = insert_events(&mut tx, rows.iter().map(|row| &row.event)).await?;
+        let mut changes = Vec::new();
+        for row in rows.iter() {
+            if !inserted.contains(&row.event.seq) {
+                written.push(Written::Duplicate);
+                continue;
+            }
+            let video_change = match &row.video_change {
+                None => None,
+                Some((video, seq)) => {
+                    let version: i64 = sqlx::query_scalar(
+                        "INSERT INTO video_versions (account, video, version) VALUES ($1, $2, 1) \
+                         ON CONFLICT (account, video) DO UPDATE \
+                         SET version = video_versions.version + 1 RETURNING version",
+                    )
+                    .bind(&row.event.account)
+                    .bind(video)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let change = derivation.video_change(&row.event, video, version, *seq);
+                    changes.push(change.clone());
+                    Some(change)
+                }
+            };
+            written.push(Written::Stored { video_change });
+        }
+        // Their ids are fresh and random: a conflict means the log is not what this
+        // writer thinks, and the whole commit must not stand.
+        let derived = insert_events(&mut tx, changes.iter()).await?;
+        if derived.len() != changes.len() {
+            return Err(StoreError::Corrupt(
+                "a derived event's id was already taken".into(),
+            ));
+        }
+        set_entities(&mut tx, rows, &inserted).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(LOG_CHANNEL)
+            .bind(top.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    for report in progress {
+        apply_progress(&mut tx, db.node(), report).await?;
+    }
+    tx.commit().await?;
+    Ok((written, log_after))
+}
+
+/// Inserts events in one statement; returns the positions actually stored (an id
+/// already in the log is skipped).
+async fn insert_events<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    events: impl Iterator<Item = &'a StoredEvent>,
+) -> Result<HashSet<i64>> {
+    let mut columns = EventColumns::default();
+    for event in events {
+        columns.push(event);
+    }
+    if columns.seq.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let stored: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO events (seq, account, event_id, name, topic, entity_key, occurred_at, \
+         received_at, body) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                              $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+         ON CONFLICT (account, event_id) DO NOTHING RETURNING seq",
+    )
+    .bind(columns.seq)
+    .bind(columns.account)
+    .bind(columns.event_id)
+    .bind(columns.name)
+    .bind(columns.topic)
+    .bind(columns.entity_key)
+    .bind(columns.occurred_at)
+    .bind(columns.received_at)
+    .bind(columns.body)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(stored.into_iter().collect())
+}
+
+/// Events as columns, for one multi-row insert.
+#[derive(Default)]
+struct EventColumns {
+    seq: Vec<i64>,
+    account: Vec<String>,
+    event_id: Vec<String>,
+    name: Vec<String>,
+    topic: Vec<String>,
+    entity_key: Vec<Option<String>>,
+    occurred_at: Vec<i64>,
+    received_at: Vec<i64>,
+    body: Vec<String>,
+}
+
+impl EventColumns {
+    fn push(&mut self, event: &StoredEvent) {
+        self.seq.push(event.seq);
+        self.account.push(event.account.clone());
+        self.event_id.push(event.id.clone());
+        self.name.push(event.name.clone());
+        self.topic.push(event.topic.clone());
+        self.entity_key.push(event.entity_key.clone());
+        self.occurred_at.push(event.occurred_at);
+        self.received_at.push(event.received_at);
+        self.body.push(event.body.as_str().to_owned());
+    }
+}
+
+/// Each entity's latest state: the stored event with the highest position wins. One
+/// statement may not update a row twice, so only the last change of each entity in the
+/// group is written.
+async fn set_entities(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[LogRow],
+    inserted: &HashSet<i64>,
+) -> Result<()> {
+    let mut latest: HashMap<(&str, &str, &str), (i64, bool)> = HashMap::new();
+    for row in rows.iter().filter(|row| inserted.contains(&row.event.seq)) {
+        if let Some(entity) = &row.entity {
+            // Rows are in log order: a later one replaces an earlier one.
+            latest.insert(
+                (&row.event.account, &entity.entity_type, &entity.id),
+                (row.event.seq, entity.deleted),
+            );
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let (mut account, mut entity_type, mut id, mut seq, mut deleted) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for ((a, t, i), (s, d)) in latest {
+        account.push(a.to_owned());
+        entity_type.push(t.to_owned());
+        id.push(i.to_owned());
+        seq.push(s);
+        deleted.push(i64::from(d));
+    }
+    sqlx::query(
+        "INSERT INTO entities (account, type, id, seq, deleted) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+         ON CONFLICT (account, type, id) DO UPDATE SET seq = excluded.seq, \
+         deleted = excluded.deleted WHERE excluded.seq > entities.seq",
+    )
+    .bind(account)
+    .bind(entity_type)
+    .bind(id)
+    .bind(seq)
+    .bind(deleted)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies one dispatcher's progress report, if this node still holds the subscription
+/// (a deleted subscription has no lease either: its last report is dropped, or its
+/// retries would outlive it).
+async fn apply_progress(
+    tx: &mut Transaction<'static, Postgres>,
+    node: &str,
+    report: &Progress,
+) -> Result<()> {
+    let id = report.subscription_id.as_str();
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT 1::bigint FROM subscription_leases WHERE subscription_id = $1 AND node_id = $2",
+    )
+    .bind(id)
+    .bind(node)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if held.is_none() {
+        tracing::warn!(
+            subscription = id,
+            "progress of a subscription this node no longer holds: dropped"
+        );
+        return Ok(());
+    }
+    for attempt in &report.attempts {
+        sqlx::query(
+            "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
+             error, latency_ms, response, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(id)
+        .bind(attempt.seq)
+        .bind(&attempt.event_id)
+        .bind(i64::from(attempt.attempt))
+        .bind(attempt.at)
+        .bind(attempt.outcome)
+        .bind(attempt.status.map(i64::from))
+        .bind(&attempt.error)
+        .bind(attempt.latency_ms)
+        .bind(&attempt.response)
+        .bind(attempt.next_attempt_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for update in &report.retries {
+        match &update.state {
+            RetryState::Delivered => {
+                sqlx::query("DELETE FROM retries WHERE subscription_id = $1 AND seq = $2")
+                    .bind(id)
+                    .bind(update.seq)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            RetryState::Scheduled {
+                attempts,
+                next_attempt_at,
+                error,
+            } => {
+                sqlx::query(
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                     attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+                     last_error = excluded.last_error, dead_at = NULL",
+                )
+                .bind(id)
+                .bind(update.seq)
+                .bind(i64::from(*attempts))
+                .bind(next_attempt_at)
+                .bind(error)
+                .execute(&mut **tx)
+                .await?;
+            }
+            RetryState::Dead { attempts, error } => {
+                sqlx::query(
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
+                     VALUES ($1, $2, $3, $4, $5, $4) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                     attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
+                )
+                .bind(id)
+                .bind(update.seq)
+                .bind(i64::from(*attempts))
+                .bind(crate::model::now_millis())
+                .bind(error)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    let (succeeded, failed) = match report.health {
+        Some(Health::Succeeded { at }) => (Some(at), None),
+        Some(Health::Failed { at }) => (None, Some(at)),
+        None => (None, None),
+    };
+    sqlx::query(
+        "UPDATE subscriptions SET cursor = COALESCE($1, cursor), delivered = delivered + $2, \
+         last_success_at = COALESCE($3, last_success_at), \
+         failing_since = CASE WHEN $3::bigint IS NOT NULL THEN NULL \
+                              WHEN $4::bigint IS NOT NULL THEN COALESCE(failing_since, $4) \
+                              ELSE failing_since END \
+         WHERE id = $5",
+    )
+    .bind(report.cursor)
+    .bind(report.delivered as i64)
+    .bind(succeeded)
+    .bind(failed)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(reason) = &report.disable {
+        sqlx::query(
+            "UPDATE subscriptions SET disabled_code = $1, disabled_message = $2, disabled_at = $3 \
+             WHERE id = $4 AND disabled_at IS NULL",
+        )
+        .bind(reason.code())
+        .bind(reason.message())
+        .bind(crate::model::now_millis())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Events read from the log per query while following it.
+const FOLLOW_PAGE: u32 = 2_000;
+/// Even without a notification, look at the log this often: a notification sent while
+/// this node's listening connection was down is lost.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// Follows the log for this node: hands every committed event, whichever node appended
+/// it, to the dispatchers in log order (`committed`, `head`). This node's own commits
+/// arrive on `local` with their events, and need no read when they follow on from what
+/// was handed out; the other nodes' commits are read from the database when their
+/// notification (or the poll) says the head moved. Runs until `local` closes (the store
+/// is gone).
+pub(super) async fn follow_log(
+    db: Database,
+    pool: PgPool,
+    mut local: mpsc::UnboundedReceiver<CommittedBatch>,
+    committed: broadcast::Sender<Arc<CommittedBatch>>,
+    head: watch::Sender<i64>,
+) {
+    let mut last = *head.borrow();
+    let mut listener = None;
+    let mut poll = tokio::time::interval(FOLLOW_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if listener.is_none() {
+            listener = listen(&pool).await;
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(listener) => listener.try_recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let wake = tokio::select! {
+            batch = local.recv() => match batch {
+                None => return,
+                Some(batch) => Wake::Local(batch),
+            },
+            notification = notified => match notification {
+                Ok(Some(notification)) => Wake::Head(notification.payload().parse().ok()),
+                // The connection was lost (and is made again at the next receive):
+                // notifications may have been missed, so look.
+                Ok(None) => Wake::Head(None),
+                Err(error) => Wake::ListenerFailed(error),
+            },
+            _ = poll.tick() => Wake::Head(None),
+        };
+        let upto = match wake {
+            Wake::Local(batch) => {
+                if batch.after > last {
+                    catch_up(&db, &mut last, batch.after, &committed, &head).await;
+                }
+                // Hand out what was not read from the database already.
+                if batch.after <= last && batch.upto > last {
+                    let events = batch
+                        .events
+                        .into_iter()
+                        .filter(|event| event.seq > last)
+                        .collect();
+                    let _ = committed.send(Arc::new(CommittedBatch {
+                        after: last,
+                        upto: batch.upto,
+                        events,
+                    }));
+                    last = batch.upto;
+                    head.send_replace(last);
+                }
+                continue;
+            }
+            Wake::ListenerFailed(error) => {
+                tracing::warn!(%error, "listening for new events failed; reconnecting");
+                listener = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+            Wake::Head(upto) => upto,
+        };
+        let upto = match upto {
+            Some(upto) => upto,
+            None => match self::head(&pool).await {
+                Ok(upto) => upto,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the log head failed");
+                    continue;
+                }
+            },
+        };
+        if upto > last {
+            catch_up(&db, &mut last, upto, &committed, &head).await;
+        }
+    }
+}
+
+/// Why [`follow_log`] woke up.
+enum Wake {
+    /// This node committed these events.
+    Local(CommittedBatch),
+    /// Another node moved the head (to this position, if the notification said).
+    Head(Option<i64>),
+    ListenerFailed(sqlx::Error),
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let connect = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(LOG_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match connect.await {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for new events; polling until it works");
+            None
+        }
+    }
+}
+
+/// Reads and hands out the log after `last` up to `upto`.
+async fn catch_up(
+    db: &Database,
+    last: &mut i64,
+    upto: i64,
+    committed: &broadcast::Sender<Arc<CommittedBatch>>,
+    head: &watch::Sender<i64>,
+) {
+    while *last < upto {
+        let events = match db.log_range(*last, upto, FOLLOW_PAGE).await {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, "reading new events failed; will look again");
+                return;
+            }
+        };
+        let full = events.len() == FOLLOW_PAGE as usize;
+        let page_upto = match events.last() {
+            Some(event) if full => event.seq,
+            _ => upto,
+        };
+        let batch = CommittedBatch {
+            after: *last,
+            upto: page_upto,
+            events: events.into_iter().map(Arc::new).collect(),
+        };
+        *last = page_upto;
+        head.send_replace(page_upto);
+        let _ = committed.send(Arc::new(batch));
+    }
+}

@@ -1,0 +1,233 @@
+//! Rows as both backends return them, and their conversion to the model. The columns
+//! have the same names and kinds (64-bit integers, text) in SQLite and PostgreSQL, so
+//! one `FromRow` serves both.
+
+use sqlx::FromRow;
+
+use super::{AttemptRecord, EntityState, Result, RetryEntry, StoreError, StoredAttempt};
+use crate::model::{
+    Destination, DisabledReason, EventFilter, Format, StoredEvent, Subscription, SubscriptionKind,
+    TokenVerification,
+};
+
+/// The columns of `events`, in [`EventRow`]'s order.
+pub(super) const EVENT_COLUMNS: &str =
+    "seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body";
+
+#[derive(FromRow)]
+pub(super) struct EventRow {
+    seq: i64,
+    account: String,
+    event_id: String,
+    name: String,
+    topic: String,
+    entity_key: Option<String>,
+    occurred_at: i64,
+    received_at: i64,
+    body: String,
+}
+
+impl From<EventRow> for StoredEvent {
+    fn from(row: EventRow) -> StoredEvent {
+        StoredEvent {
+            seq: row.seq,
+            account: row.account,
+            id: row.event_id,
+            name: row.name,
+            topic: row.topic,
+            entity_key: row.entity_key,
+            occurred_at: row.occurred_at,
+            received_at: row.received_at,
+            body: row.body.into(),
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct SubscriptionRow {
+    id: String,
+    account: String,
+    destination: String,
+    events: String,
+    topics: String,
+    format: String,
+    secret: String,
+    created_at: i64,
+    cursor: i64,
+    disabled_code: Option<String>,
+    disabled_message: Option<String>,
+    disabled_at: Option<i64>,
+    failing_since: Option<i64>,
+    last_success_at: Option<i64>,
+    delivered: i64,
+    job_id: Option<String>,
+    expires_at: Option<i64>,
+}
+
+impl TryFrom<SubscriptionRow> for Subscription {
+    type Error = StoreError;
+
+    fn try_from(row: SubscriptionRow) -> Result<Subscription> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("subscription {}: {what}", row.id));
+        let destination: Destination =
+            serde_json::from_str(&row.destination).map_err(|_| corrupt("destination"))?;
+        let events: Vec<String> =
+            serde_json::from_str(&row.events).map_err(|_| corrupt("events"))?;
+        let topics: Vec<String> =
+            serde_json::from_str(&row.topics).map_err(|_| corrupt("topics"))?;
+        let format = Format::parse(&row.format).ok_or_else(|| corrupt("format"))?;
+        let disabled = row.disabled_code.map(|code| {
+            DisabledReason::from_parts(&code, row.disabled_message.unwrap_or_default())
+        });
+        let kind = match (row.job_id, row.expires_at) {
+            (None, None) => SubscriptionKind::Standing,
+            (Some(job), Some(expires_at)) => SubscriptionKind::JobCallback { job, expires_at },
+            _ => return Err(corrupt("job_id and expires_at")),
+        };
+        Ok(Subscription {
+            id: row.id,
+            account: row.account,
+            kind,
+            destination,
+            filter: EventFilter { events, topics },
+            format,
+            secret: row.secret,
+            created_at: row.created_at,
+            cursor: row.cursor,
+            disabled,
+            disabled_at: row.disabled_at,
+            failing_since: row.failing_since,
+            last_success_at: row.last_success_at,
+            delivered: row.delivered as u64,
+        })
+    }
+}
+
+/// An entity joined with the event that set its state.
+#[derive(FromRow)]
+pub(super) struct EntityRow {
+    #[sqlx(rename = "type")]
+    entity_type: String,
+    id: String,
+    deleted: i64,
+    #[sqlx(flatten)]
+    event: EventRow,
+}
+
+impl From<EntityRow> for EntityState {
+    fn from(row: EntityRow) -> EntityState {
+        EntityState {
+            entity_type: row.entity_type,
+            id: row.id,
+            deleted: row.deleted != 0,
+            event: row.event.into(),
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct AttemptRow {
+    id: i64,
+    seq: i64,
+    event_id: String,
+    attempt: i64,
+    at: i64,
+    outcome: String,
+    status: Option<i64>,
+    error: Option<String>,
+    latency_ms: i64,
+    response: Option<String>,
+    next_attempt_at: Option<i64>,
+}
+
+impl From<AttemptRow> for StoredAttempt {
+    fn from(row: AttemptRow) -> StoredAttempt {
+        StoredAttempt {
+            id: row.id,
+            record: AttemptRecord {
+                seq: row.seq,
+                event_id: row.event_id,
+                attempt: row.attempt as u32,
+                at: row.at,
+                outcome: match row.outcome.as_str() {
+                    "delivered" => "delivered",
+                    "dead" => "dead",
+                    _ => "failed",
+                },
+                status: row.status.and_then(|status| u16::try_from(status).ok()),
+                error: row.error,
+                latency_ms: row.latency_ms,
+                response: row.response,
+                next_attempt_at: row.next_attempt_at,
+            },
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct RetryRow {
+    seq: i64,
+    event_id: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: String,
+    dead_at: Option<i64>,
+}
+
+impl From<RetryRow> for RetryEntry {
+    fn from(row: RetryRow) -> RetryEntry {
+        RetryEntry {
+            seq: row.seq,
+            event_id: row.event_id,
+            attempts: row.attempts as u32,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+            dead_at: row.dead_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct DueRetryRow {
+    pub subscription_id: String,
+    pub seq: i64,
+    pub attempts: i64,
+}
+
+#[derive(FromRow)]
+pub(super) struct TokenVerificationRow {
+    account: String,
+    hs256_secret: Option<String>,
+    public_keys: String,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_seconds: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<TokenVerificationRow> for TokenVerification {
+    type Error = StoreError;
+
+    fn try_from(row: TokenVerificationRow) -> Result<TokenVerification> {
+        let public_keys: Vec<String> = serde_json::from_str(&row.public_keys).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "token verification of {}: public_keys",
+                row.account
+            ))
+        })?;
+        Ok(TokenVerification {
+            account: row.account,
+            hs256_secret: row.hs256_secret,
+            public_keys,
+            issuer: row.issuer,
+            audience: row.audience,
+            leeway_seconds: u64::try_from(row.leeway_seconds).unwrap_or(0),
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing these plain types cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
