@@ -66,6 +66,23 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_JOB_CALLBACK_TTL", default_value = "7d", value_parser = parse_duration)]
     pub job_callback_ttl: Duration,
 
+    /// With PostgreSQL and several nodes: how long a node's hold on its subscriptions
+    /// lasts without being renewed. A node that dies has its subscriptions taken over
+    /// by the others after at most this long; nodes renew every third of it.
+    #[arg(long, env = "REELAY_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// With PostgreSQL: this node's name among the nodes sharing the database (random at
+    /// each start if not set). A node restarted under the same name takes its leases
+    /// back at once instead of waiting for them to run out; two live nodes must never
+    /// share a name.
+    #[arg(long, env = "REELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// With PostgreSQL: the most connections this node opens to the database.
+    #[arg(long, env = "REELAY_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
     /// The URL clients reach this server at (e.g. behind a proxy). The `source` of the
     /// CloudEvents it answers with is this URL's endpoint; without it, the request's host.
     /// Its host is also the origin the webhook validation handshake names.

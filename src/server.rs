@@ -17,7 +17,7 @@ use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
-use crate::store::{Derivation, Store, StoreError};
+use crate::store::{Derivation, Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -47,7 +47,11 @@ pub async fn run(
     };
     let store = Store::open(
         &config.database_url,
-        config.durability,
+        &StoreOptions {
+            durability: config.durability,
+            node_id: config.node_id.clone(),
+            max_connections: config.database_max_connections,
+        },
         derivation,
         &store_tasks,
     )
@@ -74,6 +78,7 @@ pub async fn run(
             delivery_timeout: config.delivery_timeout,
             allow_private_destinations: config.allow_private_destinations,
             shutdown_grace: Duration::from_secs(5),
+            lease_ttl: config.lease_ttl,
         },
         cancel.clone(),
         dispatch_tasks.clone(),

@@ -8,6 +8,7 @@
 //! picks it up when due. So a successful delivery costs no row of its own, and a
 //! receiver that is down for hours costs disk, not memory.
 
+mod cluster;
 mod feed;
 pub mod policy;
 mod retry;
@@ -29,7 +30,7 @@ use crate::sinks::webhook::{
     ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
 };
 use crate::sinks::{AttemptResult, Attempted, Payload};
-use crate::store::{Health, Store, StoreError};
+use crate::store::{Cluster, Health, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct DispatchConfig {
     /// How long shutdown waits for deliveries in flight before handing them back (they
     /// stay behind the saved cursor and are sent again after the restart).
     pub shutdown_grace: Duration,
+    /// With several nodes: how long a node's leases last without renewal.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,9 @@ struct Shared {
     config: DispatchConfig,
     /// The running workers, by subscription id.
     workers: Mutex<HashMap<String, WorkerHandle>>,
+    /// With PostgreSQL: the subscriptions are shared with the other nodes, and this one
+    /// runs workers only for those it holds a lease on.
+    cluster: Option<Cluster>,
     retry_wake: RetryWake,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -81,6 +87,8 @@ struct WorkerHandle {
     target: Arc<Target>,
     cancel: CancellationToken,
     control: mpsc::Sender<worker::Control>,
+    /// Ends when the worker has stopped and queued its last progress report.
+    finished: tokio::task::JoinHandle<()>,
 }
 
 /// A subscription as dispatch needs it: its settings, its prepared signer, and how its
@@ -242,6 +250,7 @@ impl Dispatcher {
                 metrics: DeliveryMetrics::new(),
                 config,
                 workers: Mutex::new(HashMap::new()),
+                cluster: store.db().cluster(),
                 retry_wake: RetryWake {
                     earliest: AtomicI64::new(Millis::MAX),
                     notify: Notify::new(),
@@ -255,9 +264,18 @@ impl Dispatcher {
             .db()
             .delete_expired_callbacks(crate::model::now_millis())
             .await?;
-        for subscription in store.db().all_subscriptions().await? {
-            if subscription.disabled.is_none() {
-                dispatcher.add(subscription)?;
+        match dispatcher.shared.cluster.clone() {
+            // One process: every enabled subscription is its own.
+            None => {
+                for subscription in store.db().all_subscriptions().await? {
+                    if subscription.disabled.is_none() {
+                        dispatcher.start_worker(subscription)?;
+                    }
+                }
+            }
+            Some(cluster) => {
+                let leases = cluster::Leases::new(dispatcher.clone(), cluster);
+                dispatcher.shared.tasks.spawn(leases.run());
             }
         }
         let scheduler = retry::Scheduler::new(dispatcher.clone());
@@ -265,8 +283,41 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
-    /// Starts delivering to a subscription from its cursor.
-    pub fn add(&self, subscription: Subscription) -> Result<(), DispatchError> {
+    /// Starts delivering to a new (or re-enabled) subscription. With several nodes, this
+    /// node takes it if no other holds it, and the others are told so they rebalance.
+    pub async fn add(&self, subscription: Subscription) -> Result<(), DispatchError> {
+        let Some(cluster) = &self.shared.cluster else {
+            return self.start_worker(subscription);
+        };
+        // It is stored already: if the database does not answer now, a lease pass (of
+        // this node or another) takes it later.
+        let now = crate::model::now_millis();
+        let until = now + self.lease_ttl_millis();
+        match cluster.claim_one(&subscription.id, now, until).await {
+            Ok(true) => self.start_worker(subscription)?,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "taking a new subscription failed"),
+        }
+        if let Err(error) = cluster.notify(cluster::CHANGED).await {
+            tracing::warn!(%error, "telling the other nodes of a subscription failed");
+        }
+        Ok(())
+    }
+
+    /// Stops delivering to a deleted subscription, here and (with several nodes) on
+    /// the node that delivers it.
+    pub async fn deleted(&self, id: &str) {
+        self.remove(id);
+        if let Some(cluster) = &self.shared.cluster
+            && let Err(error) = cluster.notify(cluster::CHANGED).await
+        {
+            // Its node notices at its next lease renewal instead.
+            tracing::warn!(%error, "telling the other nodes of a deletion failed");
+        }
+    }
+
+    /// Starts this node's worker for a subscription, from its cursor.
+    fn start_worker(&self, subscription: Subscription) -> Result<(), DispatchError> {
         let target = Arc::new(Target::new(subscription)?);
         let cancel = self.shared.cancel.child_token();
         let (control, commands) = mpsc::channel(8);
@@ -275,28 +326,78 @@ impl Dispatcher {
             target,
             cancel,
             control,
+            finished: self.shared.tasks.spawn(worker.run()),
         };
         let previous = self.workers().insert(handle.target.id().to_owned(), handle);
         if let Some(previous) = previous {
             previous.cancel.cancel();
         }
-        self.shared.tasks.spawn(worker.run());
         // Its retries (if it was disabled and is enabled again) may be due now.
         self.shared.retry_wake.at(crate::model::now_millis());
         Ok(())
     }
 
-    /// Stops delivering to a subscription (deleted or disabled).
+    /// Stops this node's worker for a subscription (deleted, disabled, or taken over).
     pub fn remove(&self, id: &str) {
         if let Some(handle) = self.workers().remove(id) {
             handle.cancel.cancel();
         }
     }
 
-    /// Moves a running subscription's cursor back to `cursor`, so every event after it
-    /// is delivered again. Returns false when no worker runs for it.
+    /// Stops a worker and waits until its progress is committed: after this, another
+    /// node may take the subscription over from its saved cursor without sending
+    /// anything twice.
+    async fn hand_over(&self, id: &str) {
+        let Some(handle) = self.workers().remove(id) else {
+            return;
+        };
+        handle.cancel.cancel();
+        let _ = handle.finished.await;
+        if let Err(error) = self.store().flush().await {
+            tracing::warn!(%error, subscription = id, "saving progress before a hand-over failed");
+        }
+    }
+
+    /// Stops every worker and waits for them (shutdown, or this node lost its leases).
+    async fn stop_all(&self) {
+        let handles: Vec<WorkerHandle> = self.workers().drain().map(|(_, handle)| handle).collect();
+        for handle in &handles {
+            handle.cancel.cancel();
+        }
+        for handle in handles {
+            let _ = handle.finished.await;
+        }
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.workers().keys().cloned().collect()
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        self.workers().contains_key(id)
+    }
+
+    fn lease_ttl_millis(&self) -> Millis {
+        Millis::try_from(self.config().lease_ttl.as_millis()).unwrap_or(Millis::MAX)
+    }
+
+    /// Moves a subscription's cursor back to `cursor`, so every event after it is
+    /// delivered again. Returns false when no worker runs for it (on any node).
     pub async fn rewind(&self, id: &str, cursor: i64) -> bool {
-        self.control(id, worker::Control::Rewind(cursor)).await
+        if self.control(id, worker::Control::Rewind(cursor)).await {
+            return true;
+        }
+        let Some(cluster) = &self.shared.cluster else {
+            return false;
+        };
+        // Another node delivers it: tell that node.
+        match cluster.holder(id, crate::model::now_millis()).await {
+            Ok(Some(_)) => cluster
+                .notify(&cluster::rewind_message(id, cursor))
+                .await
+                .is_ok(),
+            _ => false,
+        }
     }
 
     /// Tells an in-order subscription's worker that the retry it waits for is over

@@ -21,6 +21,9 @@ const MAX_IN_FLIGHT: usize = 128;
 /// re-enabled subscription may have made retries due).
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// What a retry's claim lasts beyond the delivery timeout.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
 pub(super) struct Scheduler {
     dispatcher: Dispatcher,
 }
@@ -81,7 +84,9 @@ impl Scheduler {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |hint| {
                 (hint <= now).then_some(Millis::MAX)
             });
-        let lease = self.dispatcher.config().delivery_timeout + Duration::from_secs(60);
+        // Long enough for the attempt and the commit of its outcome; a crash meanwhile
+        // delays the retry by this much, no more.
+        let lease = self.dispatcher.config().delivery_timeout + CLAIM_MARGIN;
         let due = self
             .dispatcher
             .store()

@@ -142,6 +142,7 @@ pub async fn register(
     let now = now_millis();
     let ttl = Millis::try_from(state.job_callback_ttl.as_millis()).unwrap_or(Millis::MAX);
     let mut created = Vec::with_capacity(new_urls.len());
+    let position = state.store.log_position().await?;
     for url in new_urls {
         let new = NewSubscription {
             id: format!("cb_{}", uuid::Uuid::now_v7().simple()),
@@ -161,7 +162,7 @@ pub async fn register(
         // Notifications published from now on. Checked again in the insert's transaction:
         // a concurrent request (to any node) may have registered the URL meanwhile.
         let registered_meanwhile = db
-            .insert_subscription_checked(&new, state.store.head(), now, |existing| {
+            .insert_subscription_checked(&new, position, now, |existing| {
                 let taken = existing
                     .iter()
                     .any(|s| matches!(&s.destination, Destination::Webhook { url: u } if u == url));
@@ -189,6 +190,7 @@ pub async fn register(
         state
             .dispatcher
             .add(subscription.clone())
+            .await
             .map_err(|error| ApiError::unprocessable("invalid_callback", error.to_string()))?;
         tracing::info!(subscription = %new.id, %account, %job, "job callback registered");
         created.push(subscription);

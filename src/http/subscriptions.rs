@@ -215,7 +215,7 @@ pub async fn create(
     // A new subscription receives what is published from now on. The duplicate and
     // limit checks run in the insert's transaction, so concurrent requests (to any
     // node) cannot both pass them.
-    let cursor = state.store.head();
+    let cursor = state.store.log_position().await?;
     state
         .store
         .db()
@@ -237,6 +237,7 @@ pub async fn create(
     state
         .dispatcher
         .add(subscription.clone())
+        .await
         .map_err(|error| ApiError::unprocessable("invalid_subscription", error.to_string()))?;
     tracing::info!(subscription = %new.id, %account, "subscription created");
     Ok((
@@ -605,7 +606,7 @@ pub async fn delete(
             "no subscription {id:?} in account {account:?}"
         )));
     }
-    state.dispatcher.remove(&id);
+    state.dispatcher.deleted(&id).await;
     tracing::info!(subscription = %id, %account, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -659,6 +660,7 @@ pub async fn enable(
         state
             .dispatcher
             .add(subscription)
+            .await
             .map_err(|error| ApiError::unprocessable("invalid_subscription", error.to_string()))?;
         tracing::info!(subscription = %id, %account, "subscription enabled");
     }

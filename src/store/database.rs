@@ -15,10 +15,9 @@ use super::rows::{
     TokenVerificationRow, to_json,
 };
 use super::{
-    DueRetry, EntityState, EventQuery, KeyOwner, Result, RetryEntry, StoredAttempt, postgres,
-    sqlite,
+    DueRetry, EntityState, EventQuery, KeyOwner, Result, RetryEntry, StoreOptions, StoredAttempt,
+    postgres, sqlite,
 };
-use crate::config::Durability;
 use crate::model::{
     Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
 };
@@ -75,21 +74,32 @@ fn limit(n: u32) -> i64 {
 impl Database {
     /// Opens the database `url` names, creating it if needed (SQLite), and brings its
     /// schema up to date.
-    pub async fn open(url: &str, durability: Durability) -> Result<Database> {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Database> {
         let pool = match Backend::of(url) {
-            Backend::Sqlite => Pool::Sqlite(sqlite::open_pool(url, durability).await?),
-            Backend::Postgres => Pool::Postgres(postgres::open_pool(url).await?),
+            Backend::Sqlite => Pool::Sqlite(sqlite::open_pool(url, options.durability).await?),
+            Backend::Postgres => {
+                Pool::Postgres(postgres::open_pool(url, options.max_connections).await?)
+            }
         };
-        Ok(Database {
-            pool,
-            node: format!("node_{}", uuid::Uuid::now_v7().simple()),
-        })
+        let node = match &options.node_id {
+            Some(node) => node.clone(),
+            None => format!("node_{}", uuid::Uuid::now_v7().simple()),
+        };
+        Ok(Database { pool, node })
     }
 
     pub fn backend(&self) -> Backend {
         match self.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// With PostgreSQL, how this node shares the work with the others.
+    pub fn cluster(&self) -> Option<postgres::Cluster> {
+        match &self.pool {
+            Pool::Sqlite(_) => None,
+            Pool::Postgres(pool) => Some(postgres::Cluster::new(pool.clone(), self.node.clone())),
         }
     }
 

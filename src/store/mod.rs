@@ -27,6 +27,7 @@ use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
 pub use database::{Backend, Database};
 pub use derive::Derivation;
+pub use postgres::Cluster;
 use sqlite::LogConnection;
 pub use writer::CommittedBatch;
 
@@ -190,6 +191,17 @@ pub enum KeyOwner {
     Account(String),
 }
 
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// With PostgreSQL: this node's name among those sharing the database (random if
+    /// not given).
+    pub node_id: Option<String>,
+    /// With PostgreSQL: the most connections to open.
+    pub max_connections: u32,
+}
+
 /// The handle everyone shares: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -231,11 +243,12 @@ impl Store {
     /// which derives events as `derivation` says.
     pub async fn open(
         url: &str,
-        durability: Durability,
+        options: &StoreOptions,
         derivation: Derivation,
         tasks: &TaskTracker,
     ) -> Result<Store> {
-        let db = Database::open(url, durability).await?;
+        let durability = options.durability;
+        let db = Database::open(url, options).await?;
         let head_seq = db.head().await?;
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
@@ -318,9 +331,19 @@ impl Store {
         self.committed.subscribe()
     }
 
-    /// The highest sequence number committed so far.
+    /// The highest sequence number handed to this node's dispatchers so far.
     pub fn head(&self) -> i64 {
         *self.head.borrow()
+    }
+
+    /// Where the log ends now, for a new subscription that receives what is published
+    /// from now on: with several nodes, the shared head (this node may not have seen an
+    /// event another node just acknowledged).
+    pub async fn log_position(&self) -> Result<i64> {
+        match self.db.backend() {
+            Backend::Sqlite => Ok(self.head()),
+            Backend::Postgres => self.db.head().await,
+        }
     }
 
     /// The underlying database, for reads and for writes off the hot path.

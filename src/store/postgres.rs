@@ -25,20 +25,20 @@ use super::writer::{LogRow, Written};
 use super::{CommittedBatch, Database, Health, Progress, Result, RetryState, StoreError};
 use crate::model::{Millis, StoredEvent};
 
-/// The channel appends notify on; the payload is the new head.
+/// The channel appends notify on (the payload, the new head, is for people watching).
 pub(super) const LOG_CHANNEL: &str = "reelay_log";
 
 /// How long a request waits for a connection before it fails (and a publish is answered
 /// `503`): long enough for a burst, short enough that an outage is reported, not hidden.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub(super) async fn open_pool(url: &str) -> Result<PgPool> {
+pub(super) async fn open_pool(url: &str, max_connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)?.options([(
         "statement_timeout",
         format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
     )]);
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(max_connections.max(2))
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await?;
@@ -427,15 +427,18 @@ pub(super) async fn follow_log(
                 Some(batch) => Wake::Local(batch),
             },
             notification = notified => match notification {
-                Ok(Some(notification)) => Wake::Head(notification.payload().parse().ok()),
+                // The head is read from the database rather than taken from the payload:
+                // the channel is the database's, and another Reelay in another schema of
+                // it notifies on it too.
+                Ok(Some(_)) => Wake::Head,
                 // The connection was lost (and is made again at the next receive):
                 // notifications may have been missed, so look.
-                Ok(None) => Wake::Head(None),
+                Ok(None) => Wake::Head,
                 Err(error) => Wake::ListenerFailed(error),
             },
-            _ = poll.tick() => Wake::Head(None),
+            _ = poll.tick() => Wake::Head,
         };
-        let upto = match wake {
+        match wake {
             Wake::Local(batch) => {
                 if batch.after > last {
                     catch_up(&db, &mut last, batch.after, &committed, &head).await;
@@ -461,19 +464,15 @@ pub(super) async fn follow_log(
                 tracing::warn!(%error, "listening for new events failed; reconnecting");
                 listener = None;
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                None
             }
-            Wake::Head(upto) => upto,
-        };
-        let upto = match upto {
-            Some(upto) => upto,
-            None => match self::head(&pool).await {
-                Ok(upto) => upto,
-                Err(error) => {
-                    tracing::warn!(%error, "reading the log head failed");
-                    continue;
-                }
-            },
+            Wake::Head => {}
+        }
+        let upto = match self::head(&pool).await {
+            Ok(upto) => upto,
+            Err(error) => {
+                tracing::warn!(%error, "reading the log head failed");
+                continue;
+            }
         };
         if upto > last {
             catch_up(&db, &mut last, upto, &committed, &head).await;
@@ -485,8 +484,8 @@ pub(super) async fn follow_log(
 enum Wake {
     /// This node committed these events.
     Local(CommittedBatch),
-    /// Another node moved the head (to this position, if the notification said).
-    Head(Option<i64>),
+    /// Another node may have moved the head.
+    Head,
     ListenerFailed(sqlx::Error),
 }
 
@@ -534,5 +533,190 @@ async fn catch_up(
         *last = page_upto;
         head.send_replace(page_upto);
         let _ = committed.send(Arc::new(batch));
+    }
+}
+
+/// The channel subscription changes are announced on, so every node looks at its leases
+/// at once. Payloads: `changed`, or `rewind <subscription> <cursor>` (a replay for the
+/// node that delivers that subscription).
+pub const SUBSCRIPTIONS_CHANNEL: &str = "reelay_subscriptions";
+
+/// How the nodes sharing a PostgreSQL database split the subscriptions: each one holds
+/// leases on its share and renews them while it lives.
+#[derive(Clone)]
+pub struct Cluster {
+    pool: PgPool,
+    node: String,
+}
+
+impl Cluster {
+    pub(super) fn new(pool: PgPool, node: String) -> Cluster {
+        Cluster { pool, node }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Says this node is alive; returns how many nodes are (heard from within `ttl`).
+    /// Nodes silent for ten times that are forgotten.
+    pub async fn heartbeat(&self, now: Millis, ttl: Millis) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&self.node)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
+            .bind(now - 10 * ttl)
+            .execute(&mut *tx)
+            .await?;
+        let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE heartbeat_at >= $1")
+            .bind(now - ttl)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(live)
+    }
+
+    /// Extends every lease this node holds to `until`; returns the subscriptions it
+    /// holds. One missing from the answer was taken over (or deleted).
+    pub async fn renew(&self, until: Millis) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE subscription_leases SET lease_until = $1 WHERE node_id = $2 \
+             RETURNING subscription_id",
+        )
+        .bind(until)
+        .bind(&self.node)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The subscriptions this node holds.
+    pub async fn held_subscriptions(&self) -> Result<Vec<crate::model::Subscription>> {
+        let rows: Vec<super::rows::SubscriptionRow> = sqlx::query_as(
+            "SELECT s.* FROM subscriptions s \
+             JOIN subscription_leases l ON l.subscription_id = s.id \
+             WHERE l.node_id = $1 ORDER BY s.created_at, s.id",
+        )
+        .bind(&self.node)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(crate::model::Subscription::try_from)
+            .collect()
+    }
+
+    /// How many subscriptions are to be delivered (enabled), by all nodes together.
+    pub async fn enabled_count(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions WHERE disabled_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Takes up to `limit` enabled subscriptions that no node holds, or whose lease ran
+    /// out by `now`. Two nodes claiming the same one: the row lock lets one win, and the
+    /// other's condition no longer holds when it gets the row.
+    pub async fn claim(&self, now: Millis, until: Millis, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO subscription_leases (subscription_id, node_id, lease_until) \
+             SELECT s.id, $1, $2 FROM subscriptions s \
+             LEFT JOIN subscription_leases l ON l.subscription_id = s.id \
+             WHERE s.disabled_at IS NULL AND (l.subscription_id IS NULL OR l.lease_until < $3) \
+             ORDER BY s.created_at, s.id LIMIT $4 \
+             ON CONFLICT (subscription_id) DO UPDATE \
+             SET node_id = excluded.node_id, lease_until = excluded.lease_until \
+             WHERE subscription_leases.lease_until < $3 \
+             RETURNING subscription_id",
+        )
+        .bind(&self.node)
+        .bind(until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Takes one subscription if no live node holds it; says whether this node now does.
+    pub async fn claim_one(&self, id: &str, now: Millis, until: Millis) -> Result<bool> {
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO subscription_leases (subscription_id, node_id, lease_until) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (subscription_id) DO UPDATE \
+             SET node_id = excluded.node_id, lease_until = excluded.lease_until \
+             WHERE subscription_leases.lease_until < $4 OR subscription_leases.node_id = $2 \
+             RETURNING subscription_id",
+        )
+        .bind(id)
+        .bind(&self.node)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(claimed.is_some())
+    }
+
+    /// The node whose lease on a subscription is live at `now`, if any.
+    pub async fn holder(&self, id: &str, now: Millis) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT node_id FROM subscription_leases WHERE subscription_id = $1 AND lease_until >= $2",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Gives a subscription up (its worker has stopped and its progress is saved).
+    pub async fn release(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM subscription_leases WHERE subscription_id = $1 AND node_id = $2")
+            .bind(id)
+            .bind(&self.node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives everything up and says goodbye (at shutdown, after the workers stopped):
+    /// the other nodes take over at once instead of waiting for the leases to run out.
+    pub async fn leave(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM subscription_leases WHERE node_id = $1")
+            .bind(&self.node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(&self.node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, 'changed')")
+            .bind(SUBSCRIPTIONS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Tells every node (this one too) something about the subscriptions.
+    pub async fn notify(&self, message: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SUBSCRIPTIONS_CHANNEL)
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A connection that receives [`SUBSCRIPTIONS_CHANNEL`]'s messages.
+    pub async fn listen(&self) -> Result<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(SUBSCRIPTIONS_CHANNEL).await?;
+        Ok(listener)
     }
 }

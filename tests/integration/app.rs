@@ -19,6 +19,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     child: Child,
     data: PathBuf,
+    /// The server's `--database`: a SQLite file in `data`, or (when the suite runs on
+    /// PostgreSQL) a schema of its own in the scratch database.
+    pub database: String,
     env: Vec<(String, String)>,
     /// Everything the server wrote to standard error (its log), across restarts.
     logs: Arc<Mutex<String>>,
@@ -45,14 +48,24 @@ impl TestApp {
                 "200ms,400ms,600ms".to_owned(),
             ),
         ];
+        let database = scratch_database(&data).await;
+        if database.starts_with("postgres") {
+            // Kept across restarts, like a SQLite server's data: a restarted server takes
+            // its subscriptions back at once.
+            all.push((
+                "REELAY_NODE_ID".to_owned(),
+                format!("node-{}", uuid::Uuid::new_v4().simple()),
+            ));
+        }
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let logs = Arc::new(Mutex::new(String::new()));
-        let (child, url) = spawn(&data, &all, &logs).await;
+        let (child, url) = spawn(&database, &all, &logs).await;
         TestApp {
             url,
             http: reqwest::Client::new(),
             child,
             data,
+            database,
             env: all,
             logs,
             _dir: Some(dir),
@@ -60,8 +73,12 @@ impl TestApp {
     }
 
     /// Every byte of the server's data directory (the database, its write-ahead log),
-    /// for tests that check what never reaches the disk.
-    pub fn data_bytes(&self) -> Vec<u8> {
+    /// or with PostgreSQL every row of its schema as text, for tests that check what is
+    /// never stored.
+    pub async fn data_bytes(&self) -> Vec<u8> {
+        if let Some(schema) = postgres_schema(&self.database) {
+            return postgres_rows(&schema).await;
+        }
         let mut bytes = Vec::new();
         for entry in std::fs::read_dir(&self.data).expect("data dir").flatten() {
             if entry.path().is_file() {
@@ -82,7 +99,7 @@ impl TestApp {
         // It may have exited already (after `terminate`).
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        let (child, url) = spawn(&self.data, &self.env, &self.logs).await;
+        let (child, url) = spawn(&self.database, &self.env, &self.logs).await;
         self.child = child;
         self.url = url;
     }
@@ -180,8 +197,65 @@ impl TestApp {
     }
 }
 
+/// Set by `scripts/test` for the suite's PostgreSQL run: a scratch database, created for
+/// the run and dropped after it.
+const POSTGRES_URL: &str = "REELAY_TEST_POSTGRES_URL";
+
+/// The database a new test server uses: a SQLite file in its data directory, or a fresh
+/// schema in the run's PostgreSQL database.
+async fn scratch_database(data: &Path) -> String {
+    let Ok(base) = std::env::var(POSTGRES_URL) else {
+        return format!("sqlite://{}/reelay.db", data.display());
+    };
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("connect to the test PostgreSQL database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("create a schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// The schema of a PostgreSQL test database URL.
+fn postgres_schema(database: &str) -> Option<String> {
+    database
+        .split("search_path%3D")
+        .nth(1)
+        .map(|schema| schema.split('&').next().unwrap_or(schema).to_owned())
+}
+
+/// Every row of every table of `schema`, as text.
+async fn postgres_rows(schema: &str) -> Vec<u8> {
+    let base = std::env::var(POSTGRES_URL).expect("a PostgreSQL run");
+    let pool = sqlx::PgPool::connect(&base).await.expect("connect");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+    )
+    .bind(schema)
+    .fetch_all(&pool)
+    .await
+    .expect("list tables");
+    let mut bytes = Vec::new();
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT t::text FROM {schema}.{table} t"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("read a table");
+        for row in rows {
+            bytes.extend(row.into_bytes());
+            bytes.push(b'\n');
+        }
+    }
+    bytes
+}
+
 async fn spawn(
-    data: &Path,
+    database: &str,
     env: &[(String, String)],
     logs: &Arc<Mutex<String>>,
 ) -> (Child, String) {
@@ -189,10 +263,7 @@ async fn spawn(
     command
         .arg("serve")
         .env("REELAY_LISTEN", "127.0.0.1:0")
-        .env(
-            "REELAY_DATABASE_URL",
-            format!("sqlite://{}/reelay.db", data.display()),
-        )
+        .env("REELAY_DATABASE_URL", database)
         .env("REELAY_ADMIN_TOKEN", ADMIN)
         .env("REELAY_LOG", "warn,reelay=info")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

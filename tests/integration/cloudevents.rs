@@ -138,7 +138,7 @@ async fn assert_nowhere(app: &TestApp, receiver: &Receiver, secrets: &[&str]) {
     let stored = serde_json::to_string(&app.stored_events("vimond").await).unwrap();
     let logs = app.logs();
     let delivered = receiver.deliveries("/zapp").await;
-    let on_disk = app.data_bytes();
+    let on_disk = app.data_bytes().await;
     for secret in secrets {
         assert!(!stored.contains(secret), "{secret} is stored: {stored}");
         // The operator's HS256 key is kept (it verifies tokens); user tokens never are.

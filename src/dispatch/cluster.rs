@@ -1,0 +1,178 @@
+//! Several nodes on one PostgreSQL database: which subscriptions this node delivers.
+//!
+//! Each node holds leases on its share of the enabled subscriptions (all of them divided
+//! by the live nodes, rounded up) and renews them every third of the lease's life. A
+//! node over its share hands the extra ones over: it stops their workers, waits until
+//! their progress is committed, and only then gives the lease up, so the next holder
+//! starts from a cursor that nothing after it was sent from (no delivery twice). A node
+//! under its share takes subscriptions that nobody holds or whose lease ran out: that is
+//! how a dead node's work is taken over, at most one lease's life after its last renewal.
+//! Changes (a subscription created, deleted, enabled; a node leaving) are announced on
+//! a channel so every node looks at once rather than at its next renewal.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+
+use super::Dispatcher;
+use crate::model::now_millis;
+use crate::store::{Cluster, StoreError};
+
+/// The announcement that the subscriptions changed.
+pub(super) const CHANGED: &str = "changed";
+
+/// The announcement that a subscription is to be replayed from `cursor`.
+pub(super) fn rewind_message(id: &str, cursor: i64) -> String {
+    format!("rewind {id} {cursor}")
+}
+
+pub(super) struct Leases {
+    dispatcher: Dispatcher,
+    cluster: Cluster,
+    ttl: Duration,
+}
+
+impl Leases {
+    pub(super) fn new(dispatcher: Dispatcher, cluster: Cluster) -> Leases {
+        let ttl = dispatcher.config().lease_ttl;
+        Leases {
+            dispatcher,
+            cluster,
+            ttl,
+        }
+    }
+
+    pub(super) async fn run(self) {
+        let cancel = self.dispatcher.shared.cancel.clone();
+        let mut listener: Option<PgListener> = None;
+        let mut renewed = Instant::now();
+        loop {
+            match self.pass().await {
+                Ok(()) => renewed = Instant::now(),
+                Err(error) => {
+                    tracing::warn!(%error, node = self.cluster.node(), "renewing leases failed");
+                    // Another node may have taken the subscriptions over by now: stop
+                    // delivering them, and take back what is still free once it works.
+                    if renewed.elapsed() >= self.ttl && !self.dispatcher.running().is_empty() {
+                        tracing::warn!(
+                            node = self.cluster.node(),
+                            "leases ran out: stopping every worker"
+                        );
+                        self.dispatcher.stop_all().await;
+                    }
+                }
+            }
+            if listener.is_none() {
+                listener = self.cluster.listen().await.ok();
+            }
+            let announced = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.try_recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(self.ttl / 3) => None,
+                received = announced => match received {
+                    Ok(Some(notification)) => Some(notification.payload().to_owned()),
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(%error, "listening for subscription changes failed");
+                        listener = None;
+                        None
+                    }
+                },
+            };
+            if let Some(message) = message {
+                self.announced(&message).await;
+            }
+        }
+        // Shutdown: the workers stop (their tokens are children of the one cancelled),
+        // their last progress is committed, then the leases go so the others take over
+        // at once.
+        self.dispatcher.stop_all().await;
+        if let Err(error) = self.dispatcher.store().flush().await {
+            tracing::warn!(%error, "saving progress at shutdown failed");
+        }
+        if let Err(error) = self.cluster.leave().await {
+            tracing::warn!(%error, "giving the leases up at shutdown failed; they run out instead");
+        }
+    }
+
+    /// Acts on an announcement; a change is looked at by the next pass, right after.
+    async fn announced(&self, message: &str) {
+        let mut words = message.split(' ');
+        if words.next() != Some("rewind") {
+            return;
+        }
+        if let (Some(id), Some(Ok(cursor))) = (words.next(), words.next().map(str::parse)) {
+            // Only the node that runs this subscription's worker acts on it.
+            self.dispatcher
+                .control(id, super::worker::Control::Rewind(cursor))
+                .await;
+        }
+    }
+
+    /// Renews this node's leases, stops what it no longer holds, hands over or takes
+    /// subscriptions to reach its share, and starts the workers it lacks.
+    async fn pass(&self) -> Result<(), StoreError> {
+        let now = now_millis();
+        let ttl = self.dispatcher.lease_ttl_millis();
+        let live = self.cluster.heartbeat(now, ttl).await?.max(1);
+        let held: HashSet<String> = self.cluster.renew(now + ttl).await?.into_iter().collect();
+        // Taken over by another node (this one was too slow to renew) or deleted.
+        for id in self.dispatcher.running() {
+            if !held.contains(&id) {
+                tracing::info!(subscription = %id, "no longer held by this node: stopping its worker");
+                self.dispatcher.remove(&id);
+            }
+        }
+        let mut enabled = Vec::new();
+        for subscription in self.cluster.held_subscriptions().await? {
+            if subscription.disabled.is_some() {
+                // Its worker stopped when it was disabled; whoever enables it takes it.
+                self.dispatcher.remove(&subscription.id);
+                self.cluster.release(&subscription.id).await?;
+            } else {
+                enabled.push(subscription);
+            }
+        }
+        let total = self.cluster.enabled_count().await?;
+        let share = usize::try_from((total + live - 1) / live).unwrap_or(usize::MAX);
+        if enabled.len() > share {
+            // The most recently created go: the oldest stay where they are.
+            for subscription in enabled.split_off(share) {
+                self.dispatcher.hand_over(&subscription.id).await;
+                self.cluster.release(&subscription.id).await?;
+                tracing::info!(subscription = %subscription.id, "handed over to another node");
+            }
+            self.cluster.notify(CHANGED).await?;
+        } else if enabled.len() < share {
+            let wanted = i64::try_from(share - enabled.len()).unwrap_or(i64::MAX);
+            let claimed = self.cluster.claim(now, now + ttl, wanted).await?;
+            if !claimed.is_empty() {
+                let claimed: HashSet<String> = claimed.into_iter().collect();
+                tracing::info!(count = claimed.len(), "took subscriptions over");
+                enabled.extend(
+                    self.cluster
+                        .held_subscriptions()
+                        .await?
+                        .into_iter()
+                        .filter(|s| claimed.contains(&s.id)),
+                );
+            }
+        }
+        for subscription in enabled {
+            if self.dispatcher.is_running(&subscription.id) {
+                continue;
+            }
+            let id = subscription.id.clone();
+            if let Err(error) = self.dispatcher.start_worker(subscription) {
+                tracing::error!(%error, subscription = %id, "cannot deliver to this subscription");
+            }
+        }
+        Ok(())
+    }
+}
