@@ -181,6 +181,24 @@ impl Writer {
                         Written::Duplicate => Err(row.event.id),
                     })
                     .collect();
+                // Positions handed out to rows that turned out to be duplicates are given
+                // back when nothing stored follows them: the head must be the last stored
+                // event, as a restart reads it from the log. Otherwise a cursor could be
+                // saved past that head, and the events that reuse those positions after a
+                // restart would be skipped.
+                let upto = events.last().map_or(after, |event| event.seq);
+                self.next_seq = upto + 1;
+                // The head moves before publishers are answered: a subscription created
+                // after a 202 starts after that event, and a resync's snapshot covers it.
+                if upto > after {
+                    self.head.send_replace(upto);
+                    // No receiver is fine: dispatchers that start later read the log.
+                    let _ = self.committed.send(Arc::new(CommittedBatch {
+                        after,
+                        upto,
+                        events,
+                    }));
+                }
                 for (slots, reply) in appends {
                     let answer = slots
                         .into_iter()
@@ -193,22 +211,6 @@ impl Writer {
                         })
                         .collect();
                     let _ = reply.send(Ok(answer));
-                }
-                // Positions handed out to rows that turned out to be duplicates are given
-                // back when nothing stored follows them: the head must be the last stored
-                // event, as a restart reads it from the log. Otherwise a cursor could be
-                // saved past that head, and the events that reuse those positions after a
-                // restart would be skipped.
-                let upto = events.last().map_or(after, |event| event.seq);
-                self.next_seq = upto + 1;
-                if upto > after {
-                    self.head.send_replace(upto);
-                    // No receiver is fine: dispatchers that start later read the log.
-                    let _ = self.committed.send(Arc::new(CommittedBatch {
-                        after,
-                        upto,
-                        events,
-                    }));
                 }
             }
             Err(error) => {
