@@ -7,9 +7,14 @@
 //! failed delivery moves to the retry set in the database, where the `retry` scheduler
 //! picks it up when due. So a successful delivery costs no row of its own, and a
 //! receiver that is down for hours costs disk, not memory.
+//!
+//! A full resync of a subscription (catalog mirroring) has a `resync` runner of its own
+//! beside the worker: it sends the latest event of each live entity through the same
+//! sink, signer and retry set, and stops with the worker.
 
 mod feed;
 pub mod policy;
+mod resync;
 mod retry;
 mod worker;
 
@@ -29,7 +34,7 @@ use crate::sinks::webhook::{
     ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
 };
 use crate::sinks::{AttemptResult, Attempted, Payload};
-use crate::store::{Health, Store, StoreError};
+use crate::store::{Health, ResyncRun, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
 #[derive(Debug, Clone)]
@@ -260,6 +265,10 @@ impl Dispatcher {
                 dispatcher.add(subscription)?;
             }
         }
+        // Runs a crash or a shutdown interrupted go on from their saved position.
+        for run in store.db().running_resync_runs().await? {
+            dispatcher.start_resync(run);
+        }
         let scheduler = retry::Scheduler::new(dispatcher.clone());
         dispatcher.shared.tasks.spawn(scheduler.run());
         Ok(dispatcher)
@@ -283,6 +292,33 @@ impl Dispatcher {
         self.shared.tasks.spawn(worker.run());
         // Its retries (if it was disabled and is enabled again) may be due now.
         self.shared.retry_wake.at(crate::model::now_millis());
+        Ok(())
+    }
+
+    /// Starts (or resumes) sending a resync run to its subscription. Returns false when
+    /// the subscription does not run (disabled): the run waits in the store, and goes on
+    /// when the subscription is enabled ([`Dispatcher::resume_resync`]).
+    pub fn start_resync(&self, run: ResyncRun) -> bool {
+        let running = self
+            .workers()
+            .get(&run.subscription_id)
+            .map(|handle| (handle.target.clone(), handle.cancel.child_token()));
+        let Some((target, cancel)) = running else {
+            return false;
+        };
+        // A child of the worker's token: deleting or disabling the subscription stops it.
+        let runner = resync::Runner::new(self.clone(), target, run, cancel);
+        self.shared.tasks.spawn(runner.run());
+        true
+    }
+
+    /// Resumes the subscription's running resync, if it has one (after enabling it).
+    pub async fn resume_resync(&self, subscription_id: &str) -> Result<(), StoreError> {
+        if let Some(run) = self.store().db().latest_resync_run(subscription_id).await?
+            && run.completed_at.is_none()
+        {
+            self.start_resync(run);
+        }
         Ok(())
     }
 

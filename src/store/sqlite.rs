@@ -12,8 +12,8 @@ use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 use super::derive::Derivation;
 use super::writer::{LogRow, Written};
 use super::{
-    AttemptRecord, DueRetry, EntityState, EventQuery, Health, KeyOwner, Progress, Result,
-    RetryEntry, RetryState, StoreError, StoredAttempt,
+    AttemptRecord, DueRetry, EntityState, EventQuery, Health, KeyOwner, LiveEntityCount, Progress,
+    Result, ResyncPosition, ResyncRun, RetryEntry, RetryState, StoreError, StoredAttempt,
 };
 use crate::config::Durability;
 use crate::model::{
@@ -217,6 +217,113 @@ impl SqliteStore {
         row.as_ref().map(entity_from_row).transpose()
     }
 
+    /// A page of an account's live (not deleted) entities of one type, by id, with the
+    /// event that set each one's state: ids after `after`, at most `limit`. What a resync
+    /// sends; keyset paging on the primary key, so each page costs the same.
+    pub async fn live_entities(
+        &self,
+        account: &str,
+        entity_type: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<EntityState>> {
+        let rows = sqlx::query(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
+             e.entity_key, e.occurred_at, e.received_at, e.body \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = ? AND n.type = ? AND n.id > ? AND n.deleted = 0 ORDER BY n.id LIMIT ?",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entity_from_row).collect()
+    }
+
+    /// How many live entities of a type there are, grouped by the name and topic of their
+    /// latest event: a resync's total, once a subscription's filter has picked its groups.
+    pub async fn live_entity_counts(
+        &self,
+        account: &str,
+        entity_type: &str,
+    ) -> Result<Vec<LiveEntityCount>> {
+        let rows = sqlx::query(
+            "SELECT e.name, e.topic, COUNT(*) AS entities \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = ? AND n.type = ? AND n.deleted = 0 GROUP BY e.name, e.topic",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LiveEntityCount {
+                    name: row.try_get("name")?,
+                    topic: row.try_get("topic")?,
+                    count: u64::try_from(row.try_get::<i64, _>("entities")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new resync run; false (and nothing stored) when the subscription already
+    /// has one running (the unique index on running runs decides, so two requests at
+    /// once cannot both start one).
+    pub async fn insert_resync_run(&self, run: &ResyncRun) -> Result<bool> {
+        let (position_type, position_id) = match &run.position {
+            Some(position) => (
+                Some(position.entity_type.as_str()),
+                position.after_id.as_str(),
+            ),
+            None => (None, ""),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO resync_runs (id, subscription_id, account, types, snapshot_seq, total, sent, \
+             position_type, position_id, started_at, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&run.id)
+        .bind(&run.subscription_id)
+        .bind(&run.account)
+        .bind(to_json(&run.types))
+        .bind(run.snapshot_seq)
+        .bind(run.total as i64)
+        .bind(run.sent as i64)
+        .bind(position_type)
+        .bind(position_id)
+        .bind(run.started_at)
+        .bind(run.completed_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// A subscription's latest resync run, running or not.
+    pub async fn latest_resync_run(&self, subscription_id: &str) -> Result<Option<ResyncRun>> {
+        let row: Option<ResyncRunRow> = sqlx::query_as(
+            "SELECT * FROM resync_runs WHERE subscription_id = ? \
+             ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .bind(subscription_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ResyncRun::try_from).transpose()
+    }
+
+    /// Every resync run not completed yet, of every subscription: what dispatch resumes.
+    pub async fn running_resync_runs(&self) -> Result<Vec<ResyncRun>> {
+        let rows: Vec<ResyncRunRow> = sqlx::query_as(
+            "SELECT * FROM resync_runs WHERE completed_at IS NULL ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ResyncRun::try_from).collect()
+    }
+
     pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
         let row = sqlx::query_as::<_, EventRow>(
             "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body \
@@ -391,6 +498,10 @@ impl SqliteStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM resync_runs WHERE subscription_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(deleted > 0)
@@ -440,7 +551,7 @@ impl SqliteStore {
                SELECT r.rowid FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
                WHERE r.dead_at IS NULL AND r.next_attempt_at <= ? AND s.disabled_at IS NULL \
                ORDER BY r.next_attempt_at LIMIT ?) \
-             RETURNING subscription_id, seq, attempts",
+             RETURNING subscription_id, seq, resync_id, attempts",
         )
         .bind(lease_until)
         .bind(now)
@@ -452,6 +563,7 @@ impl SqliteStore {
                 Ok(DueRetry {
                     subscription_id: row.try_get("subscription_id")?,
                     seq: row.try_get("seq")?,
+                    resync_id: resync_from_column(row.try_get("resync_id")?),
                     attempts: row.try_get::<i64, _>("attempts")? as u32,
                 })
             })
@@ -497,9 +609,9 @@ impl SqliteStore {
     /// The retry set of a subscription (pending retries and dead letters), oldest first.
     pub async fn list_retries(&self, subscription_id: &str, limit: u32) -> Result<Vec<RetryEntry>> {
         let rows = sqlx::query(
-            "SELECT r.seq, e.event_id, r.attempts, r.next_attempt_at, r.last_error, r.dead_at \
+            "SELECT r.seq, r.resync_id, e.event_id, r.attempts, r.next_attempt_at, r.last_error, r.dead_at \
              FROM retries r JOIN events e ON e.seq = r.seq WHERE r.subscription_id = ? \
-             ORDER BY r.seq LIMIT ?",
+             ORDER BY r.seq, r.resync_id LIMIT ?",
         )
         .bind(subscription_id)
         .bind(limit)
@@ -510,6 +622,7 @@ impl SqliteStore {
                 Ok(RetryEntry {
                     seq: row.try_get("seq")?,
                     event_id: row.try_get("event_id")?,
+                    resync_id: resync_from_column(row.try_get("resync_id")?),
                     attempts: row.try_get::<i64, _>("attempts")? as u32,
                     next_attempt_at: row.try_get("next_attempt_at")?,
                     last_error: row.try_get("last_error")?,
@@ -749,6 +862,7 @@ fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt> {
         record: AttemptRecord {
             seq: row.try_get("seq")?,
             event_id: row.try_get("event_id")?,
+            resync_id: row.try_get("resync_id")?,
             attempt: row.try_get::<i64, _>("attempt")? as u32,
             at: row.try_get("at")?,
             outcome: match outcome.as_str() {
@@ -765,6 +879,55 @@ fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt> {
             next_attempt_at: row.try_get("next_attempt_at")?,
         },
     })
+}
+
+/// The retry set keys incremental deliveries with `''` (a key column cannot be NULL in
+/// every database); everywhere else that is `None`.
+fn resync_to_column(resync_id: Option<&str>) -> &str {
+    resync_id.unwrap_or("")
+}
+
+fn resync_from_column(resync_id: String) -> Option<String> {
+    (!resync_id.is_empty()).then_some(resync_id)
+}
+
+#[derive(FromRow)]
+struct ResyncRunRow {
+    id: String,
+    subscription_id: String,
+    account: String,
+    types: String,
+    snapshot_seq: i64,
+    total: i64,
+    sent: i64,
+    position_type: Option<String>,
+    position_id: String,
+    started_at: i64,
+    completed_at: Option<i64>,
+}
+
+impl TryFrom<ResyncRunRow> for ResyncRun {
+    type Error = StoreError;
+
+    fn try_from(row: ResyncRunRow) -> Result<ResyncRun> {
+        let types: Vec<String> = serde_json::from_str(&row.types)
+            .map_err(|_| StoreError::Corrupt(format!("resync run {}: types", row.id)))?;
+        Ok(ResyncRun {
+            id: row.id,
+            subscription_id: row.subscription_id,
+            account: row.account,
+            types,
+            snapshot_seq: row.snapshot_seq,
+            total: u64::try_from(row.total).unwrap_or(0),
+            sent: u64::try_from(row.sent).unwrap_or(0),
+            position: row.position_type.map(|entity_type| ResyncPosition {
+                entity_type,
+                after_id: row.position_id,
+            }),
+            started_at: row.started_at,
+            completed_at: row.completed_at,
+        })
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -883,8 +1046,8 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
     if !report.attempts.is_empty() {
         let mut insert = tx.prepare_cached(
             "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
-             error, latency_ms, response, next_attempt_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             error, latency_ms, response, next_attempt_at, resync_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for attempt in &report.attempts {
             insert.execute(params![
@@ -899,14 +1062,18 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
                 attempt.latency_ms,
                 attempt.response,
                 attempt.next_attempt_at,
+                attempt.resync_id,
             ])?;
         }
     }
     for update in &report.retries {
+        let resync_id = resync_to_column(update.resync_id.as_deref());
         match &update.state {
             RetryState::Delivered => {
-                tx.prepare_cached("DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2")?
-                    .execute(params![id, update.seq])?;
+                tx.prepare_cached(
+                    "DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2 AND resync_id = ?3",
+                )?
+                .execute(params![id, update.seq, resync_id])?;
             }
             RetryState::Scheduled {
                 attempts,
@@ -914,21 +1081,21 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
                 error,
             } => {
                 tx.prepare_cached(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, resync_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
                      attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
                      last_error = excluded.last_error, dead_at = NULL",
                 )?
-                .execute(params![id, update.seq, attempts, next_attempt_at, error])?;
+                .execute(params![id, update.seq, attempts, next_attempt_at, error, resync_id])?;
             }
             RetryState::Dead { attempts, error } => {
                 let now = crate::model::now_millis();
                 tx.prepare_cached(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?4) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at, resync_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
                      attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
                 )?
-                .execute(params![id, update.seq, attempts, now, error])?;
+                .execute(params![id, update.seq, attempts, now, error, resync_id])?;
             }
         }
     }
@@ -954,6 +1121,26 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
         failed,
         id
     ])?;
+    if let Some(resync) = &report.resync {
+        let (position_type, position_id) = match &resync.position {
+            Some(position) => (
+                Some(position.entity_type.as_str()),
+                position.after_id.as_str(),
+            ),
+            None => (None, ""),
+        };
+        tx.prepare_cached(
+            "UPDATE resync_runs SET sent = ?1, position_type = ?2, position_id = ?3, completed_at = ?4 \
+             WHERE id = ?5",
+        )?
+        .execute(params![
+            resync.sent as i64,
+            position_type,
+            position_id,
+            resync.completed_at,
+            resync.id
+        ])?;
+    }
     if let Some(reason) = &report.disable {
         tx.prepare_cached(
             "UPDATE subscriptions SET disabled_code = ?1, disabled_message = ?2, disabled_at = ?3 \
