@@ -705,3 +705,71 @@ async fn an_sqs_fifo_queue_gets_resync_copies_of_events_it_already_got() {
     }
     until_completed(&app, &subscription).await;
 }
+
+#[tokio::test]
+async fn failed_resync_deliveries_are_retried_as_resync_copies() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    publish(
+        &app,
+        (1..=5)
+            .map(|n| catalog_event("asset-updated", &format!("au-{n}"), json!({"assetId": n})))
+            .collect(),
+    )
+    .await;
+    // The first three deliveries fail, then the receiver recovers.
+    let failing = [500, 500, 500, 200].map(crate::support::receiver::Response::status);
+    let (subscription, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/flaky",
+            json!({"topics": ["asset-operations"]}),
+            &failing,
+        )
+        .await;
+    let (status, run) = app
+        .post(
+            &format!("/v1/accounts/vimond/subscriptions/{subscription}/resync"),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 202, "{run}");
+    let resync_id = run["resyncId"].as_str().unwrap().to_owned();
+    let deliveries = eventually(
+        Duration::from_secs(20),
+        "every entity delivered",
+        || async {
+            let got = receiver.deliveries("/flaky").await;
+            let mut ok: Vec<_> = got
+                .iter()
+                .filter(|d| d.headers.contains_key("reelay-sequence") && d.verified == Some(true))
+                .collect();
+            ok.sort_by_key(|d| d.webhook_id.clone());
+            ok.dedup_by_key(|d| d.webhook_id.clone());
+            (got.len() >= 8 && ok.len() == 5).then_some(got)
+        },
+    )
+    .await;
+    // Every attempt, first or retry, is the marked copy with the run's id.
+    for (delivery, body) in of_run(&deliveries, &resync_id) {
+        assert_eq!(body["resyncType"], "full");
+        let guid = body["guid"].as_str().unwrap();
+        assert_eq!(
+            delivery.webhook_id.as_deref(),
+            Some(format!("{guid}.{resync_id}").as_str())
+        );
+    }
+    assert_eq!(of_run(&deliveries, &resync_id).len(), deliveries.len());
+    let (_, log) = app
+        .get(&format!(
+            "/v1/accounts/vimond/subscriptions/{subscription}/deliveries"
+        ))
+        .await;
+    let attempts = log["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 3, "{log}");
+    assert!(
+        attempts.iter().all(|a| a["resyncId"] == resync_id.as_str()),
+        "{log}"
+    );
+    until_completed(&app, &subscription).await;
+}
