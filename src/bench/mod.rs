@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use aws::AwsSink;
 use moto::Moto;
 use receiver::{Expectation, Receiver};
-use report::{DeliveryResult, LatencyResult, PhaseResources, Report, ThroughputResult};
+use report::{
+    DeliveryResult, LatencyResult, PhaseResources, Report, ResyncResult, ThroughputResult,
+};
 use server::BenchServer;
 
 #[derive(Debug, Clone, Args)]
@@ -54,8 +56,12 @@ pub struct BenchConfig {
     /// calls per 1,000 events.
     #[arg(long)]
     pub aws: bool,
+    /// Catalog entities of the resync phase (a full resync to one webhook); default
+    /// 100,000 (2,000 with --quick).
+    #[arg(long)]
+    pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
-    /// one, ten, latency, kinesis, sns. The raw limit always runs.
+    /// one, ten, latency, resync, kinesis, sns. The raw limit always runs.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -69,6 +75,7 @@ struct Sizes {
     delivery_ten: usize,
     latency_seconds: u64,
     aws: usize,
+    resync: usize,
 }
 
 const LATENCY_RATE: u64 = 1_000;
@@ -84,6 +91,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             delivery_ten: 1_000,
             latency_seconds: 2,
             aws: 2_000,
+            resync: config.resync_entities.unwrap_or(2_000),
         }
     } else {
         Sizes {
@@ -94,6 +102,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             delivery_ten: 20_000,
             latency_seconds: 10,
             aws: 20_000,
+            resync: config.resync_entities.unwrap_or(100_000),
         }
     };
     let moto = match config.aws {
@@ -154,6 +163,9 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     }
     if runs("latency") {
         report.latency = bench.latency(sizes.latency_seconds).await?;
+    }
+    if runs("resync") {
+        report.resync = Some(bench.resync(sizes.resync).await?);
     }
     if let Some(moto) = &moto {
         for sink in [AwsSink::Kinesis, AwsSink::Sns] {
@@ -262,6 +274,16 @@ fn bench_event(n: usize) -> serde_json::Value {
         "eventName": BENCH_EVENT, "originator": "reelay-bench", "versions": ["1.0"],
         "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("b-{n}"), "assetId": n % 10_000,
         "userId": format!("user-{}", n % 5_000), "progress": {"position": n % 3_600, "duration": 3_600}
+    })
+}
+
+/// A catalog entity's state: asset `n` created. Its id is `b-<n>`, so the receiver counts
+/// its resync delivery (`b-<n>.<resync id>`) as event `n`.
+fn catalog_event(n: usize) -> serde_json::Value {
+    json!({
+        "eventName": "asset-created", "originator": "reelay-bench", "versions": ["1.0"],
+        "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("b-{n}"), "assetId": n,
+        "metadata": {"title": "Bench asset", "n": n}
     })
 }
 
@@ -548,6 +570,81 @@ impl Bench {
             &mut latencies,
             watch.finish(distinct),
         ))
+    }
+
+    /// A full resync of `entities` assets to one webhook subscription: the catalog is
+    /// published first (no subscriber yet), then a subscription is created with
+    /// `"resync": true`; timed from that request to the last arrival.
+    async fn resync(&self, entities: usize) -> anyhow::Result<ResyncResult> {
+        let publish = self.publisher("resync");
+        closed_loop(
+            "resync: publishing the catalog",
+            entities.div_ceil(BATCH),
+            8,
+            move |n| {
+                let events: Vec<_> = (n * BATCH..((n + 1) * BATCH).min(entities))
+                    .map(catalog_event)
+                    .collect();
+                publish(serde_json::Value::Array(events).to_string())
+            },
+        )
+        .await?;
+        let expectation = Expectation::new(entities, 1);
+        self.receiver.expect(Some(expectation.clone()));
+        let watch = self.server.watch();
+        let started = self.receiver.now();
+        let requested = Instant::now();
+        let subscription = self
+            .subscribe_to(
+                "resync",
+                json!({"endpoint": format!("{}/hook/0", self.receiver_url),
+                       "events": ["asset-created"], "resync": true}),
+            )
+            .await?;
+        let run_url = format!(
+            "{}/v1/accounts/{}/subscriptions/{subscription}/resync",
+            self.server.url(),
+            self.account("resync")
+        );
+        let run = loop {
+            let run: Value = self
+                .http
+                .get(&run_url)
+                .bearer_auth(self.server.token())
+                .send()
+                .await?
+                .json()
+                .await?;
+            if run["state"] == "completed" {
+                break run;
+            }
+            let sent = run["sent"].as_u64().unwrap_or(0);
+            eprint!("\r{:<40} {sent:>9}/{entities:<9}", "resync: running");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let completed = requested.elapsed();
+        self.drain("resync: waiting for arrivals", &expectation)
+            .await;
+        let (distinct, duplicates, missing) = expectation.tally();
+        let elapsed = Duration::from_nanos(
+            expectation
+                .last_arrival
+                .load(Ordering::Relaxed)
+                .saturating_sub(started),
+        );
+        self.receiver.expect(None);
+        Ok(ResyncResult {
+            entities,
+            total: run["total"].as_u64().unwrap_or(0),
+            sent: run["sent"].as_u64().unwrap_or(0),
+            delivered: distinct,
+            duplicates,
+            missing,
+            seconds: elapsed.as_secs_f64(),
+            per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
+            completed_seconds: completed.as_secs_f64(),
+            resources: watch.finish(distinct),
+        })
     }
 
     async fn outage(&self, events: usize) -> anyhow::Result<report::OutageResult> {

@@ -99,7 +99,8 @@ impl Receiver {
     }
 }
 
-/// Event ids are `b-<number>`; anything else is counted as a stray delivery.
+/// Event ids are `b-<number>` (a resync delivery's: `b-<number>.<resync id>`); anything
+/// else is counted as a stray delivery.
 async fn arrive(
     State(receiver): State<Receiver>,
     Path(subscription): Path<usize>,
@@ -121,6 +122,7 @@ async fn arrive(
         .get("webhook-id")
         .and_then(|id| id.to_str().ok())
         .and_then(|id| id.strip_prefix("b-"))
+        .and_then(|n| n.split('.').next())
         .and_then(|n| n.parse::<usize>().ok());
     if let Some(event) =
         event.filter(|&e| e < expectation.events && subscription < expectation.subscriptions)

@@ -107,6 +107,24 @@ pub struct OutageResult {
     pub missing: u64,
 }
 
+/// A full resync of a catalog to one webhook subscription.
+#[derive(Debug, Default, Serialize)]
+pub struct ResyncResult {
+    pub entities: usize,
+    /// Entities the run counted (its `total`) and said it sent (`sent`).
+    pub total: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+    /// From the resync request to the last arrival.
+    pub seconds: f64,
+    pub per_second: f64,
+    /// From the request to the run's `completed` state.
+    pub completed_seconds: f64,
+    pub resources: PhaseResources,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub cores: usize,
@@ -122,6 +140,7 @@ pub struct Report {
     pub delivery_ten: DeliveryResult,
     pub latency: LatencyResult,
     pub outage: Option<OutageResult>,
+    pub resync: Option<ResyncResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
     pub peak_rss_mb: Option<f64>,
@@ -161,6 +180,7 @@ impl Report {
             + self.delivery_ten.missing
             + self.latency.missing
             + self.outage.as_ref().map_or(0, |o| o.missing)
+            + self.resync.as_ref().map_or(0, |r| r.missing)
             + self
                 .aws
                 .iter()
@@ -300,6 +320,24 @@ impl Report {
                 "  API calls per 1,000 events",
                 format!("{:.1}", aws.api_calls_per_1000_events),
                 "",
+            );
+        }
+        if let Some(resync) = &self.resync {
+            row(
+                &format!("resync of {} entities to a webhook", resync.entities),
+                format!("{:.1} s", resync.seconds),
+                "< 30 s for 100k",
+            );
+            row("  entities/s", format!("{:.0}/s", resync.per_second), "");
+            row(
+                "  peak RSS / missing / duplicates",
+                format!(
+                    "{} / {} / {}",
+                    mb(resync.resources.peak_rss_mb),
+                    resync.missing,
+                    resync.duplicates
+                ),
+                "0 missing",
             );
         }
         if let Some(outage) = &self.outage {

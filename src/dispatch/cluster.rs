@@ -27,6 +27,11 @@ pub(super) fn rewind_message(id: &str, cursor: i64) -> String {
     format!("rewind {id} {cursor}")
 }
 
+/// The announcement that a subscription has a new resync run to send.
+pub(super) fn resync_message(id: &str) -> String {
+    format!("resync {id}")
+}
+
 pub(super) struct Leases {
     dispatcher: Dispatcher,
     cluster: Cluster,
@@ -102,22 +107,30 @@ impl Leases {
     }
 
     /// Acts on an announcement; a change is looked at by the next pass, right after.
+    /// Only the node that runs the subscription's worker acts on a rewind or a resync.
     async fn announced(&self, message: &str) {
         let mut words = message.split(' ');
-        if words.next() != Some("rewind") {
-            return;
-        }
-        if let (Some(id), Some(Ok(cursor))) = (words.next(), words.next().map(str::parse)) {
-            // Only the node that runs this subscription's worker acts on it.
-            self.dispatcher
-                .control(id, super::worker::Control::Rewind(cursor))
-                .await;
+        match (words.next(), words.next(), words.next()) {
+            (Some("rewind"), Some(id), Some(cursor)) => {
+                if let Ok(cursor) = cursor.parse() {
+                    self.dispatcher
+                        .control(id, super::worker::Control::Rewind(cursor))
+                        .await;
+                }
+            }
+            (Some("resync"), Some(id), None) if self.dispatcher.is_running(id) => {
+                if let Err(error) = self.dispatcher.resume_resync(id).await {
+                    tracing::error!(%error, subscription = id, "starting a resync failed");
+                }
+            }
+            _ => {}
         }
     }
 
     /// Renews this node's leases, stops what it no longer holds, hands over or takes
     /// subscriptions to reach its share, and starts the workers it lacks.
     async fn pass(&self) -> Result<(), StoreError> {
+        let _leasing = self.dispatcher.shared.leasing.lock().await;
         let now = now_millis();
         let ttl = self.dispatcher.lease_ttl_millis();
         let live = self.cluster.heartbeat(now, ttl).await?.max(1);

@@ -7,10 +7,15 @@
 //! failed delivery moves to the retry set in the database, where the `retry` scheduler
 //! picks it up when due. So a successful delivery costs no row of its own, and a
 //! receiver that is down for hours costs disk, not memory.
+//!
+//! A full resync of a subscription (catalog mirroring) has a `resync` runner of its own
+//! beside the worker: it sends the latest event of each live entity through the same
+//! sink, signer and retry set, and stops with the worker.
 
 mod cluster;
 mod feed;
 pub mod policy;
+mod resync;
 mod retry;
 mod worker;
 
@@ -30,7 +35,7 @@ use crate::sinks::webhook::{
     ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
 };
 use crate::sinks::{AttemptResult, Attempted, Payload};
-use crate::store::{Cluster, Health, Store, StoreError};
+use crate::store::{Cluster, Health, ResyncRun, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
 #[derive(Debug, Clone)]
@@ -78,6 +83,9 @@ struct Shared {
     /// With PostgreSQL: the subscriptions are shared with the other nodes, and this one
     /// runs workers only for those it holds a lease on.
     cluster: Option<Cluster>,
+    /// Held while this node changes which subscriptions it holds (a lease pass, or taking
+    /// a new subscription), so one does not act on what the other is changing.
+    leasing: tokio::sync::Mutex<()>,
     retry_wake: RetryWake,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -89,6 +97,8 @@ struct WorkerHandle {
     control: mpsc::Sender<worker::Control>,
     /// Ends when the worker has stopped and queued its last progress report.
     finished: tokio::task::JoinHandle<()>,
+    /// The resync run whose runner goes beside this worker, if any.
+    resync: Mutex<Option<String>>,
 }
 
 /// A subscription as dispatch needs it: its settings, its prepared signer, and how its
@@ -251,6 +261,7 @@ impl Dispatcher {
                 config,
                 workers: Mutex::new(HashMap::new()),
                 cluster: store.db().cluster(),
+                leasing: tokio::sync::Mutex::new(()),
                 retry_wake: RetryWake {
                     earliest: AtomicI64::new(Millis::MAX),
                     notify: Notify::new(),
@@ -291,12 +302,15 @@ impl Dispatcher {
         };
         // It is stored already: if the database does not answer now, a lease pass (of
         // this node or another) takes it later.
-        let now = crate::model::now_millis();
-        let until = now + self.lease_ttl_millis();
-        match cluster.claim_one(&subscription.id, now, until).await {
-            Ok(true) => self.start_worker(subscription)?,
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "taking a new subscription failed"),
+        {
+            let _leasing = self.shared.leasing.lock().await;
+            let now = crate::model::now_millis();
+            let until = now + self.lease_ttl_millis();
+            match cluster.claim_one(&subscription.id, now, until).await {
+                Ok(true) => self.start_worker(subscription)?,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "taking a new subscription failed"),
+            }
         }
         if let Err(error) = cluster.notify(cluster::CHANGED).await {
             tracing::warn!(%error, "telling the other nodes of a subscription failed");
@@ -327,14 +341,92 @@ impl Dispatcher {
             cancel,
             control,
             finished: self.shared.tasks.spawn(worker.run()),
+            resync: Mutex::new(None),
         };
-        let previous = self.workers().insert(handle.target.id().to_owned(), handle);
+        let id = handle.target.id().to_owned();
+        let previous = self.workers().insert(id.clone(), handle);
         if let Some(previous) = previous {
             previous.cancel.cancel();
         }
         // Its retries (if it was disabled and is enabled again) may be due now.
         self.shared.retry_wake.at(crate::model::now_millis());
+        // A resync a crash, a shutdown, a disabling or another node interrupted goes on
+        // from its saved position.
+        let dispatcher = self.clone();
+        self.shared.tasks.spawn(async move {
+            if let Err(error) = dispatcher.resume_resync(&id).await {
+                tracing::error!(%error, subscription = %id, "resuming a resync failed");
+            }
+        });
         Ok(())
+    }
+
+    /// Starts (or resumes) sending a resync run to its subscription, on the node that
+    /// delivers it. Returns false when no node does (disabled): the run waits in the
+    /// store, and goes on when a worker starts for the subscription again.
+    pub async fn start_resync(&self, run: ResyncRun) -> bool {
+        if self.start_local_resync(run.clone()) {
+            return true;
+        }
+        let Some(cluster) = &self.shared.cluster else {
+            return false;
+        };
+        match cluster
+            .holder(&run.subscription_id, crate::model::now_millis())
+            .await
+        {
+            Ok(Some(_)) => cluster
+                .notify(&cluster::resync_message(&run.subscription_id))
+                .await
+                .is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Starts a resync runner beside this node's worker for the run's subscription, unless
+    /// that worker has one for this run already. False when no worker runs here.
+    fn start_local_resync(&self, run: ResyncRun) -> bool {
+        let running = {
+            let workers = self.workers();
+            let Some(handle) = workers.get(&run.subscription_id) else {
+                return false;
+            };
+            let mut current = handle.resync.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_deref() == Some(run.id.as_str()) {
+                return true;
+            }
+            *current = Some(run.id.clone());
+            (handle.target.clone(), handle.cancel.child_token())
+        };
+        let (target, cancel) = running;
+        // A child of the worker's token: deleting or disabling the subscription, or
+        // handing it to another node, stops it; the next worker resumes it.
+        let runner = resync::Runner::new(self.clone(), target, run, cancel);
+        self.shared.tasks.spawn(runner.run());
+        true
+    }
+
+    /// Resumes the subscription's running resync, if it has one and its worker runs here
+    /// (a worker started: after a restart, a takeover, or enabling).
+    async fn resume_resync(&self, subscription_id: &str) -> Result<(), StoreError> {
+        if let Some(run) = self.store().db().latest_resync_run(subscription_id).await?
+            && run.completed_at.is_none()
+        {
+            self.start_local_resync(run);
+        }
+        Ok(())
+    }
+
+    /// Forgets a worker that stopped by itself (its subscription was disabled), unless
+    /// another worker has replaced it since.
+    fn remove_worker_of(&self, target: &Arc<Target>) {
+        let mut workers = self.workers();
+        if workers
+            .get(target.id())
+            .is_some_and(|handle| Arc::ptr_eq(&handle.target, target))
+        {
+            workers.remove(target.id());
+        }
     }
 
     /// Stops this node's worker for a subscription (deleted, disabled, or taken over).

@@ -11,6 +11,7 @@ use futures::stream::FuturesUnordered;
 use super::worker::attempt_record;
 use super::{Dispatcher, policy};
 use crate::model::{Millis, now_millis};
+use crate::sinks::resync::resync_copy;
 use crate::store::{DueRetry, Progress, RetryState, RetryUpdate};
 
 /// Retries claimed per pass.
@@ -116,8 +117,20 @@ impl Scheduler {
                 None => break,
             }
         }
+        let mut disabled = Vec::new();
         for report in reports.into_values() {
+            if report.disable.is_some() {
+                disabled.push(report.subscription_id.clone());
+            }
             self.dispatcher.store().record_progress(report).await?;
+        }
+        if !disabled.is_empty() {
+            // Their workers stop once the disabling is committed, so nothing starts them
+            // again from the old state meanwhile.
+            self.dispatcher.store().flush().await?;
+            for id in disabled {
+                self.dispatcher.remove(&id);
+            }
         }
         Ok(true)
     }
@@ -127,7 +140,11 @@ impl Scheduler {
     async fn attempt(&self, retry: DueRetry) -> Option<(String, Progress)> {
         let target = self.dispatcher.target(&retry.subscription_id)?;
         let event = match self.dispatcher.store().db().event_by_seq(retry.seq).await {
-            Ok(Some(event)) => std::sync::Arc::new(event),
+            // A resync delivery is retried as the marked copy it was.
+            Ok(Some(event)) => std::sync::Arc::new(match &retry.resync_id {
+                Some(resync_id) => resync_copy(&event, resync_id),
+                None => event,
+            }),
             Ok(None) => return None,
             Err(error) => {
                 tracing::error!(%error, "reading an event to retry failed");
@@ -158,7 +175,9 @@ impl Scheduler {
             }
         }
         // An in-order subscription waits for this retry before its next delivery.
-        if target.subscription.in_order() && !matches!(verdict.retry, RetryState::Scheduled { .. })
+        if target.subscription.in_order()
+            && retry.resync_id.is_none()
+            && !matches!(verdict.retry, RetryState::Scheduled { .. })
         {
             self.dispatcher.retry_resolved(target.id(), event.seq).await;
         }
@@ -169,7 +188,6 @@ impl Scheduler {
                 reason = reason.message(),
                 "subscription disabled"
             );
-            self.dispatcher.remove(target.id());
         }
         let progress = Progress {
             subscription_id: retry.subscription_id.clone(),
@@ -177,6 +195,7 @@ impl Scheduler {
             delivered: 0,
             attempts: vec![attempt_record(
                 &event,
+                retry.resync_id.as_deref(),
                 attempt,
                 now,
                 &attempted,
@@ -184,10 +203,12 @@ impl Scheduler {
             )],
             retries: vec![RetryUpdate {
                 seq: event.seq,
+                resync_id: retry.resync_id.clone(),
                 state: verdict.retry,
             }],
             health: Some(health),
             disable,
+            resync: None,
         };
         Some((retry.subscription_id, progress))
     }

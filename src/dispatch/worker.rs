@@ -28,14 +28,14 @@ pub(super) enum Control {
 
 /// How often progress is saved while deliveries flow. Crashing loses at most this much
 /// progress, and those events are delivered again (at-least-once).
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Progress is saved early when this many attempt records wait.
 const FLUSH_RECORDS: usize = 1_024;
 /// After this many failures in a row the endpoint counts as down: the worker stops
 /// sending new events (they wait in the log, behind the cursor) and sends one probe at
 /// a time, spaced along the retry schedule, until a delivery succeeds again. So an
 /// outage of hours costs one failed attempt per probe, not one per event.
-const BREAKER_THRESHOLD: u32 = 10;
+pub(super) const BREAKER_THRESHOLD: u32 = 10;
 /// An in-order subscription that waits for a retry is told when it is over (delivered or
 /// dead); it also looks at the retry set this often, so a word lost to a restart of its
 /// worker cannot stall it.
@@ -186,7 +186,14 @@ impl Worker {
             }
         }
         self.finish_in_flight().await;
+        let disabled = self.report.disable.is_some();
         self.flush().await;
+        if disabled {
+            if let Err(error) = self.dispatcher.store().flush().await {
+                tracing::error!(%error, subscription = self.target.id(), "saving the disabling failed");
+            }
+            self.dispatcher.remove_worker_of(&self.target);
+        }
         if expired {
             self.dispatcher.expire(&self.target).await;
         }
@@ -253,9 +260,14 @@ impl Worker {
             // The common case costs a counter, not a row.
             self.report.delivered += 1;
         } else {
-            self.report
-                .attempts
-                .push(attempt_record(event, 1, now, &attempted, &verdict.retry));
+            self.report.attempts.push(attempt_record(
+                event,
+                None,
+                1,
+                now,
+                &attempted,
+                &verdict.retry,
+            ));
         }
         if let RetryState::Scheduled {
             next_attempt_at, ..
@@ -274,6 +286,7 @@ impl Worker {
             tracing::debug!(subscription = self.target.id(), event = %event.id, "delivery failed; retry scheduled");
             self.report.retries.push(RetryUpdate {
                 seq: event.seq,
+                resync_id: None,
                 state: verdict.retry,
             });
         }
@@ -285,8 +298,9 @@ impl Worker {
                 reason = reason.message(),
                 "subscription disabled"
             );
+            // The worker stops; it leaves the running set only once the disabling is
+            // committed, so nothing starts it again from the old state meanwhile.
             self.report.disable = Some(reason);
-            self.dispatcher.remove(self.target.id());
         }
         stop
     }
@@ -320,6 +334,7 @@ impl Worker {
             retries: std::mem::take(&mut self.report.retries),
             health: self.report.health.take(),
             disable: self.report.disable.take(),
+            resync: None,
         };
         match self.dispatcher.store().record_progress(report).await {
             Ok(()) => self.saved_cursor = cursor,
@@ -369,6 +384,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 /// The delivery-log entry of one attempt.
 pub(super) fn attempt_record(
     event: &StoredEvent,
+    resync_id: Option<&str>,
     attempt: u32,
     at: i64,
     attempted: &Attempted,
@@ -384,6 +400,7 @@ pub(super) fn attempt_record(
     AttemptRecord {
         seq: event.seq,
         event_id: event.id.clone(),
+        resync_id: resync_id.map(str::to_owned),
         attempt,
         at,
         outcome,

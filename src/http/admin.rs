@@ -77,7 +77,7 @@ pub async fn create_key(
         super::token_verification::get_settings, super::token_verification::delete_settings,
         super::subscriptions::create, super::subscriptions::list, super::subscriptions::get_one,
         super::subscriptions::delete, super::subscriptions::update, super::subscriptions::enable, super::subscriptions::deliveries,
-        super::subscriptions::replay,
+        super::subscriptions::replay, super::resync::start, super::resync::latest,
         super::jobs::register, super::jobs::list, super::jobs::publish,
         super::entities::list, super::entities::get,
     ),

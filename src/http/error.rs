@@ -52,6 +52,9 @@ pub enum ApiError {
         message: String,
         allow: &'static str,
     },
+    /// The request conflicts with what is under way (a resync already running).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::UserToken { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::MethodNotAllowed { code, .. } => (StatusCode::METHOD_NOT_ALLOWED, code),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }

@@ -7,6 +7,7 @@ pub mod entities;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod resync;
 pub mod subscriptions;
 pub mod token_verification;
 
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(cloudevents::router())
         .merge(token_verification::router())
         .merge(subscriptions::router())
+        .merge(resync::router())
         .merge(jobs::router())
         .merge(entities::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -18,13 +18,14 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::resync::{self, ResyncOut};
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
     SubscriptionKind, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
 use crate::sinks::webhook::{check_destination, generate_secret, parse_url};
-use crate::store::{RetryEntry, StoredAttempt};
+use crate::store::{ResyncRun, RetryEntry, StoredAttempt};
 
 /// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
 /// and/or `topics`.
@@ -52,6 +53,13 @@ pub struct SubscriptionIn {
     /// `destination_unreachable` otherwise). Default false.
     #[serde(rename = "skipDestinationCheck")]
     pub skip_destination_check: Option<bool>,
+    /// Start with a full resync: the latest event of each live catalog entity the filter
+    /// accepts, marked `"resyncType": "full"`, then incremental events (see
+    /// `POST …/subscriptions/{id}/resync`). Default false.
+    pub resync: Option<bool>,
+    /// With `resync`: the entity types to send (default all).
+    #[serde(rename = "resyncTypes")]
+    pub resync_types: Option<Vec<String>>,
 }
 
 /// A creation request, read and checked.
@@ -62,6 +70,8 @@ struct Creation {
     validation_handshake: bool,
     /// Whether an AWS destination is checked (exists, reachable) before it is stored.
     check_destination: bool,
+    /// The entity types of a resync to start with, if one was asked for.
+    resync: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -98,6 +108,9 @@ pub struct SubscriptionOut {
     pub failing_since: Option<i64>,
     /// Deliveries that succeeded at the first attempt (they have no attempt record).
     pub delivered: u64,
+    /// The latest resync run, if it ever had one (`GET …/resync` has it too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncOut>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -150,7 +163,13 @@ impl SubscriptionOut {
             last_success_at: subscription.last_success_at,
             failing_since: subscription.failing_since,
             delivered: subscription.delivered,
+            resync: None,
         }
+    }
+
+    fn with_resync(mut self, run: Option<ResyncRun>) -> SubscriptionOut {
+        self.resync = run.map(ResyncOut::from);
+        self
     }
 }
 
@@ -178,6 +197,7 @@ pub async fn create(
         format,
         validation_handshake,
         check_destination: check,
+        resync,
     } = parse_request(&state, &body)?;
     match &destination {
         Destination::Webhook { url } => check_destination(url, state.allow_private_destinations)
@@ -240,9 +260,15 @@ pub async fn create(
         .await
         .map_err(|error| ApiError::unprocessable("invalid_subscription", error.to_string()))?;
     tracing::info!(subscription = %new.id, %account, "subscription created");
+    // After the worker started: the run's copies and the incremental events from the
+    // subscription's cursor (the head above) go out side by side.
+    let run = match resync {
+        Some(types) => Some(resync::start_run(&state, &subscription, types).await?),
+        None => None,
+    };
     Ok((
         StatusCode::CREATED,
-        Json(SubscriptionOut::new(subscription, Some(new.secret))),
+        Json(SubscriptionOut::new(subscription, Some(new.secret)).with_resync(run)),
     ))
 }
 
@@ -436,6 +462,26 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             "the destination's topicArn, streamName or queueUrl must not be empty",
         ));
     }
+    let resync = match (object.get("resync"), given("resyncTypes")) {
+        (None | Some(Value::Null) | Some(Value::Bool(false)), None) => None,
+        (Some(Value::Bool(true)), types) => {
+            Some(resync::entity_types(state, types, "resyncTypes")?)
+        }
+        (Some(Value::Bool(_)) | None | Some(Value::Null), Some(_)) => {
+            return Err(field_error(
+                "invalid_resync",
+                "resyncTypes",
+                "resyncTypes goes with \"resync\": true",
+            ));
+        }
+        (Some(_), _) => {
+            return Err(field_error(
+                "invalid_resync",
+                "resync",
+                "resync must be true or false",
+            ));
+        }
+    };
     if format == Format::CloudeventsBinary && !matches!(destination, Destination::Webhook { .. }) {
         return Err(field_error(
             "invalid_format",
@@ -454,6 +500,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         format,
         validation_handshake,
         check_destination,
+        resync,
     })
 }
 
@@ -584,7 +631,10 @@ pub async fn get_one(
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionOut>, ApiError> {
     let subscription = find(&state, &caller, &account, &id).await?;
-    Ok(Json(SubscriptionOut::new(subscription, None)))
+    let run = state.store.db().latest_resync_run(&id).await?;
+    Ok(Json(
+        SubscriptionOut::new(subscription, None).with_resync(run),
+    ))
 }
 
 /// Delete a subscription, its retry set and its delivery log.
@@ -683,8 +733,13 @@ pub struct DeliveriesQuery {
 #[serde(rename_all = "camelCase")]
 pub struct AttemptOut {
     pub id: i64,
+    /// The delivery's `webhook-id`: the event id, or for a resync delivery
+    /// `<event id>.<resync id>`.
     pub event_id: String,
     pub sequence: i64,
+    /// The resync run of a resync delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resync_id: Option<String>,
     /// 1 for the first delivery, 2 for the first retry, …
     pub attempt: u32,
     pub at: i64,
@@ -702,6 +757,9 @@ pub struct AttemptOut {
 pub struct RetryOut {
     pub event_id: String,
     pub sequence: i64,
+    /// The resync run of a resync delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resync_id: Option<String>,
     pub attempts: u32,
     pub next_attempt_at: Option<i64>,
     pub last_error: String,
@@ -729,6 +787,7 @@ impl From<StoredAttempt> for AttemptOut {
             id: stored.id,
             event_id: record.event_id,
             sequence: record.seq,
+            resync_id: record.resync_id,
             attempt: record.attempt,
             at: record.at,
             outcome: record.outcome.to_owned(),
@@ -744,8 +803,12 @@ impl From<StoredAttempt> for AttemptOut {
 impl From<RetryEntry> for RetryOut {
     fn from(entry: RetryEntry) -> RetryOut {
         RetryOut {
-            event_id: entry.event_id,
+            event_id: match &entry.resync_id {
+                Some(resync_id) => crate::sinks::resync::delivery_id(&entry.event_id, resync_id),
+                None => entry.event_id,
+            },
             sequence: entry.seq,
+            resync_id: entry.resync_id,
             attempts: entry.attempts,
             next_attempt_at: entry.dead_at.is_none().then_some(entry.next_attempt_at),
             last_error: entry.last_error,

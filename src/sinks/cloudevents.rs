@@ -316,7 +316,7 @@ fn push_segment(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(encoded.as_bytes());
 }
 
-fn push_json_string(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn push_json_string(out: &mut Vec<u8>, text: &str) {
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(out, text);
 }
@@ -366,7 +366,7 @@ impl fmt::Display for Rfc3339 {
 
 /// A JSON object's members in order, names and value texts borrowed from the document
 /// when they can be.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct Members<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 /// A member name, borrowed unless it has escapes.
 struct Name<'a>(Cow<'a, str>);

@@ -7,6 +7,7 @@
 pub mod aws;
 pub mod cloudevents;
 pub mod handshake;
+pub mod resync;
 pub mod webhook;
 
 use std::time::Duration;

@@ -11,12 +11,12 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
-    AttemptRow, DueRetryRow, EVENT_COLUMNS, EntityRow, EventRow, RetryRow, SubscriptionRow,
-    TokenVerificationRow, to_json,
+    AttemptRow, DueRetryRow, EVENT_COLUMNS, EntityRow, EventRow, LiveEntityCountRow, ResyncRunRow,
+    RetryRow, SubscriptionRow, TokenVerificationRow, resync_from_key, resync_position, to_json,
 };
 use super::{
-    DueRetry, EntityState, EventQuery, KeyOwner, Result, RetryEntry, StoreOptions, StoredAttempt,
-    postgres, sqlite,
+    DueRetry, EntityState, EventQuery, KeyOwner, LiveEntityCount, Result, ResyncProgress,
+    ResyncRun, RetryEntry, StoreOptions, StoredAttempt, postgres, sqlite,
 };
 use crate::model::{
     Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
@@ -201,6 +201,98 @@ impl Database {
         .fetch_optional(pool)
         .await?);
         Ok(row.map(EntityState::from))
+    }
+
+    /// A page of an account's live (not deleted) entities of one type, by id, with the
+    /// event that set each one's state: ids after `after`, at most `limit`. What a resync
+    /// sends; keyset paging on the primary key, so each page costs the same.
+    pub async fn live_entities(
+        &self,
+        account: &str,
+        entity_type: &str,
+        after: &str,
+        limit_to: u32,
+    ) -> Result<Vec<EntityState>> {
+        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
+             e.entity_key, e.occurred_at, e.received_at, e.body \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = $1 AND n.type = $2 AND n.id > $3 AND n.deleted = 0 \
+             ORDER BY n.id LIMIT $4",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .bind(after)
+        .bind(limit(limit_to))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(EntityState::from).collect())
+    }
+
+    /// How many live entities of a type there are, grouped by the name and topic of their
+    /// latest event: a resync's total, once a subscription's filter has picked its groups.
+    pub async fn live_entity_counts(
+        &self,
+        account: &str,
+        entity_type: &str,
+    ) -> Result<Vec<LiveEntityCount>> {
+        let rows: Vec<LiveEntityCountRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT e.name, e.topic, COUNT(*) AS entities \
+             FROM entities n JOIN events e ON e.seq = n.seq \
+             WHERE n.account = $1 AND n.type = $2 AND n.deleted = 0 GROUP BY e.name, e.topic",
+        )
+        .bind(account)
+        .bind(entity_type)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(LiveEntityCount::from).collect())
+    }
+
+    /// Stores a new resync run; false (and nothing stored) when the subscription already
+    /// has one running (the unique index on running runs decides, so two requests at
+    /// once, to any node, cannot both start one).
+    pub async fn insert_resync_run(&self, run: &ResyncRun) -> Result<bool> {
+        let progress = ResyncProgress {
+            id: run.id.clone(),
+            sent: run.sent,
+            position: run.position.clone(),
+            completed_at: run.completed_at,
+        };
+        let (position_type, position_id) = resync_position(&progress);
+        let inserted = on_pool!(self, |pool| {
+            sqlx::query(
+            "INSERT INTO resync_runs (id, subscription_id, account, types, snapshot_seq, total, \
+             sent, position_type, position_id, started_at, completed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+        )
+        .bind(&run.id)
+        .bind(&run.subscription_id)
+        .bind(&run.account)
+        .bind(to_json(&run.types))
+        .bind(run.snapshot_seq)
+        .bind(run.total as i64)
+        .bind(run.sent as i64)
+        .bind(position_type)
+        .bind(position_id)
+        .bind(run.started_at)
+        .bind(run.completed_at)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        });
+        Ok(inserted == 1)
+    }
+
+    /// A subscription's latest resync run, running or not.
+    pub async fn latest_resync_run(&self, subscription_id: &str) -> Result<Option<ResyncRun>> {
+        let row: Option<ResyncRunRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM resync_runs WHERE subscription_id = $1 \
+             ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .bind(subscription_id)
+        .fetch_optional(pool)
+        .await?);
+        row.map(ResyncRun::try_from).transpose()
     }
 
     pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
@@ -440,6 +532,10 @@ impl Database {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query("DELETE FROM resync_runs WHERE subscription_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(deleted > 0)
@@ -506,6 +602,7 @@ impl Database {
             .map(|row| DueRetry {
                 subscription_id: row.subscription_id,
                 seq: row.seq,
+                resync_id: resync_from_key(row.resync_id),
                 attempts: row.attempts as u32,
             })
             .collect())
@@ -555,15 +652,17 @@ impl Database {
         subscription_id: &str,
         limit_to: u32,
     ) -> Result<Vec<RetryEntry>> {
-        let rows: Vec<RetryRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT r.seq, e.event_id, r.attempts, r.next_attempt_at, r.last_error, r.dead_at \
-             FROM retries r JOIN events e ON e.seq = r.seq WHERE r.subscription_id = $1 \
-             ORDER BY r.seq LIMIT $2",
+        let rows: Vec<RetryRow> = on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT r.seq, r.resync_id, e.event_id, r.attempts, r.next_attempt_at, r.last_error, \
+             r.dead_at FROM retries r JOIN events e ON e.seq = r.seq \
+             WHERE r.subscription_id = $1 ORDER BY r.seq, r.resync_id LIMIT $2",
         )
         .bind(subscription_id)
         .bind(limit(limit_to))
         .fetch_all(pool)
-        .await?);
+        .await?
+        });
         Ok(rows.into_iter().map(RetryEntry::from).collect())
     }
 

@@ -106,6 +106,8 @@ pub enum RetryState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryUpdate {
     pub seq: i64,
+    /// The resync run the delivery belongs to; `None` for an incremental delivery.
+    pub resync_id: Option<String>,
     pub state: RetryState,
 }
 
@@ -114,6 +116,8 @@ pub struct RetryUpdate {
 pub struct AttemptRecord {
     pub seq: i64,
     pub event_id: String,
+    /// The resync run the delivery belongs to; `None` for an incremental delivery.
+    pub resync_id: Option<String>,
     pub attempt: u32,
     pub at: Millis,
     /// `delivered`, `failed` or `dead`.
@@ -146,6 +150,58 @@ pub struct Progress {
     pub retries: Vec<RetryUpdate>,
     pub health: Option<Health>,
     pub disable: Option<DisabledReason>,
+    /// A resync run's progress: saved with the retries of the deliveries before it, so
+    /// the position never passes a failure that is not yet in the retry set. Boxed: rare,
+    /// and every queued write would carry its size.
+    pub resync: Option<Box<ResyncProgress>>,
+}
+
+/// Where a resync run stands, as its runner reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResyncProgress {
+    pub id: String,
+    /// Entities sent so far (delivered or in the retry set), in all.
+    pub sent: u64,
+    /// Where to go on from; `None` when the run is over.
+    pub position: Option<ResyncPosition>,
+    pub completed_at: Option<Millis>,
+}
+
+/// A resync's place in the (type, id) order: every entity of the run's types before
+/// `entity_type`, and of `entity_type` up to `after_id` (`""`: none yet), was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncPosition {
+    pub entity_type: String,
+    pub after_id: String,
+}
+
+/// A full resync of one subscription: the latest event of each live entity of `types`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResyncRun {
+    pub id: String,
+    pub subscription_id: String,
+    pub account: String,
+    /// Entity types, sorted: the run sends them in this order.
+    pub types: Vec<String>,
+    /// The log head when the run started: the subscription's incremental deliveries
+    /// cover every change after it.
+    pub snapshot_seq: i64,
+    /// Live entities the subscription would receive, counted when the run started.
+    pub total: u64,
+    pub sent: u64,
+    /// `None` once completed.
+    pub position: Option<ResyncPosition>,
+    pub started_at: Millis,
+    pub completed_at: Option<Millis>,
+}
+
+/// How many live entities of a type have their latest event of this name and topic
+/// (what a subscription's filter decides on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEntityCount {
+    pub name: String,
+    pub topic: String,
+    pub count: u64,
 }
 
 /// A retry that is due, claimed for one attempt.
@@ -153,6 +209,7 @@ pub struct Progress {
 pub struct DueRetry {
     pub subscription_id: String,
     pub seq: i64,
+    pub resync_id: Option<String>,
     pub attempts: u32,
 }
 
@@ -168,6 +225,7 @@ pub struct StoredAttempt {
 pub struct RetryEntry {
     pub seq: i64,
     pub event_id: String,
+    pub resync_id: Option<String>,
     pub attempts: u32,
     pub next_attempt_at: Millis,
     pub last_error: String,
@@ -268,14 +326,17 @@ impl Store {
                     pool.clone(),
                     local,
                     committed.clone(),
-                    head_tx,
+                    head_tx.clone(),
                 ));
                 (
                     writer::Log::Postgres {
                         db: db.clone(),
                         pool: pool.clone(),
                     },
-                    writer::Announce::Follower(follower),
+                    writer::Announce::Follower {
+                        follower,
+                        head: head_tx,
+                    },
                 )
             }
         };

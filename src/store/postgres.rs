@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::database::STATEMENT_TIMEOUT;
 use super::derive::Derivation;
-use super::rows::DueRetryRow;
+use super::rows::{DueRetryRow, resync_key, resync_position};
 use super::writer::{LogRow, Written};
 use super::{CommittedBatch, Database, Health, Progress, Result, RetryState, StoreError};
 use crate::model::{Millis, StoredEvent};
@@ -63,14 +63,14 @@ pub(super) async fn claim_due_retries(
     limit: i64,
 ) -> Result<Vec<DueRetryRow>> {
     Ok(sqlx::query_as(
-        "UPDATE retries SET next_attempt_at = $1 WHERE (subscription_id, seq) IN ( \
-           SELECT r.subscription_id, r.seq FROM retries r \
+        "UPDATE retries SET next_attempt_at = $1 WHERE (subscription_id, seq, resync_id) IN ( \
+           SELECT r.subscription_id, r.seq, r.resync_id FROM retries r \
            JOIN subscriptions s ON s.id = r.subscription_id \
            JOIN subscription_leases l ON l.subscription_id = r.subscription_id \
            WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
              AND l.node_id = $4 \
            ORDER BY r.next_attempt_at LIMIT $3 FOR UPDATE OF r SKIP LOCKED) \
-         RETURNING subscription_id, seq, attempts",
+         RETURNING subscription_id, seq, resync_id, attempts",
     )
     .bind(lease_until)
     .bind(now)
@@ -292,8 +292,8 @@ async fn apply_progress(
     for attempt in &report.attempts {
         sqlx::query(
             "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
-             error, latency_ms, response, next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             error, latency_ms, response, next_attempt_at, resync_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(id)
         .bind(attempt.seq)
@@ -306,17 +306,22 @@ async fn apply_progress(
         .bind(attempt.latency_ms)
         .bind(&attempt.response)
         .bind(attempt.next_attempt_at)
+        .bind(&attempt.resync_id)
         .execute(&mut **tx)
         .await?;
     }
     for update in &report.retries {
+        let resync_id = resync_key(update.resync_id.as_deref());
         match &update.state {
             RetryState::Delivered => {
-                sqlx::query("DELETE FROM retries WHERE subscription_id = $1 AND seq = $2")
-                    .bind(id)
-                    .bind(update.seq)
-                    .execute(&mut **tx)
-                    .await?;
+                sqlx::query(
+                    "DELETE FROM retries WHERE subscription_id = $1 AND seq = $2 AND resync_id = $3",
+                )
+                .bind(id)
+                .bind(update.seq)
+                .bind(resync_id)
+                .execute(&mut **tx)
+                .await?;
             }
             RetryState::Scheduled {
                 attempts,
@@ -324,8 +329,8 @@ async fn apply_progress(
                 error,
             } => {
                 sqlx::query(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, resync_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
                      attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
                      last_error = excluded.last_error, dead_at = NULL",
                 )
@@ -334,13 +339,14 @@ async fn apply_progress(
                 .bind(i64::from(*attempts))
                 .bind(next_attempt_at)
                 .bind(error)
+                .bind(resync_id)
                 .execute(&mut **tx)
                 .await?;
             }
             RetryState::Dead { attempts, error } => {
                 sqlx::query(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
-                     VALUES ($1, $2, $3, $4, $5, $4) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at, resync_id) \
+                     VALUES ($1, $2, $3, $4, $5, $4, $6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
                      attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
                 )
                 .bind(id)
@@ -348,6 +354,7 @@ async fn apply_progress(
                 .bind(i64::from(*attempts))
                 .bind(crate::model::now_millis())
                 .bind(error)
+                .bind(resync_id)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -373,6 +380,20 @@ async fn apply_progress(
     .bind(id)
     .execute(&mut **tx)
     .await?;
+    if let Some(resync) = &report.resync {
+        let (position_type, position_id) = resync_position(resync);
+        sqlx::query(
+            "UPDATE resync_runs SET sent = $1, position_type = $2, position_id = $3, \
+             completed_at = $4 WHERE id = $5",
+        )
+        .bind(resync.sent as i64)
+        .bind(position_type)
+        .bind(position_id)
+        .bind(resync.completed_at)
+        .bind(&resync.id)
+        .execute(&mut **tx)
+        .await?;
+    }
     if let Some(reason) = &report.disable {
         sqlx::query(
             "UPDATE subscriptions SET disabled_code = $1, disabled_message = $2, disabled_at = $3 \
@@ -456,7 +477,7 @@ pub(super) async fn follow_log(
                         events,
                     }));
                     last = batch.upto;
-                    head.send_replace(last);
+                    super::writer::advance(&head, last);
                 }
                 continue;
             }
@@ -531,7 +552,7 @@ async fn catch_up(
             events: events.into_iter().map(Arc::new).collect(),
         };
         *last = page_upto;
-        head.send_replace(page_upto);
+        super::writer::advance(head, page_upto);
         let _ = committed.send(Arc::new(batch));
     }
 }

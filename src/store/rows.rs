@@ -4,7 +4,10 @@
 
 use sqlx::FromRow;
 
-use super::{AttemptRecord, EntityState, Result, RetryEntry, StoreError, StoredAttempt};
+use super::{
+    AttemptRecord, EntityState, LiveEntityCount, Result, ResyncPosition, ResyncProgress, ResyncRun,
+    RetryEntry, StoreError, StoredAttempt,
+};
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, StoredEvent, Subscription, SubscriptionKind,
     TokenVerification,
@@ -138,6 +141,7 @@ pub(super) struct AttemptRow {
     latency_ms: i64,
     response: Option<String>,
     next_attempt_at: Option<i64>,
+    resync_id: Option<String>,
 }
 
 impl From<AttemptRow> for StoredAttempt {
@@ -147,6 +151,7 @@ impl From<AttemptRow> for StoredAttempt {
             record: AttemptRecord {
                 seq: row.seq,
                 event_id: row.event_id,
+                resync_id: row.resync_id,
                 attempt: row.attempt as u32,
                 at: row.at,
                 outcome: match row.outcome.as_str() {
@@ -167,6 +172,7 @@ impl From<AttemptRow> for StoredAttempt {
 #[derive(FromRow)]
 pub(super) struct RetryRow {
     seq: i64,
+    resync_id: String,
     event_id: String,
     attempts: i64,
     next_attempt_at: i64,
@@ -179,6 +185,7 @@ impl From<RetryRow> for RetryEntry {
         RetryEntry {
             seq: row.seq,
             event_id: row.event_id,
+            resync_id: resync_from_key(row.resync_id),
             attempts: row.attempts as u32,
             next_attempt_at: row.next_attempt_at,
             last_error: row.last_error,
@@ -191,7 +198,85 @@ impl From<RetryRow> for RetryEntry {
 pub(super) struct DueRetryRow {
     pub subscription_id: String,
     pub seq: i64,
+    pub resync_id: String,
     pub attempts: i64,
+}
+
+/// The retry set keys incremental deliveries with `''` (a key column cannot be NULL);
+/// everywhere else that is `None`.
+pub(super) fn resync_key(resync_id: Option<&str>) -> &str {
+    resync_id.unwrap_or("")
+}
+
+pub(super) fn resync_from_key(resync_id: String) -> Option<String> {
+    (!resync_id.is_empty()).then_some(resync_id)
+}
+
+/// A resync's position as its two columns (`position_type` NULL: completed).
+pub(super) fn resync_position(resync: &ResyncProgress) -> (Option<&str>, &str) {
+    match &resync.position {
+        Some(position) => (
+            Some(position.entity_type.as_str()),
+            position.after_id.as_str(),
+        ),
+        None => (None, ""),
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct ResyncRunRow {
+    id: String,
+    subscription_id: String,
+    account: String,
+    types: String,
+    snapshot_seq: i64,
+    total: i64,
+    sent: i64,
+    position_type: Option<String>,
+    position_id: String,
+    started_at: i64,
+    completed_at: Option<i64>,
+}
+
+impl TryFrom<ResyncRunRow> for ResyncRun {
+    type Error = StoreError;
+
+    fn try_from(row: ResyncRunRow) -> Result<ResyncRun> {
+        let types: Vec<String> = serde_json::from_str(&row.types)
+            .map_err(|_| StoreError::Corrupt(format!("resync run {}: types", row.id)))?;
+        Ok(ResyncRun {
+            id: row.id,
+            subscription_id: row.subscription_id,
+            account: row.account,
+            types,
+            snapshot_seq: row.snapshot_seq,
+            total: u64::try_from(row.total).unwrap_or(0),
+            sent: u64::try_from(row.sent).unwrap_or(0),
+            position: row.position_type.map(|entity_type| ResyncPosition {
+                entity_type,
+                after_id: row.position_id,
+            }),
+            started_at: row.started_at,
+            completed_at: row.completed_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct LiveEntityCountRow {
+    name: String,
+    topic: String,
+    entities: i64,
+}
+
+impl From<LiveEntityCountRow> for LiveEntityCount {
+    fn from(row: LiveEntityCountRow) -> LiveEntityCount {
+        LiveEntityCount {
+            name: row.name,
+            topic: row.topic,
+            count: u64::try_from(row.entities).unwrap_or(0),
+        }
+    }
 }
 
 #[derive(FromRow)]

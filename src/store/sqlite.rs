@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::derive::Derivation;
-use super::rows::DueRetryRow;
+use super::rows::{DueRetryRow, resync_key, resync_position};
 use super::writer::{LogRow, Written};
 use super::{Health, Progress, Result, RetryState, StoreError};
 use crate::config::Durability;
@@ -141,7 +141,7 @@ pub(super) async fn claim_due_retries(
            SELECT r.rowid FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
            WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
            ORDER BY r.next_attempt_at LIMIT $3) \
-         RETURNING subscription_id, seq, attempts",
+         RETURNING subscription_id, seq, resync_id, attempts",
     )
     .bind(lease_until)
     .bind(now)
@@ -274,8 +274,8 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
     if !report.attempts.is_empty() {
         let mut insert = tx.prepare_cached(
             "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
-             error, latency_ms, response, next_attempt_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             error, latency_ms, response, next_attempt_at, resync_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for attempt in &report.attempts {
             insert.execute(params![
@@ -290,14 +290,18 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
                 attempt.latency_ms,
                 attempt.response,
                 attempt.next_attempt_at,
+                attempt.resync_id,
             ])?;
         }
     }
     for update in &report.retries {
+        let resync_id = resync_key(update.resync_id.as_deref());
         match &update.state {
             RetryState::Delivered => {
-                tx.prepare_cached("DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2")?
-                    .execute(params![id, update.seq])?;
+                tx.prepare_cached(
+                    "DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2 AND resync_id = ?3",
+                )?
+                .execute(params![id, update.seq, resync_id])?;
             }
             RetryState::Scheduled {
                 attempts,
@@ -305,21 +309,21 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
                 error,
             } => {
                 tx.prepare_cached(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, resync_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
                      attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
                      last_error = excluded.last_error, dead_at = NULL",
                 )?
-                .execute(params![id, update.seq, attempts, next_attempt_at, error])?;
+                .execute(params![id, update.seq, attempts, next_attempt_at, error, resync_id])?;
             }
             RetryState::Dead { attempts, error } => {
                 let now = crate::model::now_millis();
                 tx.prepare_cached(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?4) ON CONFLICT (subscription_id, seq) DO UPDATE SET \
+                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at, resync_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
                      attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
                 )?
-                .execute(params![id, update.seq, attempts, now, error])?;
+                .execute(params![id, update.seq, attempts, now, error, resync_id])?;
             }
         }
     }
@@ -345,6 +349,20 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
         failed,
         id
     ])?;
+    if let Some(resync) = &report.resync {
+        let (position_type, position_id) = resync_position(resync);
+        tx.prepare_cached(
+            "UPDATE resync_runs SET sent = ?1, position_type = ?2, position_id = ?3, \
+             completed_at = ?4 WHERE id = ?5",
+        )?
+        .execute(params![
+            resync.sent as i64,
+            position_type,
+            position_id,
+            resync.completed_at,
+            resync.id
+        ])?;
+    }
     if let Some(reason) = &report.disable {
         tx.prepare_cached(
             "UPDATE subscriptions SET disabled_code = ?1, disabled_message = ?2, disabled_at = ?3 \

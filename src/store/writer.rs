@@ -76,8 +76,24 @@ pub(super) enum Announce {
         committed: broadcast::Sender<Arc<CommittedBatch>>,
         head: watch::Sender<i64>,
     },
-    /// This node's log follower, which merges them with the other nodes' commits.
-    Follower(mpsc::UnboundedSender<CommittedBatch>),
+    /// This node's log follower, which merges them with the other nodes' commits. The
+    /// head moves at once (every position up to it is committed), the dispatchers get
+    /// the events from the follower.
+    Follower {
+        follower: mpsc::UnboundedSender<CommittedBatch>,
+        head: watch::Sender<i64>,
+    },
+}
+
+/// Moves a head forward (never back: the writer and the log follower both move it).
+pub(super) fn advance(head: &watch::Sender<i64>, to: i64) {
+    head.send_if_modified(|head| {
+        let forward = to > *head;
+        if forward {
+            *head = to;
+        }
+        forward
+    });
 }
 
 /// After a failed commit, progress reports are tried again after this long even if no
@@ -239,6 +255,9 @@ impl Writer {
                         Written::Duplicate => Err(row.event.id),
                     })
                     .collect();
+                // The head moves before publishers are answered: a subscription created
+                // after a 202 starts after that event, and a resync's snapshot covers it.
+                self.announce(log_after, reserved, events);
                 for (slots, reply) in appends {
                     let answer = slots
                         .into_iter()
@@ -252,7 +271,6 @@ impl Writer {
                         .collect();
                     let _ = reply.send(Ok(answer));
                 }
-                self.announce(log_after, reserved, events);
             }
             Err(error) => {
                 tracing::error!(%error, "group commit failed; its publishers get an error");
@@ -312,7 +330,7 @@ impl Writer {
                 let upto = events.last().map_or(after, |event| event.seq);
                 self.next_seq = upto + 1;
                 if upto > after {
-                    head.send_replace(upto);
+                    advance(head, upto);
                     // No receiver is fine: dispatchers that start later read the log.
                     let _ = committed.send(Arc::new(CommittedBatch {
                         after,
@@ -321,12 +339,13 @@ impl Writer {
                     }));
                 }
             }
-            Announce::Follower(follower) => {
+            Announce::Follower { follower, head } => {
                 // The shared head keeps every reserved position (it is stored, not read
                 // from the log), so a gap left by a duplicate is never reused.
                 let upto = after + reserved;
                 self.next_seq = upto + 1;
                 if upto > after {
+                    advance(head, upto);
                     let _ = follower.send(CommittedBatch {
                         after,
                         upto,

@@ -267,7 +267,7 @@ async fn drain(moto: &Moto, queue_url: &str) -> Vec<(String, HashMap<String, Str
 
 /// Drains the queue until `expected` messages have come (or 20 s pass): SNS fans out to
 /// the queue a little after the publish.
-async fn receive(
+pub(crate) async fn receive(
     moto: &Moto,
     queue_url: &str,
     expected: usize,

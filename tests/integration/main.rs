@@ -11,6 +11,7 @@ mod delivery_formats;
 mod durability;
 mod entities;
 mod publish;
+mod resync;
 mod subscriptions;
 
 #[path = "../support/mod.rs"]

@@ -144,6 +144,18 @@ impl Receiver {
             .expect("hook registered");
     }
 
+    /// Makes `path` wait this long before answering each delivery (a slow receiver).
+    pub async fn delay(&self, path: &str, delay_ms: u64) {
+        self.http
+            .post(self.url("/_control/hooks"))
+            .json(&json!({"path": path, "delay_ms": delay_ms}))
+            .send()
+            .await
+            .expect("set delay")
+            .error_for_status()
+            .expect("delay set");
+    }
+
     /// How `path` answers validation handshakes (before its secret is known).
     pub async fn handshake(&self, path: &str, answer: HandshakeAnswer) {
         let answer = json!({"status": answer.status, "allowed_origin": answer.allowed_origin,

@@ -1,0 +1,344 @@
+//! The runner of one full resync: sends a subscription the latest event of each live
+//! catalog entity of the run's types, marked as a resync copy
+//! ([`crate::sinks::resync`]), through the subscription's own sink and signer.
+//!
+//! The entities are read from the store in pages, in (type, id) order, by keyset (the
+//! last id read), so memory holds a few pages whatever the catalog's size. A page's
+//! entities go out several at a time, like a worker's deliveries; failed ones go to the
+//! retry set with the run's id, and are retried as resync copies. The run's position
+//! moves past a page only when every entity of it and of the pages before it was
+//! delivered or handed to the retry set, and it is saved in the same commit as those
+//! retries: a crash resends at most the pages after the last save, and skips none.
+//!
+//! The run does not touch the subscription's cursor: incremental deliveries carry on
+//! beside it. Entities are read as they are now, which is at or after the log head when
+//! the run started, so together with the incremental stream from that head a mirror that
+//! keeps the highest sequence per entity ends at the current state.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+
+use super::worker::{BREAKER_THRESHOLD, FLUSH_EVERY, attempt_record};
+use super::{Dispatcher, Target, policy};
+use crate::model::{StoredEvent, now_millis};
+use crate::sinks::Attempted;
+use crate::sinks::resync::resync_copy;
+use crate::store::{
+    Progress, ResyncPosition, ResyncProgress, ResyncRun, RetryState, RetryUpdate, StoreError,
+};
+
+/// Entities read per query.
+const PAGE: u32 = 500;
+/// Pages read ahead of the one being sent, so the sink never waits for the store.
+const PAGES_AHEAD: usize = 2;
+
+/// One page of the run: where the run stands once it and every page before it are done.
+struct Page {
+    number: u64,
+    /// The position after this page: `None` after the last page of the last type.
+    end: Option<ResyncPosition>,
+    /// Entities of the page still being sent.
+    left: usize,
+    /// Entities of the page the subscription receives.
+    entities: u64,
+}
+
+/// A delivery call's results, with the page each event belongs to.
+type Sent = Vec<(u64, Arc<StoredEvent>, Attempted)>;
+
+pub(super) struct Runner {
+    dispatcher: Dispatcher,
+    target: Arc<Target>,
+    run: ResyncRun,
+    cancel: CancellationToken,
+    /// Where the next page is read from; `None` once every page was read.
+    reading: Option<ResyncPosition>,
+    next_page: u64,
+    /// Pages read and not yet done, oldest first.
+    pages: VecDeque<Page>,
+    /// Copies read and not yet started, with their page.
+    pending: VecDeque<(u64, Arc<StoredEvent>)>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Sent>>,
+    /// What the store knows once the next report is committed.
+    sent: u64,
+    position: Option<ResyncPosition>,
+    report: Progress,
+    /// Whether `sent` or `position` moved since the last report.
+    moved: bool,
+}
+
+impl Runner {
+    pub(super) fn new(
+        dispatcher: Dispatcher,
+        target: Arc<Target>,
+        run: ResyncRun,
+        cancel: CancellationToken,
+    ) -> Runner {
+        let report = Progress {
+            subscription_id: run.subscription_id.clone(),
+            ..Progress::default()
+        };
+        Runner {
+            reading: run.position.clone(),
+            position: run.position.clone(),
+            sent: run.sent,
+            dispatcher,
+            target,
+            run,
+            cancel,
+            next_page: 0,
+            pages: VecDeque::new(),
+            pending: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            report,
+            moved: false,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let (subscription, resync) = (self.target.id().to_owned(), self.run.id.clone());
+        tracing::info!(%subscription, %resync, sent = self.sent, total = self.run.total, "resync running");
+        let max_in_flight = self
+            .target
+            .max_in_flight(self.dispatcher.config().max_in_flight);
+        let batch_size = self.target.batch_size();
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.pending.len() < batch_size * max_in_flight
+                && self.pages.len() <= PAGES_AHEAD
+                && self.reading.is_some()
+            {
+                if let Err(error) = self.read_page().await {
+                    tracing::error!(%error, %subscription, %resync, "reading entities for a resync failed; trying again");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+                continue;
+            }
+            if self.reading.is_none() && self.pages.is_empty() {
+                self.complete().await;
+                return;
+            }
+            // While the endpoint is down the run waits: the worker's probes and the
+            // retries tell when it is back, and its entities wait in the store, not in
+            // the retry set.
+            let endpoint_down = self.target.consecutive_failures() >= BREAKER_THRESHOLD;
+            while !endpoint_down && self.in_flight.len() < max_in_flight && !self.pending.is_empty()
+            {
+                let size = batch_size.min(self.pending.len());
+                let batch: Vec<_> = self.pending.drain(..size).collect();
+                self.start(batch);
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(results) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finished(results);
+                }
+                _ = flush.tick() => self.flush().await,
+            }
+        }
+        // Stopped (subscription deleted or disabled, or shutdown): what is done is saved;
+        // deliveries in flight are sent again when the run resumes.
+        self.flush().await;
+    }
+
+    /// Reads the page at `reading`, queues the copies the subscription wants, and moves
+    /// `reading` on.
+    async fn read_page(&mut self) -> Result<(), StoreError> {
+        let Some(at) = self.reading.clone() else {
+            return Ok(());
+        };
+        let states = self
+            .dispatcher
+            .store()
+            .db()
+            .live_entities(&self.run.account, &at.entity_type, &at.after_id, PAGE)
+            .await?;
+        let end = match states.last() {
+            Some(last) if states.len() == PAGE as usize => Some(ResyncPosition {
+                entity_type: at.entity_type.clone(),
+                after_id: last.id.clone(),
+            }),
+            // The type is done: the next one, from its start.
+            _ => self
+                .next_type(&at.entity_type)
+                .map(|entity_type| ResyncPosition {
+                    entity_type,
+                    after_id: String::new(),
+                }),
+        };
+        let number = self.next_page;
+        self.next_page += 1;
+        let subscription = &self.target.subscription;
+        let before = self.pending.len();
+        self.pending.extend(
+            states
+                .iter()
+                .filter(|state| subscription.wants(&state.event))
+                .map(|state| (number, Arc::new(resync_copy(&state.event, &self.run.id)))),
+        );
+        let entities = self.pending.len() - before;
+        self.pages.push_back(Page {
+            number,
+            end: end.clone(),
+            left: entities,
+            entities: entities as u64,
+        });
+        self.reading = end;
+        self.pages_done();
+        Ok(())
+    }
+
+    /// The run's type after `entity_type`, if any.
+    fn next_type(&self, entity_type: &str) -> Option<String> {
+        let types = &self.run.types;
+        let at = types.iter().position(|t| t == entity_type)?;
+        types.get(at + 1).cloned()
+    }
+
+    fn start(&mut self, batch: Vec<(u64, Arc<StoredEvent>)>) {
+        let dispatcher = self.dispatcher.clone();
+        let target = self.target.clone();
+        self.in_flight.push(Box::pin(async move {
+            let events: Vec<_> = batch.iter().map(|(_, event)| event.clone()).collect();
+            let attempted = dispatcher.attempt_batch(&target, &events).await;
+            batch
+                .into_iter()
+                .zip(attempted)
+                .map(|((page, event), attempted)| (page, event, attempted))
+                .collect()
+        }));
+    }
+
+    /// Records the outcome of first attempts, as a worker does, and moves the position
+    /// past the pages now done.
+    fn finished(&mut self, results: Sent) {
+        let now = now_millis();
+        let config = self.dispatcher.config();
+        for (page, event, attempted) in results {
+            let verdict = policy::decide(
+                &attempted.result,
+                1,
+                &config.retry_schedule,
+                now,
+                policy::jitter(),
+            );
+            let (health, too_long) = self
+                .target
+                .note(&attempted.result, now, config.disable_after);
+            self.report.health = Some(health);
+            if verdict.retry == RetryState::Delivered {
+                self.report.delivered += 1;
+            } else {
+                self.report.attempts.push(attempt_record(
+                    &event,
+                    Some(&self.run.id),
+                    1,
+                    now,
+                    &attempted,
+                    &verdict.retry,
+                ));
+                if let RetryState::Scheduled {
+                    next_attempt_at, ..
+                } = &verdict.retry
+                {
+                    self.dispatcher.shared.retry_wake.at(*next_attempt_at);
+                }
+                self.report.retries.push(RetryUpdate {
+                    seq: event.seq,
+                    resync_id: Some(self.run.id.clone()),
+                    state: verdict.retry,
+                });
+            }
+            if let Some(reason) = verdict.disable.or(too_long) {
+                tracing::warn!(
+                    subscription = self.target.id(),
+                    reason = reason.message(),
+                    "subscription disabled"
+                );
+                self.report.disable = Some(reason);
+                // Stops the worker and this run (its token is the worker's child).
+                self.dispatcher.remove(self.target.id());
+            }
+            let first = self.pages.front().map_or(0, |p| p.number);
+            if let Some(page) = page
+                .checked_sub(first)
+                .and_then(|index| self.pages.get_mut(index as usize))
+            {
+                page.left = page.left.saturating_sub(1);
+            }
+        }
+        self.pages_done();
+    }
+
+    /// Pops the pages at the front that are done.
+    fn pages_done(&mut self) {
+        while let Some(page) = self.pages.front().filter(|page| page.left == 0) {
+            self.sent += page.entities;
+            self.position = page.end.clone();
+            self.moved = true;
+            self.pages.pop_front();
+        }
+    }
+
+    async fn flush(&mut self) {
+        let report = &self.report;
+        if !self.moved
+            && report.delivered == 0
+            && report.attempts.is_empty()
+            && report.retries.is_empty()
+            && report.disable.is_none()
+        {
+            return;
+        }
+        let progress = self.take_report(None);
+        match self.dispatcher.store().record_progress(progress).await {
+            Ok(()) => self.moved = false,
+            Err(error) => {
+                tracing::error!(%error, subscription = self.target.id(), resync = %self.run.id, "saving resync progress failed")
+            }
+        }
+    }
+
+    /// The report so far, with the run's position (and its end, if `completed_at`).
+    fn take_report(&mut self, completed_at: Option<i64>) -> Progress {
+        Progress {
+            subscription_id: self.report.subscription_id.clone(),
+            cursor: None,
+            delivered: std::mem::take(&mut self.report.delivered),
+            attempts: std::mem::take(&mut self.report.attempts),
+            retries: std::mem::take(&mut self.report.retries),
+            health: self.report.health.take(),
+            disable: self.report.disable.take(),
+            resync: Some(Box::new(ResyncProgress {
+                id: self.run.id.clone(),
+                sent: self.sent,
+                position: self.position.clone(),
+                completed_at,
+            })),
+        }
+    }
+
+    /// Every entity was sent: the run ends, in the same commit as its last retries.
+    async fn complete(&mut self) {
+        self.position = None;
+        let progress = self.take_report(Some(now_millis()));
+        match self.dispatcher.store().record_progress(progress).await {
+            Ok(()) => {
+                tracing::info!(subscription = self.target.id(), resync = %self.run.id, sent = self.sent, "resync completed")
+            }
+            Err(error) => {
+                tracing::error!(%error, subscription = self.target.id(), resync = %self.run.id, "saving the end of a resync failed; it resumes at the next start")
+            }
+        }
+    }
+}
