@@ -37,6 +37,17 @@ impl TestApp {
 
     pub async fn start_with(env: &[(&str, &str)]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
+        let database = scratch_database(dir.path()).await;
+        TestApp::start_on(database, env, dir).await
+    }
+
+    /// A server on `database`, which other servers may share (several nodes on one
+    /// PostgreSQL database); `dir` is its data directory, kept as long as it lives.
+    pub async fn start_on(
+        database: String,
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> TestApp {
         let data = dir.path().to_path_buf();
         let mut all = vec![
             (
@@ -48,7 +59,6 @@ impl TestApp {
                 "200ms,400ms,600ms".to_owned(),
             ),
         ];
-        let database = scratch_database(&data).await;
         if database.starts_with("postgres") {
             // Kept across restarts, like a SQLite server's data: a restarted server takes
             // its subscriptions back at once.
@@ -102,6 +112,21 @@ impl TestApp {
         let (child, url) = spawn(&self.database, &self.env, &self.logs).await;
         self.child = child;
         self.url = url;
+    }
+
+    /// The server's node name (PostgreSQL), as `REELAY_NODE_ID` set it.
+    pub fn node_id(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "REELAY_NODE_ID")
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Kills the server with SIGKILL, for good.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
@@ -203,7 +228,7 @@ const POSTGRES_URL: &str = "REELAY_TEST_POSTGRES_URL";
 
 /// The database a new test server uses: a SQLite file in its data directory, or a fresh
 /// schema in the run's PostgreSQL database.
-async fn scratch_database(data: &Path) -> String {
+pub async fn scratch_database(data: &Path) -> String {
     let Ok(base) = std::env::var(POSTGRES_URL) else {
         return format!("sqlite://{}/reelay.db", data.display());
     };

@@ -1,11 +1,13 @@
-//! Integration tests: the real `reelay` binary, a real SQLite file, and a real webhook
-//! receiver that checks every signature with the `standardwebhooks` Python package.
+//! Integration tests: the real `reelay` binary, a real SQLite file (or PostgreSQL
+//! database), and a real webhook receiver that checks every signature with the
+//! `standardwebhooks` Python package.
 
 mod app;
 mod auth;
 mod aws_sinks;
 mod brightcove;
 mod cloudevents;
+mod cluster;
 mod delivery;
 mod delivery_formats;
 mod durability;
