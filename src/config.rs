@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// The default `--database` (env `REELAY_DATABASE_URL`).
+pub const DEFAULT_DATABASE: &str = "sqlite://reelay-data/reelay.db";
+
+/// Settings of `reelay migrate`, which brings a database's schema up to date and exits.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    /// Database URL. Default: an embedded SQLite file under ./reelay-data/.
+    #[arg(long = "database", env = "REELAY_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+    pub database_url: String,
+}
+
 /// Settings of `reelay serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -15,11 +26,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
 
     /// Database URL. Default: an embedded SQLite file under ./reelay-data/.
-    #[arg(
-        long = "database",
-        env = "REELAY_DATABASE_URL",
-        default_value = "sqlite://reelay-data/reelay.db"
-    )]
+    #[arg(long = "database", env = "REELAY_DATABASE_URL", default_value = DEFAULT_DATABASE)]
     pub database_url: String,
 
     /// Admin bearer token. Without it, one is generated on first start, printed once and

@@ -260,6 +260,16 @@ pub struct StoreOptions {
     pub max_connections: u32,
 }
 
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            durability: Durability::Fsync,
+            node_id: None,
+            max_connections: 16,
+        }
+    }
+}
+
 /// The handle everyone shares: cheap to clone.
 #[derive(Clone)]
 pub struct Store {

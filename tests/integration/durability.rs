@@ -160,3 +160,29 @@ async fn a_duplicate_published_last_before_a_restart_costs_no_later_event() {
     let ids: Vec<_> = got.iter().filter_map(|d| d.webhook_id.clone()).collect();
     assert_eq!(ids, vec!["d-1", "d-2"]);
 }
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_an_unreachable_database_fails_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = crate::app::scratch_database(dir.path()).await;
+    let migrate = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_reelay"))
+            .args(["migrate", "--database", &url])
+            .output()
+            .await
+            .expect("run reelay migrate")
+    };
+    let done = migrate(database.clone()).await;
+    assert!(done.status.success(), "{done:?}");
+    // Twice is fine: nothing left to apply.
+    let again = migrate(database.clone()).await;
+    assert!(again.status.success(), "{again:?}");
+    // The server starts on the migrated database and works.
+    let app = crate::app::TestApp::start_on(database, &[], dir).await;
+    assert_eq!(app.get("/v1/catalog").await.0, 200);
+
+    let refused = migrate("postgres://postgres@127.0.0.1:1/nowhere".to_owned()).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("database error"), "{said}");
+}
