@@ -588,17 +588,24 @@ async fn a_cloudevents_subscription_gets_the_marking_in_its_data_and_ids_of_its_
     let (status, created) = app
         .post(
             "/v1/accounts/vimond/subscriptions",
-            &json!({"endpoint": receiver.url("/ce"), "events": ["asset-event"], "format": "cloudevents",
-                    "resync": true, "resyncTypes": ["asset"]})
+            &json!({"endpoint": receiver.url("/ce"), "events": ["asset-event"], "format": "cloudevents"})
             .to_string(),
         )
         .await;
     assert_eq!(status, 201, "{created}");
+    // The receiver learns the secret before the first delivery, so it verifies them all.
     receiver
         .hook("/ce", created["secret"].as_str().unwrap(), &[])
         .await;
     let subscription = created["id"].as_str().unwrap();
-    let resync_id = created["resync"]["resyncId"].as_str().unwrap();
+    let (status, started) = app
+        .post(
+            &format!("/v1/accounts/vimond/subscriptions/{subscription}/resync"),
+            &json!({"types": ["asset"]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let resync_id = started["resyncId"].as_str().unwrap();
     until_completed(&app, subscription).await;
     let deliveries = eventually(Duration::from_secs(10), "20 deliveries", || async {
         let got = receiver.deliveries("/ce").await;
