@@ -511,6 +511,21 @@ impl Database {
             .collect())
     }
 
+    /// Gives a claimed retry back unattempted: it is due again at `at`.
+    pub async fn unclaim_retry(&self, subscription_id: &str, seq: i64, at: Millis) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE retries SET next_attempt_at = $1 \
+             WHERE subscription_id = $2 AND seq = $3 AND dead_at IS NULL"
+        )
+        .bind(at)
+        .bind(subscription_id)
+        .bind(seq)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
     /// When the earliest pending retry is due.
     pub async fn next_retry_at(&self) -> Result<Option<Millis>> {
         Ok(on_pool!(self, |pool| sqlx::query_scalar(
