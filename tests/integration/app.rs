@@ -36,6 +36,16 @@ impl TestApp {
     }
 
     pub async fn start_with(env: &[(&str, &str)]) -> TestApp {
+        TestApp::start_on(None, env).await
+    }
+
+    /// A server on the database `url` names (e.g. a private PostgreSQL server a test
+    /// stops and starts) rather than on a scratch one. (`data_bytes` does not know it.)
+    pub async fn start_on_database(url: &str, env: &[(&str, &str)]) -> TestApp {
+        TestApp::start_on(Some(url.to_owned()), env).await
+    }
+
+    async fn start_on(database: Option<String>, env: &[(&str, &str)]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().to_path_buf();
         let mut all = vec![
@@ -48,7 +58,10 @@ impl TestApp {
                 "200ms,400ms,600ms".to_owned(),
             ),
         ];
-        let database = scratch_database(&data).await;
+        let database = match database {
+            Some(url) => url,
+            None => scratch_database(&data).await,
+        };
         if database.starts_with("postgres") {
             // Kept across restarts, like a SQLite server's data: a restarted server takes
             // its subscriptions back at once.

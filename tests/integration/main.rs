@@ -10,6 +10,7 @@ mod delivery;
 mod delivery_formats;
 mod durability;
 mod entities;
+mod postgres_outage;
 mod publish;
 mod subscriptions;
 
