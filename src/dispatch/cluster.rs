@@ -53,22 +53,24 @@ impl Leases {
         let mut listener: Option<PgListener> = None;
         let mut renewed = Instant::now();
         loop {
-            match self.pass().await {
-                Ok(()) => renewed = Instant::now(),
+            self.stop_if_expired(renewed).await;
+            // A pass started before the leases ran out may end after: it counts from
+            // its start.
+            let started = Instant::now();
+            let passed = match self.pass().await {
+                Ok(()) => {
+                    renewed = started;
+                    true
+                }
                 Err(error) => {
                     tracing::warn!(%error, node = self.cluster.node(), "renewing leases failed");
-                    // Another node may have taken the subscriptions over by now: stop
-                    // delivering them, and take back what is still free once it works.
-                    if renewed.elapsed() >= self.ttl && !self.dispatcher.running().is_empty() {
-                        tracing::warn!(
-                            node = self.cluster.node(),
-                            "leases ran out: stopping every worker"
-                        );
-                        self.dispatcher.stop_all().await;
-                    }
+                    false
                 }
-            }
-            if listener.is_none() {
+            };
+            self.stop_if_expired(renewed).await;
+            // Without the database, trying to listen only waits out the pool's timeout
+            // again: the next pass that works tries.
+            if listener.is_none() && passed {
                 listener = self.cluster.listen().await.ok();
             }
             let announced = async {
@@ -77,9 +79,16 @@ impl Leases {
                     None => std::future::pending().await,
                 }
             };
+            // Wake up when the leases run out, too, if that comes before the next pass.
+            let now = tokio::time::Instant::now();
+            let expiry = tokio::time::Instant::from_std(renewed + self.ttl);
+            let wake = match now + self.ttl / 3 {
+                next_pass if expiry > now => next_pass.min(expiry),
+                next_pass => next_pass,
+            };
             let message = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(self.ttl / 3) => None,
+                _ = tokio::time::sleep_until(wake) => None,
                 received = announced => match received {
                     Ok(Some(notification)) => Some(notification.payload().to_owned()),
                     Ok(None) => None,
@@ -103,6 +112,19 @@ impl Leases {
         }
         if let Err(error) = self.cluster.leave().await {
             tracing::warn!(%error, "giving the leases up at shutdown failed; they run out instead");
+        }
+    }
+
+    /// Once this node's leases have run out unrenewed (the database is unreachable),
+    /// another node may have taken its subscriptions over: it stops delivering them. The
+    /// next pass that works takes back what is still free.
+    async fn stop_if_expired(&self, renewed: Instant) {
+        if renewed.elapsed() >= self.ttl && !self.dispatcher.running().is_empty() {
+            tracing::warn!(
+                node = self.cluster.node(),
+                "leases ran out: stopping every worker"
+            );
+            self.dispatcher.stop_all().await;
         }
     }
 

@@ -24,6 +24,8 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// What a retry's claim lasts beyond the delivery timeout.
 const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+/// How soon a retry claimed for a subscription that does not run here is due again.
+const UNCLAIMED_PAUSE: Duration = Duration::from_secs(1);
 
 pub(super) struct Scheduler {
     dispatcher: Dispatcher,
@@ -135,10 +137,12 @@ impl Scheduler {
         Ok(true)
     }
 
-    /// One retry; `None` when its subscription no longer runs (deleted or disabled: the
-    /// entry waits in the store).
+    /// One retry; `None` when its subscription does not run here.
     async fn attempt(&self, retry: DueRetry) -> Option<(String, Progress)> {
-        let target = self.dispatcher.target(&retry.subscription_id)?;
+        let Some(target) = self.dispatcher.target(&retry.subscription_id) else {
+            self.unclaim(&retry).await;
+            return None;
+        };
         let event = match self.dispatcher.store().db().event_by_seq(retry.seq).await {
             // A resync delivery is retried as the marked copy it was.
             Ok(Some(event)) => std::sync::Arc::new(match &retry.resync_id {
@@ -211,6 +215,19 @@ impl Scheduler {
             resync: None,
         };
         Some((retry.subscription_id, progress))
+    }
+
+    /// Gives back a retry claimed for a subscription whose worker does not run here:
+    /// deleted or disabled meanwhile (the entry waits in the store), or not started
+    /// yet, e.g. while the lease pass takes it back after the database was unreachable.
+    /// Without this its claim would hold it for the delivery timeout and more; given
+    /// back, it is due again after a short pause (not at once: the scheduler would spin
+    /// on it until the worker runs).
+    async fn unclaim(&self, retry: &DueRetry) {
+        let at = now_millis() + UNCLAIMED_PAUSE.as_millis() as Millis;
+        if let Err(error) = self.dispatcher.store().db().unclaim_retry(retry, at).await {
+            tracing::warn!(%error, subscription = %retry.subscription_id, "giving a retry back failed; it waits for its claim to run out");
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
     AttemptRow, DueRetryRow, EVENT_COLUMNS, EntityRow, EventRow, LiveEntityCountRow, ResyncRunRow,
-    RetryRow, SubscriptionRow, TokenVerificationRow, resync_from_key, resync_position, to_json,
+    RetryRow, SubscriptionRow, TokenVerificationRow, resync_from_key, resync_key, resync_position,
+    to_json,
 };
 use super::{
     DueRetry, EntityState, EventQuery, KeyOwner, LiveEntityCount, Result, ResyncProgress,
@@ -606,6 +607,22 @@ impl Database {
                 attempts: row.attempts as u32,
             })
             .collect())
+    }
+
+    /// Gives a claimed retry back unattempted: it is due again at `at`.
+    pub async fn unclaim_retry(&self, retry: &DueRetry, at: Millis) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE retries SET next_attempt_at = $1 \
+             WHERE subscription_id = $2 AND seq = $3 AND resync_id = $4 AND dead_at IS NULL"
+        )
+        .bind(at)
+        .bind(&retry.subscription_id)
+        .bind(retry.seq)
+        .bind(resync_key(retry.resync_id.as_deref()))
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
     }
 
     /// When the earliest pending retry is due.

@@ -514,6 +514,12 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     let connect = async {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(LOG_CHANNEL).await?;
+        // Report a lost connection at once (`Ok(None)`: look at the log), and connect again
+        // at the next receive. Reconnecting eagerly, the report came only once the new
+        // connection was made, and the receive making it is dropped whenever another
+        // wake-up wins the select: while the database was down the loss was never
+        // reported, and only the poll looked.
+        listener.eager_reconnect(false);
         Ok::<_, sqlx::Error>(listener)
     };
     match connect.await {
@@ -738,6 +744,9 @@ impl Cluster {
     pub async fn listen(&self) -> Result<PgListener> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(SUBSCRIPTIONS_CHANNEL).await?;
+        // As the log follower's (`listen`): a lost connection is reported at once, not
+        // after a reconnect that a select may drop halfway.
+        listener.eager_reconnect(false);
         Ok(listener)
     }
 }

@@ -1,4 +1,5 @@
 //! Test support shared by the integration tests.
 
 pub mod moto;
+pub mod postgres;
 pub mod receiver;

@@ -52,6 +52,9 @@ pub struct Delivery {
     pub body_base64: String,
     /// Arrival time, seconds since the epoch.
     pub at: f64,
+    /// The status the receiver answered.
+    #[serde(default)]
+    pub status: Option<u16>,
     /// The `standardwebhooks` verdict, when a secret was registered for the path.
     pub verified: Option<bool>,
     pub error: Option<String>,
