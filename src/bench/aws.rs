@@ -75,6 +75,7 @@ impl Bench {
                 json!({"destination": destination, "events": [super::BENCH_EVENT]}),
             )
             .await?;
+        self.split(sink.name()).await?;
         let calls_before = self.sink_calls(sink).await?;
         let publish = self.publisher(sink.name());
         let started = Instant::now();
@@ -115,7 +116,7 @@ impl Bench {
             .http
             .get(format!(
                 "{}/v1/accounts/{}/subscriptions/{id}",
-                self.server.url(),
+                self.server.url(0),
                 self.account(phase)
             ))
             .bearer_auth(self.server.token())
@@ -126,21 +127,26 @@ impl Bench {
         Ok(subscription["delivered"].as_u64().unwrap_or(0))
     }
 
-    /// The server's count of API calls made by a sink (`reelay_sink_calls_total`).
+    /// The servers' count of API calls made by a sink (`reelay_sink_calls_total`), all
+    /// nodes together.
     async fn sink_calls(&self, sink: AwsSink) -> anyhow::Result<u64> {
-        let metrics = self
-            .http
-            .get(format!("{}/metrics", self.server.url()))
-            .bearer_auth(self.server.token())
-            .send()
-            .await?
-            .text()
-            .await?;
         let series = format!("reelay_sink_calls_total{{sink=\"{}\"}}", sink.name());
-        Ok(metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64)
+        let mut total = 0;
+        for node in 0..self.server.nodes() {
+            let metrics = self
+                .http
+                .get(format!("{}/metrics", self.server.url(node)))
+                .bearer_auth(self.server.token())
+                .send()
+                .await?
+                .text()
+                .await?;
+            total += metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+        }
+        Ok(total)
     }
 }

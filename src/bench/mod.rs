@@ -1,11 +1,14 @@
 //! `reelay bench`: measures a Reelay server on this machine. It starts a server on a
-//! scratch embedded database (or uses a running one with `--url`), starts its own webhook
-//! receiver, and reports the raw HTTP limit of the same run next to publish throughput,
-//! delivery throughput to 1 and 10 subscriptions, publish→arrival latency at a fixed rate,
-//! and the server's memory and CPU, counting every missing or duplicated delivery.
+//! scratch embedded database, or `--nodes` servers sharing a scratch database on a
+//! PostgreSQL server (`--database`), or uses a running one (`--url`); starts its own
+//! webhook receiver, and reports the raw HTTP limit of the same run next to publish
+//! throughput, delivery throughput to 1 and 10 subscriptions, publish→arrival latency at a
+//! fixed rate, and the servers' memory and CPU, counting every missing or duplicated
+//! delivery.
 
 mod aws;
 pub mod moto;
+mod postgres;
 mod receiver;
 mod report;
 mod server;
@@ -16,25 +19,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use aws::AwsSink;
 use moto::Moto;
+use postgres::{ScratchDatabase, Watcher};
 use receiver::{Expectation, Receiver};
 use report::{
     DeliveryResult, LatencyResult, PhaseResources, Report, ResyncResult, ThroughputResult,
 };
-use server::BenchServer;
+use server::{BenchServer, Storage};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchConfig {
     /// Measure a running server instead of starting one (it must allow private
     /// destinations, since the receiver listens on loopback).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["database", "nodes"])]
     pub url: Option<String>,
+    /// Run the servers on this PostgreSQL server (postgres://…) instead of SQLite: the
+    /// bench creates a scratch database there for the run (the role needs CREATEDB) and
+    /// drops it after.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// How many `reelay serve` nodes share the PostgreSQL database (each on its own
+    /// port): publishes and API calls go to them round-robin, and they split the
+    /// subscriptions between them.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// Admin token of the server given with --url.
     #[arg(long, env = "REELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -82,6 +96,24 @@ const LATENCY_RATE: u64 = 1_000;
 const BATCH: usize = 100;
 
 pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
+    if config.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if let Some(database) = &config.database
+        && crate::store::Backend::of(database) != crate::store::Backend::Postgres
+    {
+        bail!(
+            "--database takes a PostgreSQL server (postgres://…); without it the bench uses \
+             a scratch SQLite database"
+        );
+    }
+    if config.nodes > 1 && config.database.is_none() {
+        bail!(
+            "--nodes {} needs --database postgres://…: nodes share a PostgreSQL database, \
+             and a SQLite database belongs to one process",
+            config.nodes
+        );
+    }
     let sizes = if config.quick {
         Sizes {
             raw: 5_000,
@@ -109,7 +141,59 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         true => Some(Moto::start().await?),
         false => None,
     };
+    let scratch = match &config.database {
+        Some(url) => Some(ScratchDatabase::create(url).await?),
+        None => None,
+    };
     let cancel = CancellationToken::new();
+    // Whatever happens (an error, Ctrl-C), the servers stop and the scratch database goes.
+    let outcome = tokio::select! {
+        outcome = measure(&config, &sizes, moto.as_ref(), scratch.as_ref(), &cancel) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    cancel.cancel();
+    let report = match outcome {
+        Ok((report, server)) => {
+            server.stop().await;
+            report
+        }
+        // The servers were dropped (killed) with the failed measurement.
+        Err(error) => {
+            if let Some(scratch) = scratch {
+                scratch.remove().await;
+            }
+            return Err(error);
+        }
+    };
+    if let Some(scratch) = scratch {
+        scratch.remove().await;
+    }
+    eprint!("\r{:70}\r", "");
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report)?;
+    match &config.json {
+        Some(path) => {
+            std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => println!("{json}"),
+    }
+    if report.missing() > 0 {
+        bail!("{} deliveries are missing", report.missing());
+    }
+    if report.duplicates() > 0 {
+        bail!("{} deliveries were sent twice", report.duplicates());
+    }
+    Ok(())
+}
+
+/// Starts the receiver and the servers, and runs the phases.
+async fn measure(
+    config: &BenchConfig,
+    sizes: &Sizes,
+    moto: Option<&Moto>,
+    scratch: Option<&ScratchDatabase>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Report, BenchServer)> {
     let (receiver, receiver_url) = Receiver::start(cancel.clone())
         .await
         .context("starting the receiver")?;
@@ -119,12 +203,32 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             config.token.clone().context("--url needs --token")?,
         ),
         None => {
+            let storage = match scratch {
+                Some(scratch) => Storage::Postgres {
+                    url: &scratch.url,
+                    nodes: config.nodes,
+                },
+                None => Storage::Sqlite,
+            };
             BenchServer::start(
+                storage,
                 config.outage_events.is_some(),
-                moto.as_ref().map(Moto::env).unwrap_or_default(),
+                moto.map(Moto::env).unwrap_or_default(),
             )
             .await?
         }
+    };
+    let watcher = match scratch {
+        Some(scratch) => {
+            let mut watcher = Watcher::connect(&scratch.url).await?;
+            // Every node takes its share of the subscriptions only once it counts the
+            // others as alive.
+            watcher
+                .wait_for_nodes(config.nodes, LEASE_TTL_DEFAULT)
+                .await?;
+            Some(tokio::sync::Mutex::new(watcher))
+        }
+        None => None,
     };
     let bench = Bench {
         run: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -135,9 +239,22 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         receiver,
         receiver_url,
         concurrency: config.concurrency,
+        watcher,
+        api_calls: AtomicUsize::new(0),
     };
 
-    let mut report = Report::new(config.concurrency, config.quick);
+    let mut report = Report::new(
+        config.concurrency,
+        config.quick,
+        if scratch.is_some() {
+            "postgresql"
+        } else if config.url.is_some() {
+            "remote"
+        } else {
+            "sqlite"
+        },
+        bench.server.nodes(),
+    );
     report.idle_rss_mb = bench.server.rss_mb();
 
     let runs = |phase: &str| config.only.is_empty() || config.only.iter().any(|p| p == phase);
@@ -167,7 +284,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     if runs("resync") {
         report.resync = Some(bench.resync(sizes.resync).await?);
     }
-    if let Some(moto) = &moto {
+    if let Some(moto) = moto {
         for sink in [AwsSink::Kinesis, AwsSink::Sns] {
             if runs(sink.name()) {
                 report
@@ -180,23 +297,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         report.outage = Some(bench.outage(events).await?);
     }
     report.finish();
-
-    eprint!("\r{:70}\r", "");
-    println!("{}", report.table());
-    let json = serde_json::to_string_pretty(&report)?;
-    match &config.json {
-        Some(path) => {
-            std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?
-        }
-        None => println!("{json}"),
-    }
-    cancel.cancel();
-    bench.server.stop().await;
-    if report.missing() > 0 {
-        bail!("{} deliveries are missing", report.missing());
-    }
-    Ok(())
+    Ok((report, bench.server))
 }
+
+/// `reelay serve`'s default `--lease-ttl`: a node that said it was alive within it counts.
+const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(5);
 
 struct Bench {
     /// Accounts are named per run, so runs against one server never see each other's
@@ -207,6 +312,10 @@ struct Bench {
     receiver: Receiver,
     receiver_url: String,
     concurrency: usize,
+    /// With PostgreSQL: the scratch database, to see how the nodes split the work.
+    watcher: Option<tokio::sync::Mutex<Watcher>>,
+    /// API calls so far, to send each to the next node.
+    api_calls: AtomicUsize,
 }
 
 /// Runs `total` requests with `concurrency` in flight; returns the elapsed time and
@@ -343,14 +452,23 @@ impl Bench {
     + Send
     + 'static {
         let http = self.http.clone();
-        let url = format!(
-            "{}/v1/accounts/{}/events",
-            self.server.url(),
-            self.account(account)
+        // Round-robin over the nodes.
+        let urls: Arc<Vec<String>> = Arc::new(
+            (0..self.server.nodes())
+                .map(|n| {
+                    format!(
+                        "{}/v1/accounts/{}/events",
+                        self.server.url(n),
+                        self.account(account)
+                    )
+                })
+                .collect(),
         );
+        let next = Arc::new(AtomicUsize::new(0));
         let token = self.server.token().to_owned();
         move |body: String| {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let (http, url, token) = (http.clone(), urls[n % urls.len()].clone(), token.clone());
             Box::pin(async move {
                 let response = http
                     .post(&url)
@@ -419,7 +537,8 @@ impl Bench {
             .http
             .post(format!(
                 "{}/v1/accounts/{}/subscriptions",
-                self.server.url(),
+                self.server
+                    .url(self.api_calls.fetch_add(1, Ordering::Relaxed)),
                 self.account(phase)
             ))
             .bearer_auth(self.server.token())
@@ -438,8 +557,10 @@ impl Bench {
             .context("no id in the answer")
     }
 
-    /// Subscribes the receiver's `/hook/{i}` paths to the bench event, `subscriptions` times.
-    async fn subscribe(&self, account: &str, subscriptions: usize) -> anyhow::Result<()> {
+    /// Subscribes the receiver's `/hook/{i}` paths to the bench event, `subscriptions`
+    /// times; returns how many of them each node delivers (with PostgreSQL, once the
+    /// nodes have split all subscriptions between them).
+    async fn subscribe(&self, account: &str, subscriptions: usize) -> anyhow::Result<Vec<u64>> {
         for i in 0..subscriptions {
             let endpoint = format!("{}/hook/{i}", self.receiver_url);
             self.subscribe_to(
@@ -448,7 +569,23 @@ impl Bench {
             )
             .await?;
         }
-        Ok(())
+        self.split(account).await
+    }
+
+    /// With PostgreSQL, waits until the nodes have split the subscriptions; returns how
+    /// many of `account`'s each node holds, in node order.
+    async fn split(&self, account: &str) -> anyhow::Result<Vec<u64>> {
+        let Some(watcher) = &self.watcher else {
+            return Ok(Vec::new());
+        };
+        let held = watcher
+            .lock()
+            .await
+            .wait_for_split(&self.account(account), self.server.nodes())
+            .await?;
+        Ok((1..=self.server.nodes())
+            .map(|i| held.get(&server::node_id(i)).copied().unwrap_or(0))
+            .collect())
     }
 
     /// Waits until every expected delivery arrived, or nothing arrived for 30 seconds.
@@ -478,7 +615,7 @@ impl Bench {
     ) -> anyhow::Result<DeliveryResult> {
         let expectation = Expectation::new(events, subscriptions);
         self.receiver.expect(Some(expectation.clone()));
-        self.subscribe(account, subscriptions).await?;
+        let subscriptions_per_node = self.subscribe(account, subscriptions).await?;
         let publish = self.publisher(account);
         let watch = self.server.watch();
         let started = self.receiver.now();
@@ -507,6 +644,7 @@ impl Bench {
             per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
             publish_per_second: events as f64 / publish_elapsed.as_secs_f64(),
             ratio_to_raw: 0.0,
+            subscriptions_per_node,
             resources,
         })
     }
@@ -603,7 +741,7 @@ impl Bench {
             .await?;
         let run_url = format!(
             "{}/v1/accounts/{}/subscriptions/{subscription}/resync",
-            self.server.url(),
+            self.server.url(0),
             self.account("resync")
         );
         let run = loop {

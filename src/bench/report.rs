@@ -54,6 +54,9 @@ pub struct DeliveryResult {
     pub per_second: f64,
     pub publish_per_second: f64,
     pub ratio_to_raw: f64,
+    /// With PostgreSQL: how many of the phase's subscriptions each node delivered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions_per_node: Vec<u64>,
     pub resources: PhaseResources,
 }
 
@@ -130,6 +133,10 @@ pub struct Report {
     pub cores: usize,
     pub concurrency: usize,
     pub quick: bool,
+    /// `sqlite`, `postgresql`, or `remote` (`--url`).
+    pub backend: &'static str,
+    /// `reelay serve` processes sharing the database.
+    pub nodes: usize,
     pub idle_rss_mb: Option<f64>,
     pub raw: ThroughputResult,
     pub publish_single: ThroughputResult,
@@ -147,13 +154,15 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(concurrency: usize, quick: bool) -> Report {
+    pub fn new(concurrency: usize, quick: bool, backend: &'static str, nodes: usize) -> Report {
         Report {
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             concurrency,
             quick,
+            backend,
+            nodes,
             ..Report::default()
         }
     }
@@ -188,6 +197,14 @@ impl Report {
                 .sum::<u64>()
     }
 
+    /// Deliveries sent twice (the outage phase's included).
+    pub fn duplicates(&self) -> u64 {
+        self.delivery_one.duplicates
+            + self.delivery_ten.duplicates
+            + self.latency.duplicates
+            + self.outage.as_ref().map_or(0, |o| o.duplicates)
+    }
+
     pub fn table(&self) -> String {
         let mb = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1} MB"));
         let cpu = |r: &PhaseResources| {
@@ -196,9 +213,15 @@ impl Report {
         };
         let ten_over_one = self.delivery_ten.per_second / self.delivery_one.per_second.max(1e-9);
         let mut t = String::new();
+        let storage = match (self.backend, self.nodes) {
+            ("postgresql", 1) => ", PostgreSQL, 1 node".to_owned(),
+            ("postgresql", nodes) => format!(", PostgreSQL, {nodes} nodes"),
+            ("sqlite", _) => ", SQLite".to_owned(),
+            _ => String::new(),
+        };
         let _ = writeln!(
             t,
-            "reelay bench: {} cores, {} concurrent requests{}",
+            "reelay bench: {} cores, {} concurrent requests{storage}{}",
             self.cores,
             self.concurrency,
             if self.quick { " (quick)" } else { "" }
@@ -255,6 +278,15 @@ impl Report {
             format!("{ten_over_one:.2}x"),
             ">= 2x",
         );
+        if self.nodes > 1 {
+            let split: Vec<String> = self
+                .delivery_ten
+                .subscriptions_per_node
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            row("  subscriptions per node", split.join(" / "), "");
+        }
         row(
             &format!(
                 "publish->arrival at {}/s: p50 / p99 / max",
@@ -266,9 +298,15 @@ impl Report {
             ),
             "p99 <= 20 ms",
         );
-        row("idle RSS", mb(self.idle_rss_mb), "<= 40 MB");
+        // With several nodes: the largest node's memory, and all nodes' CPU.
+        let largest = if self.nodes > 1 { " per node" } else { "" };
         row(
-            "peak RSS: publish single / batch",
+            &format!("idle RSS{largest}"),
+            mb(self.idle_rss_mb),
+            "<= 40 MB",
+        );
+        row(
+            &format!("peak RSS{largest}: publish single / batch"),
             format!(
                 "{} / {}",
                 mb(self.publish_single.resources.peak_rss_mb),
@@ -277,7 +315,7 @@ impl Report {
             "<= 200 MB",
         );
         row(
-            "peak RSS: deliver 1 / 10 subscriptions",
+            &format!("peak RSS{largest}: deliver 1 / 10 subs"),
             format!(
                 "{} / {}",
                 mb(self.delivery_one.resources.peak_rss_mb),
@@ -286,12 +324,16 @@ impl Report {
             "<= 200 MB",
         );
         row(
-            "peak RSS: latency phase",
+            &format!("peak RSS{largest}: latency phase"),
             mb(self.latency.resources.peak_rss_mb),
             "<= 200 MB",
         );
         row(
-            "server CPU per 1000 deliveries: 1 / 10 subs",
+            if self.nodes > 1 {
+                "nodes' CPU per 1000 deliveries: 1 / 10 subs"
+            } else {
+                "server CPU per 1000 deliveries: 1 / 10 subs"
+            },
             format!(
                 "{} / {}",
                 cpu(&self.delivery_one.resources),

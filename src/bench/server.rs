@@ -1,5 +1,6 @@
-//! The server under test: a `reelay serve` child process on a scratch database (so its
-//! memory and CPU can be read from /proc), or a running server given by URL.
+//! The server under test: `reelay serve` child processes on a scratch database (so their
+//! memory and CPU can be read from /proc): one on SQLite, or one or more nodes sharing a
+//! PostgreSQL database; or a running server given by URL.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,115 +15,140 @@ use tokio::process::{Child, Command};
 use super::report::PhaseResources;
 
 pub struct BenchServer {
-    url: String,
+    nodes: Vec<Node>,
     token: String,
+    scratch: Option<PathBuf>,
+}
+
+/// One `reelay serve` process (or the running server given by URL).
+struct Node {
+    url: String,
     pid: Option<u32>,
     child: Option<Child>,
-    scratch: Option<PathBuf>,
+}
+
+/// Where the started servers keep their data.
+pub enum Storage<'a> {
+    /// A scratch SQLite file, one process.
+    Sqlite,
+    /// A scratch PostgreSQL database (its URL), shared by `nodes` processes.
+    Postgres { url: &'a str, nodes: usize },
+}
+
+/// The name the bench gives node `i` (1-based) on PostgreSQL.
+pub fn node_id(i: usize) -> String {
+    format!("bench-node-{i}")
 }
 
 impl BenchServer {
     pub fn remote(url: String, token: String) -> BenchServer {
         BenchServer {
-            url,
+            nodes: vec![Node {
+                url,
+                pid: None,
+                child: None,
+            }],
             token,
-            pid: None,
-            child: None,
             scratch: None,
         }
     }
 
-    /// Starts `reelay serve` (this same executable) on a scratch SQLite database, with
-    /// every acknowledged event fsynced as in production.
+    /// Starts `reelay serve` (this same executable): on a scratch SQLite database, with
+    /// every acknowledged event fsynced as in production, or as several nodes on one
+    /// PostgreSQL database, each on its own port and with its own node name.
     pub async fn start(
+        storage: Storage<'_>,
         short_retries: bool,
         env: Vec<(&'static str, String)>,
     ) -> anyhow::Result<BenchServer> {
-        let scratch = std::env::temp_dir().join(format!("reelay-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&scratch)?;
         let token = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .arg("serve")
-            .env("REELAY_LISTEN", "127.0.0.1:0")
-            .env(
-                "REELAY_DATABASE_URL",
-                format!("sqlite://{}/bench.db", scratch.display()),
-            )
-            .env("REELAY_ADMIN_TOKEN", &token)
-            .env("REELAY_ALLOW_PRIVATE_DESTINATIONS", "true")
-            .env("REELAY_DURABILITY", "fsync")
-            .env("REELAY_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        // E.g. the AWS chain pointed at moto.
-        command.envs(env);
-        if short_retries {
-            // The outage phase brings the receiver back after the publishes: retries must
-            // come within seconds, not on the production schedule.
-            command.env("REELAY_RETRY_SCHEDULE", vec!["1s"; 20].join(","));
-        }
-        let mut child = command.spawn().context("starting reelay serve")?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("reelay listening on ") {
-                    return Ok(url.to_owned());
+        let mut server = BenchServer {
+            nodes: Vec::new(),
+            token,
+            scratch: None,
+        };
+        let databases: Vec<(String, Option<String>)> = match storage {
+            Storage::Sqlite => {
+                let scratch =
+                    std::env::temp_dir().join(format!("reelay-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&scratch)?;
+                let url = format!("sqlite://{}/bench.db", scratch.display());
+                server.scratch = Some(scratch);
+                vec![(url, None)]
+            }
+            Storage::Postgres { url, nodes } => (1..=nodes)
+                .map(|i| (url.to_owned(), Some(node_id(i))))
+                .collect(),
+        };
+        // One after the other: the first one creates the schema.
+        for (database, node) in databases {
+            let started = start_node(&server.token, &database, node, short_retries, &env).await;
+            match started {
+                Ok(node) => server.nodes.push(node),
+                Err(error) => {
+                    server.stop().await;
+                    return Err(error);
                 }
             }
-            anyhow::bail!("reelay serve exited before listening")
-        })
-        .await
-        .context("reelay serve did not start within 30s")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(BenchServer {
-            url,
-            token,
-            pid: child.id(),
-            child: Some(child),
-            scratch: Some(scratch),
-        })
+        }
+        Ok(server)
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The base URL of node `n` modulo the number of nodes: requests spread round-robin.
+    pub fn url(&self, n: usize) -> &str {
+        &self.nodes[n % self.nodes.len()].url
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
     }
 
     pub fn token(&self) -> &str {
         &self.token
     }
 
+    /// Resident memory of the largest node.
     pub fn rss_mb(&self) -> Option<f64> {
-        self.pid.and_then(rss_mb)
+        self.pids().filter_map(rss_mb).reduce(f64::max)
     }
 
-    /// Starts watching the server's memory and CPU for one phase.
+    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.nodes.iter().filter_map(|node| node.pid)
+    }
+
+    /// Starts watching the servers' memory (the largest node's) and CPU (all nodes
+    /// together) for one phase.
     pub fn watch(&self) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
-        if let Some(pid) = self.pid {
-            let (stop, peak) = (stop.clone(), peak.clone());
+        let pids: Vec<u32> = self.pids().collect();
+        if !pids.is_empty() {
+            let (stop, peak, pids) = (stop.clone(), peak.clone(), pids.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(rss) = rss_mb(pid) {
-                        peak.fetch_max((rss * 1000.0) as u64, Ordering::Relaxed);
+                    for &pid in &pids {
+                        if let Some(rss) = rss_mb(pid) {
+                            peak.fetch_max((rss * 1000.0) as u64, Ordering::Relaxed);
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             });
         }
         Watch {
-            pid: self.pid,
-            cpu_start: self.pid.and_then(cpu_seconds),
+            cpu_start: total_cpu_seconds(&pids),
+            pids,
             stop,
             peak,
         }
     }
 
     pub async fn stop(mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+        for node in &mut self.nodes {
+            if let Some(child) = &mut node.child {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
         }
         if let Some(scratch) = &self.scratch {
             let _ = std::fs::remove_dir_all(scratch);
@@ -130,8 +156,57 @@ impl BenchServer {
     }
 }
 
+/// Starts one `reelay serve` and waits until it listens.
+async fn start_node(
+    token: &str,
+    database: &str,
+    node: Option<String>,
+    short_retries: bool,
+    env: &[(&'static str, String)],
+) -> anyhow::Result<Node> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("serve")
+        .env("REELAY_LISTEN", "127.0.0.1:0")
+        .env("REELAY_DATABASE_URL", database)
+        .env("REELAY_ADMIN_TOKEN", token)
+        .env("REELAY_ALLOW_PRIVATE_DESTINATIONS", "true")
+        .env("REELAY_DURABILITY", "fsync")
+        .env("REELAY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(node) = &node {
+        command.env("REELAY_NODE_ID", node);
+    }
+    // E.g. the AWS chain pointed at moto.
+    command.envs(env.iter().cloned());
+    if short_retries {
+        // The outage phase brings the receiver back after the publishes: retries must
+        // come within seconds, not on the production schedule.
+        command.env("REELAY_RETRY_SCHEDULE", vec!["1s"; 20].join(","));
+    }
+    let mut child = command.spawn().context("starting reelay serve")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(url) = line.strip_prefix("reelay listening on ") {
+                return Ok(url.to_owned());
+            }
+        }
+        anyhow::bail!("reelay serve exited before listening")
+    })
+    .await
+    .context("reelay serve did not start within 30s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Node {
+        url,
+        pid: child.id(),
+        child: Some(child),
+    })
+}
+
 pub struct Watch {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     cpu_start: Option<f64>,
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
@@ -141,7 +216,7 @@ impl Watch {
     /// Ends the phase; `deliveries` turns CPU time into CPU per 1,000 deliveries.
     pub fn finish(self, deliveries: u64) -> PhaseResources {
         self.stop.store(true, Ordering::Relaxed);
-        let cpu = match (self.pid.and_then(cpu_seconds), self.cpu_start) {
+        let cpu = match (total_cpu_seconds(&self.pids), self.cpu_start) {
             (Some(end), Some(start)) => Some(end - start),
             _ => None,
         };
@@ -154,6 +229,14 @@ impl Watch {
                 .map(|cpu| cpu * 1000.0 / deliveries as f64),
         }
     }
+}
+
+/// CPU time of all these processes together; `None` if one cannot be read.
+fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
 }
 
 /// Resident memory of a process, from /proc (Linux).

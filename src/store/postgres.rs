@@ -97,11 +97,15 @@ pub(super) async fn commit_group(
     let mut log_after = after;
     let mut written = Vec::with_capacity(rows.len());
     if reserved > 0 {
-        let top: i64 =
-            sqlx::query_scalar("UPDATE log_head SET seq = seq + $1 WHERE id = 1 RETURNING seq")
-                .bind(reserved)
-                .fetch_one(&mut *tx)
-                .await?;
+        // The notification goes out at commit; asking for it here saves a round trip.
+        let top: i64 = sqlx::query_scalar(
+            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 \
+             RETURNING seq, pg_notify($2, seq::text)::text",
+        )
+        .bind(reserved)
+        .bind(LOG_CHANNEL)
+        .fetch_one(&mut *tx)
+        .await?;
         log_after = top - reserved;
         let shift = log_after - after;
         for row in rows.iter_mut() {
@@ -145,11 +149,6 @@ pub(super) async fn commit_group(
             ));
         }
         set_entities(&mut tx, rows, &inserted).await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(LOG_CHANNEL)
-            .bind(top.to_string())
-            .execute(&mut *tx)
-            .await?;
     }
     for report in progress {
         apply_progress(&mut tx, db.node(), report).await?;
@@ -275,9 +274,27 @@ async fn apply_progress(
     report: &Progress,
 ) -> Result<()> {
     let id = report.subscription_id.as_str();
+    let (succeeded, failed) = match report.health {
+        Some(Health::Succeeded { at }) => (Some(at), None),
+        Some(Health::Failed { at }) => (None, Some(at)),
+        None => (None, None),
+    };
+    // The lease is checked by the statement that moves the cursor (one round trip, not
+    // two): the rest of the report is applied only if it moved.
     let held: Option<i64> = sqlx::query_scalar(
-        "SELECT 1::bigint FROM subscription_leases WHERE subscription_id = $1 AND node_id = $2",
+        "UPDATE subscriptions SET cursor = COALESCE($1, cursor), delivered = delivered + $2, \
+         last_success_at = COALESCE($3, last_success_at), \
+         failing_since = CASE WHEN $3::bigint IS NOT NULL THEN NULL \
+                              WHEN $4::bigint IS NOT NULL THEN COALESCE(failing_since, $4) \
+                              ELSE failing_since END \
+         WHERE id = $5 AND EXISTS (SELECT 1 FROM subscription_leases \
+                                   WHERE subscription_id = $5 AND node_id = $6) \
+         RETURNING 1::bigint",
     )
+    .bind(report.cursor)
+    .bind(report.delivered as i64)
+    .bind(succeeded)
+    .bind(failed)
     .bind(id)
     .bind(node)
     .fetch_optional(&mut **tx)
@@ -360,26 +377,6 @@ async fn apply_progress(
             }
         }
     }
-    let (succeeded, failed) = match report.health {
-        Some(Health::Succeeded { at }) => (Some(at), None),
-        Some(Health::Failed { at }) => (None, Some(at)),
-        None => (None, None),
-    };
-    sqlx::query(
-        "UPDATE subscriptions SET cursor = COALESCE($1, cursor), delivered = delivered + $2, \
-         last_success_at = COALESCE($3, last_success_at), \
-         failing_since = CASE WHEN $3::bigint IS NOT NULL THEN NULL \
-                              WHEN $4::bigint IS NOT NULL THEN COALESCE(failing_since, $4) \
-                              ELSE failing_since END \
-         WHERE id = $5",
-    )
-    .bind(report.cursor)
-    .bind(report.delivered as i64)
-    .bind(succeeded)
-    .bind(failed)
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
     if let Some(resync) = &report.resync {
         let (position_type, position_id) = resync_position(resync);
         sqlx::query(
