@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::subscriptions::find;
 use crate::model::{Subscription, SubscriptionKind, now_millis};
 use crate::store::{ResyncPosition, ResyncRun};
 
@@ -182,21 +183,6 @@ pub(super) async fn start_run(
     }
     tracing::info!(subscription = %subscription.id, resync = %run.id, total, "resync started");
     Ok(run)
-}
-
-async fn find(
-    state: &AppState,
-    caller: &Caller,
-    account: &str,
-    id: &str,
-) -> Result<Subscription, ApiError> {
-    caller.check_account(account)?;
-    state
-        .store
-        .db()
-        .get_subscription(account, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no subscription {id:?} in account {account:?}")))
 }
 
 /// Start a full resync of the subscription: the latest event of each live entity, marked

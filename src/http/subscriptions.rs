@@ -604,7 +604,8 @@ pub async fn list(
     ))
 }
 
-async fn find(
+/// The account's subscription `id`, if the caller may see that account; else `404`.
+pub(super) async fn find(
     state: &AppState,
     caller: &Caller,
     account: &str,

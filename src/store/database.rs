@@ -11,9 +11,8 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
-    AttemptRow, DueRetryRow, EVENT_COLUMNS, EntityRow, EventRow, LiveEntityCountRow, ResyncRunRow,
-    RetryRow, SubscriptionRow, TokenVerificationRow, resync_from_key, resync_key, resync_position,
-    to_json,
+    AttemptRow, DueRetryRow, EntityRow, EventRow, LiveEntityCountRow, ResyncRunRow, RetryRow,
+    SubscriptionRow, TokenVerificationRow, resync_from_key, resync_key, resync_position, to_json,
 };
 use super::{
     DueRetry, EntityState, EventQuery, KeyOwner, LiveEntityCount, Result, ResyncProgress,
@@ -38,6 +37,30 @@ macro_rules! on_pool {
             Pool::Sqlite($pool) => $body,
             Pool::Postgres($pool) => $body,
         }
+    };
+}
+
+/// The events that match `$condition` (the columns of [`EventRow`]).
+macro_rules! events_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, ",
+            "body FROM events WHERE ",
+            $condition
+        )
+    };
+}
+
+/// The entities that match `$condition`, each joined with the event that set its state
+/// (the columns of [`EntityRow`]).
+macro_rules! entities_with_events {
+    ($condition:literal) => {
+        concat!(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, ",
+            "e.entity_key, e.occurred_at, e.received_at, e.body ",
+            "FROM entities n JOIN events e ON e.seq = n.seq WHERE ",
+            $condition
+        )
     };
 }
 
@@ -127,10 +150,9 @@ impl Database {
         upto: i64,
         limit_to: u32,
     ) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, \
-             body FROM events WHERE account = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
-        )
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_where!(
+            "account = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        ))
         .bind(account)
         .bind(after)
         .bind(upto)
@@ -147,10 +169,9 @@ impl Database {
         upto: i64,
         limit_to: u32,
     ) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, \
-             body FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
-        )
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_where!(
+            "seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        ))
         .bind(after)
         .bind(upto)
         .bind(limit(limit_to))
@@ -168,12 +189,9 @@ impl Database {
         after: &str,
         limit_to: u32,
     ) -> Result<Vec<EntityState>> {
-        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
-             e.entity_key, e.occurred_at, e.received_at, e.body \
-             FROM entities n JOIN events e ON e.seq = n.seq \
-             WHERE n.account = $1 AND n.type = $2 AND n.id > $3 ORDER BY n.id LIMIT $4",
-        )
+        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_with_events!(
+            "n.account = $1 AND n.type = $2 AND n.id > $3 ORDER BY n.id LIMIT $4"
+        ),)
         .bind(account)
         .bind(entity_type)
         .bind(after)
@@ -190,12 +208,9 @@ impl Database {
         entity_type: &str,
         id: &str,
     ) -> Result<Option<EntityState>> {
-        let row: Option<EntityRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
-             e.entity_key, e.occurred_at, e.received_at, e.body \
-             FROM entities n JOIN events e ON e.seq = n.seq \
-             WHERE n.account = $1 AND n.type = $2 AND n.id = $3",
-        )
+        let row: Option<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_with_events!(
+            "n.account = $1 AND n.type = $2 AND n.id = $3"
+        ),)
         .bind(account)
         .bind(entity_type)
         .bind(id)
@@ -214,13 +229,10 @@ impl Database {
         after: &str,
         limit_to: u32,
     ) -> Result<Vec<EntityState>> {
-        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, \
-             e.entity_key, e.occurred_at, e.received_at, e.body \
-             FROM entities n JOIN events e ON e.seq = n.seq \
-             WHERE n.account = $1 AND n.type = $2 AND n.id > $3 AND n.deleted = 0 \
-             ORDER BY n.id LIMIT $4",
-        )
+        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_with_events!(
+            "n.account = $1 AND n.type = $2 AND n.id > $3 AND n.deleted = 0 \
+             ORDER BY n.id LIMIT $4"
+        ),)
         .bind(account)
         .bind(entity_type)
         .bind(after)
@@ -297,13 +309,11 @@ impl Database {
     }
 
     pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
-        let row: Option<EventRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, \
-             body FROM events WHERE seq = $1"
-        )
-        .bind(seq)
-        .fetch_optional(pool)
-        .await?);
+        let row: Option<EventRow> =
+            on_pool!(self, |pool| sqlx::query_as(events_where!("seq = $1"))
+                .bind(seq)
+                .fetch_optional(pool)
+                .await?);
         Ok(row.map(StoredEvent::from))
     }
 
@@ -313,9 +323,7 @@ impl Database {
         query: &EventQuery,
     ) -> Result<Vec<StoredEvent>> {
         let rows: Vec<EventRow> = on_pool!(self, |pool| {
-            let mut select = QueryBuilder::new(format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE account = "
-            ));
+            let mut select = QueryBuilder::new(events_where!("account = "));
             select.push_bind(account);
             if let Some(topic) = &query.topic {
                 select.push(" AND topic = ").push_bind(topic);

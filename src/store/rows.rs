@@ -13,10 +13,6 @@ use crate::model::{
     TokenVerification,
 };
 
-/// The columns of `events`, in [`EventRow`]'s order.
-pub(super) const EVENT_COLUMNS: &str =
-    "seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body";
-
 #[derive(FromRow)]
 pub(super) struct EventRow {
     seq: i64,
