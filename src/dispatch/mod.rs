@@ -417,15 +417,17 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Forgets a worker that stopped by itself (its subscription was disabled), unless
+    /// Stops and forgets the worker of `target` once its subscription's disabling is
+    /// committed (the worker itself, or the resync runner beside it, disabled it), unless
     /// another worker has replaced it since.
-    fn remove_worker_of(&self, target: &Arc<Target>) {
+    fn stop_worker_of(&self, target: &Arc<Target>) {
         let mut workers = self.workers();
         if workers
             .get(target.id())
             .is_some_and(|handle| Arc::ptr_eq(&handle.target, target))
+            && let Some(handle) = workers.remove(target.id())
         {
-            workers.remove(target.id());
+            handle.cancel.cancel();
         }
     }
 

@@ -148,7 +148,14 @@ impl Runner {
         }
         // Stopped (subscription deleted or disabled, or shutdown): what is done is saved;
         // deliveries in flight are sent again when the run resumes.
+        let disabled = self.report.disable.is_some();
         self.flush().await;
+        if disabled {
+            if let Err(error) = self.dispatcher.store().flush().await {
+                tracing::error!(%error, %subscription, "saving the disabling failed");
+            }
+            self.dispatcher.stop_worker_of(&self.target);
+        }
     }
 
     /// Reads the page at `reading`, queues the copies the subscription wants, and moves
@@ -266,8 +273,9 @@ impl Runner {
                     "subscription disabled"
                 );
                 self.report.disable = Some(reason);
-                // Stops the worker and this run (its token is the worker's child).
-                self.dispatcher.remove(self.target.id());
+                // This run stops now; the worker once the disabling is committed (below),
+                // so nothing starts it again from the old state meanwhile.
+                self.cancel.cancel();
             }
             let first = self.pages.front().map_or(0, |p| p.number);
             if let Some(page) = page

@@ -192,7 +192,7 @@ impl Worker {
             if let Err(error) = self.dispatcher.store().flush().await {
                 tracing::error!(%error, subscription = self.target.id(), "saving the disabling failed");
             }
-            self.dispatcher.remove_worker_of(&self.target);
+            self.dispatcher.stop_worker_of(&self.target);
         }
         if expired {
             self.dispatcher.expire(&self.target).await;
