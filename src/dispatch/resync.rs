@@ -23,14 +23,12 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{BREAKER_THRESHOLD, FLUSH_EVERY, attempt_record};
-use super::{Dispatcher, Target, policy};
+use super::worker::{BREAKER_THRESHOLD, FLUSH_EVERY, record_first_attempt};
+use super::{Dispatcher, Target};
 use crate::model::{StoredEvent, now_millis};
 use crate::sinks::Attempted;
 use crate::sinks::resync::resync_copy;
-use crate::store::{
-    Progress, ResyncPosition, ResyncProgress, ResyncRun, RetryState, RetryUpdate, StoreError,
-};
+use crate::store::{Progress, ResyncPosition, ResyncProgress, ResyncRun, StoreError};
 
 /// Entities read per query.
 const PAGE: u32 = 500;
@@ -229,52 +227,18 @@ impl Runner {
     /// Records the outcome of first attempts, as a worker does, and moves the position
     /// past the pages now done.
     fn finished(&mut self, results: Sent) {
-        let now = now_millis();
-        let config = self.dispatcher.config();
         for (page, event, attempted) in results {
-            let verdict = policy::decide(
-                &attempted.result,
-                1,
-                &config.retry_schedule,
-                now,
-                policy::jitter(),
+            let outcome = record_first_attempt(
+                &self.dispatcher,
+                &self.target,
+                &mut self.report,
+                &event,
+                Some(&self.run.id),
+                &attempted,
             );
-            let (health, too_long) = self
-                .target
-                .note(&attempted.result, now, config.disable_after);
-            self.report.health = Some(health);
-            if verdict.retry == RetryState::Delivered {
-                self.report.delivered += 1;
-            } else {
-                self.report.attempts.push(attempt_record(
-                    &event,
-                    Some(&self.run.id),
-                    1,
-                    now,
-                    &attempted,
-                    &verdict.retry,
-                ));
-                if let RetryState::Scheduled {
-                    next_attempt_at, ..
-                } = &verdict.retry
-                {
-                    self.dispatcher.shared.retry_wake.at(*next_attempt_at);
-                }
-                self.report.retries.push(RetryUpdate {
-                    seq: event.seq,
-                    resync_id: Some(self.run.id.clone()),
-                    state: verdict.retry,
-                });
-            }
-            if let Some(reason) = verdict.disable.or(too_long) {
-                tracing::warn!(
-                    subscription = self.target.id(),
-                    reason = reason.message(),
-                    "subscription disabled"
-                );
-                self.report.disable = Some(reason);
-                // This run stops now; the worker once the disabling is committed (below),
-                // so nothing starts it again from the old state meanwhile.
+            if outcome.disabled {
+                // This run stops now; the worker once the disabling is committed (see
+                // `run`), so nothing starts it again from the old state meanwhile.
                 self.cancel.cancel();
             }
             let first = self.pages.front().map_or(0, |p| p.number);

@@ -243,66 +243,22 @@ impl Worker {
     /// Records a first attempt's outcome. Returns true when the subscription must stop.
     fn finished(&mut self, event: &StoredEvent, attempted: Attempted) -> bool {
         self.in_flight_seqs.remove(&event.seq);
-        let now = now_millis();
-        let config = self.dispatcher.config();
-        let verdict = policy::decide(
-            &attempted.result,
-            1,
-            &config.retry_schedule,
-            now,
-            policy::jitter(),
+        let outcome = record_first_attempt(
+            &self.dispatcher,
+            &self.target,
+            &mut self.report,
+            event,
+            None,
+            &attempted,
         );
-        let (health, too_long) = self
-            .target
-            .note(&attempted.result, now, config.disable_after);
-        self.report.health = Some(health);
-        if verdict.retry == RetryState::Delivered {
-            // The common case costs a counter, not a row.
-            self.report.delivered += 1;
-        } else {
-            self.report.attempts.push(attempt_record(
-                event,
-                None,
-                1,
-                now,
-                &attempted,
-                &verdict.retry,
-            ));
-        }
-        if let RetryState::Scheduled {
-            next_attempt_at, ..
-        } = &verdict.retry
-        {
-            self.dispatcher.shared.retry_wake.at(*next_attempt_at);
-        }
-        if matches!(verdict.retry, RetryState::Scheduled { .. })
-            && self.target.subscription.in_order()
-        {
+        if outcome.scheduled && self.target.subscription.in_order() {
             // The next delivery waits until the retry set has delivered this one or
             // given up on it: the receiver sees the events in order.
             self.waiting_for = Some(event.seq);
         }
-        if verdict.retry != RetryState::Delivered {
-            tracing::debug!(subscription = self.target.id(), event = %event.id, "delivery failed; retry scheduled");
-            self.report.retries.push(RetryUpdate {
-                seq: event.seq,
-                resync_id: None,
-                state: verdict.retry,
-            });
-        }
-        let disable = verdict.disable.or(too_long);
-        let stop = disable.is_some();
-        if let Some(reason) = disable {
-            tracing::warn!(
-                subscription = self.target.id(),
-                reason = reason.message(),
-                "subscription disabled"
-            );
-            // The worker stops; it leaves the running set only once the disabling is
-            // committed, so nothing starts it again from the old state meanwhile.
-            self.report.disable = Some(reason);
-        }
-        stop
+        // The worker stops; it leaves the running set only once the disabling is
+        // committed, so nothing starts it again from the old state meanwhile.
+        outcome.disabled
     }
 
     /// Every event at or below this has been delivered or put in the retry set.
@@ -382,6 +338,78 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// The delivery-log entry of one attempt.
+/// What [`record_first_attempt`] decided.
+pub(super) struct FirstAttempt {
+    /// Failed: the delivery waits in the retry set.
+    pub scheduled: bool,
+    /// The subscription is disabled (the report says why): its deliveries stop.
+    pub disabled: bool,
+}
+
+/// Records a first attempt's outcome in `report`, as every first delivery does (a
+/// worker's, and a resync run's with its `resync_id`): a success is counted, a failure
+/// gets an attempt record and a place in the retry set; the endpoint's health is noted.
+pub(super) fn record_first_attempt(
+    dispatcher: &Dispatcher,
+    target: &Target,
+    report: &mut Progress,
+    event: &StoredEvent,
+    resync_id: Option<&str>,
+    attempted: &Attempted,
+) -> FirstAttempt {
+    let now = now_millis();
+    let config = dispatcher.config();
+    let verdict = policy::decide(
+        &attempted.result,
+        1,
+        &config.retry_schedule,
+        now,
+        policy::jitter(),
+    );
+    let (health, too_long) = target.note(&attempted.result, now, config.disable_after);
+    report.health = Some(health);
+    let scheduled = matches!(verdict.retry, RetryState::Scheduled { .. });
+    if let RetryState::Scheduled {
+        next_attempt_at, ..
+    } = &verdict.retry
+    {
+        dispatcher.shared.retry_wake.at(*next_attempt_at);
+    }
+    if verdict.retry == RetryState::Delivered {
+        // The common case costs a counter, not a row.
+        report.delivered += 1;
+    } else {
+        tracing::debug!(subscription = target.id(), event = %event.id, "delivery failed; retry scheduled");
+        report.attempts.push(attempt_record(
+            event,
+            resync_id,
+            1,
+            now,
+            attempted,
+            &verdict.retry,
+        ));
+        report.retries.push(RetryUpdate {
+            seq: event.seq,
+            resync_id: resync_id.map(str::to_owned),
+            state: verdict.retry,
+        });
+    }
+    let disable = verdict.disable.or(too_long);
+    let disabled = disable.is_some();
+    if let Some(reason) = disable {
+        tracing::warn!(
+            subscription = target.id(),
+            reason = reason.message(),
+            "subscription disabled"
+        );
+        report.disable = Some(reason);
+    }
+    FirstAttempt {
+        scheduled,
+        disabled,
+    }
+}
+
 pub(super) fn attempt_record(
     event: &StoredEvent,
     resync_id: Option<&str>,
