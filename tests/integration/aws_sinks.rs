@@ -743,16 +743,7 @@ async fn an_unreachable_destination_is_refused_unless_the_check_is_skipped() {
 async fn a_fifo_queue_named_with_its_own_endpoint_gets_every_event_in_order() {
     let moto = Moto::start().await.expect("moto_server");
     let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config().await);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name("ordered.fifo")
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let queue_url = create_fifo_queue(&sqs, "ordered.fifo").await;
     // The server's own AWS endpoint leads nowhere: only the destination's override works.
     let mut env: Vec<(&str, String)> = moto.env();
     env.retain(|(name, _)| *name != "AWS_ENDPOINT_URL");
@@ -784,4 +775,17 @@ async fn a_fifo_queue_named_with_its_own_endpoint_gets_every_event_in_order() {
     // One group (asset 42): the queue hands them out in publish order.
     let expected: Vec<String> = (0..25).map(|n| format!("o-{n}")).collect();
     assert_eq!(guids, expected);
+}
+
+/// Creates a FIFO queue in moto; returns its URL.
+pub async fn create_fifo_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+    sqs.create_queue()
+        .queue_name(name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
 }

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::app::TestApp;
 
-fn event(name: &str, guid: &str, fields: Value) -> Value {
+/// A Vimond catalog event: the envelope with `fields` added.
+pub fn catalog_event(name: &str, guid: &str, fields: Value) -> Value {
     let mut event = json!({"eventName": name, "originator": "tests", "tenant": "vimond",
                            "timestamp": "2024-06-26T08:52:12Z", "guid": guid});
     for (key, value) in fields.as_object().unwrap() {
@@ -17,7 +18,8 @@ fn event(name: &str, guid: &str, fields: Value) -> Value {
     event
 }
 
-async fn publish(app: &TestApp, events: Vec<Value>) {
+/// Publishes `events` in one request to the account "vimond"; it must be accepted.
+pub async fn publish(app: &TestApp, events: Vec<Value>) {
     let (status, answer) = app
         .post(
             "/v1/accounts/vimond/events",
@@ -53,14 +55,14 @@ async fn each_entity_is_its_latest_event_with_deletions_marked() {
     // updated through the platform's catalog events (eventType); 5 categories, one deleted.
     let mut events = Vec::new();
     for n in 1..=30 {
-        events.push(event(
+        events.push(catalog_event(
             "asset-created",
             &format!("c-{n}"),
             json!({"assetId": n}),
         ));
     }
     for n in 1..=10 {
-        events.push(event(
+        events.push(catalog_event(
             "asset-updated",
             &format!("u-{n}"),
             json!({"assetId": n}),
@@ -69,30 +71,34 @@ async fn each_entity_is_its_latest_event_with_deletions_marked() {
     publish(&app, events).await;
     let mut events = Vec::new();
     for n in 21..=30 {
-        events.push(event(
+        events.push(catalog_event(
             "asset-deleted",
             &format!("d-{n}"),
             json!({"assetId": n}),
         ));
     }
-    events.push(event(
+    events.push(catalog_event(
         "asset-event",
         "ae-11",
         json!({"assetId": "11", "eventType": "asset-deleted"}),
     ));
-    events.push(event(
+    events.push(catalog_event(
         "asset-event",
         "ae-12",
         json!({"assetId": 12, "eventType": "asset-updated"}),
     ));
     for n in 1..=5 {
-        events.push(event(
+        events.push(catalog_event(
             "category-created",
             &format!("cc-{n}"),
             json!({"categoryId": n}),
         ));
     }
-    events.push(event("category-deleted", "cd-5", json!({"categoryId": 5})));
+    events.push(catalog_event(
+        "category-deleted",
+        "cd-5",
+        json!({"categoryId": 5}),
+    ));
     publish(&app, events).await;
 
     let assets = all_entities(&app, "asset", 7).await;
@@ -137,7 +143,7 @@ async fn each_entity_is_its_latest_event_with_deletions_marked() {
     // One entity; and the same id published again changes nothing (a duplicate guid).
     publish(
         &app,
-        vec![event("asset-updated", "u-3", json!({"assetId": 3}))],
+        vec![catalog_event("asset-updated", "u-3", json!({"assetId": 3}))],
     )
     .await;
     let (status, asset) = app.get("/v1/accounts/vimond/entities/asset/3").await;
@@ -153,7 +159,7 @@ async fn bad_entity_requests_get_clear_answers() {
     let app = TestApp::start().await;
     publish(
         &app,
-        vec![event("asset-created", "c-1", json!({"assetId": 1}))],
+        vec![catalog_event("asset-created", "c-1", json!({"assetId": 1}))],
     )
     .await;
 

@@ -11,29 +11,11 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::app::{TestApp, eventually};
+use crate::entities::{catalog_event, publish};
 use crate::support::moto::{Moto, REGION};
 use crate::support::receiver::{Delivery, Receiver};
 
 type Entity = (String, String);
-
-fn catalog_event(name: &str, guid: &str, fields: Value) -> Value {
-    let mut event = json!({"eventName": name, "originator": "tests", "tenant": "vimond",
-                           "timestamp": "2024-06-26T08:52:12Z", "guid": guid});
-    for (key, value) in fields.as_object().unwrap() {
-        event[key] = value.clone();
-    }
-    event
-}
-
-async fn publish(app: &TestApp, events: Vec<Value>) {
-    let (status, answer) = app
-        .post(
-            "/v1/accounts/vimond/events",
-            &Value::Array(events).to_string(),
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
-}
 
 /// The entity a catalog event of these tests is about, and whether it deletes it.
 fn entity_of(body: &Value) -> Option<(Entity, bool)> {
@@ -647,16 +629,7 @@ async fn a_cloudevents_subscription_gets_the_marking_in_its_data_and_ids_of_its_
 async fn an_sqs_fifo_queue_gets_resync_copies_of_events_it_already_got() {
     let moto = Moto::start().await.expect("moto_server");
     let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config().await);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name("mirror.fifo")
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let queue_url = crate::aws_sinks::create_fifo_queue(&sqs, "mirror.fifo").await;
     let env = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let app = TestApp::start_with(&env).await;
