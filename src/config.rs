@@ -34,7 +34,8 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Allow webhook destinations on loopback, private and link-local addresses.
+    /// Allow webhooks, job callbacks and AWS destinations' `endpointUrl` on loopback,
+    /// private, link-local and other special-purpose addresses (IANA registries).
     #[arg(long, env = "REELAY_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_destinations: bool,
 

@@ -44,7 +44,8 @@ pub struct DispatchConfig {
     pub disable_after: Duration,
     pub max_in_flight: usize,
     pub delivery_timeout: Duration,
-    /// Whether webhooks may reach loopback, private and link-local addresses.
+    /// Whether webhooks and AWS destinations' own endpoints may reach loopback, private
+    /// and other special-purpose addresses.
     pub allow_private_destinations: bool,
     /// How long shutdown waits for deliveries in flight before handing them back (they
     /// stay behind the saved cursor and are sent again after the restart).
