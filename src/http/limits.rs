@@ -87,9 +87,10 @@ pub fn check_subscriptions_per_account(existing: usize, max: usize) -> Result<()
 }
 
 /// Reads an authenticated request's whole body before its handler runs: at most
-/// `--max-request-bytes` (`413 payload_too_large`, and a `Content-Length` over it is
-/// refused before a byte is read), within `--body-timeout` of the headers (`408
-/// body_timeout`). A request without a valid key is passed on unread: its handler
+/// `--max-request-bytes` (`413 payload_too_large`), within `--body-timeout` of the headers
+/// (`408 body_timeout`). A body declared larger is still read up to the limit before the
+/// answer: a client that only reads the answer once it has sent its body (most do) then
+/// gets the `413` rather than a broken connection. A request without a valid key is passed on unread: its handler
 /// refuses it (`401`) without reading, so no one without a key makes the server buffer.
 pub async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = &state.limits;
@@ -109,9 +110,6 @@ pub async fn read_body(State(state): State<AppState>, request: Request, next: Ne
     let too_large = || ApiError::PayloadTooLarge {
         limit: limits.max_request_bytes,
     };
-    if declared.is_some_and(|length| length > limits.max_request_bytes as u64) {
-        return too_large().into_response();
-    }
     let read = Limited::new(body, limits.max_request_bytes).collect();
     let bytes: Bytes = match tokio::time::timeout(limits.body_timeout, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
