@@ -187,6 +187,22 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_plain_text_413_from_below_becomes_json() {
+        let plain = (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response();
+        let answer = json_too_large(plain).await;
+        assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = axum::body::to_bytes(answer.into_body(), 4096)
+            .await
+            .unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"]["code"], "payload_too_large");
+        // Other answers pass untouched.
+        let ok = json_too_large((StatusCode::OK, "fine").into_response()).await;
+        let body = axum::body::to_bytes(ok.into_body(), 4096).await.unwrap();
+        assert_eq!(&body[..], b"fine");
+    }
+
     #[test]
     fn the_first_event_over_the_size_is_named() {
         let limits = limits();

@@ -230,19 +230,22 @@ impl Database {
         Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
-    /// Events of every account after `after` and up to `upto`, in log order.
+    /// Events of every account after `after` and up to `upto`, in log order, one page.
     pub async fn log_range(
         &self,
         after: i64,
         upto: i64,
-        limit_to: u32,
+        page: PageSize,
     ) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_where!(
-            "seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_page!(
+            "seq > $1 AND seq <= $2",
+            "$3",
+            "$4"
         ))
         .bind(after)
         .bind(upto)
-        .bind(limit(limit_to))
+        .bind(limit(page.rows))
+        .bind(page.byte_bound())
         .fetch_all(pool)
         .await?);
         Ok(rows.into_iter().map(StoredEvent::from).collect())
