@@ -27,8 +27,6 @@ struct Cli {
 // Parsed once at start: the size of the largest settings does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
-// Parsed once at start and matched at once: boxing the server's settings would buy nothing.
-#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the server.
     Serve(ServeConfig),
