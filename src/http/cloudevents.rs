@@ -69,6 +69,7 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     caller.check_account(&account)?;
     let body = body?;
+    state.limits.check_array_count(&body)?;
     let (mode, incoming) = cloudevents::parse(&state.catalog, &headers, &body)?;
     state.limits.check_count(incoming.len())?;
     let verifier = state.user_tokens.verifier(&account).await?;

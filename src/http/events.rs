@@ -51,6 +51,7 @@ pub async fn publish(
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
     caller.check_account(&account)?;
+    state.limits.check_array_count(&body)?;
     let events = ingest::native::parse(&state.catalog, &account, &body)?;
     admit(&state, &headers, &events)?;
     Ok((StatusCode::ACCEPTED, Json(append(&state, events).await?)))

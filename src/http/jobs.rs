@@ -14,6 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -109,7 +110,9 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<CallbacksOut>), ApiError> {
     caller.check_account(&account)?;
     check_job(&job)?;
-    // Counted and de-duplicated before any URL is parsed or resolved.
+    // Counted first, in one pass over the bytes that builds nothing; then de-duplicated
+    // before any URL is parsed or resolved.
+    count_callbacks(&body)?;
     let urls = parse_callbacks(&body)?;
     for (index, url) in urls.iter().enumerate() {
         check_destination(url, state.allow_private_destinations)
@@ -223,6 +226,26 @@ pub async fn register(
         .map(|subscription| CallbackOut::new(subscription, true))
         .collect();
     Ok((StatusCode::CREATED, Json(CallbacksOut { job, callbacks })))
+}
+
+/// Refuses more callback URLs than a job may have, counted without building them: a
+/// request of 100,000 URLs costs one pass over its bytes. Any other shape passes, for
+/// [`parse_callbacks`] to name what is wrong with it.
+fn count_callbacks(body: &[u8]) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    struct Counted {
+        callbacks: Vec<IgnoredAny>,
+    }
+    match serde_json::from_slice::<Counted>(body) {
+        Ok(counted) if counted.callbacks.len() > MAX_CALLBACKS_PER_JOB => Err(field_error(
+            "too_many_callbacks",
+            &format!(
+                "the request gives {} callback URLs (at most {MAX_CALLBACKS_PER_JOB} per job)",
+                counted.callbacks.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads `{"callbacks": [URL, …]}` by hand, so each mistake gets its own message.
@@ -374,6 +397,7 @@ pub async fn publish(
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
     caller.check_account(&account)?;
     check_job(&job)?;
+    state.limits.check_array_count(&body)?;
     let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
     super::events::admit(&state, &headers, &events)?;
     let published = super::events::append(&state, events).await?;
@@ -433,6 +457,25 @@ mod tests {
             parse_callbacks(b"{\"callbacks\": [").unwrap_err(),
             ApiError::MalformedJson { .. }
         ));
+    }
+
+    #[test]
+    fn callback_urls_are_counted_before_anything_is_read() {
+        let body = |n: usize| {
+            let urls: Vec<String> = (0..n).map(|i| format!("https://host{i}/cb")).collect();
+            serde_json::json!({ "callbacks": urls }).to_string()
+        };
+        assert!(count_callbacks(body(MAX_CALLBACKS_PER_JOB).as_bytes()).is_ok());
+        assert!(matches!(
+            count_callbacks(body(100_000).as_bytes()),
+            Err(ApiError::Unprocessable {
+                code: "too_many_callbacks",
+                ..
+            })
+        ));
+        // Not an array, or not JSON: left for the parser to name.
+        assert!(count_callbacks(br#"{"callbacks": "https://host1/cb"}"#).is_ok());
+        assert!(count_callbacks(b"{\"callbacks\": [").is_ok());
     }
 
     #[test]

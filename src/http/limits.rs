@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::IgnoredAny;
 
 use super::AppState;
 use super::auth::Caller;
@@ -51,6 +52,21 @@ impl Limits {
             });
         }
         Ok(())
+    }
+
+    /// Refuses a body that is a JSON array of more items than one request may carry,
+    /// counted in one pass over its bytes without building any item (the formats' parsers
+    /// then build them all before their own checks). Anything else passes: the parser
+    /// says what is wrong with it.
+    pub fn check_array_count(&self, body: &[u8]) -> Result<(), ApiError> {
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'[') {
+            return Ok(());
+        }
+        // A `Vec` of a zero-sized type: counting allocates nothing, however many items.
+        match serde_json::from_slice::<Vec<IgnoredAny>>(body) {
+            Ok(items) => self.check_count(items.len()),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Refuses a publish with too many events, or with an event document larger than
@@ -221,5 +237,16 @@ mod tests {
             Err(ApiError::TooLarge { code, .. }) => assert_eq!(code, "too_many_events"),
             other => panic!("expected too_many_events, got {other:?}"),
         }
+        // Counted on the body's bytes alone.
+        assert!(limits.check_array_count(b" [{}, 7]").is_ok());
+        assert!(limits.check_array_count(b"{\"a\": [1, 2, 3]}").is_ok());
+        assert!(limits.check_array_count(b"[1, 2").is_ok());
+        assert!(matches!(
+            limits.check_array_count(b"[{}, [], \"x\"]"),
+            Err(ApiError::TooLarge {
+                code: "too_many_events",
+                ..
+            })
+        ));
     }
 }
