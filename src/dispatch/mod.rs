@@ -52,6 +52,8 @@ pub struct DispatchConfig {
     pub shutdown_grace: Duration,
     /// With several nodes: how long a node's leases last without renewal.
     pub lease_ttl: Duration,
+    /// The byte bound of a page read from the log or the entities (`--max-page-bytes`).
+    pub max_page_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -79,6 +79,7 @@ impl Worker {
             dispatcher.store().clone(),
             target.subscription.account.clone(),
             cursor,
+            dispatcher.config().max_page_bytes,
         );
         let report = Progress {
             subscription_id: target.id().to_owned(),

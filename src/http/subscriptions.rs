@@ -234,12 +234,16 @@ pub async fn create(
     state
         .store
         .db()
-        .insert_subscription_checked(&new, cursor, now_millis(), |existing| {
+        .insert_subscription_checked(&new, cursor, now_millis(), |existing, total| {
             check_limits(
                 existing,
                 &new.destination,
                 &new.filter,
                 state.max_subscriptions_per_event,
+            )?;
+            super::limits::check_subscriptions_per_account(
+                total,
+                state.limits.max_subscriptions_per_account,
             )
         })
         .await??;

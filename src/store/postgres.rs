@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::database::STATEMENT_TIMEOUT;
+use super::database::{PageSize, STATEMENT_TIMEOUT};
 use super::derive::Derivation;
 use super::rows::{DueRetryRow, resync_key, resync_position};
 use super::writer::{LogRow, Written};
@@ -407,7 +407,11 @@ async fn apply_progress(
 }
 
 /// Events read from the log per query while following it.
-const FOLLOW_PAGE: u32 = 2_000;
+const FOLLOW_PAGE: PageSize = PageSize {
+    rows: 2_000,
+    // Every account's events go through here: a page of large documents stops at this.
+    bytes: 16 << 20,
+};
 /// Even without a notification, look at the log this often: a notification sent while
 /// this node's listening connection was down is lost.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
@@ -544,7 +548,8 @@ async fn catch_up(
                 return;
             }
         };
-        let full = events.len() == FOLLOW_PAGE as usize;
+        let bytes = events.iter().map(|e| e.body.bytes().len()).sum();
+        let full = FOLLOW_PAGE.is_full(events.len(), bytes);
         let page_upto = match events.last() {
             Some(event) if full => event.seq,
             _ => upto,
