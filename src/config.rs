@@ -68,6 +68,17 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
+    /// Webhook requests in flight at once, to every destination together: past it, a
+    /// delivery waits for a slot (the wait is not part of its `--delivery-timeout`).
+    #[arg(long, env = "REELAY_MAX_OUTBOUND", default_value_t = 1024, value_parser = at_least_one)]
+    pub max_outbound: usize,
+
+    /// Webhook requests, and so connections, in flight at once to one host (scheme,
+    /// host and port): a receiver that hangs holds at most this many of
+    /// `--max-outbound`.
+    #[arg(long, env = "REELAY_MAX_CONNECTIONS_PER_HOST", default_value_t = 64, value_parser = at_least_one)]
+    pub max_connections_per_host: usize,
+
     /// How long a Dynamic Ingest job's callback URLs receive its notifications after
     /// they are registered.
     #[arg(long, env = "REELAY_JOB_CALLBACK_TTL", default_value = "7d", value_parser = parse_duration)]
@@ -146,6 +157,14 @@ fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
         .map(parse_duration)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RetrySchedule(delays))
+}
+
+/// A bound that must let something through: a whole number, at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
 }
 
 /// Parses `250ms`, `5s`, `2m`, `3h`, `5d`, or a bare number of seconds.

@@ -79,6 +79,8 @@ pub async fn run(
             allow_private_destinations: config.allow_private_destinations,
             shutdown_grace: Duration::from_secs(5),
             lease_ttl: config.lease_ttl,
+            max_outbound: config.max_outbound,
+            max_connections_per_host: config.max_connections_per_host,
         },
         cancel.clone(),
         dispatch_tasks.clone(),

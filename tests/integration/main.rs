@@ -16,6 +16,7 @@ mod postgres_outage;
 mod publish;
 mod resync;
 mod subscriptions;
+mod tenant_safety;
 
 #[path = "../support/mod.rs"]
 mod support;
