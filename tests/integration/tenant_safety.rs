@@ -490,3 +490,46 @@ async fn a_receiver_that_hangs_does_not_delay_another_subscriptions_retries() {
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn while_an_endpoint_is_down_its_retries_go_one_probe_at_a_time() {
+    // Without the breaker on retries, every failed delivery was retried on its own
+    // schedule: here 20 retries within the same 0.4 s, again and again.
+    let app = TestApp::start_with(&[("REELAY_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s")]).await;
+    let receiver = Receiver::start().await;
+    let id = subscribe_path(&app, "acme", &receiver, "/down", &[Response::status(500)]).await;
+    const EVENTS: usize = 20;
+    for n in 0..EVENTS {
+        publish_ok(&app, "acme", &format!("down-{n}")).await;
+    }
+    let probes = 4;
+    let got = eventually(
+        Duration::from_secs(30),
+        "first attempts and a few probes",
+        || async {
+            let got = receiver.deliveries("/down").await;
+            (got.len() >= EVENTS + probes).then_some(got)
+        },
+    )
+    .await;
+    // Every first attempt failed (the breaker opened at the tenth); since then one retry
+    // at a time, spaced by the probe interval (the schedule's 1 s).
+    let retries: Vec<f64> = got[EVENTS..].iter().map(|delivery| delivery.at).collect();
+    let gaps: Vec<f64> = retries.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert!(
+        gaps.iter().all(|gap| *gap >= 0.7),
+        "retries of a down endpoint went together: {gaps:?}"
+    );
+    // The others wait unattempted: none has used up its retries.
+    let (status, log) = app
+        .get(&format!("/v1/accounts/acme/subscriptions/{id}/deliveries"))
+        .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(
+        log["deadLetters"].as_array().map(Vec::len),
+        Some(0),
+        "{log}"
+    );
+    let retrying = log["retrying"].as_array().map_or(0, Vec::len);
+    assert_eq!(retrying, EVENTS, "{log}");
+}
