@@ -95,6 +95,17 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
+    /// Webhook requests in flight at once, to every destination together: past it, a
+    /// delivery waits for a slot (the wait is not part of its `--delivery-timeout`).
+    #[arg(long, env = "REELAY_MAX_OUTBOUND", default_value_t = 1024, value_parser = at_least_one)]
+    pub max_outbound: usize,
+
+    /// Webhook requests, and so connections, in flight at once to one host (scheme,
+    /// host and port): a receiver that hangs holds at most this many of
+    /// `--max-outbound`.
+    #[arg(long, env = "REELAY_MAX_CONNECTIONS_PER_HOST", default_value_t = 64, value_parser = at_least_one)]
+    pub max_connections_per_host: usize,
+
     /// How long a Dynamic Ingest job's callback URLs receive its notifications after
     /// they are registered.
     #[arg(long, env = "REELAY_JOB_CALLBACK_TTL", default_value = "7d", value_parser = parse_duration)]
@@ -278,6 +289,14 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{text:?} is not a positive number of events per second"
         )),
+    }
+}
+
+/// A bound that must let something through: a whole number, at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
     }
 }
 

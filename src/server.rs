@@ -86,6 +86,8 @@ pub async fn run(
             shutdown_grace: Duration::from_secs(5),
             lease_ttl: config.lease_ttl,
             max_page_bytes: config.max_page_bytes,
+            max_outbound: config.max_outbound,
+            max_connections_per_host: config.max_connections_per_host,
         },
         cancel.clone(),
         dispatch_tasks.clone(),

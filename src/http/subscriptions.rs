@@ -913,6 +913,20 @@ pub async fn replay(
             ));
         }
     };
+    // Sequence numbers are the log writer's alone: a replay may go back, never past the
+    // head (a cursor there would skip events that later take those positions).
+    let head = state.store.log_position().await?;
+    if after > head {
+        return Err(field_error(
+            "invalid_replay",
+            "fromSequence",
+            &format!(
+                "fromSequence {} is past the log head {head}: give at most {}",
+                after.saturating_add(1),
+                head.saturating_add(1)
+            ),
+        ));
+    }
     if !state.dispatcher.rewind(&id, after).await {
         // Not running (disabled): it resumes from here when enabled.
         state.store.db().set_cursor(&subscription.id, after).await?;

@@ -4,6 +4,7 @@
 //! nodes, the log's head) the method says so and has one branch per backend.
 //! Appends and delivery progress go through the log writer instead (`writer`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::QueryBuilder;
@@ -160,6 +161,14 @@ fn limit(n: u32) -> i64 {
     i64::from(n)
 }
 
+/// How many retries one claim may take: in all, and of one subscription (less those it
+/// has in flight).
+pub(super) struct ClaimLimits<'a> {
+    pub limit: i64,
+    pub per_subscription: i64,
+    pub in_flight: &'a HashMap<String, u32>,
+}
+
 impl Database {
     /// Opens the database `url` names, creating it if needed (SQLite), and brings its
     /// schema up to date.
@@ -205,9 +214,18 @@ impl Database {
         }
     }
 
-    /// Events of one account after `after` and up to `upto`, in log order, one page of
-    /// them: how a dispatcher that fell behind the in-memory hand-off catches up. `upto`
-    /// is the durable head: a commit still waiting for its fsync is not dispatched yet.
+    /// Moves cursors past the log head (`head`, as just read) back to it; returns their
+    /// subscriptions. See [`sqlite::clamp_cursors`] and [`postgres::clamp_cursors`].
+    pub async fn clamp_cursors(&self, head: i64) -> Result<Vec<String>> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite::clamp_cursors(pool, head).await,
+            Pool::Postgres(pool) => postgres::clamp_cursors(pool).await,
+        }
+    }
+
+    /// Events of one account after `after` and up to `upto`, in log order: how a
+    /// dispatcher that fell behind the in-memory hand-off catches up. `upto` is the
+    /// durable head: a commit still waiting for its fsync is not dispatched yet.
     pub async fn events_after(
         &self,
         account: &str,
@@ -709,21 +727,27 @@ impl Database {
     }
 
     /// Claims up to `limit` due retries of enabled subscriptions (with PostgreSQL: of the
-    /// subscriptions this node holds): their next attempt is pushed to `lease_until`, so
+    /// subscriptions this node holds), earliest first, but at most `per_subscription`
+    /// of one subscription less what it has `in_flight` already: one subscription's
+    /// backlog cannot take every slot. Their next attempt is pushed to `lease_until`, so
     /// a crash during the attempt only delays it.
     pub async fn claim_due_retries(
         &self,
         now: Millis,
         lease_until: Millis,
         limit_to: u32,
+        per_subscription: u32,
+        in_flight: &HashMap<String, u32>,
     ) -> Result<Vec<DueRetry>> {
+        let claim = ClaimLimits {
+            limit: limit(limit_to),
+            per_subscription: limit(per_subscription),
+            in_flight,
+        };
         let rows: Vec<DueRetryRow> = match &self.pool {
-            Pool::Sqlite(pool) => {
-                sqlite::claim_due_retries(pool, now, lease_until, limit(limit_to)).await?
-            }
+            Pool::Sqlite(pool) => sqlite::claim_due_retries(pool, now, lease_until, &claim).await?,
             Pool::Postgres(pool) => {
-                postgres::claim_due_retries(pool, &self.node, now, lease_until, limit(limit_to))
-                    .await?
+                postgres::claim_due_retries(pool, &self.node, now, lease_until, &claim).await?
             }
         };
         Ok(rows
@@ -747,6 +771,22 @@ impl Database {
         .bind(&retry.subscription_id)
         .bind(retry.seq)
         .bind(resync_key(retry.resync_id.as_deref()))
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Moves a subscription's pending retries that are due before `at` to `at`: its
+    /// endpoint is down and the breaker lets no attempt go before then. Claimed ones
+    /// only have their claim lengthened.
+    pub async fn postpone_retries(&self, subscription_id: &str, at: Millis) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE retries SET next_attempt_at = $1 \
+             WHERE subscription_id = $2 AND dead_at IS NULL AND next_attempt_at < $1"
+        )
+        .bind(at)
+        .bind(subscription_id)
         .execute(pool)
         .await?
         .rows_affected());

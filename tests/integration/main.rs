@@ -18,6 +18,7 @@ mod postgres_outage;
 mod publish;
 mod resync;
 mod subscriptions;
+mod tenant_safety;
 
 #[path = "../support/mod.rs"]
 mod support;
