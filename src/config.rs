@@ -34,6 +34,12 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// A second admin token accepted beside `--admin-token`, to rotate it without a
+    /// moment when neither works: add the new one here, move the clients to it, then
+    /// make it the `--admin-token` and drop this.
+    #[arg(long, env = "REELAY_ADMIN_TOKEN_NEXT", hide_env_values = true)]
+    pub admin_token_next: Option<String>,
+
     /// Allow webhook destinations on loopback, private and link-local addresses.
     #[arg(long, env = "REELAY_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_destinations: bool,

@@ -57,11 +57,17 @@ pub async fn run(
     )
     .await?;
 
-    let keys = Arc::new(Keys::new(store.clone()));
-    if let Some(token) = keys.ensure_admin(config.admin_token.as_deref()).await? {
+    let mut keys = Keys::new(store.clone());
+    let configured: Vec<&str> = [&config.admin_token, &config.admin_token_next]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if let Some(token) = keys.ensure_admin(&configured).await? {
         // Printed once: only its hash is stored.
         println!("Generated admin token (shown once, stored hashed): {token}");
     }
+    let keys = Arc::new(keys);
 
     let user_tokens = Arc::new(UserTokens::open(store.clone()).await?);
 

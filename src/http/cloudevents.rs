@@ -16,6 +16,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::ingest::cloudevents::{self, Incoming};
+use crate::model::Scope;
 use crate::model::now_millis;
 use crate::store::Appended;
 
@@ -66,7 +67,7 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Publish, &account)?;
     let body = body?;
     let (mode, incoming) = cloudevents::parse(&state.catalog, &headers, &body)?;
     let verifier = state.user_tokens.verifier(&account).await?;
@@ -90,6 +91,7 @@ pub async fn receive(
         ids.push(event.id.clone());
         events.push(Incoming::into_event(event, &account, user.as_deref(), now));
     }
+    caller.may_publish(&events)?;
     let appended = state.store.append(events).await?;
     let stored = appended
         .iter()

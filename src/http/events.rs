@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::ingest;
+use crate::model::Scope;
 use crate::model::{NewEvent, StoredEvent};
 use crate::store::{Appended, EventQuery};
 
@@ -46,16 +47,22 @@ pub async fn publish(
     Path(account): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Publish, &account)?;
     let events = ingest::native::parse(&state.catalog, &account, &body)?;
-    Ok((StatusCode::ACCEPTED, Json(append(&state, events).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(append(&state, &caller, events).await?),
+    ))
 }
 
-/// Appends validated events to the log; answers once they are committed.
+/// Appends validated events to the log, if the caller may publish each of them;
+/// answers once they are committed.
 pub(super) async fn append(
     state: &AppState,
+    caller: &Caller,
     events: Vec<NewEvent>,
 ) -> Result<PublishOut, ApiError> {
+    caller.may_publish(&events)?;
     let count = events.len();
     let appended = state.store.append(events).await?;
     let stored = appended
@@ -144,7 +151,7 @@ pub async fn query(
     Query(params): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let query = EventQuery {
         topic: params.topic,

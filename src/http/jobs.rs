@@ -21,6 +21,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::events::PublishOut;
 use crate::ingest::brightcove::{self, NOTIFICATION};
+use crate::model::Scope;
 use crate::model::{
     Destination, EventFilter, Format, Millis, NewSubscription, Subscription, SubscriptionKind,
     now_millis,
@@ -105,7 +106,7 @@ pub async fn register(
     Path((account, job)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CallbacksOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Manage, &account)?;
     check_job(&job)?;
     let urls = parse_callbacks(&body)?;
     for (index, url) in urls.iter().enumerate() {
@@ -299,7 +300,7 @@ pub async fn list(
     caller: Caller,
     Path((account, job)): Path<(String, String)>,
 ) -> Result<Json<CallbacksOut>, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     check_job(&job)?;
     let callbacks = state
         .store
@@ -335,10 +336,10 @@ pub async fn publish(
     Path((account, job)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Publish, &account)?;
     check_job(&job)?;
     let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
-    let published = super::events::append(&state, events).await?;
+    let published = super::events::append(&state, &caller, events).await?;
     Ok((StatusCode::ACCEPTED, Json(published)))
 }
 

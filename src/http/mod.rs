@@ -7,6 +7,7 @@ pub mod entities;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod keys;
 pub mod resync;
 pub mod subscriptions;
 pub mod token_verification;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(resync::router())
         .merge(jobs::router())
         .merge(entities::router())
+        .merge(keys::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -19,6 +19,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
+use crate::model::Scope;
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
     SubscriptionKind, now_millis,
@@ -190,7 +191,7 @@ pub async fn create(
     Path(account): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Manage, &account)?;
     let Creation {
         destination,
         filter,
@@ -594,7 +595,7 @@ pub async fn list(
     caller: Caller,
     Path(account): Path<String>,
 ) -> Result<Json<Vec<SubscriptionOut>>, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     let subscriptions = state.store.db().list_subscriptions(&account).await?;
     Ok(Json(
         subscriptions
@@ -604,14 +605,16 @@ pub async fn list(
     ))
 }
 
-/// The account's subscription `id`, if the caller may see that account; else `404`.
+/// The account's subscription `id`, if the caller may do `scope` in that account; else
+/// `403` or `404`.
 pub(super) async fn find(
     state: &AppState,
     caller: &Caller,
+    scope: Scope,
     account: &str,
     id: &str,
 ) -> Result<Subscription, ApiError> {
-    caller.check_account(account)?;
+    caller.require(scope, account)?;
     state
         .store
         .db()
@@ -631,7 +634,7 @@ pub async fn get_one(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionOut>, ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Read, &account, &id).await?;
     let run = state.store.db().latest_resync_run(&id).await?;
     Ok(Json(
         SubscriptionOut::new(subscription, None).with_resync(run),
@@ -650,7 +653,7 @@ pub async fn delete(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Manage, &account)?;
     // Deleted in the account first: an id of another account must not stop its worker.
     if !state.store.db().delete_subscription(&account, &id).await? {
         return Err(ApiError::NotFound(format!(
@@ -675,7 +678,7 @@ pub async fn update(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    find(&state, &caller, &account, &id).await?;
+    find(&state, &caller, Scope::Manage, &account, &id).await?;
     Err(ApiError::MethodNotAllowed {
         code: "update_not_supported",
         message: format!(
@@ -698,7 +701,7 @@ pub async fn enable(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionOut>, ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
     if subscription.disabled.is_some() {
         // The worker's last progress (with the disabling) must land before we clear it.
         state.store.flush().await?;
@@ -707,7 +710,7 @@ pub async fn enable(
             .db()
             .enable_subscription(&id, now_millis())
             .await?;
-        let subscription = find(&state, &caller, &account, &id).await?;
+        let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
         state
             .dispatcher
             .add(subscription)
@@ -716,7 +719,7 @@ pub async fn enable(
         tracing::info!(subscription = %id, %account, "subscription enabled");
     }
     Ok(Json(SubscriptionOut::new(
-        find(&state, &caller, &account, &id).await?,
+        find(&state, &caller, Scope::Manage, &account, &id).await?,
         None,
     )))
 }
@@ -831,7 +834,7 @@ pub async fn deliveries(
     Path((account, id)): Path<(String, String)>,
     Query(params): Query<DeliveriesQuery>,
 ) -> Result<Json<DeliveriesOut>, ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Read, &account, &id).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let attempts = state
         .store
@@ -884,7 +887,7 @@ pub async fn replay(
     Path((account, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ReplayOut>), ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
     let request: ReplayIn = serde_json::from_slice(&body).map_err(|error| {
         ApiError::unprocessable(
             "invalid_replay",

@@ -11,15 +11,17 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
-    AttemptRow, DueRetryRow, EntityRow, EventRow, LiveEntityCountRow, ResyncRunRow, RetryRow,
-    SubscriptionRow, TokenVerificationRow, resync_from_key, resync_key, resync_position, to_json,
+    AttemptRow, DueRetryRow, EntityRow, EventRow, KeyRow, LiveEntityCountRow, ResyncRunRow,
+    RetryRow, SubscriptionRow, TokenVerificationRow, key_list, resync_from_key, resync_key,
+    resync_position, to_json,
 };
 use super::{
-    DueRetry, EntityState, EventQuery, KeyOwner, LiveEntityCount, Result, ResyncProgress,
-    ResyncRun, RetryEntry, StoreOptions, StoredAttempt, postgres, sqlite,
+    DueRetry, EntityState, EventQuery, LiveEntityCount, Result, ResyncProgress, ResyncRun,
+    RetryEntry, StoreOptions, StoredAttempt, postgres, sqlite,
 };
 use crate::model::{
-    Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
+    ApiKey, KeyOwner, Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind,
+    TokenVerification,
 };
 
 /// A connection pool to one of the two backends.
@@ -59,6 +61,17 @@ macro_rules! entities_with_events {
             "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, ",
             "e.entity_key, e.occurred_at, e.received_at, e.body ",
             "FROM entities n JOIN events e ON e.seq = n.seq WHERE ",
+            $condition
+        )
+    };
+}
+
+/// The API keys that match `$condition` (the columns of [`KeyRow`]).
+macro_rules! keys_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, account, name, scopes, events, topics, prefix, created_at, ",
+            "last_used_at, expires_at FROM api_keys WHERE ",
             $condition
         )
     };
@@ -691,41 +704,106 @@ impl Database {
         Ok(rows.into_iter().map(RetryEntry::from).collect())
     }
 
-    pub async fn insert_key(
-        &self,
-        hash: &str,
-        owner: &KeyOwner,
-        prefix: &str,
-        now: Millis,
-    ) -> Result<()> {
-        let account = match owner {
+    /// Stores a key by its hash.
+    pub async fn insert_key(&self, hash: &str, key: &ApiKey) -> Result<()> {
+        let account = match &key.owner {
             KeyOwner::Admin => None,
             KeyOwner::Account(account) => Some(account.as_str()),
         };
+        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.as_str()).collect();
         on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO api_keys (hash, account, prefix, created_at) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO api_keys (hash, id, account, name, scopes, events, topics, prefix, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         )
         .bind(hash)
+        .bind(&key.id)
         .bind(account)
-        .bind(prefix)
-        .bind(now)
+        .bind(&key.name)
+        .bind(to_json(&scopes))
+        .bind(key_list(&key.events))
+        .bind(key_list(&key.topics))
+        .bind(&key.prefix)
+        .bind(key.created_at)
+        .bind(key.expires_at)
         .execute(pool)
         .await?
         .rows_affected());
         Ok(())
     }
 
-    pub async fn find_key(&self, hash: &str) -> Result<Option<KeyOwner>> {
-        let account: Option<Option<String>> = on_pool!(self, |pool| sqlx::query_scalar(
-            "SELECT account FROM api_keys WHERE hash = $1"
-        )
-        .bind(hash)
-        .fetch_optional(pool)
+    /// The key whose hash this is (expired or not).
+    pub async fn find_key(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let row: Option<KeyRow> = on_pool!(self, |pool| sqlx::query_as(keys_where!("hash = $1"))
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?);
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    /// An account's keys, oldest first.
+    pub async fn list_keys(&self, account: &str) -> Result<Vec<ApiKey>> {
+        let rows: Vec<KeyRow> = on_pool!(self, |pool| sqlx::query_as(keys_where!(
+            "account = $1 ORDER BY created_at, id"
+        ))
+        .bind(account)
+        .fetch_all(pool)
         .await?);
-        Ok(account.map(|account| match account {
-            None => KeyOwner::Admin,
-            Some(account) => KeyOwner::Account(account),
-        }))
+        rows.into_iter().map(ApiKey::try_from).collect()
+    }
+
+    /// Revokes (deletes) an account's key; returns its hash, or `None` if the account
+    /// has no such key.
+    pub async fn delete_key(&self, account: &str, id: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(
+            "DELETE FROM api_keys WHERE account = $1 AND id = $2 RETURNING hash"
+        )
+        .bind(account)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Records that a key was used at `at` (called at most about once a minute a key).
+    pub async fn key_used(&self, hash: &str, at: Millis) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE hash = $2"
+        )
+        .bind(at)
+        .bind(hash)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Admin token rotation: the stored admin tokens stop working at `until` (those
+    /// that end sooner keep their end), and `hash` becomes a new one, in one transaction.
+    pub async fn rotate_admin_key(&self, hash: &str, key: &ApiKey, until: Millis) -> Result<()> {
+        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.as_str()).collect();
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE api_keys SET expires_at = $1 WHERE account IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $1)",
+            )
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO api_keys (hash, id, account, name, scopes, prefix, created_at) \
+                 VALUES ($1, $2, NULL, $3, $4, $5, $6)",
+            )
+            .bind(hash)
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(to_json(&scopes))
+            .bind(&key.prefix)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     pub async fn has_admin_key(&self) -> Result<bool> {

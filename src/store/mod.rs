@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Durability;
+pub use crate::model::KeyOwner;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
 pub use database::{Backend, Database};
@@ -240,13 +241,6 @@ pub struct EntityState {
     pub id: String,
     pub deleted: bool,
     pub event: StoredEvent,
-}
-
-/// What the auth layer finds for a token hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyOwner {
-    Admin,
-    Account(String),
 }
 
 /// How to open the store.

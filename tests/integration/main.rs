@@ -12,6 +12,7 @@ mod delivery;
 mod delivery_formats;
 mod durability;
 mod entities;
+mod keys;
 mod postgres_outage;
 mod publish;
 mod resync;

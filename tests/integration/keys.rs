@@ -1,0 +1,566 @@
+//! Account keys with a lifecycle (scopes, limits on what they publish, expiry,
+//! revocation on every node), the admin token's rotation, signing secret rotation,
+//! ed25519 signatures, and secrets encrypted at rest.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::app::{TestApp, eventually, scratch_database};
+use crate::publish::asset_event;
+
+/// Creates a key in `account` with the creation body `body`; returns the whole answer.
+async fn create_key(app: &TestApp, account: &str, body: Value) -> Value {
+    let (status, created) = app
+        .post(&format!("/v1/accounts/{account}/keys"), &body.to_string())
+        .await;
+    assert_eq!(status, 201, "key refused: {created}");
+    created
+}
+
+fn key_of(created: &Value) -> String {
+    created["key"].as_str().expect("key").to_owned()
+}
+
+/// The error code of an answer.
+fn code(answer: &Value) -> Option<&str> {
+    answer["error"]["code"].as_str()
+}
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let body = body.map(Value::to_string);
+    app.request(method, path, Some(key), body.as_deref()).await
+}
+
+/// A seed 002 "video started" CloudEvent (topic app-playback).
+fn video_started(id: &str) -> Value {
+    json!({"specversion": "1.0", "type": "com.applicaster.video.started.v1",
+           "source": "zapp://tests", "id": id, "time": "2024-06-07T14:27:16.035Z",
+           "datacontenttype": "application/json", "data": {"videoId": "v-1"}})
+}
+
+async fn post_cloudevent(app: &TestApp, key: &str, event: &Value) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}/v1/accounts/vimond/cloudevents", app.url))
+        .bearer_auth(key)
+        .header(
+            "content-type",
+            if event.is_array() {
+                "application/cloudevents-batch+json"
+            } else {
+                "application/cloudevents+json"
+            },
+        )
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn a_publish_only_key_publishes_and_may_not_read_or_manage() {
+    let app = TestApp::start().await;
+    let created = create_key(
+        &app,
+        "vimond",
+        json!({"name": "ingest", "scopes": ["publish"]}),
+    )
+    .await;
+    assert_eq!(created["scopes"], json!(["publish"]));
+    assert_eq!(created["account"], "vimond");
+    assert!(created["id"].as_str().unwrap().starts_with("key_"));
+    let publisher = key_of(&created);
+
+    let event = asset_event("asset-updated", "p-1");
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/accounts/vimond/events",
+        &publisher,
+        Some(&event),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = post_cloudevent(&app, &publisher, &video_started("ce-1")).await;
+    assert_eq!(status, 201, "{answer}");
+
+    // Reading the log, listing subscriptions: the read scope.
+    for path in [
+        "/v1/accounts/vimond/events",
+        "/v1/accounts/vimond/subscriptions",
+    ] {
+        let (status, answer) = call(&app, Method::GET, path, &publisher, None).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (403, Some("missing_scope_read")),
+            "{path}: {answer}"
+        );
+        assert!(answer.get("events").is_none());
+    }
+    // Creating a subscription, replaying: the manage scope.
+    let (id, _) = app
+        .subscribe(
+            "vimond",
+            json!({"endpoint": "http://127.0.0.1:9/h", "events": ["asset-updated"]}),
+        )
+        .await;
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/accounts/vimond/subscriptions/{id}/replay"),
+        &publisher,
+        Some(&json!({"fromSequence": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, Some("missing_scope_manage")),
+        "{answer}"
+    );
+    let subscription = json!({"endpoint": "http://127.0.0.1:9/x", "events": ["asset-created"]});
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/accounts/vimond/subscriptions",
+        &publisher,
+        Some(&subscription),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, Some("missing_scope_manage")),
+        "{answer}"
+    );
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/accounts/vimond/subscriptions/{id}"),
+        &publisher,
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        app.get(&format!("/v1/accounts/vimond/subscriptions/{id}"))
+            .await
+            .0,
+        200
+    );
+    // Only the subscription the admin made exists.
+    let (_, list) = app.get("/v1/accounts/vimond/subscriptions").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+
+    // A read-only key reads, and may not publish.
+    let reader = key_of(&create_key(&app, "vimond", json!({"scopes": ["read"]})).await);
+    let (status, page) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/vimond/events",
+        &reader,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    // The two published, and the video-change that follows the asset update.
+    let published = app.stored_events("vimond").await.len();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(published));
+    assert!(published >= 2);
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/accounts/vimond/events",
+        &reader,
+        Some(&asset_event("asset-updated", "p-2")),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, Some("missing_scope_publish")),
+        "{answer}"
+    );
+    assert_eq!(app.stored_events("vimond").await.len(), published);
+
+    // A key made without scopes has all three, as keys always had.
+    let full = create_key(&app, "vimond", json!({})).await;
+    assert_eq!(full["scopes"], json!(["publish", "read", "manage"]));
+
+    // Bad creations: a clear 422 and no key.
+    for (body, field) in [
+        (json!({"scopes": ["admin"]}), None),
+        (json!({"scopes": []}), Some("scopes")),
+        (json!({"events": ["no-such-event"]}), Some("events")),
+        (json!({"topics": ["no-such-topic"]}), Some("topics")),
+        (json!({"expiresAt": "yesterday"}), Some("expiresAt")),
+        (
+            json!({"expiresAt": "2001-01-01T00:00:00Z"}),
+            Some("expiresAt"),
+        ),
+        (json!({"scope": ["read"]}), None),
+    ] {
+        let (status, answer) = app
+            .post("/v1/accounts/vimond/keys", &body.to_string())
+            .await;
+        assert_eq!(
+            (status, code(&answer)),
+            (422, Some("invalid_key")),
+            "{body}: {answer}"
+        );
+        assert_eq!(answer["error"]["field"].as_str(), field, "{body}: {answer}");
+    }
+    let (_, listed) = app.get("/v1/accounts/vimond/keys").await;
+    assert_eq!(listed["keys"].as_array().map(Vec::len), Some(3), "{listed}");
+}
+
+#[tokio::test]
+async fn a_key_limited_to_app_playback_cannot_publish_asset_events() {
+    let app = TestApp::start().await;
+    let key = key_of(
+        &create_key(
+            &app,
+            "vimond",
+            json!({"scopes": ["publish"], "topics": ["app-playback"]}),
+        )
+        .await,
+    );
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/accounts/vimond/events",
+        &key,
+        Some(&asset_event("asset-created", "l-1")),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, Some("event_not_allowed")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("asset-created"),
+        "{answer}"
+    );
+    // A batch with one such event stores nothing, and says which.
+    let batch = json!([video_started("ok-1"), video_started("ok-2")]);
+    let (status, answer) = post_cloudevent(&app, &key, &batch).await;
+    assert_eq!(status, 201, "a batch of playback events: {answer}");
+    let mut favorite = video_started("fav-1");
+    favorite["type"] = json!("com.applicaster.favorites.added.v1");
+    favorite["data"] = json!({"entryId": "e-1"});
+    let (status, answer) =
+        post_cloudevent(&app, &key, &json!([video_started("ok-3"), favorite])).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, Some("event_not_allowed")),
+        "{answer}"
+    );
+    assert_eq!(answer["error"]["index"], 1, "{answer}");
+    let stored = app.stored_events("vimond").await;
+    assert_eq!(stored.len(), 2, "only the allowed batch is stored");
+    assert!(stored.iter().all(|e| e["topic"] == "app-playback"));
+
+    // Limited to one event name.
+    let one = key_of(&create_key(&app, "vimond", json!({"events": ["asset-updated"]})).await);
+    assert_eq!(
+        call(
+            &app,
+            Method::POST,
+            "/v1/accounts/vimond/events",
+            &one,
+            Some(&asset_event("asset-updated", "l-2"))
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        call(
+            &app,
+            Method::POST,
+            "/v1/accounts/vimond/events",
+            &one,
+            Some(&asset_event("asset-deleted", "l-3"))
+        )
+        .await
+        .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused() {
+    let app = TestApp::start().await;
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let created = create_key(&app, "vimond", json!({"expiresAt": expires.to_rfc3339()})).await;
+    assert_eq!(created["expiresAt"], expires.timestamp_millis());
+    let key = key_of(&created);
+    // Works until it expires (the request may be slow on a busy machine: only the
+    // answers before the expiry must be 200), then 401 for good.
+    let path = "/v1/accounts/vimond/events";
+    loop {
+        let asked = chrono::Utc::now();
+        let (status, answer) = call(&app, Method::GET, path, &key, None).await;
+        if asked < expires - chrono::Duration::milliseconds(100) {
+            assert_eq!(status, 200, "{answer}");
+        } else if status == 401 {
+            break;
+        }
+        assert!(
+            chrono::Utc::now() < expires + chrono::Duration::seconds(5),
+            "still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = call(&app, Method::GET, path, &key, None).await;
+    assert_eq!((status, code(&answer)), (401, Some("unauthorized")));
+}
+
+#[tokio::test]
+async fn keys_are_listed_without_the_key_and_revoked_at_once() {
+    let app = TestApp::start().await;
+    let created = create_key(
+        &app,
+        "vimond",
+        json!({"name": "zapp-ios", "scopes": ["publish", "read"], "topics": ["app-playback"]}),
+    )
+    .await;
+    let key = key_of(&created);
+    let id = created["id"].as_str().unwrap().to_owned();
+    create_key(&app, "other", json!({})).await;
+    assert_eq!(
+        call(&app, Method::GET, "/v1/accounts/vimond/events", &key, None)
+            .await
+            .0,
+        200
+    );
+
+    let (status, listed) = app.get("/v1/accounts/vimond/keys").await;
+    assert_eq!(status, 200);
+    let keys = listed["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "only this account's keys: {listed}");
+    let shown = &keys[0];
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["name"], "zapp-ios");
+    assert_eq!(shown["scopes"], json!(["publish", "read"]));
+    assert_eq!(shown["topics"], json!(["app-playback"]));
+    assert!(key.starts_with(shown["prefix"].as_str().unwrap()));
+    assert!(shown["createdAt"].is_i64() && shown.get("expiresAt").is_some());
+    assert!(shown.get("key").is_none());
+    let text = listed.to_string();
+    assert!(!text.contains(&key), "the listing shows the key");
+    assert!(
+        !text.contains(&key[10..20]),
+        "the listing shows part of the key past its prefix"
+    );
+    // Its use is noted (once a minute at most, in the background).
+    eventually(Duration::from_secs(10), "lastUsedAt", || async {
+        let (_, listed) = app.get("/v1/accounts/vimond/keys").await;
+        listed["keys"][0]["lastUsedAt"].as_i64()
+    })
+    .await;
+    // A key (not the admin) may not list, make or revoke keys.
+    assert_eq!(
+        call(&app, Method::GET, "/v1/accounts/vimond/keys", &key, None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &app,
+            Method::DELETE,
+            &format!("/v1/accounts/vimond/keys/{id}"),
+            &key,
+            None
+        )
+        .await
+        .0,
+        403
+    );
+
+    // Revoked: 401 from the next request on.
+    assert_eq!(
+        app.delete(&format!("/v1/accounts/other/keys/{id}")).await.0,
+        404,
+        "another account's id"
+    );
+    assert_eq!(
+        app.delete(&format!("/v1/accounts/vimond/keys/{id}"))
+            .await
+            .0,
+        204
+    );
+    let (status, answer) = call(&app, Method::GET, "/v1/accounts/vimond/events", &key, None).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (401, Some("unauthorized")),
+        "{answer}"
+    );
+    assert_eq!(
+        app.delete(&format!("/v1/accounts/vimond/keys/{id}"))
+            .await
+            .0,
+        404
+    );
+    let (_, listed) = app.get("/v1/accounts/vimond/keys").await;
+    assert_eq!(listed["keys"], json!([]));
+
+    // Nothing in the database gives the key away.
+    let bytes = app.data_bytes().await;
+    let stored = String::from_utf8_lossy(&bytes);
+    assert!(!stored.contains(&key));
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_on_another_node_within_a_second() {
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let database = scratch_database(first_dir.path()).await;
+    if !database.starts_with("postgres") {
+        eprintln!("two nodes need PostgreSQL: this test runs in the PostgreSQL pass");
+        return;
+    }
+    let a = TestApp::start_on(database.clone(), &[], first_dir).await;
+    let b = TestApp::start_on(database, &[], tempfile::tempdir().expect("temp dir")).await;
+    let created = create_key(&a, "vimond", json!({"scopes": ["read"]})).await;
+    let key = key_of(&created);
+    let id = created["id"].as_str().unwrap();
+    let path = "/v1/accounts/vimond/events";
+    // Known (cached) on both nodes.
+    assert_eq!(call(&a, Method::GET, path, &key, None).await.0, 200);
+    assert_eq!(call(&b, Method::GET, path, &key, None).await.0, 200);
+
+    assert_eq!(
+        a.delete(&format!("/v1/accounts/vimond/keys/{id}")).await.0,
+        204
+    );
+    let revoked = Instant::now();
+    assert_eq!(call(&a, Method::GET, path, &key, None).await.0, 401);
+    eventually(
+        Duration::from_secs(5),
+        "the other node refuses the key",
+        || async { (call(&b, Method::GET, path, &key, None).await.0 == 401).then_some(()) },
+    )
+    .await;
+    // The cache entry lives a second at most (and the request takes some time).
+    assert!(
+        revoked.elapsed() < Duration::from_millis(1900),
+        "took {:?}",
+        revoked.elapsed()
+    );
+    // Once refused, refused for good.
+    for _ in 0..5 {
+        assert_eq!(call(&b, Method::GET, path, &key, None).await.0, 401);
+    }
+}
+
+#[tokio::test]
+async fn the_admin_token_rotates_with_an_overlap() {
+    // The generated (stored) admin token, and a configured second one.
+    let app = TestApp::start_with(&[("REELAY_ADMIN_TOKEN_NEXT", "next-admin-token")]).await;
+    assert_eq!(
+        app.request(
+            Method::GET,
+            "/v1/accounts/vimond/keys",
+            Some("next-admin-token"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, rotated) = app
+        .post(
+            "/v1/admin/token/rotate",
+            &json!({"overlapSeconds": 2}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    let first = rotated["token"].as_str().unwrap().to_owned();
+    assert!(first.starts_with("rl_admin_"));
+    assert_eq!(
+        app.request(Method::GET, "/v1/accounts/vimond/keys", Some(&first), None)
+            .await
+            .0,
+        200
+    );
+    // Rotated again with the token it gave: the first keeps working for the overlap,
+    // then only the second.
+    let (status, rotated) = app
+        .request(
+            Method::POST,
+            "/v1/admin/token/rotate",
+            Some(&first),
+            Some(&json!({"overlapSeconds": 1}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    let second = rotated["token"].as_str().unwrap().to_owned();
+    let until = rotated["previousValidUntil"].as_i64().unwrap();
+    let keys = "/v1/accounts/vimond/keys";
+    if chrono::Utc::now().timestamp_millis() < until - 200 {
+        assert_eq!(
+            app.request(Method::GET, keys, Some(&first), None).await.0,
+            200
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the old admin token ends",
+        || async {
+            (app.request(Method::GET, keys, Some(&first), None).await.0 == 401).then_some(())
+        },
+    )
+    .await;
+    assert!(chrono::Utc::now().timestamp_millis() >= until);
+    assert_eq!(
+        app.request(Method::GET, keys, Some(&second), None).await.0,
+        200
+    );
+    // A key may not rotate the admin token.
+    let key = key_of(&create_key(&app, "vimond", json!({})).await);
+    assert_eq!(
+        app.request(Method::POST, "/v1/admin/token/rotate", Some(&key), None)
+            .await
+            .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn unknown_tokens_are_refused_cheaply() {
+    let app = TestApp::start().await;
+    // A token shaped like a key that is none, asked many times: refused every time
+    // (from the negative cache after the first), and a real key made afterwards works.
+    let fake = format!("rl_{}", "A".repeat(32));
+    for _ in 0..20 {
+        assert_eq!(
+            call(&app, Method::GET, "/v1/accounts/vimond/events", &fake, None)
+                .await
+                .0,
+            401
+        );
+    }
+    let key = key_of(&create_key(&app, "vimond", json!({})).await);
+    assert_eq!(
+        call(&app, Method::GET, "/v1/accounts/vimond/events", &key, None)
+            .await
+            .0,
+        200
+    );
+}
