@@ -13,3 +13,10 @@ ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
 UPDATE api_keys SET id = 'key_' || substr(hash, 1, 16);
 CREATE UNIQUE INDEX api_keys_by_id ON api_keys (id);
 CREATE INDEX api_keys_by_account ON api_keys (account, created_at);
+
+-- Signing secrets with a lifecycle: a subscription signed with ed25519 keeps its public
+-- key (whpk_…) beside its secret key (in `secret`); during a rotation's overlap the
+-- previous secret signs too, until previous_until.
+ALTER TABLE subscriptions ADD COLUMN public_key TEXT;
+ALTER TABLE subscriptions ADD COLUMN previous_secret TEXT;
+ALTER TABLE subscriptions ADD COLUMN previous_until INTEGER;

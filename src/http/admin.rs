@@ -44,7 +44,7 @@ pub async fn catalog(State(state): State<AppState>, _caller: Caller) -> Json<Arc
     info(title = "Reelay", description = "Event stream and webhook notifications for video platforms"),
     paths(
         healthz, metrics, catalog, super::keys::create_key, super::keys::list_keys,
-        super::keys::revoke_key, super::keys::rotate_admin_token,
+        super::keys::revoke_key, super::keys::rotate_admin_token, super::signing::rotate,
         super::events::publish, super::events::query,
         super::cloudevents::receive, super::token_verification::put_settings,
         super::token_verification::get_settings, super::token_verification::delete_settings,

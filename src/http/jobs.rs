@@ -159,6 +159,7 @@ pub async fn register(
             },
             format: Format::Native,
             secret: generate_secret(),
+            public_key: None,
         };
         // Notifications published from now on. Checked again in the insert's transaction:
         // a concurrent request (to any node) may have registered the URL meanwhile.

@@ -9,6 +9,7 @@ pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod resync;
+pub mod signing;
 pub mod subscriptions;
 pub mod token_verification;
 
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(entities::router())
         .merge(keys::router())
+        .merge(signing::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

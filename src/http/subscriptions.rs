@@ -25,7 +25,7 @@ use crate::model::{
     SubscriptionKind, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
-use crate::sinks::webhook::{check_destination, generate_secret, parse_url};
+use crate::sinks::webhook::{check_destination, generate_ed25519, generate_secret, parse_url};
 use crate::store::{ResyncRun, RetryEntry, StoredAttempt};
 
 /// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
@@ -58,6 +58,10 @@ pub struct SubscriptionIn {
     /// accepts, marked `"resyncType": "full"`, then incremental events (see
     /// `POST …/subscriptions/{id}/resync`). Default false.
     pub resync: Option<bool>,
+    /// How deliveries are signed: `hmac` (default: Standard Webhooks `v1`, with the
+    /// `whsec_` secret of the answer) or `ed25519` (`v1a`, verified with the `publicKey`
+    /// of the answer; the secret key is never shown).
+    pub signature: Option<String>,
     /// With `resync`: the entity types to send (default all).
     #[serde(rename = "resyncTypes")]
     pub resync_types: Option<Vec<String>>,
@@ -73,6 +77,8 @@ struct Creation {
     check_destination: bool,
     /// The entity types of a resync to start with, if one was asked for.
     resync: Option<Vec<String>>,
+    /// Signed with ed25519 (`"signature": "ed25519"`) rather than HMAC.
+    ed25519: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -96,6 +102,9 @@ pub struct SubscriptionOut {
     /// The signing secret; only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// With ed25519 signatures: the public key to verify them with (`whpk_…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     pub created_at: i64,
     /// `enabled` or `disabled`.
     pub status: String,
@@ -152,6 +161,7 @@ impl SubscriptionOut {
             topics: subscription.filter.topics,
             format: subscription.format,
             secret,
+            public_key: subscription.public_key,
             created_at: subscription.created_at,
             status: if disabled_reason.is_some() {
                 "disabled"
@@ -199,6 +209,7 @@ pub async fn create(
         validation_handshake,
         check_destination: check,
         resync,
+        ed25519,
     } = parse_request(&state, &body)?;
     match &destination {
         Destination::Webhook { url } => check_destination(url, state.allow_private_destinations)
@@ -224,6 +235,13 @@ pub async fn create(
         ask_consent(&state, &account, &destination).await?;
     }
 
+    let (secret, public_key) = match ed25519 {
+        true => {
+            let (secret, public_key) = generate_ed25519();
+            (secret, Some(public_key))
+        }
+        false => (generate_secret(), None),
+    };
     let new = NewSubscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
         account: account.clone(),
@@ -231,7 +249,8 @@ pub async fn create(
         destination,
         filter,
         format,
-        secret: generate_secret(),
+        secret,
+        public_key,
     };
     // A new subscription receives what is published from now on. The duplicate and
     // limit checks run in the insert's transaction, so concurrent requests (to any
@@ -269,7 +288,8 @@ pub async fn create(
     };
     Ok((
         StatusCode::CREATED,
-        Json(SubscriptionOut::new(subscription, Some(new.secret)).with_resync(run)),
+        // An ed25519 secret key is never shown: receivers verify with the public key.
+        Json(SubscriptionOut::new(subscription, (!ed25519).then_some(new.secret)).with_resync(run)),
     ))
 }
 
@@ -432,6 +452,18 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             ));
         }
     };
+    let ed25519 = match object.get("signature") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(scheme)) if scheme == "hmac" => false,
+        Some(Value::String(scheme)) if scheme == "ed25519" => true,
+        Some(_) => {
+            return Err(field_error(
+                "invalid_signature",
+                "signature",
+                "signature must be \"hmac\" or \"ed25519\"",
+            ));
+        }
+    };
     let validation_handshake = match object.get("validationHandshake") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(asked)) => *asked,
@@ -502,6 +534,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         validation_handshake,
         check_destination,
         resync,
+        ed25519,
     })
 }
 

@@ -9,8 +9,8 @@ mod token_verification;
 pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
 pub use key::{ApiKey, KeyOwner, Scope};
 pub use subscription::{
-    AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
-    SubscriptionKind,
+    AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, PreviousSecret,
+    Subscription, SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
 

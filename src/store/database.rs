@@ -413,8 +413,8 @@ impl Database {
             }
             sqlx::query(
                 "INSERT INTO subscriptions (id, account, destination, events, topics, format, \
-                 secret, created_at, cursor, job_id, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 secret, created_at, cursor, job_id, expires_at, public_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&subscription.id)
             .bind(&subscription.account)
@@ -427,6 +427,7 @@ impl Database {
             .bind(cursor)
             .bind(job_id)
             .bind(expires_at)
+            .bind(&subscription.public_key)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -524,6 +525,17 @@ impl Database {
         .await?))
     }
 
+    /// A subscription by id alone, for dispatch (the API always names the account).
+    pub async fn subscription_by_id(&self, id: &str) -> Result<Option<Subscription>> {
+        let row: Option<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        row.map(Subscription::try_from).transpose()
+    }
+
     pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
         let row: Option<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT * FROM subscriptions WHERE account = $1 AND id = $2"
@@ -533,6 +545,32 @@ impl Database {
         .fetch_optional(pool)
         .await?);
         row.map(Subscription::try_from).transpose()
+    }
+
+    /// Replaces a subscription's signing secret (and public key, for ed25519): the
+    /// current one becomes the previous one, signing too until `until`. Its retries and
+    /// dead letters stay. False if the account has no such subscription.
+    pub async fn rotate_secret(
+        &self,
+        account: &str,
+        id: &str,
+        secret: &str,
+        public_key: Option<&str>,
+        until: Millis,
+    ) -> Result<bool> {
+        let updated = on_pool!(self, |pool| sqlx::query(
+            "UPDATE subscriptions SET previous_secret = secret, previous_until = $1, \
+             secret = $2, public_key = $3 WHERE account = $4 AND id = $5"
+        )
+        .bind(until)
+        .bind(secret)
+        .bind(public_key)
+        .bind(account)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(updated > 0)
     }
 
     /// Deletes a subscription with its retry set and attempt records.

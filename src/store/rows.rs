@@ -9,8 +9,8 @@ use super::{
     RetryEntry, StoreError, StoredAttempt,
 };
 use crate::model::{
-    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, Scope, StoredEvent,
-    Subscription, SubscriptionKind, TokenVerification,
+    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, PreviousSecret, Scope,
+    StoredEvent, Subscription, SubscriptionKind, TokenVerification,
 };
 
 #[derive(FromRow)]
@@ -51,6 +51,9 @@ pub(super) struct SubscriptionRow {
     topics: String,
     format: String,
     secret: String,
+    public_key: Option<String>,
+    previous_secret: Option<String>,
+    previous_until: Option<i64>,
     created_at: i64,
     cursor: i64,
     disabled_code: Option<String>,
@@ -91,6 +94,11 @@ impl TryFrom<SubscriptionRow> for Subscription {
             filter: EventFilter { events, topics },
             format,
             secret: row.secret,
+            public_key: row.public_key,
+            previous_secret: match (row.previous_secret, row.previous_until) {
+                (Some(secret), Some(until)) => Some(PreviousSecret { secret, until }),
+                _ => None,
+            },
             created_at: row.created_at,
             cursor: row.cursor,
             disabled,

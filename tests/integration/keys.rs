@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::app::{TestApp, eventually, scratch_database};
 use crate::publish::asset_event;
+use crate::support::receiver::{Delivery, Receiver, Response};
 
 /// Creates a key in `account` with the creation body `body`; returns the whole answer.
 async fn create_key(app: &TestApp, account: &str, body: Value) -> Value {
@@ -563,4 +564,269 @@ async fn unknown_tokens_are_refused_cheaply() {
             .0,
         200
     );
+}
+
+/// Waits until `path` has received `count` deliveries; returns them all.
+async fn deliveries(receiver: &Receiver, path: &str, count: usize) -> Vec<Delivery> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{count} deliveries to {path}"),
+        || async {
+            let got = receiver.deliveries(path).await;
+            (got.len() >= count).then_some(got)
+        },
+    )
+    .await
+}
+
+fn signatures(delivery: &Delivery) -> Vec<String> {
+    delivery
+        .webhook_signature
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn during_a_rotation_both_secrets_verify_and_after_it_only_the_new_one() {
+    // Retries 2 s apart: the first attempt fails before the rotation, its retry comes
+    // after it.
+    let app = TestApp::start_with(&[("REELAY_RETRY_SCHEDULE", "2s,2s")]).await;
+    let receiver = Receiver::start().await;
+    let path = "/rotating";
+    let (id, old) = app
+        .subscribe_receiver(
+            &receiver,
+            path,
+            json!({"events": ["asset-updated"]}),
+            &[Response::status(500), Response::status(200)],
+        )
+        .await;
+    let publish = |guid: &'static str| {
+        let app = &app;
+        async move {
+            let (status, answer) = app
+                .post(
+                    "/v1/accounts/vimond/events",
+                    &asset_event("asset-updated", guid).to_string(),
+                )
+                .await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    };
+    publish("r-1").await;
+    let first = deliveries(&receiver, path, 1).await;
+    assert_eq!(first[0].status, Some(500));
+    assert_eq!(signatures(&first[0]).len(), 1);
+
+    // A key without the manage scope may not rotate.
+    let reader = key_of(&create_key(&app, "vimond", json!({"scopes": ["read", "publish"]})).await);
+    let rotate_path = format!("/v1/accounts/vimond/subscriptions/{id}/rotate-secret");
+    let (status, answer) = call(&app, Method::POST, &rotate_path, &reader, None).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, Some("missing_scope_manage")),
+        "{answer}"
+    );
+    let (status, answer) = app
+        .post(&rotate_path, &json!({"overlapSeconds": -1}).to_string())
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (422, Some("invalid_rotation")),
+        "{answer}"
+    );
+
+    let (status, rotated) = app
+        .post(&rotate_path, &json!({"overlapSeconds": 8}).to_string())
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().expect("new secret").to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+    let until = rotated["previousValidUntil"].as_i64().unwrap();
+    receiver.verify_with(path, &[&old, &new], None).await;
+
+    // The retry scheduled before the rotation is delivered, and verifies with both.
+    let retried = deliveries(&receiver, path, 2).await;
+    assert_eq!(retried[1].webhook_id.as_deref(), Some("r-1"));
+    assert_eq!(retried[1].status, Some(200));
+    assert!(
+        chrono::Utc::now().timestamp_millis() < until,
+        "the retry came after the overlap"
+    );
+    assert_eq!(retried[1].verified_each, [true, true], "{:?}", retried[1]);
+    assert_eq!(signatures(&retried[1]).len(), 2);
+    // As does every delivery during the overlap.
+    publish("r-2").await;
+    let during = deliveries(&receiver, path, 3).await;
+    assert_eq!(during[2].verified_each, [true, true], "{:?}", during[2]);
+    let (_, subscription) = app
+        .get(&format!(
+            "/v1/accounts/vimond/subscriptions/{id}/deliveries"
+        ))
+        .await;
+    assert_eq!(subscription["retrying"], json!([]), "{subscription}");
+
+    // After it: only the new secret.
+    eventually(Duration::from_secs(20), "the overlap ends", || async {
+        (chrono::Utc::now().timestamp_millis() > until + 1000).then_some(())
+    })
+    .await;
+    publish("r-3").await;
+    let after = deliveries(&receiver, path, 4).await;
+    assert_eq!(after[3].webhook_id.as_deref(), Some("r-3"));
+    assert_eq!(after[3].verified_each, [false, true], "{:?}", after[3]);
+    assert_eq!(signatures(&after[3]).len(), 1);
+
+    // The subscription is the same one: its attempt records stayed.
+    let (_, log) = app
+        .get(&format!(
+            "/v1/accounts/vimond/subscriptions/{id}/deliveries"
+        ))
+        .await;
+    assert!(!log["attempts"].as_array().unwrap().is_empty(), "{log}");
+    let (status, shown) = app
+        .get(&format!("/v1/accounts/vimond/subscriptions/{id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(shown.get("secret").is_none(), "{shown}");
+}
+
+#[tokio::test]
+async fn job_callbacks_rotate_their_secret_too() {
+    let app = TestApp::start().await;
+    let (status, registered) = app
+        .post(
+            "/v1/accounts/vimond/jobs/job-1/callbacks",
+            &json!({"callbacks": ["http://127.0.0.1:9/cb"]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{registered}");
+    let callback = &registered["callbacks"][0];
+    let id = callback["id"].as_str().unwrap();
+    let (status, rotated) = app
+        .post(
+            &format!("/v1/accounts/vimond/subscriptions/{id}/rotate-secret"),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let secret = rotated["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_") && secret != callback["secret"].as_str().unwrap());
+    // The default overlap is a day.
+    let day =
+        rotated["previousValidUntil"].as_i64().unwrap() - chrono::Utc::now().timestamp_millis();
+    assert!((86_000_000..=86_400_000).contains(&day), "{day}");
+    assert_eq!(
+        app.post(
+            "/v1/accounts/vimond/subscriptions/sub_none/rotate-secret",
+            ""
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn ed25519_deliveries_verify_with_the_public_key_and_rotate() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let path = "/ed25519";
+    let (status, created) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"endpoint": receiver.url(path), "events": ["asset-updated"], "signature": "ed25519"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(
+        created.get("secret").is_none(),
+        "the secret key is never shown: {created}"
+    );
+    let public_key = created["publicKey"].as_str().expect("publicKey").to_owned();
+    assert!(public_key.starts_with("whpk_"));
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Every answer about the subscription shows the public key.
+    let (_, one) = app
+        .get(&format!("/v1/accounts/vimond/subscriptions/{id}"))
+        .await;
+    assert_eq!(one["publicKey"], public_key.as_str());
+    let (_, list) = app.get("/v1/accounts/vimond/subscriptions").await;
+    assert_eq!(list[0]["publicKey"], public_key.as_str());
+    receiver.verify_with(path, &[], Some(&public_key)).await;
+
+    let publish = |guid: &'static str| {
+        let app = &app;
+        async move {
+            let (status, answer) = app
+                .post(
+                    "/v1/accounts/vimond/events",
+                    &asset_event("asset-updated", guid).to_string(),
+                )
+                .await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    };
+    publish("ed-1").await;
+    let got = deliveries(&receiver, path, 1).await;
+    assert_eq!(signatures(&got[0]).len(), 1);
+    assert!(signatures(&got[0])[0].starts_with("v1a,"), "{:?}", got[0]);
+    assert_eq!(got[0].ed25519_verified, Some(true), "{:?}", got[0]);
+    assert_eq!(
+        got[0].ed25519_tampered_verified,
+        Some(false),
+        "a tampered body verified"
+    );
+
+    // Rotated: a new public key; during the overlap both keys sign.
+    let (status, rotated) = app
+        .post(
+            &format!("/v1/accounts/vimond/subscriptions/{id}/rotate-secret"),
+            &json!({"overlapSeconds": 600}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated.get("secret").is_none());
+    let new_key = rotated["publicKey"].as_str().unwrap().to_owned();
+    assert!(new_key.starts_with("whpk_") && new_key != public_key);
+    receiver.verify_with(path, &[], Some(&new_key)).await;
+    publish("ed-2").await;
+    let got = deliveries(&receiver, path, 2).await;
+    assert_eq!(signatures(&got[1]).len(), 2, "{:?}", got[1]);
+    assert!(signatures(&got[1]).iter().all(|s| s.starts_with("v1a,")));
+    assert_eq!(got[1].ed25519_verified, Some(true));
+    receiver.verify_with(path, &[], Some(&public_key)).await;
+    publish("ed-3").await;
+    let got = deliveries(&receiver, path, 3).await;
+    assert_eq!(
+        got[2].ed25519_verified,
+        Some(true),
+        "the old key during the overlap"
+    );
+    assert_eq!(got[2].ed25519_tampered_verified, Some(false));
+    let (_, one) = app
+        .get(&format!("/v1/accounts/vimond/subscriptions/{id}"))
+        .await;
+    assert_eq!(one["publicKey"], new_key.as_str());
+
+    // Another scheme: refused, nothing stored.
+    let (status, answer) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"endpoint": receiver.url("/x"), "events": ["asset-created"], "signature": "rsa"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (422, Some("invalid_signature")),
+        "{answer}"
+    );
+    assert_eq!(answer["error"]["field"], "signature");
+    let (_, list) = app.get("/v1/accounts/vimond/subscriptions").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
 }
