@@ -40,6 +40,18 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_ADMIN_TOKEN_NEXT", hide_env_values = true)]
     pub admin_token_next: Option<String>,
 
+    /// The key that encrypts the stored secrets (signing secrets and keys, HS256
+    /// user-token secrets, the pseudonym key): 32 bytes in base64 or hex. Every node
+    /// sharing a PostgreSQL database needs the same one.
+    #[arg(long, env = "REELAY_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// A file holding that key (generated there if the file does not exist). Without
+    /// either, the key is generated once and kept in `secret.key` (mode 0600) beside the
+    /// SQLite database, or in `./reelay-data/` with PostgreSQL.
+    #[arg(long, env = "REELAY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
+    pub secret_key_file: Option<PathBuf>,
+
     /// Allow webhook destinations on loopback, private and link-local addresses.
     #[arg(long, env = "REELAY_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_destinations: bool,

@@ -17,7 +17,7 @@ use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
-use crate::store::{Derivation, Store, StoreError, StoreOptions};
+use crate::store::{Derivation, SecretKey, Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -51,6 +51,11 @@ pub async fn run(
             durability: config.durability,
             node_id: config.node_id.clone(),
             max_connections: config.database_max_connections,
+            secret_key: match (&config.secret_key, &config.secret_key_file) {
+                (Some(key), _) => SecretKey::Given(key.clone()),
+                (None, Some(path)) => SecretKey::File(path.clone()),
+                (None, None) => SecretKey::BesideDatabase,
+            },
         },
         derivation,
         &store_tasks,

@@ -4,6 +4,7 @@
 //! nodes, the log's head) the method says so and has one branch per backend.
 //! Appends and delivery progress go through the log writer instead (`writer`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::QueryBuilder;
@@ -12,12 +13,12 @@ use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
     AttemptRow, DueRetryRow, EntityRow, EventRow, KeyRow, LiveEntityCountRow, ResyncRunRow,
-    RetryRow, SubscriptionRow, TokenVerificationRow, key_list, resync_from_key, resync_key,
-    resync_position, to_json,
+    RetryRow, SubscriptionRow, TokenVerificationRow, key_list, open_subscription, resync_from_key,
+    resync_key, resync_position, to_json,
 };
 use super::{
     DueRetry, EntityState, EventQuery, LiveEntityCount, Result, ResyncProgress, ResyncRun,
-    RetryEntry, StoreOptions, StoredAttempt, postgres, sqlite,
+    RetryEntry, Sealer, StoreError, StoreOptions, StoredAttempt, postgres, sqlite,
 };
 use crate::model::{
     ApiKey, KeyOwner, Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind,
@@ -77,6 +78,9 @@ macro_rules! keys_where {
     };
 }
 
+/// The server secret that tells whether the key is the one the secrets were sealed with.
+const KEY_CHECK: &str = "sealing_key_check";
+
 /// Which backend a database URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -101,6 +105,8 @@ pub struct Database {
     /// This process's name among the nodes sharing a PostgreSQL database (leases are
     /// held in its name). A SQLite database has one process: it owns all the work.
     node: String,
+    /// Encrypts the secrets it stores, decrypts those it reads.
+    sealer: Arc<Sealer>,
 }
 
 /// Bounds a query's `LIMIT` (PostgreSQL has no unsigned integers).
@@ -122,7 +128,125 @@ impl Database {
             Some(node) => node.clone(),
             None => format!("node_{}", uuid::Uuid::now_v7().simple()),
         };
-        Ok(Database { pool, node })
+        let dir = match Backend::of(url) {
+            Backend::Sqlite => sqlite::database_dir(url)?,
+            Backend::Postgres => None,
+        };
+        let sealer = Arc::new(Sealer::load(&options.secret_key, dir.as_deref())?);
+        let db = Database { pool, node, sealer };
+        if !matches!(options.secret_key, super::SecretKey::Unused) {
+            db.check_key().await?;
+            db.seal_plain_secrets().await?;
+        }
+        Ok(db)
+    }
+
+    /// Refuses to go on with a key other than the one the database's secrets were
+    /// sealed with (a node started without the others' `REELAY_SECRET_KEY`): it could
+    /// not sign anything. The first start records a value sealed with its key.
+    async fn check_key(&self) -> Result<()> {
+        let probe = self.sealer.seal(KEY_CHECK);
+        let stored: String = on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(KEY_CHECK)
+            .bind(&probe)
+            .bind(crate::model::now_millis())
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(KEY_CHECK)
+                .fetch_one(pool)
+                .await?
+        });
+        match self.sealer.open(&stored) {
+            Ok(value) if value == KEY_CHECK => Ok(()),
+            _ => Err(StoreError::SecretKey(
+                "this key is not the one the database's secrets were encrypted with: give \
+                 every node the same REELAY_SECRET_KEY (or --secret-key-file)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Encrypts the secrets a database made before encryption holds in plain text (in
+    /// place, once). A SQLite database is then vacuumed and its WAL emptied, so the
+    /// plain values do not linger in free pages.
+    async fn seal_plain_secrets(&self) -> Result<()> {
+        let mut sealed = 0;
+        let seal = |value: &str| match Sealer::is_sealed(value) {
+            true => value.to_owned(),
+            false => self.sealer.seal(value),
+        };
+        on_pool!(self, |pool| {
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT id, secret, previous_secret FROM subscriptions \
+                 WHERE secret NOT LIKE 'enc1:%' OR previous_secret NOT LIKE 'enc1:%'",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (id, secret, previous) in rows {
+                // Only if no other node sealed it meanwhile.
+                sealed += sqlx::query(
+                    "UPDATE subscriptions SET secret = $1, previous_secret = $2 \
+                     WHERE id = $3 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5",
+                )
+                .bind(seal(&secret))
+                .bind(previous.as_deref().map(seal))
+                .bind(&id)
+                .bind(&secret)
+                .bind(&previous)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            }
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT account, hs256_secret FROM token_verification \
+                 WHERE hs256_secret NOT LIKE 'enc1:%'",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (account, secret) in rows {
+                sealed += sqlx::query(
+                    "UPDATE token_verification SET hs256_secret = $1 \
+                     WHERE account = $2 AND hs256_secret = $3",
+                )
+                .bind(seal(&secret))
+                .bind(&account)
+                .bind(&secret)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            }
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT name, value FROM server_secrets WHERE value NOT LIKE 'enc1:%'",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (name, value) in rows {
+                sealed += sqlx::query(
+                    "UPDATE server_secrets SET value = $1 WHERE name = $2 AND value = $3",
+                )
+                .bind(seal(&value))
+                .bind(&name)
+                .bind(&value)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            }
+        });
+        if sealed > 0 {
+            tracing::info!(count = sealed, "encrypted the secrets stored in plain text");
+            if let Pool::Sqlite(pool) = &self.pool {
+                sqlx::query("VACUUM").execute(pool).await?;
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -136,7 +260,11 @@ impl Database {
     pub fn cluster(&self) -> Option<postgres::Cluster> {
         match &self.pool {
             Pool::Sqlite(_) => None,
-            Pool::Postgres(pool) => Some(postgres::Cluster::new(pool.clone(), self.node.clone())),
+            Pool::Postgres(pool) => Some(postgres::Cluster::new(
+                pool.clone(),
+                self.node.clone(),
+                self.sealer.clone(),
+            )),
         }
     }
 
@@ -406,7 +534,7 @@ impl Database {
             .await?;
             let existing = existing
                 .into_iter()
-                .map(Subscription::try_from)
+                .map(|row| open_subscription(row, &self.sealer))
                 .collect::<Result<Vec<_>>>()?;
             if let Err(refused) = check(&existing) {
                 return Ok(Err(refused));
@@ -422,7 +550,7 @@ impl Database {
             .bind(to_json(&subscription.filter.events))
             .bind(to_json(&subscription.filter.topics))
             .bind(subscription.format.as_str())
-            .bind(&subscription.secret)
+            .bind(self.sealer.seal(&subscription.secret))
             .bind(created_at)
             .bind(cursor)
             .bind(job_id)
@@ -459,7 +587,9 @@ impl Database {
         .bind(account)
         .fetch_all(pool)
         .await?);
-        rows.into_iter().map(Subscription::try_from).collect()
+        rows.into_iter()
+            .map(|row| open_subscription(row, &self.sealer))
+            .collect()
     }
 
     /// Every subscription of every kind and account.
@@ -469,7 +599,9 @@ impl Database {
         )
         .fetch_all(pool)
         .await?);
-        rows.into_iter().map(Subscription::try_from).collect()
+        rows.into_iter()
+            .map(|row| open_subscription(row, &self.sealer))
+            .collect()
     }
 
     /// The callback registrations of one job.
@@ -483,7 +615,9 @@ impl Database {
         .fetch_all(pool)
         .await?
         });
-        rows.into_iter().map(Subscription::try_from).collect()
+        rows.into_iter()
+            .map(|row| open_subscription(row, &self.sealer))
+            .collect()
     }
 
     /// Deletes the job callbacks that expired by `now`, with their retry sets and
@@ -533,7 +667,8 @@ impl Database {
         .bind(id)
         .fetch_optional(pool)
         .await?);
-        row.map(Subscription::try_from).transpose()
+        row.map(|row| open_subscription(row, &self.sealer))
+            .transpose()
     }
 
     pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
@@ -544,7 +679,8 @@ impl Database {
         .bind(id)
         .fetch_optional(pool)
         .await?);
-        row.map(Subscription::try_from).transpose()
+        row.map(|row| open_subscription(row, &self.sealer))
+            .transpose()
     }
 
     /// Replaces a subscription's signing secret (and public key, for ed25519): the
@@ -563,7 +699,7 @@ impl Database {
              secret = $2, public_key = $3 WHERE account = $4 AND id = $5"
         )
         .bind(until)
-        .bind(secret)
+        .bind(self.sealer.seal(secret))
         .bind(public_key)
         .bind(account)
         .bind(id)
@@ -864,7 +1000,12 @@ impl Database {
              updated_at = excluded.updated_at",
         )
         .bind(&settings.account)
-        .bind(&settings.hs256_secret)
+        .bind(
+            settings
+                .hs256_secret
+                .as_deref()
+                .map(|s| self.sealer.seal(s))
+        )
         .bind(to_json(&settings.public_keys))
         .bind(&settings.issuer)
         .bind(&settings.audience)
@@ -884,7 +1025,12 @@ impl Database {
         .bind(account)
         .fetch_optional(pool)
         .await?);
-        row.map(TokenVerification::try_from).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut settings = TokenVerification::try_from(row)?;
+        settings.hs256_secret = self.sealer.open_optional(settings.hs256_secret)?;
+        Ok(Some(settings))
     }
 
     /// Removes an account's user-token verification; says whether there was one.
@@ -902,7 +1048,8 @@ impl Database {
     /// The server secret called `name`: `candidate` becomes it if it has none yet, so
     /// it is generated once and then kept, whichever process starts first.
     pub async fn server_secret(&self, name: &str, candidate: &str, now: Millis) -> Result<String> {
-        on_pool!(self, |pool| {
+        let candidate = self.sealer.seal(candidate);
+        let stored: String = on_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO NOTHING",
@@ -912,13 +1059,12 @@ impl Database {
             .bind(now)
             .execute(pool)
             .await?;
-            Ok(
-                sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                    .bind(name)
-                    .fetch_one(pool)
-                    .await?,
-            )
-        })
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await?
+        });
+        self.sealer.open(&stored)
     }
 
     /// Copies the SQLite WAL back into the database (see [`sqlite::checkpoint`]);

@@ -14,6 +14,7 @@ mod database;
 mod derive;
 mod postgres;
 mod rows;
+mod sealing;
 mod sqlite;
 mod writer;
 
@@ -29,6 +30,7 @@ use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 pub use database::{Backend, Database};
 pub use derive::Derivation;
 pub use postgres::Cluster;
+pub use sealing::{Sealer, SecretKey};
 use sqlite::LogConnection;
 pub use writer::CommittedBatch;
 
@@ -50,6 +52,8 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the key of stored secrets: {0}")]
+    SecretKey(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("commit failed: {0}")]
@@ -252,6 +256,8 @@ pub struct StoreOptions {
     pub node_id: Option<String>,
     /// With PostgreSQL: the most connections to open.
     pub max_connections: u32,
+    /// The key stored secrets are encrypted with.
+    pub secret_key: SecretKey,
 }
 
 impl Default for StoreOptions {
@@ -260,6 +266,7 @@ impl Default for StoreOptions {
             durability: Durability::Fsync,
             node_id: None,
             max_connections: 16,
+            secret_key: SecretKey::default(),
         }
     }
 }

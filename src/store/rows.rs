@@ -6,7 +6,7 @@ use sqlx::FromRow;
 
 use super::{
     AttemptRecord, EntityState, LiveEntityCount, Result, ResyncPosition, ResyncProgress, ResyncRun,
-    RetryEntry, StoreError, StoredAttempt,
+    RetryEntry, Sealer, StoreError, StoredAttempt,
 };
 use crate::model::{
     ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, PreviousSecret, Scope,
@@ -64,6 +64,16 @@ pub(super) struct SubscriptionRow {
     delivered: i64,
     job_id: Option<String>,
     expires_at: Option<i64>,
+}
+
+/// A stored subscription with its secrets decrypted.
+pub(super) fn open_subscription(row: SubscriptionRow, sealer: &Sealer) -> Result<Subscription> {
+    let mut subscription = Subscription::try_from(row)?;
+    subscription.secret = sealer.open(&subscription.secret)?;
+    if let Some(previous) = &mut subscription.previous_secret {
+        previous.secret = sealer.open(&previous.secret)?;
+    }
+    Ok(subscription)
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {

@@ -830,3 +830,219 @@ async fn ed25519_deliveries_verify_with_the_public_key_and_rotate() {
     let (_, list) = app.get("/v1/accounts/vimond/subscriptions").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
 }
+
+/// Every `value` of the server's own secrets, read from its database.
+async fn server_secret_values(database: &str) -> Vec<String> {
+    let query = "SELECT value FROM server_secrets";
+    if database.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(database).await.expect("connect");
+        sqlx::query_scalar(query)
+            .fetch_all(&pool)
+            .await
+            .expect("read")
+    } else {
+        let pool = sqlx::SqlitePool::connect(database).await.expect("connect");
+        let values = sqlx::query_scalar(query)
+            .fetch_all(&pool)
+            .await
+            .expect("read");
+        pool.close().await;
+        values
+    }
+}
+
+/// Runs `reelay serve` on `database` with `env` and returns its exit status and
+/// standard error, for a start that must fail.
+async fn failed_start(database: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_reelay"))
+            .arg("serve")
+            .env("REELAY_LISTEN", "127.0.0.1:0")
+            .env("REELAY_DATABASE_URL", database)
+            .env("REELAY_ADMIN_TOKEN", crate::app::ADMIN)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("a start with the wrong key ends within 30 s")
+    .expect("run reelay");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn secrets_are_encrypted_at_rest() {
+    let mut app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (id, first) = app
+        .subscribe_receiver(
+            &receiver,
+            "/at-rest",
+            json!({"events": ["asset-updated"]}),
+            &[],
+        )
+        .await;
+    let (status, rotated) = app
+        .post(
+            &format!("/v1/accounts/vimond/subscriptions/{id}/rotate-secret"),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    receiver
+        .verify_with("/at-rest", &[&first, &second], None)
+        .await;
+    let (status, _) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"endpoint": receiver.url("/ed"), "events": ["asset-updated"], "signature": "ed25519"})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, registered) = app
+        .post(
+            "/v1/accounts/vimond/jobs/job-9/callbacks",
+            &json!({"callbacks": [receiver.url("/cb")]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{registered}");
+    let callback = registered["callbacks"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hs256 = "an-hs256-secret-that-must-not-be-stored-in-clear";
+    let (status, answer) = app
+        .request(
+            Method::PUT,
+            "/v1/accounts/vimond/cloudevents/token-verification",
+            Some(crate::app::ADMIN),
+            Some(&json!({"hs256Secret": hs256}).to_string()),
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{status} {answer}");
+
+    // The server still signs with them: deliveries verify with both secrets.
+    let (status, _) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "rest-1").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = deliveries(&receiver, "/at-rest", 1).await;
+    assert_eq!(got[0].verified_each, [true, true]);
+
+    // Neither the SQLite file and its WAL nor a dump of the PostgreSQL schema shows them.
+    let bytes = app.data_bytes().await;
+    let stored = String::from_utf8_lossy(&bytes);
+    for secret in [&first, &second, &callback] {
+        let key = secret.strip_prefix("whsec_").unwrap();
+        assert!(!stored.contains(key), "a signing secret is stored in clear");
+    }
+    assert!(
+        !stored.contains(hs256),
+        "the HS256 secret is stored in clear"
+    );
+    assert!(
+        !stored.contains("whsk_"),
+        "an ed25519 secret key is stored in clear"
+    );
+    assert!(
+        !stored.contains("whsec_"),
+        "a signing secret is stored in clear"
+    );
+    // The pseudonym key and the others: sealed.
+    let values = server_secret_values(&app.database).await;
+    assert!(!values.is_empty());
+    assert!(values.iter().all(|v| v.starts_with("enc1:")), "{values:?}");
+
+    if !app.database.starts_with("postgres") {
+        // The generated key and the database are this user's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let file = app.database.strip_prefix("sqlite://").unwrap().to_owned();
+        let dir = std::path::Path::new(&file).parent().unwrap().to_path_buf();
+        for name in ["secret.key", "reelay.db", "reelay.db-wal"] {
+            let mode = std::fs::metadata(dir.join(name))
+                .expect(name)
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    // Another key cannot read them: the server refuses to start, saying why.
+    app.terminate().await;
+    let other = "ff".repeat(32);
+    let (started, log) = failed_start(&app.database, &[("REELAY_SECRET_KEY", &other)]).await;
+    assert!(!started, "started with another key");
+    assert!(log.contains("REELAY_SECRET_KEY"), "{log}");
+    // With its own key it starts again and delivers, signed as before.
+    app.kill_and_restart().await;
+    let (status, _) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "rest-2").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = deliveries(&receiver, "/at-rest", 2).await;
+    assert_eq!(got[1].verified_each, [true, true]);
+}
+
+#[tokio::test]
+async fn plain_secrets_of_an_older_database_are_encrypted_in_place() {
+    let mut app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (id, secret) = app
+        .subscribe_receiver(&receiver, "/old", json!({"events": ["asset-updated"]}), &[])
+        .await;
+    app.terminate().await;
+    // As a database written before secrets were encrypted: the secret in clear.
+    let update = "UPDATE subscriptions SET secret = $1 WHERE id = $2";
+    if app.database.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&app.database).await.expect("connect");
+        sqlx::query(update)
+            .bind(&secret)
+            .bind(&id)
+            .execute(&pool)
+            .await
+            .expect("update");
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&app.database)
+            .await
+            .expect("connect");
+        sqlx::query(update)
+            .bind(&secret)
+            .bind(&id)
+            .execute(&pool)
+            .await
+            .expect("update");
+        pool.close().await;
+    }
+    let key = secret.strip_prefix("whsec_").unwrap().to_owned();
+    assert!(String::from_utf8_lossy(&app.data_bytes().await).contains(&key));
+
+    app.kill_and_restart().await;
+    let bytes = app.data_bytes().await;
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains(&key),
+        "still in clear after the start"
+    );
+    let (status, _) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "old-1").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = deliveries(&receiver, "/old", 1).await;
+    assert_eq!(got[0].verified, Some(true), "{:?}", got[0]);
+}
