@@ -1046,3 +1046,82 @@ async fn plain_secrets_of_an_older_database_are_encrypted_in_place() {
     let got = deliveries(&receiver, "/old", 1).await;
     assert_eq!(got[0].verified, Some(true), "{:?}", got[0]);
 }
+
+#[tokio::test]
+async fn a_secret_rotated_through_any_node_signs_on_the_node_that_delivers() {
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let database = scratch_database(first_dir.path()).await;
+    if !database.starts_with("postgres") {
+        eprintln!("two nodes need PostgreSQL: this test runs in the PostgreSQL pass");
+        return;
+    }
+    let a = TestApp::start_on(database.clone(), &[], first_dir).await;
+    let b = TestApp::start_on(database, &[], tempfile::tempdir().expect("temp dir")).await;
+    let receiver = Receiver::start().await;
+    let path = "/two-nodes";
+    let (id, old) = a
+        .subscribe_receiver(&receiver, path, json!({"events": ["asset-updated"]}), &[])
+        .await;
+    let mut published = 0;
+    // Through each node in turn (one of them does not deliver it): without an overlap,
+    // the deliveries are soon signed with the new secret alone.
+    let mut previous = old;
+    for (n, node) in [&b, &a, &b].into_iter().enumerate() {
+        let (status, rotated) = node
+            .post(
+                &format!("/v1/accounts/vimond/subscriptions/{id}/rotate-secret"),
+                &json!({"overlapSeconds": 0}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200, "{rotated}");
+        let new = rotated["secret"].as_str().unwrap().to_owned();
+        receiver.verify_with(path, &[&previous, &new], None).await;
+        let started = Instant::now();
+        loop {
+            published += 1;
+            let guid = format!("node-rotation-{n}-{published}");
+            let (status, _) = a
+                .post(
+                    "/v1/accounts/vimond/events",
+                    &asset_event("asset-updated", &guid).to_string(),
+                )
+                .await;
+            assert_eq!(status, 202);
+            let got = deliveries(&receiver, path, published).await;
+            let last = got
+                .iter()
+                .find(|d| d.webhook_id.as_deref() == Some(guid.as_str()))
+                .expect("delivered");
+            if last.verified_each == [false, true] {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "still signed with the old secret: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        previous = new;
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_has_the_key_and_rotation_routes() {
+    let app = TestApp::start().await;
+    let (status, spec) = app.request(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    let paths = &spec["paths"];
+    assert!(paths["/v1/accounts/{account}/keys"]["post"].is_object());
+    assert!(paths["/v1/accounts/{account}/keys"]["get"].is_object());
+    assert!(paths["/v1/accounts/{account}/keys/{id}"]["delete"].is_object());
+    assert!(paths["/v1/admin/token/rotate"]["post"].is_object());
+    assert!(paths["/v1/accounts/{account}/subscriptions/{id}/rotate-secret"]["post"].is_object());
+    let schemas = &spec["components"]["schemas"];
+    assert!(
+        schemas["KeyIn"]["properties"]["scopes"].is_object(),
+        "{}",
+        schemas["KeyIn"]
+    );
+    assert!(schemas["SubscriptionIn"]["properties"]["signature"].is_object());
+    assert!(schemas["SubscriptionOut"]["properties"]["publicKey"].is_object());
+}
