@@ -73,6 +73,7 @@ pub async fn run(
         println!("Generated admin token (shown once, stored hashed): {token}");
     }
     let keys = Arc::new(keys);
+    tokio::spawn(Keys::follow_revocations(Arc::downgrade(&keys)));
 
     let user_tokens = Arc::new(UserTokens::open(store.clone()).await?);
 

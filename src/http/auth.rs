@@ -5,7 +5,8 @@
 //! Tokens are stored as SHA-256 hashes (they are long random strings, so a fast hash is
 //! enough). Known keys are cached in memory and looked at again in the database once
 //! their entry is older than [`Keys`]' revalidation period (a second with PostgreSQL,
-//! where another node may revoke a key; a revocation on this node takes effect at once).
+//! where another node may revoke a key; a revocation on this node takes effect at once,
+//! and is announced to the others, which drop the key from their caches when told).
 //! Tokens that cannot be keys (wrong prefix or length) are refused without a query, and
 //! well-formed tokens that are not keys are remembered for a while in a bounded
 //! negative cache, so a client retrying a bad token costs no query per request.
@@ -210,17 +211,51 @@ impl Keys {
         Ok((key, token))
     }
 
-    /// Revokes an account's key: refused from the next request on here, and within
-    /// the revalidation period on the other nodes. False if the account has no such key.
+    /// Revokes an account's key: refused from the next request on here, on the other
+    /// nodes when they are told (within the revalidation period at the latest). False if
+    /// the account has no such key.
     pub async fn revoke(&self, account: &str, id: &str) -> Result<bool, StoreError> {
         let Some(digest) = self.store.db().delete_key(account, id).await? else {
             return Ok(false);
         };
-        self.known
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&digest);
+        self.forget(&digest);
+        if let Err(error) = self.store.db().announce_revoked(&digest).await {
+            // The other nodes check it again within their revalidation period anyway.
+            tracing::warn!(%error, key = id, "announcing a revocation failed");
+        }
         Ok(true)
+    }
+
+    /// With PostgreSQL: drops the keys other nodes revoke from this node's cache as soon
+    /// as they are announced (the revalidation period stays as the bound when a
+    /// notification is missed). Runs until the `Keys` are dropped.
+    pub async fn follow_revocations(keys: std::sync::Weak<Keys>) {
+        loop {
+            let Some(db) = keys.upgrade().map(|keys| keys.store.db().clone()) else {
+                return;
+            };
+            match db.listen_revoked().await {
+                Ok(None) => return,
+                Ok(Some(mut listener)) => loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notification)) => match keys.upgrade() {
+                            Some(keys) => keys.forget(notification.payload()),
+                            None => return,
+                        },
+                        // The connection was lost: listen again.
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "listening for revoked keys failed");
+                            break;
+                        }
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for revoked keys; trying again")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Admin token rotation: a new stored admin token, returned once; the stored ones

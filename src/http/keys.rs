@@ -229,8 +229,8 @@ pub async fn list_keys(
     }))
 }
 
-/// Admin: revoke a key. Refused from the next request on (on other nodes sharing a
-/// PostgreSQL database, within a second).
+/// Admin: revoke a key. Refused from the next request on here; the other nodes sharing a
+/// PostgreSQL database are told at once (and check again within a second regardless).
 #[utoipa::path(
     delete, path = "/v1/accounts/{account}/keys/{id}", tag = "keys",
     params(("account" = String, Path), ("id" = String, Path)),

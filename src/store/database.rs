@@ -78,6 +78,9 @@ macro_rules! keys_where {
     };
 }
 
+/// The channel revoked keys are announced on (the payload: the key's hash).
+const REVOKED_CHANNEL: &str = "reelay_keys_revoked";
+
 /// The server secret that tells whether the key is the one the secrets were sealed with.
 const KEY_CHECK: &str = "sealing_key_check";
 
@@ -935,6 +938,32 @@ impl Database {
         .bind(id)
         .fetch_optional(pool)
         .await?))
+    }
+
+    /// With PostgreSQL: tells every node that the key with this hash was revoked, so
+    /// they drop it from their caches at once. Nothing to do with SQLite (one server).
+    pub async fn announce_revoked(&self, hash: &str) -> Result<()> {
+        if let Pool::Postgres(pool) = &self.pool {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(hash)
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// With PostgreSQL: a connection that receives the hashes of revoked keys
+    /// ([`Database::announce_revoked`]); `None` with SQLite.
+    pub async fn listen_revoked(&self) -> Result<Option<sqlx::postgres::PgListener>> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(REVOKED_CHANNEL).await?;
+        // A lost connection is reported (and listened again) rather than hidden.
+        listener.eager_reconnect(false);
+        Ok(Some(listener))
     }
 
     /// Records that a key was used at `at` (called at most about once a minute a key).

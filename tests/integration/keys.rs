@@ -458,6 +458,10 @@ async fn a_revoked_key_is_refused_on_another_node_within_a_second() {
         || async { (call(&b, Method::GET, path, &key, None).await.0 == 401).then_some(()) },
     )
     .await;
+    eprintln!(
+        "revoked key refused by the other node after {:?}",
+        revoked.elapsed()
+    );
     // The cache entry lives a second at most (and the request takes some time).
     assert!(
         revoked.elapsed() < Duration::from_millis(1900),
