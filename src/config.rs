@@ -52,9 +52,36 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
     pub secret_key_file: Option<PathBuf>,
 
-    /// Allow webhook destinations on loopback, private and link-local addresses.
+    /// Allow webhooks, job callbacks and AWS destinations' `endpointUrl` on loopback,
+    /// private, link-local and other special-purpose addresses (IANA registries).
     #[arg(long, env = "REELAY_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_destinations: bool,
+
+    /// Endpoint URLs an account key may give as an SNS, SQS or Kinesis destination's
+    /// `endpointUrl`: URL prefixes (same scheme, host and port; the path may go on),
+    /// repeated or comma-separated. The admin token may give any. Default: none.
+    #[arg(long = "allow-aws-endpoint", env = "REELAY_ALLOW_AWS_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint_prefix)]
+    pub allow_aws_endpoints: Vec<url::Url>,
+
+    /// Regions an account key may give as an AWS destination's `region`: patterns where
+    /// `*` matches anything (`eu-*`, `*`), repeated or comma-separated. Default: none.
+    #[arg(
+        long = "allow-aws-region",
+        env = "REELAY_ALLOW_AWS_REGIONS",
+        value_delimiter = ','
+    )]
+    pub allow_aws_regions: Vec<String>,
+
+    /// Roles an account key may give as an AWS destination's `roleArn`: ARN patterns
+    /// where `*` matches anything (`arn:aws:iam::123456789012:role/reelay-*`), repeated
+    /// or comma-separated. Every role is assumed with the account's ExternalId. Default:
+    /// none.
+    #[arg(
+        long = "allow-role-arn",
+        env = "REELAY_ALLOW_ROLE_ARNS",
+        value_delimiter = ','
+    )]
+    pub allow_role_arns: Vec<String>,
 
     /// A JSON file of extra topics and event types, added to the built-in catalog.
     #[arg(long, env = "REELAY_CATALOG")]
@@ -154,6 +181,10 @@ impl RetrySchedule {
         let index = usize::try_from(retry).ok()?.checked_sub(1)?;
         self.0.get(index).copied()
     }
+}
+
+fn parse_endpoint_prefix(text: &str) -> Result<url::Url, String> {
+    crate::sinks::aws_policy::parse_endpoint(text.trim())
 }
 
 fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {

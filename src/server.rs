@@ -104,6 +104,11 @@ pub async fn run(
         keys,
         metrics,
         allow_private_destinations: config.allow_private_destinations,
+        aws_policy: Arc::new(crate::sinks::aws_policy::AwsPolicy {
+            endpoints: config.allow_aws_endpoints.clone(),
+            regions: config.allow_aws_regions.clone(),
+            role_arns: config.allow_role_arns.clone(),
+        }),
         max_subscriptions_per_event: config.max_subscriptions_per_event,
         user_tokens,
         public_url: config.public_url.clone(),

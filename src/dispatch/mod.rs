@@ -44,7 +44,8 @@ pub struct DispatchConfig {
     pub disable_after: Duration,
     pub max_in_flight: usize,
     pub delivery_timeout: Duration,
-    /// Whether webhooks may reach loopback, private and link-local addresses.
+    /// Whether webhooks and AWS destinations' own endpoints may reach loopback, private
+    /// and other special-purpose addresses.
     pub allow_private_destinations: bool,
     /// How long shutdown waits for deliveries in flight before handing them back (they
     /// stay behind the saved cursor and are sent again after the restart).
@@ -277,7 +278,7 @@ impl Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),
                 webhooks,
-                aws: AwsSinks::default(),
+                aws: AwsSinks::new(config.allow_private_destinations),
                 metrics: DeliveryMetrics::new(),
                 config,
                 workers: Mutex::new(HashMap::new()),
@@ -670,11 +671,13 @@ impl Dispatcher {
                 client,
             } => {
                 let timeout = self.config().delivery_timeout;
-                let client =
-                    Box::pin(client.get_or_init(|| {
-                        self.shared.aws.target(resource.clone(), options, timeout)
-                    }))
-                    .await;
+                let client = Box::pin(client.get_or_init(|| {
+                    let account = &target.subscription.account;
+                    self.shared
+                        .aws
+                        .target(resource.clone(), options, account, timeout)
+                }))
+                .await;
                 let payloads: Vec<Payload> = events
                     .iter()
                     .map(|event| Payload::new(format, event))
@@ -704,17 +707,31 @@ impl Dispatcher {
         attempted
     }
 
-    /// Checks that an AWS destination exists and these credentials reach it.
-    pub async fn check_aws_destination(&self, destination: &Destination) -> Result<(), String> {
+    /// Checks that an AWS destination of `account` exists and these credentials reach
+    /// it, within [`crate::sinks::aws::CHECK_TIMEOUT`] (loading its configuration
+    /// included).
+    pub async fn check_aws_destination(
+        &self,
+        account: &str,
+        destination: &Destination,
+    ) -> Result<(), String> {
         let Some((resource, options)) = AwsResource::of(destination) else {
             return Ok(());
         };
-        let timeout = self.config().delivery_timeout;
-        self.shared
-            .aws
-            .target(resource, options, timeout)
+        let timeout = self
+            .config()
+            .delivery_timeout
+            .min(crate::sinks::aws::CHECK_TIMEOUT);
+        let check = async {
+            self.shared
+                .aws
+                .target(resource, options, account, timeout)
+                .await
+                .check()
+                .await
+        };
+        tokio::time::timeout(timeout, check)
             .await
-            .check()
-            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 }

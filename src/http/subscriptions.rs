@@ -25,7 +25,7 @@ use crate::model::{
     SubscriptionKind, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
-use crate::sinks::webhook::{check_destination, generate_ed25519, generate_secret, parse_url};
+use crate::sinks::webhook::{generate_ed25519, generate_secret, parse_url};
 use crate::store::{ResyncRun, RetryEntry, StoredAttempt};
 
 /// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
@@ -211,25 +211,20 @@ pub async fn create(
         resync,
         ed25519,
     } = parse_request(&state, &body)?;
-    match &destination {
-        Destination::Webhook { url } => check_destination(url, state.allow_private_destinations)
-            .await
-            .map_err(|error| ApiError::unprocessable("destination_refused", error.to_string()))?,
-        aws if check => state
-            .dispatcher
-            .check_aws_destination(aws)
-            .await
-            .map_err(|error| {
-                field_error(
-                    "destination_unreachable",
-                    "destination",
-                    &format!(
-                        "the destination cannot be reached: {error} (set skipDestinationCheck to create it anyway)"
-                    ),
-                )
-            })?,
-        _ => {}
-    }
+    // A webhook URL comes as `endpoint` (Brightcove) or as `destination.url`.
+    let webhook_field = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) if value.get("destination").is_some_and(|d| !d.is_null()) => "destination.url",
+        _ => "endpoint",
+    };
+    super::destinations::check(
+        &state,
+        &caller,
+        &account,
+        &destination,
+        webhook_field,
+        check,
+    )
+    .await?;
     // Before taking the lock below: a slow endpoint must not hold up other creations.
     if validation_handshake {
         ask_consent(&state, &account, &destination).await?;

@@ -37,16 +37,20 @@ pub enum Destination {
 
 /// Overrides of the standard AWS configuration for one SNS, SQS or Kinesis destination;
 /// what is not set comes from the environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
-/// profiles, instance roles…).
+/// profiles, instance roles…). The admin token may give any; an account key only those
+/// the operator allows (`--allow-aws-region`, `--allow-aws-endpoint`,
+/// `--allow-role-arn`), else `422 destination_not_allowed`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AwsOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// E.g. a LocalStack or moto server.
+    /// E.g. a LocalStack or moto server; held to the private-address rule like a
+    /// webhook URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
-    /// A role to assume (STS) for this destination.
+    /// A role to assume (STS) for this destination, with ExternalId
+    /// `reelay:<account>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
 }

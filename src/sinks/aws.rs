@@ -7,6 +7,13 @@
 //! (PutRecords: 500 records and 5 MiB; PublishBatch and SendMessageBatch: 10 entries and
 //! 256 KiB) and reports one [`Attempted`] per event, so a partial failure retries only
 //! the events that failed.
+//!
+//! A destination's own `endpointUrl` goes through the private-address guard
+//! ([`super::guard::aws`]) at every connection, unless private destinations are allowed;
+//! the server's own endpoints (the environment's) are the operator's and are not
+//! guarded. A destination's `roleArn` is assumed with the account's ExternalId
+//! ([`super::aws_policy::external_id`]). What a tenant sees of a failure is the service's
+//! error code and message, or a short description, never the connector's internals.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,8 +23,14 @@ use aws_sdk_kinesis::primitives::Blob;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::aws_policy::external_id;
+use super::guard::refusal_in;
 use super::{AttemptResult, Attempted};
 use crate::model::{AwsOptions, Destination, StoredEvent};
+
+/// The most a destination check at creation may take, the SDK's own retries included
+/// (less if the delivery timeout is shorter).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// PutRecords limits.
 const KINESIS_MAX_RECORDS: usize = 500;
@@ -96,10 +109,20 @@ pub struct Outgoing<'a> {
 }
 
 /// Shared by every AWS destination: the SDK configurations, loaded once per distinct
-/// set of overrides (loading walks the credential chain).
-#[derive(Default)]
+/// set of overrides and account ExternalId (loading walks the credential chain).
 pub struct AwsSinks {
-    configs: tokio::sync::Mutex<HashMap<AwsOptions, SdkConfig>>,
+    configs: tokio::sync::Mutex<HashMap<ConfigKey, SdkConfig>>,
+    /// Whether a destination's own endpoint may be on a private address.
+    allow_private: bool,
+    /// The guarded HTTP client (one pool) for destinations with their own endpoint.
+    guarded: aws_smithy_runtime_api::client::http::SharedHttpClient,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ConfigKey {
+    options: AwsOptions,
+    /// With a role only: the ExternalId it is assumed with.
+    external_id: Option<String>,
 }
 
 /// A client for one destination, ready to send.
@@ -118,14 +141,24 @@ enum Client {
 }
 
 impl AwsSinks {
-    /// A client for `resource`, with the standard configuration and `options` on top.
+    pub fn new(allow_private: bool) -> AwsSinks {
+        AwsSinks {
+            configs: tokio::sync::Mutex::new(HashMap::new()),
+            allow_private,
+            guarded: super::guard::aws::http_client(),
+        }
+    }
+
+    /// A client for `resource` of `account`, with the standard configuration and
+    /// `options` on top.
     pub async fn target(
         &self,
         resource: AwsResource,
         options: &AwsOptions,
+        account: &str,
         timeout: Duration,
     ) -> AwsTarget {
-        let config = self.config(options).await;
+        let config = self.config(options, account).await;
         let client = match resource {
             AwsResource::SnsTopic { .. } => Client::Sns(aws_sdk_sns::Client::new(&config)),
             AwsResource::SqsQueue { .. } => Client::Sqs(aws_sdk_sqs::Client::new(&config)),
@@ -140,9 +173,13 @@ impl AwsSinks {
         }
     }
 
-    async fn config(&self, options: &AwsOptions) -> SdkConfig {
+    async fn config(&self, options: &AwsOptions, account: &str) -> SdkConfig {
+        let key = ConfigKey {
+            options: options.clone(),
+            external_id: options.role_arn.as_ref().map(|_| external_id(account)),
+        };
         let mut configs = self.configs.lock().await;
-        if let Some(config) = configs.get(options) {
+        if let Some(config) = configs.get(&key) {
             return config.clone();
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -152,10 +189,20 @@ impl AwsSinks {
         if let Some(endpoint) = &options.endpoint_url {
             loader = loader.endpoint_url(endpoint);
         }
+        // The credential chain was built by the load with the standard client (it may
+        // need the instance metadata service, a link-local address); the calls to the
+        // destination's own endpoint, STS included, go through the guard.
         let mut config = loader.load().await;
-        if let Some(role) = &options.role_arn {
+        if options.endpoint_url.is_some() && !self.allow_private {
+            config = config
+                .into_builder()
+                .http_client(self.guarded.clone())
+                .build();
+        }
+        if let (Some(role), Some(external_id)) = (&options.role_arn, &key.external_id) {
             let provider = aws_config::sts::AssumeRoleProvider::builder(role)
                 .session_name("reelay")
+                .external_id(external_id)
                 .configure(&config)
                 .build()
                 .await;
@@ -166,7 +213,7 @@ impl AwsSinks {
                 )
                 .build();
         }
-        configs.insert(options.clone(), config.clone());
+        configs.insert(key, config.clone());
         config
     }
 }
@@ -176,35 +223,38 @@ impl AwsTarget {
         &self.resource
     }
 
-    /// Checks that the destination exists and can be reached with these credentials.
+    /// Checks that the destination exists and can be reached with these credentials,
+    /// within the target's timeout (the SDK's retries included).
     pub async fn check(&self) -> Result<(), String> {
-        let checked = match (&self.client, &self.resource) {
-            (Client::Sns(client), AwsResource::SnsTopic { arn }) => client
-                .get_topic_attributes()
-                .topic_arn(arn)
-                .send()
-                .await
-                .map(drop)
-                .map_err(describe),
-            (Client::Sqs(client), AwsResource::SqsQueue { url }) => client
-                .get_queue_attributes()
-                .queue_url(url)
-                .send()
-                .await
-                .map(drop)
-                .map_err(describe),
-            (Client::Kinesis(client), AwsResource::KinesisStream { name }) => client
-                .describe_stream_summary()
-                .stream_name(name)
-                .send()
-                .await
-                .map(drop)
-                .map_err(describe),
-            _ => Err("client and destination do not match".to_owned()),
+        let check = async {
+            match (&self.client, &self.resource) {
+                (Client::Sns(client), AwsResource::SnsTopic { arn }) => client
+                    .get_topic_attributes()
+                    .topic_arn(arn)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(describe),
+                (Client::Sqs(client), AwsResource::SqsQueue { url }) => client
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(describe),
+                (Client::Kinesis(client), AwsResource::KinesisStream { name }) => client
+                    .describe_stream_summary()
+                    .stream_name(name)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(describe),
+                _ => Err("client and destination do not match".to_owned()),
+            }
         };
-        match tokio::time::timeout(self.timeout, async { checked }).await {
+        match tokio::time::timeout(self.timeout, check).await {
             Ok(checked) => checked,
-            Err(_) => Err("timed out".to_owned()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
 
@@ -550,20 +600,66 @@ fn hex_sha256(value: &str) -> String {
         .collect()
 }
 
-/// An SDK error as one readable line: the service's code and message when it answered.
+/// An SDK error as one line a tenant may read: the service's code and message when it
+/// answered, else what kind of failure it was, without the connector's internals or
+/// the addresses it tried (those go to the server's log).
 fn describe<E, R>(error: aws_sdk_kinesis::error::SdkError<E, R>) -> String
 where
     E: std::error::Error + aws_sdk_kinesis::error::ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    match error.as_service_error() {
-        Some(service) => format!(
+    use aws_sdk_kinesis::error::SdkError;
+    if let Some(service) = error.as_service_error() {
+        return format!(
             "{}: {}",
             service.code().unwrap_or("error"),
             service.message().unwrap_or_default()
-        ),
-        None => aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string(),
+        );
     }
+    let context = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+    tracing::warn!(error = %context, "AWS call failed without an answer from the service");
+    if let Some(refused) = refusal_in(&error) {
+        return refused.to_string();
+    }
+    if let Some(assume_role) = assume_role_error(&error) {
+        return assume_role;
+    }
+    match &error {
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            "timed out connecting to the endpoint".to_owned()
+        }
+        SdkError::DispatchFailure(failure) if failure.is_io() => {
+            "could not connect to the endpoint".to_owned()
+        }
+        SdkError::DispatchFailure(_) => "could not reach the endpoint".to_owned(),
+        SdkError::ResponseError(_) => "the endpoint's answer is not an AWS answer".to_owned(),
+        _ => "the request could not be made (the server's log says why)".to_owned(),
+    }
+}
+
+/// When the credentials of an assumed role could not be had: STS's own code and
+/// message, if it answered.
+fn assume_role_error(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+    let mut cause = Some(error);
+    let mut credentials = false;
+    while let Some(error) = cause {
+        credentials |= error.is::<CredentialsError>();
+        if let Some(sts) = error.downcast_ref::<aws_sdk_sts::error::SdkError<AssumeRoleError>>()
+            && let Some(service) = sts.as_service_error()
+        {
+            use aws_sdk_sts::error::ProvideErrorMetadata;
+            return Some(format!(
+                "the role could not be assumed: {}: {}",
+                service.code().unwrap_or("error"),
+                service.message().unwrap_or_default()
+            ));
+        }
+        cause = error.source();
+    }
+    credentials.then(|| "the server could not get AWS credentials for this destination".to_owned())
 }
 
 #[cfg(test)]
@@ -604,7 +700,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_respect_the_count_and_size_limits() {
-        let sinks = AwsSinks::default();
+        let sinks = AwsSinks::new(false);
         let options = AwsOptions {
             region: Some("us-east-1".into()),
             ..AwsOptions::default()
@@ -616,6 +712,7 @@ mod tests {
             .target(
                 AwsResource::SqsQueue { url: "q".into() },
                 &options,
+                "acme",
                 Duration::from_secs(1),
             )
             .await;

@@ -4,8 +4,11 @@
 //! What is sent is the event in its subscription's format ([`Payload`]): the stored
 //! document, or a CloudEvent ([`cloudevents`]).
 
+pub mod address;
 pub mod aws;
+pub mod aws_policy;
 pub mod cloudevents;
+pub mod guard;
 pub mod handshake;
 pub mod resync;
 pub mod webhook;

@@ -10,11 +10,7 @@
 //! ed25519 signature>` of the same text, for a subscription that asked for ed25519), so
 //! receivers check them with any Standard Webhooks library.
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -25,11 +21,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 
+use super::guard::GuardedConnector;
+pub use super::guard::{DestinationError, check_destination};
 use super::{AttemptResult, Attempted, Payload};
 
 /// How much of a destination's answer is kept in the delivery log.
@@ -171,7 +167,7 @@ pub struct WebhookRequest<'a> {
     pub payload: Payload,
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
+type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
 
 /// Shared HTTP client: one connection pool for every webhook destination.
 #[derive(Clone)]
@@ -190,10 +186,10 @@ pub(super) const CLIENT_NAME: &str = concat!("reelay/", env!("CARGO_PKG_VERSION"
 
 impl WebhookSink {
     pub fn new(timeout: Duration, allow_private: bool) -> Result<WebhookSink, ClientError> {
-        // Checked at creation too, but a name can be re-pointed later (DNS rebinding):
-        // every connection resolves through the same rule.
-        let mut http = HttpConnector::new_with_resolver(Resolver { allow_private });
-        http.enforce_http(false);
+        // Checked at creation too, but a name can be re-pointed later (DNS rebinding), and
+        // a stored literal was checked by an older rule: every connection is checked.
+        let mut guarded = GuardedConnector::new(allow_private);
+        let http = guarded.http();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
         // The provider is named, not taken from the process default: with more than one
@@ -208,7 +204,7 @@ impl WebhookSink {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(guarded);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -361,110 +357,6 @@ pub(super) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Why a webhook URL cannot be a destination.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum DestinationError {
-    #[error("{0:?} is not an absolute http(s) URL")]
-    InvalidUrl(String),
-    #[error("the host of {0:?} does not resolve")]
-    Unresolvable(String),
-    #[error(
-        "{url:?} resolves to {address}, a loopback, private or link-local address; start the server with --allow-private-destinations to allow it"
-    )]
-    PrivateAddress { url: String, address: IpAddr },
-}
-
-/// Checks that `url` is an http(s) URL whose host resolves to public addresses only
-/// (unless private destinations are allowed), so a tenant cannot make Reelay call
-/// services inside its own network.
-pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), DestinationError> {
-    let invalid = || DestinationError::InvalidUrl(url.to_owned());
-    let parsed = url::Url::parse(url).map_err(|_| invalid())?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid());
-    }
-    let host = parsed.host_str().ok_or_else(invalid)?;
-    if allow_private {
-        return Ok(());
-    }
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<IpAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|_| DestinationError::Unresolvable(url.to_owned()))?
-        .map(|address| address.ip())
-        .collect();
-    if addresses.is_empty() {
-        return Err(DestinationError::Unresolvable(url.to_owned()));
-    }
-    match addresses.into_iter().find(|address| !is_public(address)) {
-        Some(address) => Err(DestinationError::PrivateAddress {
-            url: url.to_owned(),
-            address,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// The webhook client's DNS resolver: the system's, minus loopback, private and
-/// link-local addresses unless private destinations are allowed.
-#[derive(Clone)]
-struct Resolver {
-    allow_private: bool,
-}
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str();
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-                .await?
-                .filter(|address| allow_private || is_public(&address.ip()))
-                .collect();
-            if addresses.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{host} resolves to no public address"
-                )));
-            }
-            Ok(addresses.into_iter())
-        })
-    }
-}
-
-fn is_public(address: &IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                // 100.64.0.0/10, carrier-grade NAT: private in practice.
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link-local
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,7 +484,7 @@ mod tests {
             .await;
         match refused.result {
             AttemptResult::Failed { error, .. } => {
-                assert!(error.contains("no public address"), "{error}")
+                assert!(error.contains("refused:"), "{error}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -606,42 +498,9 @@ mod tests {
             .await;
         match allowed.result {
             AttemptResult::Failed { error, .. } => {
-                assert!(!error.contains("no public address"), "{error}")
+                assert!(!error.contains("refused:"), "{error}")
             }
             AttemptResult::Delivered | AttemptResult::Gone => {}
         }
-    }
-
-    #[tokio::test]
-    async fn private_destinations_are_refused_unless_allowed() {
-        for url in [
-            "http://127.0.0.1:9/hook",
-            "http://10.1.2.3/hook",
-            "http://192.168.0.10/hook",
-            "http://169.254.169.254/latest/meta-data",
-            "http://[::1]:8080/",
-            "http://localhost:8080/",
-        ] {
-            assert!(
-                matches!(
-                    check_destination(url, false).await,
-                    Err(DestinationError::PrivateAddress { .. })
-                ),
-                "{url} should be refused"
-            );
-            assert_eq!(check_destination(url, true).await, Ok(()));
-        }
-        assert!(matches!(
-            check_destination("ftp://example.com/", true).await,
-            Err(DestinationError::InvalidUrl(_))
-        ));
-        assert!(matches!(
-            check_destination("not a url", true).await,
-            Err(DestinationError::InvalidUrl(_))
-        ));
-        assert_eq!(
-            check_destination("http://93.184.215.14/hook", false).await,
-            Ok(())
-        );
     }
 }

@@ -58,7 +58,7 @@ async fn send(
     events: &[StoredEvent],
 ) -> Vec<AttemptResult> {
     let target = sinks
-        .target(resource, options, Duration::from_secs(10))
+        .target(resource, options, "acme", Duration::from_secs(10))
         .await;
     let owned = outgoing(events);
     let batch: Vec<Outgoing> = owned
@@ -90,7 +90,7 @@ async fn kinesis_records_arrive_in_order_per_partition_key() {
     let events: Vec<StoredEvent> = (1..=600)
         .map(|seq| event(seq, "asset-updated", ["a1", "a2", "a3"][seq as usize % 3]))
         .collect();
-    let sinks = AwsSinks::default();
+    let sinks = AwsSinks::new(true);
     let stream = AwsResource::KinesisStream {
         name: "assets".into(),
     };
@@ -151,12 +151,12 @@ async fn kinesis_records_arrive_in_order_per_partition_key() {
 async fn a_missing_stream_fails_every_record_with_a_clear_error() {
     let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
-    let sinks = AwsSinks::default();
+    let sinks = AwsSinks::new(true);
     let stream = AwsResource::KinesisStream {
         name: "no-such-stream".into(),
     };
     let target = sinks
-        .target(stream.clone(), &options, Duration::from_secs(10))
+        .target(stream.clone(), &options, "acme", Duration::from_secs(10))
         .await;
     let refused = target.check().await.unwrap_err();
     assert!(refused.contains("ResourceNotFound"), "{refused}");
@@ -287,7 +287,7 @@ pub(crate) async fn receive(
 async fn sns_messages_carry_the_event_and_its_attributes() {
     let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
-    let sinks = AwsSinks::default();
+    let sinks = AwsSinks::new(true);
     let events: Vec<StoredEvent> = (1..=25)
         .map(|seq| event(seq, "asset-created", &format!("a{seq}")))
         .collect();
@@ -345,7 +345,7 @@ async fn sns_messages_carry_the_event_and_its_attributes() {
 async fn an_sns_filter_policy_on_event_name_selects_events() {
     let moto = Moto::start().await.expect("moto_server");
     let options = use_moto_credentials(&moto);
-    let sinks = AwsSinks::default();
+    let sinks = AwsSinks::new(true);
     let (topic, queue) = topic_with_queue(
         &moto,
         "filtered",
@@ -397,7 +397,7 @@ async fn sqs_messages_carry_the_event_and_its_attributes() {
     let events: Vec<StoredEvent> = (1..=15)
         .map(|seq| event(seq, "asset-deleted", "a9"))
         .collect();
-    let sinks = AwsSinks::default();
+    let sinks = AwsSinks::new(true);
     let results = send(
         &sinks,
         AwsResource::SqsQueue {

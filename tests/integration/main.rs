@@ -10,6 +10,7 @@ mod cloudevents;
 mod cluster;
 mod delivery;
 mod delivery_formats;
+mod destination_guard;
 mod durability;
 mod entities;
 mod keys;
