@@ -943,8 +943,32 @@ async fn secrets_are_encrypted_at_rest() {
     let got = deliveries(&receiver, "/at-rest", 1).await;
     assert_eq!(got[0].verified_each, [true, true]);
 
-    // Neither the SQLite file and its WAL nor a dump of the PostgreSQL schema shows them.
-    let bytes = app.data_bytes().await;
+    // Neither the SQLite file and its WAL nor a dump of the PostgreSQL schema (every row
+    // as text, and pg_dump's own output) shows them.
+    let mut bytes = app.data_bytes().await;
+    if let Some(schema) = app.database.split("search_path%3D").nth(1) {
+        let base = std::env::var("REELAY_TEST_POSTGRES_URL").expect("a PostgreSQL run");
+        let dump = tokio::process::Command::new("pg_dump")
+            .args([
+                "--data-only",
+                "--schema",
+                schema.split('&').next().unwrap(),
+                &base,
+            ])
+            .output()
+            .await
+            .expect("pg_dump runs");
+        assert!(
+            dump.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&dump.stdout).contains("enc1:"),
+            "the dump has the sealed values"
+        );
+        bytes.extend(dump.stdout);
+    }
     let stored = String::from_utf8_lossy(&bytes);
     for secret in [&first, &second, &callback] {
         let key = secret.strip_prefix("whsec_").unwrap();
