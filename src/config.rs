@@ -34,6 +34,24 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// A second admin token accepted beside `--admin-token`, to rotate it without a
+    /// moment when neither works: add the new one here, move the clients to it, then
+    /// make it the `--admin-token` and drop this.
+    #[arg(long, env = "REELAY_ADMIN_TOKEN_NEXT", hide_env_values = true)]
+    pub admin_token_next: Option<String>,
+
+    /// The key that encrypts the stored secrets (signing secrets and keys, HS256
+    /// user-token secrets, the pseudonym key): 32 bytes in base64 or hex. Every node
+    /// sharing a PostgreSQL database needs the same one.
+    #[arg(long, env = "REELAY_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// A file holding that key (generated there if the file does not exist). Without
+    /// either, the key is generated once and kept in `secret.key` (mode 0600) beside the
+    /// SQLite database, or in `./reelay-data/` with PostgreSQL.
+    #[arg(long, env = "REELAY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
+    pub secret_key_file: Option<PathBuf>,
+
     /// Allow webhooks, job callbacks and AWS destinations' `endpointUrl` on loopback,
     /// private, link-local and other special-purpose addresses (IANA registries).
     #[arg(long, env = "REELAY_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Create or update the database schema, then exit (`serve` also does it at start).
     Migrate(MigrateConfig),
     /// Measure throughput, latency and memory on this machine.
@@ -48,11 +48,16 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
-            reelay::server::run(config, listener, shutdown_signal()).await?;
+            reelay::server::run(*config, listener, shutdown_signal()).await?;
         }
         Command::Bench(config) => reelay::bench::run(config).await?,
         Command::Migrate(config) => {
-            reelay::store::Database::open(&config.database_url, &StoreOptions::default()).await?;
+            // The schema only: no secret is read or written, so no key is needed.
+            let options = StoreOptions {
+                secret_key: reelay::store::SecretKey::Unused,
+                ..StoreOptions::default()
+            };
+            reelay::store::Database::open(&config.database_url, &options).await?;
             println!("the database schema is up to date");
         }
     }

@@ -23,7 +23,7 @@ use crate::http::limits::Limits;
 use crate::http::rate_limit::PublishRate;
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
-use crate::store::{Derivation, Store, StoreError, StoreOptions};
+use crate::store::{Derivation, SecretKey, Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -57,17 +57,29 @@ pub async fn run(
             durability: config.durability,
             node_id: config.node_id.clone(),
             max_connections: config.database_max_connections,
+            secret_key: match (&config.secret_key, &config.secret_key_file) {
+                (Some(key), _) => SecretKey::Given(key.clone()),
+                (None, Some(path)) => SecretKey::File(path.clone()),
+                (None, None) => SecretKey::BesideDatabase,
+            },
         },
         derivation,
         &store_tasks,
     )
     .await?;
 
-    let keys = Arc::new(Keys::new(store.clone()));
-    if let Some(token) = keys.ensure_admin(config.admin_token.as_deref()).await? {
+    let mut keys = Keys::new(store.clone());
+    let configured: Vec<&str> = [&config.admin_token, &config.admin_token_next]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if let Some(token) = keys.ensure_admin(&configured).await? {
         // Printed once: only its hash is stored.
         println!("Generated admin token (shown once, stored hashed): {token}");
     }
+    let keys = Arc::new(keys);
+    tokio::spawn(Keys::follow_revocations(Arc::downgrade(&keys)));
 
     let user_tokens = Arc::new(UserTokens::open(store.clone()).await?);
 

@@ -27,6 +27,11 @@ pub(super) fn rewind_message(id: &str, cursor: i64) -> String {
     format!("rewind {id} {cursor}")
 }
 
+/// The announcement that a subscription's signing secret was rotated.
+pub(super) fn rekey_message(id: &str) -> String {
+    format!("rekey {id}")
+}
+
 /// The announcement that a subscription has a new resync run to send.
 pub(super) fn resync_message(id: &str) -> String {
     format!("resync {id}")
@@ -140,6 +145,7 @@ impl Leases {
                         .await;
                 }
             }
+            (Some("rekey"), Some(id), None) => self.dispatcher.reload_signer(id).await,
             (Some("resync"), Some(id), None) if self.dispatcher.is_running(id) => {
                 if let Err(error) = self.dispatcher.resume_resync(id).await {
                     tracing::error!(%error, subscription = id, "starting a resync failed");

@@ -22,7 +22,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -115,7 +115,8 @@ struct WorkerHandle {
 pub(crate) struct Target {
     subscription: Subscription,
     destination: Prepared,
-    signer: Signer,
+    /// Replaced when the signing secret is rotated (see [`Dispatcher::rekey`]).
+    signer: RwLock<Arc<Signer>>,
     failing_since: Mutex<Option<Millis>>,
     /// Failed attempts since the last success (first attempts and retries alike).
     consecutive_failures: AtomicU32,
@@ -132,6 +133,22 @@ enum Prepared {
         options: AwsOptions,
         client: tokio::sync::OnceCell<AwsTarget>,
     },
+}
+
+/// The signer of a subscription's deliveries: its secret, and during a rotation's
+/// overlap its previous secret too.
+fn signer_of(subscription: &Subscription) -> Result<Signer, DispatchError> {
+    let unusable = |source| DispatchError::Secret {
+        id: subscription.id.clone(),
+        source,
+    };
+    let signer = Signer::new(&subscription.secret).map_err(unusable)?;
+    match &subscription.previous_secret {
+        Some(previous) => signer
+            .with_previous(&previous.secret, previous.until)
+            .map_err(unusable),
+        None => Ok(signer),
+    }
 }
 
 impl Target {
@@ -152,10 +169,7 @@ impl Target {
                 None => unreachable!("every other destination is an AWS one"),
             },
         };
-        let signer = Signer::new(&subscription.secret).map_err(|source| DispatchError::Secret {
-            id: subscription.id.clone(),
-            source,
-        })?;
+        let signer = RwLock::new(Arc::new(signer_of(&subscription)?));
         let failing_since = Mutex::new(subscription.failing_since);
         Ok(Target {
             subscription,
@@ -169,6 +183,13 @@ impl Target {
 
     fn id(&self) -> &str {
         &self.subscription.id
+    }
+
+    fn signer(&self) -> Arc<Signer> {
+        self.signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many events one delivery call carries.
@@ -507,6 +528,64 @@ impl Dispatcher {
         }
     }
 
+    /// Signs the subscription's deliveries with its new secret (and its previous one,
+    /// for the overlap) from now on, here or on the node that delivers it. Retries go
+    /// through the same worker, so they are signed with the new secret too.
+    pub async fn rekey(&self, subscription: &Subscription) -> Result<(), DispatchError> {
+        let signer = Arc::new(signer_of(subscription)?);
+        if self.swap_signer(&subscription.id, signer) {
+            return Ok(());
+        }
+        if let Some(cluster) = &self.shared.cluster
+            && let Err(error) = cluster
+                .notify(&cluster::rekey_message(&subscription.id))
+                .await
+        {
+            // Its node reads the secret again when the worker next starts.
+            tracing::warn!(%error, subscription = %subscription.id, "telling the other nodes of a new secret failed");
+        }
+        Ok(())
+    }
+
+    /// Replaces the signer of this node's worker for `id`; false when none runs here.
+    fn swap_signer(&self, id: &str, signer: Arc<Signer>) -> bool {
+        let workers = self.workers();
+        let Some(handle) = workers.get(id) else {
+            return false;
+        };
+        *handle
+            .target
+            .signer
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = signer;
+        true
+    }
+
+    /// Reads a subscription's secrets again and signs with them (another node rotated
+    /// them), if its worker runs here.
+    async fn reload_signer(&self, id: &str) {
+        if !self.is_running(id) {
+            return;
+        }
+        let found = match self.store().db().subscription_by_id(id).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, subscription = id, "reading a new secret failed");
+                return;
+            }
+        };
+        if let Some(subscription) = found {
+            match signer_of(&subscription) {
+                Ok(signer) => {
+                    self.swap_signer(id, Arc::new(signer));
+                }
+                Err(error) => {
+                    tracing::error!(%error, subscription = id, "a new secret is unusable")
+                }
+            }
+        }
+    }
+
     /// Tells an in-order subscription's worker that the retry it waits for is over
     /// (delivered or dead), so the next delivery may go.
     async fn retry_resolved(&self, id: &str, seq: i64) {
@@ -594,7 +673,7 @@ impl Dispatcher {
                         sequence: event.seq,
                         payload: Payload::new(format, event),
                     };
-                    results.push(self.shared.webhooks.send(&target.signer, request).await);
+                    results.push(self.shared.webhooks.send(&target.signer(), request).await);
                 }
                 results
             }

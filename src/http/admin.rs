@@ -1,19 +1,18 @@
-//! The small routes: health, metrics, the catalog, account keys, and the OpenAPI document.
+//! The small routes: health, metrics, the catalog, and the OpenAPI document.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use axum::routing::get;
+use utoipa::OpenApi;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody};
+use super::error::ErrorBody;
 use crate::catalog::Catalog;
 
 /// Liveness; no authentication. `503` with the error body (code `log_halted`) when the
@@ -57,36 +56,12 @@ pub async fn catalog(State(state): State<AppState>, _caller: Caller) -> Json<Arc
     Json(state.catalog.clone())
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyOut {
-    pub account: String,
-    /// The key: shown once, stored only as a hash.
-    pub key: String,
-}
-
-/// Admin: create an API key that reaches only this account.
-#[utoipa::path(
-    post, path = "/v1/accounts/{account}/keys", tag = "keys",
-    params(("account" = String, Path)),
-    responses((status = 201, body = KeyOut), (status = 403, body = ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn create_key(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(account): Path<String>,
-) -> Result<(StatusCode, Json<KeyOut>), ApiError> {
-    caller.check_admin()?;
-    let key = state.keys.create_account_key(&account).await?;
-    tracing::info!(%account, "account key created");
-    Ok((StatusCode::CREATED, Json(KeyOut { account, key })))
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Reelay", description = "Event stream and webhook notifications for video platforms"),
     paths(
-        healthz, metrics, catalog, create_key,
+        healthz, metrics, catalog, super::keys::create_key, super::keys::list_keys,
+        super::keys::revoke_key, super::keys::rotate_admin_token, super::signing::rotate,
         super::events::publish, super::events::query,
         super::cloudevents::receive, super::token_verification::put_settings,
         super::token_verification::get_settings, super::token_verification::delete_settings,
@@ -124,5 +99,4 @@ pub fn router() -> axum::Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/catalog", get(catalog))
-        .route("/v1/accounts/{account}/keys", post(create_key))
 }

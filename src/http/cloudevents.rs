@@ -16,6 +16,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::ingest::cloudevents::{self, Incoming};
+use crate::model::Scope;
 use crate::model::now_millis;
 use crate::store::Appended;
 
@@ -67,7 +68,7 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Publish, &account)?;
     let body = body?;
     state.limits.check_array_count(&body)?;
     let (mode, incoming) = cloudevents::parse(&state.catalog, &headers, &body)?;
@@ -95,6 +96,7 @@ pub async fn receive(
     }
     // The size limit is on the document as stored (with the user token replaced).
     super::events::admit(&state, &headers, &events)?;
+    caller.may_publish(&events)?;
     let appended = state.store.append(events).await?;
     let stored = appended
         .iter()

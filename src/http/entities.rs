@@ -10,6 +10,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::events::EventOut;
+use crate::model::Scope;
 use crate::store::{EntityState, PageSize};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -93,7 +94,7 @@ pub async fn list(
     Path(account): Path<String>,
     Query(params): Query<EntitiesQuery>,
 ) -> Result<Json<EntityPage>, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     let Some(entity_type) = params.entity_type else {
         return Err(ApiError::Unprocessable {
             code: "missing_entity_type",
@@ -145,7 +146,7 @@ pub async fn get(
     caller: Caller,
     Path((account, entity_type, id)): Path<(String, String, String)>,
 ) -> Result<Json<EntityOut>, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     check_type(&state, &entity_type)?;
     let found = state
         .store

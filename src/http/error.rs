@@ -18,6 +18,14 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// The key reaches the account but may not do this (a missing scope, an event it
+    /// may not publish): the code says which.
+    #[error("{message}")]
+    Denied {
+        code: &'static str,
+        message: String,
+        index: Option<usize>,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("malformed JSON at line {line}, column {column}: {message}")]
@@ -99,6 +107,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Denied { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
@@ -211,6 +220,7 @@ impl IntoResponse for ApiError {
                 detail.line = Some(line);
                 detail.column = Some(column);
             }
+            ApiError::Denied { index, .. } => detail.index = index,
             ApiError::UserToken { index, .. } => {
                 detail.index = index;
                 detail.field = Some("data.userIdentifier".into());

@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::ingest;
+use crate::model::Scope;
 use crate::model::{NewEvent, StoredEvent};
 use crate::store::{Appended, EventQuery, PageSize};
 
@@ -50,11 +51,14 @@ pub async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Publish, &account)?;
     state.limits.check_array_count(&body)?;
     let events = ingest::native::parse(&state.catalog, &account, &body)?;
     admit(&state, &headers, &events)?;
-    Ok((StatusCode::ACCEPTED, Json(append(&state, events).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(append(&state, &caller, events).await?),
+    ))
 }
 
 /// The limits every publish passes before anything is stored: the number and size of
@@ -71,11 +75,14 @@ pub(super) fn admit(
     }
 }
 
-/// Appends validated events to the log; answers once they are committed.
+/// Appends validated events to the log, if the caller may publish each of them;
+/// answers once they are committed.
 pub(super) async fn append(
     state: &AppState,
+    caller: &Caller,
     events: Vec<NewEvent>,
 ) -> Result<PublishOut, ApiError> {
+    caller.may_publish(&events)?;
     let count = events.len();
     let appended = state.store.append(events).await?;
     let stored = appended
@@ -165,7 +172,7 @@ pub async fn query(
     Query(params): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let query = EventQuery {
         topic: params.topic,

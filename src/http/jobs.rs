@@ -24,6 +24,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::events::PublishOut;
 use crate::ingest::brightcove::{self, NOTIFICATION};
+use crate::model::Scope;
 use crate::model::{
     Destination, EventFilter, Format, Millis, NewSubscription, Subscription, SubscriptionKind,
     now_millis,
@@ -108,7 +109,7 @@ pub async fn register(
     Path((account, job)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CallbacksOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Manage, &account)?;
     check_job(&job)?;
     // Counted first, in one pass over the bytes that builds nothing; then de-duplicated
     // before any URL is parsed or resolved.
@@ -172,6 +173,7 @@ pub async fn register(
             },
             format: Format::Native,
             secret: generate_secret(),
+            public_key: None,
         };
         // Notifications published from now on. Checked again in the insert's transaction:
         // a concurrent request (to any node) may have registered the URL meanwhile.
@@ -356,7 +358,7 @@ pub async fn list(
     caller: Caller,
     Path((account, job)): Path<(String, String)>,
 ) -> Result<Json<CallbacksOut>, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     check_job(&job)?;
     let callbacks = state
         .store
@@ -395,12 +397,12 @@ pub async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Publish, &account)?;
     check_job(&job)?;
     state.limits.check_array_count(&body)?;
     let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
     super::events::admit(&state, &headers, &events)?;
-    let published = super::events::append(&state, events).await?;
+    let published = super::events::append(&state, &caller, events).await?;
     Ok((StatusCode::ACCEPTED, Json(published)))
 }
 

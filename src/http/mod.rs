@@ -8,9 +8,11 @@ pub mod entities;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod keys;
 pub mod limits;
 pub mod rate_limit;
 pub mod resync;
+pub mod signing;
 pub mod subscriptions;
 pub mod token_verification;
 
@@ -60,6 +62,8 @@ pub fn router(state: AppState) -> Router {
         .merge(resync::router())
         .merge(jobs::router())
         .merge(entities::router())
+        .merge(keys::router())
+        .merge(signing::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::read_body,

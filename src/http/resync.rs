@@ -19,6 +19,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::subscriptions::find;
+use crate::model::Scope;
 use crate::model::{Subscription, SubscriptionKind, now_millis};
 use crate::store::{ResyncPosition, ResyncRun};
 
@@ -205,7 +206,7 @@ pub async fn start(
     Path((account, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ResyncOut>), ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
     let request: Value = match body.iter().all(u8::is_ascii_whitespace) {
         true => Value::Null,
         false => serde_json::from_slice(&body).map_err(|error| ApiError::MalformedJson {
@@ -243,7 +244,7 @@ pub async fn latest(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<ResyncOut>, ApiError> {
-    find(&state, &caller, &account, &id).await?;
+    find(&state, &caller, Scope::Read, &account, &id).await?;
     let run = state
         .store
         .db()

@@ -19,12 +19,13 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
+use crate::model::Scope;
 use crate::model::{
     Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
     SubscriptionKind, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
-use crate::sinks::webhook::{generate_secret, parse_url};
+use crate::sinks::webhook::{generate_ed25519, generate_secret, parse_url};
 use crate::store::{ResyncRun, RetryEntry, StoredAttempt};
 
 /// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
@@ -57,6 +58,10 @@ pub struct SubscriptionIn {
     /// accepts, marked `"resyncType": "full"`, then incremental events (see
     /// `POST …/subscriptions/{id}/resync`). Default false.
     pub resync: Option<bool>,
+    /// How deliveries are signed: `hmac` (default: Standard Webhooks `v1`, with the
+    /// `whsec_` secret of the answer) or `ed25519` (`v1a`, verified with the `publicKey`
+    /// of the answer; the secret key is never shown).
+    pub signature: Option<String>,
     /// With `resync`: the entity types to send (default all).
     #[serde(rename = "resyncTypes")]
     pub resync_types: Option<Vec<String>>,
@@ -72,6 +77,8 @@ struct Creation {
     check_destination: bool,
     /// The entity types of a resync to start with, if one was asked for.
     resync: Option<Vec<String>>,
+    /// Signed with ed25519 (`"signature": "ed25519"`) rather than HMAC.
+    ed25519: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -95,6 +102,9 @@ pub struct SubscriptionOut {
     /// The signing secret; only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// With ed25519 signatures: the public key to verify them with (`whpk_…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     pub created_at: i64,
     /// `enabled` or `disabled`.
     pub status: String,
@@ -151,6 +161,7 @@ impl SubscriptionOut {
             topics: subscription.filter.topics,
             format: subscription.format,
             secret,
+            public_key: subscription.public_key,
             created_at: subscription.created_at,
             status: if disabled_reason.is_some() {
                 "disabled"
@@ -190,7 +201,7 @@ pub async fn create(
     Path(account): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Manage, &account)?;
     let Creation {
         destination,
         filter,
@@ -198,6 +209,7 @@ pub async fn create(
         validation_handshake,
         check_destination: check,
         resync,
+        ed25519,
     } = parse_request(&state, &body)?;
     // A webhook URL comes as `endpoint` (Brightcove) or as `destination.url`.
     let webhook_field = match serde_json::from_slice::<Value>(&body) {
@@ -218,6 +230,13 @@ pub async fn create(
         ask_consent(&state, &account, &destination).await?;
     }
 
+    let (secret, public_key) = match ed25519 {
+        true => {
+            let (secret, public_key) = generate_ed25519();
+            (secret, Some(public_key))
+        }
+        false => (generate_secret(), None),
+    };
     let new = NewSubscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
         account: account.clone(),
@@ -225,7 +244,8 @@ pub async fn create(
         destination,
         filter,
         format,
-        secret: generate_secret(),
+        secret,
+        public_key,
     };
     // A new subscription receives what is published from now on. The duplicate and
     // limit checks run in the insert's transaction, so concurrent requests (to any
@@ -267,7 +287,8 @@ pub async fn create(
     };
     Ok((
         StatusCode::CREATED,
-        Json(SubscriptionOut::new(subscription, Some(new.secret)).with_resync(run)),
+        // An ed25519 secret key is never shown: receivers verify with the public key.
+        Json(SubscriptionOut::new(subscription, (!ed25519).then_some(new.secret)).with_resync(run)),
     ))
 }
 
@@ -430,6 +451,18 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             ));
         }
     };
+    let ed25519 = match object.get("signature") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(scheme)) if scheme == "hmac" => false,
+        Some(Value::String(scheme)) if scheme == "ed25519" => true,
+        Some(_) => {
+            return Err(field_error(
+                "invalid_signature",
+                "signature",
+                "signature must be \"hmac\" or \"ed25519\"",
+            ));
+        }
+    };
     let validation_handshake = match object.get("validationHandshake") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(asked)) => *asked,
@@ -500,6 +533,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         validation_handshake,
         check_destination,
         resync,
+        ed25519,
     })
 }
 
@@ -593,7 +627,7 @@ pub async fn list(
     caller: Caller,
     Path(account): Path<String>,
 ) -> Result<Json<Vec<SubscriptionOut>>, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Read, &account)?;
     let subscriptions = state.store.db().list_subscriptions(&account).await?;
     Ok(Json(
         subscriptions
@@ -603,14 +637,16 @@ pub async fn list(
     ))
 }
 
-/// The account's subscription `id`, if the caller may see that account; else `404`.
+/// The account's subscription `id`, if the caller may do `scope` in that account; else
+/// `403` or `404`.
 pub(super) async fn find(
     state: &AppState,
     caller: &Caller,
+    scope: Scope,
     account: &str,
     id: &str,
 ) -> Result<Subscription, ApiError> {
-    caller.check_account(account)?;
+    caller.require(scope, account)?;
     state
         .store
         .db()
@@ -630,7 +666,7 @@ pub async fn get_one(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionOut>, ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Read, &account, &id).await?;
     let run = state.store.db().latest_resync_run(&id).await?;
     Ok(Json(
         SubscriptionOut::new(subscription, None).with_resync(run),
@@ -649,7 +685,7 @@ pub async fn delete(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.check_account(&account)?;
+    caller.require(Scope::Manage, &account)?;
     // Deleted in the account first: an id of another account must not stop its worker.
     if !state.store.db().delete_subscription(&account, &id).await? {
         return Err(ApiError::NotFound(format!(
@@ -674,7 +710,7 @@ pub async fn update(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    find(&state, &caller, &account, &id).await?;
+    find(&state, &caller, Scope::Manage, &account, &id).await?;
     Err(ApiError::MethodNotAllowed {
         code: "update_not_supported",
         message: format!(
@@ -697,7 +733,7 @@ pub async fn enable(
     caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<SubscriptionOut>, ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
     if subscription.disabled.is_some() {
         // The worker's last progress (with the disabling) must land before we clear it.
         state.store.flush().await?;
@@ -706,7 +742,7 @@ pub async fn enable(
             .db()
             .enable_subscription(&id, now_millis())
             .await?;
-        let subscription = find(&state, &caller, &account, &id).await?;
+        let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
         state
             .dispatcher
             .add(subscription)
@@ -715,7 +751,7 @@ pub async fn enable(
         tracing::info!(subscription = %id, %account, "subscription enabled");
     }
     Ok(Json(SubscriptionOut::new(
-        find(&state, &caller, &account, &id).await?,
+        find(&state, &caller, Scope::Manage, &account, &id).await?,
         None,
     )))
 }
@@ -830,7 +866,7 @@ pub async fn deliveries(
     Path((account, id)): Path<(String, String)>,
     Query(params): Query<DeliveriesQuery>,
 ) -> Result<Json<DeliveriesOut>, ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Read, &account, &id).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let attempts = state
         .store
@@ -883,7 +919,7 @@ pub async fn replay(
     Path((account, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ReplayOut>), ApiError> {
-    let subscription = find(&state, &caller, &account, &id).await?;
+    let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
     let request: ReplayIn = serde_json::from_slice(&body).map_err(|error| {
         ApiError::unprocessable(
             "invalid_replay",

@@ -2,13 +2,15 @@
 //! delivery outcomes. Nothing here knows about HTTP or SQL.
 
 mod event;
+mod key;
 mod subscription;
 mod token_verification;
 
 pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
+pub use key::{ApiKey, KeyOwner, Scope};
 pub use subscription::{
-    AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
-    SubscriptionKind,
+    AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, PreviousSecret,
+    Subscription, SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
 

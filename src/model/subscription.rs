@@ -165,8 +165,18 @@ pub struct NewSubscription {
     pub destination: Destination,
     pub filter: EventFilter,
     pub format: Format,
-    /// Standard Webhooks signing secret, `whsec_<base64>`.
+    /// Standard Webhooks signing secret, `whsec_<base64>` (HMAC), or for ed25519
+    /// signatures the secret key `whsk_<base64>`.
     pub secret: String,
+    /// For ed25519 signatures: the public key receivers verify with, `whpk_<base64>`.
+    pub public_key: Option<String>,
+}
+
+/// A rotated-out signing secret that still signs until its overlap ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until: Millis,
 }
 
 /// A stored subscription with its delivery state.
@@ -179,6 +189,11 @@ pub struct Subscription {
     pub filter: EventFilter,
     pub format: Format,
     pub secret: String,
+    /// For ed25519 signatures: the public key (`whpk_…`) of `secret`.
+    pub public_key: Option<String>,
+    /// During a secret rotation's overlap: the previous secret, which signs deliveries
+    /// too until `until`.
+    pub previous_secret: Option<PreviousSecret>,
     pub created_at: Millis,
     /// Every event with `seq <= cursor` has been delivered or handed to the retry set.
     pub cursor: i64,

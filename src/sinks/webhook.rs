@@ -6,8 +6,9 @@
 //! third of the instructions of a delivery, and a webhook needs none of them.
 //!
 //! Signatures follow Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256 of
-//! "{id}.{timestamp}.{body}">` keyed with the decoded `whsec_` secret, so receivers check
-//! them with any Standard Webhooks library.
+//! "{id}.{timestamp}.{body}">` keyed with the decoded `whsec_` secret (or `v1a,<base64
+//! ed25519 signature>` of the same text, for a subscription that asked for ed25519), so
+//! receivers check them with any Standard Webhooks library.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,39 +35,102 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("a signing secret starts with whsec_ followed by base64")]
+    #[error("a signing secret is whsec_ (HMAC) or whsk_ (ed25519) followed by base64")]
     Malformed,
 }
 
-/// A keyed HMAC, prepared once per subscription; signing a message clones it instead of
-/// re-deriving the key.
+/// One signing key, prepared once per subscription.
+#[derive(Clone)]
+enum Key {
+    /// Standard Webhooks `v1`: HMAC-SHA256 keyed with the decoded `whsec_` secret; signing
+    /// clones the keyed state instead of re-deriving the key.
+    Hmac(Hmac<Sha256>),
+    /// Standard Webhooks `v1a`: ed25519 with the `whsk_` secret key.
+    Ed25519(Box<ed25519_dalek::SigningKey>),
+}
+
+/// A subscription's signing keys: the current one, and during a secret rotation's
+/// overlap the previous one, so receivers that still hold the old secret verify too.
 #[derive(Clone)]
 pub struct Signer {
-    mac: Hmac<Sha256>,
+    current: Key,
+    /// The previous key and when it stops signing (epoch milliseconds).
+    previous: Option<(Key, i64)>,
+}
+
+impl Key {
+    fn new(secret: &str) -> Result<Key, SecretError> {
+        if let Some(encoded) = secret.strip_prefix("whsec_") {
+            let key = BASE64.decode(encoded).map_err(|_| SecretError::Malformed)?;
+            let mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SecretError::Malformed)?;
+            return Ok(Key::Hmac(mac));
+        }
+        let encoded = secret.strip_prefix("whsk_").ok_or(SecretError::Malformed)?;
+        let seed: [u8; 32] = BASE64
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(SecretError::Malformed)?;
+        Ok(Key::Ed25519(Box::new(
+            ed25519_dalek::SigningKey::from_bytes(&seed),
+        )))
+    }
+
+    /// Appends this key's `v1,…` or `v1a,…` signature of the message to `header`.
+    fn sign_into(&self, id: &str, timestamp: &str, body: &[u8], header: &mut String) {
+        match self {
+            Key::Hmac(mac) => {
+                let mut mac = mac.clone();
+                mac.update(id.as_bytes());
+                mac.update(b".");
+                mac.update(timestamp.as_bytes());
+                mac.update(b".");
+                mac.update(body);
+                header.push_str("v1,");
+                BASE64.encode_string(mac.finalize().into_bytes(), header);
+            }
+            Key::Ed25519(key) => {
+                use ed25519_dalek::Signer as _;
+                let mut message = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+                message.extend_from_slice(id.as_bytes());
+                message.push(b'.');
+                message.extend_from_slice(timestamp.as_bytes());
+                message.push(b'.');
+                message.extend_from_slice(body);
+                header.push_str("v1a,");
+                BASE64.encode_string(key.sign(&message).to_bytes(), header);
+            }
+        }
+    }
 }
 
 impl Signer {
     pub fn new(secret: &str) -> Result<Signer, SecretError> {
-        let encoded = secret
-            .strip_prefix("whsec_")
-            .ok_or(SecretError::Malformed)?;
-        let key = BASE64.decode(encoded).map_err(|_| SecretError::Malformed)?;
-        let mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SecretError::Malformed)?;
-        Ok(Signer { mac })
+        Ok(Signer {
+            current: Key::new(secret)?,
+            previous: None,
+        })
     }
 
-    /// The `webhook-signature` header value for one message.
+    /// Also signs with `previous` until `until` (epoch milliseconds).
+    pub fn with_previous(mut self, previous: &str, until: i64) -> Result<Signer, SecretError> {
+        self.previous = Some((Key::new(previous)?, until));
+        Ok(self)
+    }
+
+    /// The `webhook-signature` header value for one message: the current key's
+    /// signature, and the previous key's while its overlap lasts (space-separated, as
+    /// Standard Webhooks allows).
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        let digest = mac.finalize().into_bytes();
-        let mut header = String::with_capacity(3 + 44);
-        header.push_str("v1,");
-        BASE64.encode_string(digest, &mut header);
+        let time = timestamp.to_string();
+        let mut header = String::with_capacity(96);
+        self.current.sign_into(id, &time, body, &mut header);
+        if let Some((previous, until)) = &self.previous
+            && timestamp.saturating_mul(1000) < *until
+        {
+            header.push(' ');
+            previous.sign_into(id, &time, body, &mut header);
+        }
         header
     }
 }
@@ -75,6 +139,17 @@ impl Signer {
 pub fn generate_secret() -> String {
     let key: [u8; 32] = rand::random();
     format!("whsec_{}", BASE64.encode(key))
+}
+
+/// A new ed25519 signing key: the secret key (`whsk_` + the base64 of its 32-byte seed,
+/// never shown) and its Standard Webhooks public key (`whpk_` + base64).
+pub fn generate_ed25519() -> (String, String) {
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    (
+        format!("whsk_{}", BASE64.encode(seed)),
+        format!("whpk_{}", BASE64.encode(key.verifying_key().as_bytes())),
+    )
 }
 
 /// A webhook URL as the client takes it, or `None` when it is not one.
@@ -448,6 +523,42 @@ mod tests {
         assert!(Signer::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(Signer::new("whsec_not base64!").is_err());
         assert!(Signer::new(&generate_secret()).is_ok());
+        assert!(Signer::new(&generate_ed25519().0).is_ok());
+        assert!(Signer::new("whsk_c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn during_an_overlap_both_keys_sign_and_after_it_only_the_new_one() {
+        let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let new = Signer::new(&generate_secret()).unwrap();
+        let fresh = new.sign(id, 1614265330, body);
+        let rotated = new.with_previous(old, 1_614_265_331_000).unwrap();
+        let during = rotated.sign(id, 1614265330, body);
+        assert_eq!(
+            during,
+            format!("{fresh} v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        );
+        assert!(!rotated.sign(id, 1614265331, body).contains(' '));
+    }
+
+    #[test]
+    fn ed25519_signatures_verify_with_the_public_key() {
+        use ed25519_dalek::Verifier as _;
+        let (secret, public) = generate_ed25519();
+        let signer = Signer::new(&secret).unwrap();
+        let header = signer.sign("msg_1", 1614265330, b"{}");
+        let signature = BASE64.decode(header.strip_prefix("v1a,").unwrap()).unwrap();
+        let key: [u8; 32] = BASE64
+            .decode(public.strip_prefix("whpk_").unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap();
+        let signature = ed25519_dalek::Signature::from_slice(&signature).unwrap();
+        assert!(key.verify(b"msg_1.1614265330.{}", &signature).is_ok());
+        assert!(key.verify(b"msg_1.1614265330.{ }", &signature).is_err());
     }
 
     #[test]

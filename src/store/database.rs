@@ -5,6 +5,7 @@
 //! Appends and delivery progress go through the log writer instead (`writer`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::QueryBuilder;
@@ -12,15 +13,17 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
-    AttemptRow, DueRetryRow, EntityRow, EventRow, LiveEntityCountRow, ResyncRunRow, RetryRow,
-    SubscriptionRow, TokenVerificationRow, resync_from_key, resync_key, resync_position, to_json,
+    AttemptRow, DueRetryRow, EntityRow, EventRow, KeyRow, LiveEntityCountRow, ResyncRunRow,
+    RetryRow, SubscriptionRow, TokenVerificationRow, key_list, open_subscription, resync_from_key,
+    resync_key, resync_position, to_json,
 };
 use super::{
-    DueRetry, EntityState, EventQuery, KeyOwner, LiveEntityCount, Result, ResyncProgress,
-    ResyncRun, RetryEntry, StoreOptions, StoredAttempt, postgres, sqlite,
+    DueRetry, EntityState, EventQuery, LiveEntityCount, Result, ResyncProgress, ResyncRun,
+    RetryEntry, Sealer, StoreError, StoreOptions, StoredAttempt, postgres, sqlite,
 };
 use crate::model::{
-    Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
+    ApiKey, KeyOwner, Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind,
+    TokenVerification,
 };
 
 /// A connection pool to one of the two backends.
@@ -86,6 +89,17 @@ macro_rules! events_page {
     };
 }
 
+/// The API keys that match `$condition` (the columns of [`KeyRow`]).
+macro_rules! keys_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, account, name, scopes, events, topics, prefix, created_at, ",
+            "last_used_at, expires_at FROM api_keys WHERE ",
+            $condition
+        )
+    };
+}
+
 /// A page of one account's entities of one type (`$1`, `$2`), by id, like
 /// [`events_page!`]: the entities that match `$condition`, at most `LIMIT $limit`, ending at
 /// the first whose event brings the page to `$bytes` bytes of documents.
@@ -130,6 +144,12 @@ impl PageSize {
     }
 }
 
+/// The channel revoked keys are announced on (the payload: the key's hash).
+const REVOKED_CHANNEL: &str = "reelay_keys_revoked";
+
+/// The server secret that tells whether the key is the one the secrets were sealed with.
+const KEY_CHECK: &str = "sealing_key_check";
+
 /// Which backend a database URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -154,6 +174,8 @@ pub struct Database {
     /// This process's name among the nodes sharing a PostgreSQL database (leases are
     /// held in its name). A SQLite database has one process: it owns all the work.
     node: String,
+    /// Encrypts the secrets it stores, decrypts those it reads.
+    sealer: Arc<Sealer>,
 }
 
 /// Bounds a query's `LIMIT` (PostgreSQL has no unsigned integers).
@@ -183,7 +205,125 @@ impl Database {
             Some(node) => node.clone(),
             None => format!("node_{}", uuid::Uuid::now_v7().simple()),
         };
-        Ok(Database { pool, node })
+        let dir = match Backend::of(url) {
+            Backend::Sqlite => sqlite::database_dir(url)?,
+            Backend::Postgres => None,
+        };
+        let sealer = Arc::new(Sealer::load(&options.secret_key, dir.as_deref())?);
+        let db = Database { pool, node, sealer };
+        if !matches!(options.secret_key, super::SecretKey::Unused) {
+            db.check_key().await?;
+            db.seal_plain_secrets().await?;
+        }
+        Ok(db)
+    }
+
+    /// Refuses to go on with a key other than the one the database's secrets were
+    /// sealed with (a node started without the others' `REELAY_SECRET_KEY`): it could
+    /// not sign anything. The first start records a value sealed with its key.
+    async fn check_key(&self) -> Result<()> {
+        let probe = self.sealer.seal(KEY_CHECK);
+        let stored: String = on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(KEY_CHECK)
+            .bind(&probe)
+            .bind(crate::model::now_millis())
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(KEY_CHECK)
+                .fetch_one(pool)
+                .await?
+        });
+        match self.sealer.open(&stored) {
+            Ok(value) if value == KEY_CHECK => Ok(()),
+            _ => Err(StoreError::SecretKey(
+                "this key is not the one the database's secrets were encrypted with: give \
+                 every node the same REELAY_SECRET_KEY (or --secret-key-file)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Encrypts the secrets a database made before encryption holds in plain text (in
+    /// place, once). A SQLite database is then vacuumed and its WAL emptied, so the
+    /// plain values do not linger in free pages.
+    async fn seal_plain_secrets(&self) -> Result<()> {
+        let mut sealed = 0;
+        let seal = |value: &str| match Sealer::is_sealed(value) {
+            true => value.to_owned(),
+            false => self.sealer.seal(value),
+        };
+        on_pool!(self, |pool| {
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT id, secret, previous_secret FROM subscriptions \
+                 WHERE secret NOT LIKE 'enc1:%' OR previous_secret NOT LIKE 'enc1:%'",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (id, secret, previous) in rows {
+                // Only if no other node sealed it meanwhile.
+                sealed += sqlx::query(
+                    "UPDATE subscriptions SET secret = $1, previous_secret = $2 \
+                     WHERE id = $3 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5",
+                )
+                .bind(seal(&secret))
+                .bind(previous.as_deref().map(seal))
+                .bind(&id)
+                .bind(&secret)
+                .bind(&previous)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            }
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT account, hs256_secret FROM token_verification \
+                 WHERE hs256_secret NOT LIKE 'enc1:%'",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (account, secret) in rows {
+                sealed += sqlx::query(
+                    "UPDATE token_verification SET hs256_secret = $1 \
+                     WHERE account = $2 AND hs256_secret = $3",
+                )
+                .bind(seal(&secret))
+                .bind(&account)
+                .bind(&secret)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            }
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT name, value FROM server_secrets WHERE value NOT LIKE 'enc1:%'",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (name, value) in rows {
+                sealed += sqlx::query(
+                    "UPDATE server_secrets SET value = $1 WHERE name = $2 AND value = $3",
+                )
+                .bind(seal(&value))
+                .bind(&name)
+                .bind(&value)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            }
+        });
+        if sealed > 0 {
+            tracing::info!(count = sealed, "encrypted the secrets stored in plain text");
+            if let Pool::Sqlite(pool) = &self.pool {
+                sqlx::query("VACUUM").execute(pool).await?;
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -197,7 +337,11 @@ impl Database {
     pub fn cluster(&self) -> Option<postgres::Cluster> {
         match &self.pool {
             Pool::Sqlite(_) => None,
-            Pool::Postgres(pool) => Some(postgres::Cluster::new(pool.clone(), self.node.clone())),
+            Pool::Postgres(pool) => Some(postgres::Cluster::new(
+                pool.clone(),
+                self.node.clone(),
+                self.sealer.clone(),
+            )),
         }
     }
 
@@ -503,7 +647,7 @@ impl Database {
             .await?;
             let existing = existing
                 .into_iter()
-                .map(Subscription::try_from)
+                .map(|row| open_subscription(row, &self.sealer))
                 .collect::<Result<Vec<_>>>()?;
             let account_total = match &subscription.kind {
                 SubscriptionKind::Standing => existing.len(),
@@ -524,8 +668,8 @@ impl Database {
             }
             sqlx::query(
                 "INSERT INTO subscriptions (id, account, destination, events, topics, format, \
-                 secret, created_at, cursor, job_id, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 secret, created_at, cursor, job_id, expires_at, public_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&subscription.id)
             .bind(&subscription.account)
@@ -533,11 +677,12 @@ impl Database {
             .bind(to_json(&subscription.filter.events))
             .bind(to_json(&subscription.filter.topics))
             .bind(subscription.format.as_str())
-            .bind(&subscription.secret)
+            .bind(self.sealer.seal(&subscription.secret))
             .bind(created_at)
             .bind(cursor)
             .bind(job_id)
             .bind(expires_at)
+            .bind(&subscription.public_key)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -569,7 +714,9 @@ impl Database {
         .bind(account)
         .fetch_all(pool)
         .await?);
-        rows.into_iter().map(Subscription::try_from).collect()
+        rows.into_iter()
+            .map(|row| open_subscription(row, &self.sealer))
+            .collect()
     }
 
     /// Every subscription of every kind and account.
@@ -579,7 +726,9 @@ impl Database {
         )
         .fetch_all(pool)
         .await?);
-        rows.into_iter().map(Subscription::try_from).collect()
+        rows.into_iter()
+            .map(|row| open_subscription(row, &self.sealer))
+            .collect()
     }
 
     /// How many job callbacks of the account are live (not expired by `now`), over all
@@ -607,7 +756,9 @@ impl Database {
         .fetch_all(pool)
         .await?
         });
-        rows.into_iter().map(Subscription::try_from).collect()
+        rows.into_iter()
+            .map(|row| open_subscription(row, &self.sealer))
+            .collect()
     }
 
     /// Deletes the job callbacks that expired by `now`, with their retry sets and
@@ -649,6 +800,18 @@ impl Database {
         .await?))
     }
 
+    /// A subscription by id alone, for dispatch (the API always names the account).
+    pub async fn subscription_by_id(&self, id: &str) -> Result<Option<Subscription>> {
+        let row: Option<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM subscriptions WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        row.map(|row| open_subscription(row, &self.sealer))
+            .transpose()
+    }
+
     pub async fn get_subscription(&self, account: &str, id: &str) -> Result<Option<Subscription>> {
         let row: Option<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT * FROM subscriptions WHERE account = $1 AND id = $2"
@@ -657,7 +820,34 @@ impl Database {
         .bind(id)
         .fetch_optional(pool)
         .await?);
-        row.map(Subscription::try_from).transpose()
+        row.map(|row| open_subscription(row, &self.sealer))
+            .transpose()
+    }
+
+    /// Replaces a subscription's signing secret (and public key, for ed25519): the
+    /// current one becomes the previous one, signing too until `until`. Its retries and
+    /// dead letters stay. False if the account has no such subscription.
+    pub async fn rotate_secret(
+        &self,
+        account: &str,
+        id: &str,
+        secret: &str,
+        public_key: Option<&str>,
+        until: Millis,
+    ) -> Result<bool> {
+        let updated = on_pool!(self, |pool| sqlx::query(
+            "UPDATE subscriptions SET previous_secret = secret, previous_until = $1, \
+             secret = $2, public_key = $3 WHERE account = $4 AND id = $5"
+        )
+        .bind(until)
+        .bind(self.sealer.seal(secret))
+        .bind(public_key)
+        .bind(account)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(updated > 0)
     }
 
     /// Deletes a subscription with its retry set and attempt records.
@@ -851,41 +1041,132 @@ impl Database {
         Ok(rows.into_iter().map(RetryEntry::from).collect())
     }
 
-    pub async fn insert_key(
-        &self,
-        hash: &str,
-        owner: &KeyOwner,
-        prefix: &str,
-        now: Millis,
-    ) -> Result<()> {
-        let account = match owner {
+    /// Stores a key by its hash.
+    pub async fn insert_key(&self, hash: &str, key: &ApiKey) -> Result<()> {
+        let account = match &key.owner {
             KeyOwner::Admin => None,
             KeyOwner::Account(account) => Some(account.as_str()),
         };
+        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.as_str()).collect();
         on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO api_keys (hash, account, prefix, created_at) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO api_keys (hash, id, account, name, scopes, events, topics, prefix, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         )
         .bind(hash)
+        .bind(&key.id)
         .bind(account)
-        .bind(prefix)
-        .bind(now)
+        .bind(&key.name)
+        .bind(to_json(&scopes))
+        .bind(key_list(&key.events))
+        .bind(key_list(&key.topics))
+        .bind(&key.prefix)
+        .bind(key.created_at)
+        .bind(key.expires_at)
         .execute(pool)
         .await?
         .rows_affected());
         Ok(())
     }
 
-    pub async fn find_key(&self, hash: &str) -> Result<Option<KeyOwner>> {
-        let account: Option<Option<String>> = on_pool!(self, |pool| sqlx::query_scalar(
-            "SELECT account FROM api_keys WHERE hash = $1"
-        )
-        .bind(hash)
-        .fetch_optional(pool)
+    /// The key whose hash this is (expired or not).
+    pub async fn find_key(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let row: Option<KeyRow> = on_pool!(self, |pool| sqlx::query_as(keys_where!("hash = $1"))
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?);
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    /// An account's keys, oldest first.
+    pub async fn list_keys(&self, account: &str) -> Result<Vec<ApiKey>> {
+        let rows: Vec<KeyRow> = on_pool!(self, |pool| sqlx::query_as(keys_where!(
+            "account = $1 ORDER BY created_at, id"
+        ))
+        .bind(account)
+        .fetch_all(pool)
         .await?);
-        Ok(account.map(|account| match account {
-            None => KeyOwner::Admin,
-            Some(account) => KeyOwner::Account(account),
-        }))
+        rows.into_iter().map(ApiKey::try_from).collect()
+    }
+
+    /// Revokes (deletes) an account's key; returns its hash, or `None` if the account
+    /// has no such key.
+    pub async fn delete_key(&self, account: &str, id: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(
+            "DELETE FROM api_keys WHERE account = $1 AND id = $2 RETURNING hash"
+        )
+        .bind(account)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// With PostgreSQL: tells every node that the key with this hash was revoked, so
+    /// they drop it from their caches at once. Nothing to do with SQLite (one server).
+    pub async fn announce_revoked(&self, hash: &str) -> Result<()> {
+        if let Pool::Postgres(pool) = &self.pool {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(hash)
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// With PostgreSQL: a connection that receives the hashes of revoked keys
+    /// ([`Database::announce_revoked`]); `None` with SQLite.
+    pub async fn listen_revoked(&self) -> Result<Option<sqlx::postgres::PgListener>> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(REVOKED_CHANNEL).await?;
+        // A lost connection is reported (and listened again) rather than hidden.
+        listener.eager_reconnect(false);
+        Ok(Some(listener))
+    }
+
+    /// Records that a key was used at `at` (called at most about once a minute a key).
+    pub async fn key_used(&self, hash: &str, at: Millis) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE hash = $2"
+        )
+        .bind(at)
+        .bind(hash)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Admin token rotation: the stored admin tokens stop working at `until` (those
+    /// that end sooner keep their end), and `hash` becomes a new one, in one transaction.
+    pub async fn rotate_admin_key(&self, hash: &str, key: &ApiKey, until: Millis) -> Result<()> {
+        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.as_str()).collect();
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE api_keys SET expires_at = $1 WHERE account IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $1)",
+            )
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO api_keys (hash, id, account, name, scopes, prefix, created_at) \
+                 VALUES ($1, $2, NULL, $3, $4, $5, $6)",
+            )
+            .bind(hash)
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(to_json(&scopes))
+            .bind(&key.prefix)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     pub async fn has_admin_key(&self) -> Result<bool> {
@@ -908,7 +1189,12 @@ impl Database {
              updated_at = excluded.updated_at",
         )
         .bind(&settings.account)
-        .bind(&settings.hs256_secret)
+        .bind(
+            settings
+                .hs256_secret
+                .as_deref()
+                .map(|s| self.sealer.seal(s))
+        )
         .bind(to_json(&settings.public_keys))
         .bind(&settings.issuer)
         .bind(&settings.audience)
@@ -928,7 +1214,12 @@ impl Database {
         .bind(account)
         .fetch_optional(pool)
         .await?);
-        row.map(TokenVerification::try_from).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut settings = TokenVerification::try_from(row)?;
+        settings.hs256_secret = self.sealer.open_optional(settings.hs256_secret)?;
+        Ok(Some(settings))
     }
 
     /// Removes an account's user-token verification; says whether there was one.
@@ -946,7 +1237,8 @@ impl Database {
     /// The server secret called `name`: `candidate` becomes it if it has none yet, so
     /// it is generated once and then kept, whichever process starts first.
     pub async fn server_secret(&self, name: &str, candidate: &str, now: Millis) -> Result<String> {
-        on_pool!(self, |pool| {
+        let candidate = self.sealer.seal(candidate);
+        let stored: String = on_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO NOTHING",
@@ -956,13 +1248,12 @@ impl Database {
             .bind(now)
             .execute(pool)
             .await?;
-            Ok(
-                sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                    .bind(name)
-                    .fetch_one(pool)
-                    .await?,
-            )
-        })
+            sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await?
+        });
+        self.sealer.open(&stored)
     }
 
     /// Copies the SQLite WAL back into the database (see [`sqlite::checkpoint`]);

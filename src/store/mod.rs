@@ -14,6 +14,7 @@ mod database;
 mod derive;
 mod postgres;
 mod rows;
+mod sealing;
 mod sqlite;
 mod writer;
 
@@ -23,11 +24,13 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Durability;
+pub use crate::model::KeyOwner;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
 pub use database::{Backend, Database, PageSize};
 pub use derive::Derivation;
 pub use postgres::Cluster;
+pub use sealing::{Sealer, SecretKey};
 use sqlite::LogConnection;
 pub use writer::CommittedBatch;
 
@@ -49,6 +52,8 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the key of stored secrets: {0}")]
+    SecretKey(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("commit failed: {0}")]
@@ -249,13 +254,6 @@ pub struct EntityState {
     pub event: StoredEvent,
 }
 
-/// What the auth layer finds for a token hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyOwner {
-    Admin,
-    Account(String),
-}
-
 /// How to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -265,6 +263,8 @@ pub struct StoreOptions {
     pub node_id: Option<String>,
     /// With PostgreSQL: the most connections to open.
     pub max_connections: u32,
+    /// The key stored secrets are encrypted with.
+    pub secret_key: SecretKey,
 }
 
 impl Default for StoreOptions {
@@ -273,6 +273,7 @@ impl Default for StoreOptions {
             durability: Durability::Fsync,
             node_id: None,
             max_connections: 16,
+            secret_key: SecretKey::default(),
         }
     }
 }

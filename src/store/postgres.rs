@@ -672,11 +672,16 @@ pub const SUBSCRIPTIONS_CHANNEL: &str = "reelay_subscriptions";
 pub struct Cluster {
     pool: PgPool,
     node: String,
+    sealer: std::sync::Arc<super::Sealer>,
 }
 
 impl Cluster {
-    pub(super) fn new(pool: PgPool, node: String) -> Cluster {
-        Cluster { pool, node }
+    pub(super) fn new(
+        pool: PgPool,
+        node: String,
+        sealer: std::sync::Arc<super::Sealer>,
+    ) -> Cluster {
+        Cluster { pool, node, sealer }
     }
 
     /// This node's name.
@@ -732,7 +737,7 @@ impl Cluster {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(crate::model::Subscription::try_from)
+            .map(|row| super::rows::open_subscription(row, &self.sealer))
             .collect()
     }
 

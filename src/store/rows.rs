@@ -6,11 +6,11 @@ use sqlx::FromRow;
 
 use super::{
     AttemptRecord, EntityState, LiveEntityCount, Result, ResyncPosition, ResyncProgress, ResyncRun,
-    RetryEntry, StoreError, StoredAttempt,
+    RetryEntry, Sealer, StoreError, StoredAttempt,
 };
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, StoredEvent, Subscription, SubscriptionKind,
-    TokenVerification,
+    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, PreviousSecret, Scope,
+    StoredEvent, Subscription, SubscriptionKind, TokenVerification,
 };
 
 #[derive(FromRow)]
@@ -51,6 +51,9 @@ pub(super) struct SubscriptionRow {
     topics: String,
     format: String,
     secret: String,
+    public_key: Option<String>,
+    previous_secret: Option<String>,
+    previous_until: Option<i64>,
     created_at: i64,
     cursor: i64,
     disabled_code: Option<String>,
@@ -61,6 +64,16 @@ pub(super) struct SubscriptionRow {
     delivered: i64,
     job_id: Option<String>,
     expires_at: Option<i64>,
+}
+
+/// A stored subscription with its secrets decrypted.
+pub(super) fn open_subscription(row: SubscriptionRow, sealer: &Sealer) -> Result<Subscription> {
+    let mut subscription = Subscription::try_from(row)?;
+    subscription.secret = sealer.open(&subscription.secret)?;
+    if let Some(previous) = &mut subscription.previous_secret {
+        previous.secret = sealer.open(&previous.secret)?;
+    }
+    Ok(subscription)
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {
@@ -91,6 +104,11 @@ impl TryFrom<SubscriptionRow> for Subscription {
             filter: EventFilter { events, topics },
             format,
             secret: row.secret,
+            public_key: row.public_key,
+            previous_secret: match (row.previous_secret, row.previous_until) {
+                (Some(secret), Some(until)) => Some(PreviousSecret { secret, until }),
+                _ => None,
+            },
             created_at: row.created_at,
             cursor: row.cursor,
             disabled,
@@ -311,4 +329,60 @@ impl TryFrom<TokenVerificationRow> for TokenVerification {
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing these plain types cannot fail.
     serde_json::to_string(value).unwrap_or_default()
+}
+
+#[derive(FromRow)]
+pub(super) struct KeyRow {
+    id: String,
+    account: Option<String>,
+    name: Option<String>,
+    scopes: String,
+    events: Option<String>,
+    topics: Option<String>,
+    prefix: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<ApiKey> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("key {}: {what}", row.id));
+        let names: Vec<String> =
+            serde_json::from_str(&row.scopes).map_err(|_| corrupt("scopes"))?;
+        let scopes = names
+            .iter()
+            .map(|name| Scope::parse(name).ok_or_else(|| corrupt("scopes")))
+            .collect::<Result<Vec<_>>>()?;
+        let list = |text: Option<String>, what: &str| -> Result<Vec<String>> {
+            match text {
+                None => Ok(Vec::new()),
+                Some(text) => serde_json::from_str(&text).map_err(|_| corrupt(what)),
+            }
+        };
+        let events = list(row.events, "events")?;
+        let topics = list(row.topics, "topics")?;
+        Ok(ApiKey {
+            owner: match row.account {
+                None => KeyOwner::Admin,
+                Some(account) => KeyOwner::Account(account),
+            },
+            id: row.id,
+            name: row.name,
+            scopes,
+            events,
+            topics,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            expires_at: row.expires_at,
+        })
+    }
+}
+
+/// A list column of a key: NULL when empty (no limit).
+pub(super) fn key_list(values: &[String]) -> Option<String> {
+    (!values.is_empty()).then(|| to_json(&values))
 }

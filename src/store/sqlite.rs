@@ -52,6 +52,16 @@ fn database_file(url: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The directory of a SQLite database file (where its secret key is kept by default).
+pub(super) fn database_dir(url: &str) -> Result<Option<PathBuf>> {
+    let path = database_file(url)?;
+    Ok(Some(
+        path.parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    ))
+}
+
 /// Opens (creating if needed) the database and brings its schema up to date.
 pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<SqlitePool> {
     let path = database_file(url)?;
@@ -75,6 +85,21 @@ pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<Sqlit
             path: dir.display().to_string(),
             source,
         })?;
+    }
+    // Created readable by this user only; SQLite gives its WAL and shared-memory files
+    // the database file's permissions.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::DataDir {
+                path: path.display().to_string(),
+                source,
+            })?;
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(8)

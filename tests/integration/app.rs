@@ -13,6 +13,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const ADMIN: &str = "test-admin-token";
+/// The key of the stored secrets of PostgreSQL test servers (32 bytes, hex).
+pub const TEST_SECRET_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 pub struct TestApp {
     pub url: String,
@@ -66,6 +69,8 @@ impl TestApp {
                 "REELAY_NODE_ID".to_owned(),
                 format!("node-{}", uuid::Uuid::new_v4().simple()),
             ));
+            // Nodes sharing a database share the key of its stored secrets.
+            all.push(("REELAY_SECRET_KEY".to_owned(), TEST_SECRET_KEY.to_owned()));
         }
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let logs = Arc::new(Mutex::new(String::new()));

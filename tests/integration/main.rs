@@ -13,6 +13,7 @@ mod delivery_formats;
 mod destination_guard;
 mod durability;
 mod entities;
+mod keys;
 mod limits;
 mod postgres_outage;
 mod publish;

@@ -14,6 +14,8 @@ Deliveries: POST to any path outside /_control/. Control API (JSON):
     POST /_control/hooks    {"path": "/a", "secret": "whsec_...",
                              "responses": [{"status": 500}, {"status": 429, "retry_after": "2"}],
                              "delay_ms": 0,
+                             "secrets": ["whsec_old", "whsec_new"],
+                             "public_key": "whpk_...",
                              "handshake": {"status": 200, "allowed_origin": "*",
                                            "allowed_rate": "120"}}
                             sets what is given of a path's secret, script (the last response
@@ -24,7 +26,12 @@ Deliveries: POST to any path outside /_control/. Control API (JSON):
                             arrival order
     POST /_control/reset    forgets everything
 A delivery's record has its headers, its body (as text, and as base64), the signature
-verdict, and for a CloudEvent its attributes and data as the SDK read them.
+verdict, and for a CloudEvent its attributes and data as the SDK read them. With
+"secrets", each delivery is also checked with each of them on its own ("verified_each",
+in order: during a secret rotation, with the old and with the new one); with
+"public_key" (Standard Webhooks `whpk_`), its `v1a` ed25519 signatures are checked with
+the `cryptography` package ("ed25519_verified"), and again over the body with one byte
+changed ("ed25519_tampered_verified", which must be false).
 It prints "LISTENING <port>" once bound, and exits when its standard input closes.
 """
 
@@ -43,6 +50,8 @@ from urllib.parse import parse_qs, urlparse
 
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks import Webhook
 
 # Zapp apps write `"datacontenttype": "applicastion/json"` (sic, seed 002) for JSON data,
@@ -59,7 +68,30 @@ handshakes = []
 
 
 def new_hook(secret=None):
-    return {"secret": secret, "responses": [], "delay_ms": 0, "served": 0, "handshake": None}
+    return {"secret": secret, "responses": [], "delay_ms": 0, "served": 0, "handshake": None,
+            "secrets": [], "public_key": None}
+
+
+def verify_ed25519(public_key, body, headers):
+    """Whether a `v1a,` signature of the delivery verifies with the `whpk_` public key
+    (Standard Webhooks: ed25519 over "{id}.{timestamp}.{body}")."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(
+            base64.b64decode(public_key.removeprefix("whpk_")))
+        signed = b".".join([headers["webhook-id"].encode(),
+                            headers["webhook-timestamp"].encode(), body])
+    except Exception:  # a missing header or a bad key: not verified
+        return False
+    for versioned in headers.get("webhook-signature", "").split():
+        version, _, signature = versioned.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(signature), signed)
+            return True
+        except (InvalidSignature, ValueError):
+            continue
+    return False
 
 
 def verify(secret, body, headers):
@@ -165,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
             spec = json.loads(body or b"{}")
             with lock:
                 hook = hooks.setdefault(spec["path"], new_hook())
-                for key in ("secret", "delay_ms", "handshake"):
+                for key in ("secret", "delay_ms", "handshake", "secrets", "public_key"):
                     if key in spec:
                         hook[key] = spec[key]
                 if "responses" in spec:
@@ -194,8 +226,17 @@ class Handler(BaseHTTPRequestHandler):
         verified, error = None, None
         if hook and hook["secret"]:
             verified, error = verify(hook["secret"], body, headers)
+        each = [verify(secret, body, headers)[0] for secret in hook["secrets"]] if hook else []
+        ed25519 = tampered = None
+        if hook and hook["public_key"]:
+            ed25519 = verify_ed25519(hook["public_key"], body, headers)
+            changed = bytes([body[0] ^ 1]) + body[1:] if body else b"x"
+            tampered = verify_ed25519(hook["public_key"], changed, headers)
         cloudevent, cloudevent_error = read_cloudevent(headers, body)
         record = {
+            "verified_each": each,
+            "ed25519_verified": ed25519,
+            "ed25519_tampered_verified": tampered,
             "path": path,
             "webhook_id": headers.get("webhook-id"),
             "webhook_timestamp": headers.get("webhook-timestamp"),

@@ -63,6 +63,15 @@ pub struct Delivery {
     pub cloudevent: Option<Value>,
     /// Why the SDK could not read a delivery that looked like a CloudEvent.
     pub cloudevent_error: Option<String>,
+    /// The verdict with each of the path's extra `secrets`, in order.
+    #[serde(default)]
+    pub verified_each: Vec<bool>,
+    /// Whether a `v1a` (ed25519) signature verifies with the path's public key.
+    #[serde(default)]
+    pub ed25519_verified: Option<bool>,
+    /// The same, over the body with one byte changed (must be false).
+    #[serde(default)]
+    pub ed25519_tampered_verified: Option<bool>,
 }
 
 /// A validation handshake (OPTIONS request) as the receiver recorded it.
@@ -145,6 +154,20 @@ impl Receiver {
             .expect("register hook")
             .error_for_status()
             .expect("hook registered");
+    }
+
+    /// Checks every delivery to `path` with each of `secrets` on its own (e.g. the old
+    /// and the new secret of a rotation), and, given a `whpk_` public key, its ed25519
+    /// (`v1a`) signatures.
+    pub async fn verify_with(&self, path: &str, secrets: &[&str], public_key: Option<&str>) {
+        self.http
+            .post(self.url("/_control/hooks"))
+            .json(&json!({"path": path, "secrets": secrets, "public_key": public_key}))
+            .send()
+            .await
+            .expect("set verification")
+            .error_for_status()
+            .expect("verification set");
     }
 
     /// Makes `path` wait this long before answering each delivery (a slow receiver).
