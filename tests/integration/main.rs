@@ -16,6 +16,7 @@ mod postgres_outage;
 mod publish;
 mod resync;
 mod subscriptions;
+mod tenants;
 
 #[path = "../support/mod.rs"]
 mod support;
