@@ -1,12 +1,12 @@
 //! The events one subscription wants, in log order, for its worker: from its inbox in the
-//! router as they are committed, or from its account's log in the database when the
-//! worker starts behind or fell behind.
+//! router as they are committed, or from the log in the database (its account's events
+//! that it wants) when the worker starts behind or fell behind.
 
 use std::sync::Arc;
 
 use super::router::{Attached, Router, Wants};
 use crate::model::StoredEvent;
-use crate::store::Store;
+use crate::store::{Store, WantedEvents};
 
 /// Events read from the database per query while catching up.
 const CATCH_UP_PAGE: u32 = 512;
@@ -82,10 +82,16 @@ impl Feed {
             };
             if self.seen < attached.routed {
                 let upto = attached.routed;
+                let wanted = WantedEvents {
+                    account: &self.wants.account,
+                    names: &self.wants.filter.events,
+                    topics: &self.wants.filter.topics,
+                    entity_key: self.wants.job.as_deref(),
+                };
                 let page = match self
                     .store
                     .db()
-                    .events_after(&self.wants.account, self.seen, upto, CATCH_UP_PAGE)
+                    .wanted_events_after(wanted, self.seen, upto, CATCH_UP_PAGE)
                     .await
                 {
                     Ok(page) => page,

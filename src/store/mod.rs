@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Durability;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
-pub use database::{Backend, Database};
+pub use database::{Backend, Database, WantedEvents};
 pub use derive::Derivation;
 pub use postgres::Cluster;
 use sqlite::LogConnection;
