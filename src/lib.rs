@@ -12,10 +12,11 @@
 //! 4. [`store`] appends the events to the durable log (group commit: concurrent publishes
 //!    share one fsync), each event that changes a video followed by the `video-change`
 //!    the writer derives in the same transaction, and only then is the publisher answered;
-//! 5. [`dispatch`] receives the committed events in memory at once, and for every
-//!    subscription (cursor in the log, retry set for failures) asks whether it wants the
-//!    event ([`model::Subscription::wants`]: its filter, and for a job's callback the job);
-//!    a job's callbacks get one delivery at a time, in order;
+//! 5. [`dispatch`] receives the committed events in memory at once, looks up in its index
+//!    which subscriptions want each one (by account, then event name or topic, a job's
+//!    callbacks by job: [`model::Subscription::wants`]) and hands it to those
+//!    subscriptions' workers only (each with its cursor in the log and a retry set for
+//!    failures); a job's callbacks get one delivery at a time, in order;
 //! 6. [`sinks`] write the event in the subscription's format (the stored document, or a
 //!    CloudEvent: [`sinks::cloudevents`]) and carry it to the destination (signed webhook
 //!    POSTs, or batched calls to SNS, SQS and Kinesis: [`sinks::aws`]), and the outcome goes

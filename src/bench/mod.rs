@@ -4,7 +4,8 @@
 //! webhook receiver, and reports the raw HTTP limit of the same run next to publish
 //! throughput, delivery throughput to 1 and 10 subscriptions, publish→arrival latency at a
 //! fixed rate, and the servers' memory and CPU, counting every missing or duplicated
-//! delivery.
+//! delivery. The many-tenants phase measures the hot subscription again while thousands
+//! of idle subscriptions in other accounts are present.
 
 mod aws;
 pub mod moto;
@@ -78,6 +79,12 @@ pub struct BenchConfig {
     /// one, ten, latency, resync, kinesis, sns. The raw limit always runs.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Run the many-tenants phase last: create this many idle subscriptions, each in an
+    /// account of its own (webhooks to the bench receiver, which never get an event), then
+    /// measure the hot subscription's deliveries/s and publish→arrival latency again
+    /// with them present, and the server's memory and CPU with them while idle.
+    #[arg(long)]
+    pub idle_subscriptions: Option<usize>,
 }
 
 /// Sizes of each phase.
@@ -93,6 +100,8 @@ struct Sizes {
 }
 
 const LATENCY_RATE: u64 = 1_000;
+/// How long the many-tenants phase watches the idle server's CPU.
+const TENANTS_IDLE_WATCH: Duration = Duration::from_secs(3);
 const BATCH: usize = 100;
 
 pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
@@ -182,6 +191,12 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     }
     if report.duplicates() > 0 {
         bail!("{} deliveries were sent twice", report.duplicates());
+    }
+    if report.strays() > 0 {
+        bail!(
+            "{} deliveries reached idle subscriptions of other accounts",
+            report.strays()
+        );
     }
     Ok(())
 }
@@ -295,6 +310,9 @@ async fn measure(
     }
     if let Some(events) = config.outage_events {
         report.outage = Some(bench.outage(events).await?);
+    }
+    if let Some(idle) = config.idle_subscriptions {
+        report.tenants = Some(bench.tenants(sizes, idle).await?);
     }
     report.finish();
     Ok((report, bench.server))
@@ -650,11 +668,17 @@ impl Bench {
     }
 
     async fn latency(&self, seconds: u64) -> anyhow::Result<LatencyResult> {
+        self.latency_in("latency", seconds).await
+    }
+
+    /// Publishes to one subscription of `account` at [`LATENCY_RATE`] for `seconds`, and
+    /// measures each event's publish→arrival time.
+    async fn latency_in(&self, account: &str, seconds: u64) -> anyhow::Result<LatencyResult> {
         let events = (LATENCY_RATE * seconds) as usize;
         let expectation = Expectation::new(events, 1);
         self.receiver.expect(Some(expectation.clone()));
-        self.subscribe("latency", 1).await?;
-        let publish = self.publisher("latency");
+        self.subscribe(account, 1).await?;
+        let publish = self.publisher(account);
         let watch = self.server.watch();
         let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
         let done = Arc::new(AtomicUsize::new(0));
@@ -782,6 +806,72 @@ impl Bench {
             per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
             completed_seconds: completed.as_secs_f64(),
             resources: watch.finish(distinct),
+        })
+    }
+
+    /// The many-tenants phase: `idle` subscriptions in as many other accounts, then the
+    /// hot subscription's deliveries and latency with them present.
+    async fn tenants(&self, sizes: &Sizes, idle: usize) -> anyhow::Result<report::TenantsResult> {
+        let http = self.http.clone();
+        let urls: Arc<Vec<String>> = Arc::new(
+            (0..self.server.nodes())
+                .map(|n| self.server.url(n).to_owned())
+                .collect(),
+        );
+        let (token, run) = (self.server.token().to_owned(), self.run.clone());
+        let body =
+            json!({"endpoint": format!("{}/idle", self.receiver_url), "events": [BENCH_EVENT]})
+                .to_string();
+        let (created_in, _) = closed_loop(
+            &format!("tenants: creating {idle} idle subscriptions"),
+            idle,
+            self.concurrency.min(16),
+            move |n| {
+                let (http, token, body) = (http.clone(), token.clone(), body.clone());
+                let url = format!(
+                    "{}/v1/accounts/{run}-idle-{n}/subscriptions",
+                    urls[n % urls.len()]
+                );
+                async move {
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    anyhow::ensure!(
+                        status.as_u16() == 201,
+                        "subscription refused: {}",
+                        response.text().await.unwrap_or_default()
+                    );
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        // Idle: what they cost while nothing is published.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let watch = self.server.watch();
+        tokio::time::sleep(TENANTS_IDLE_WATCH).await;
+        let idle_resources = watch.finish(0);
+        let delivery = self.delivery("tenants-one", sizes.delivery_one, 1).await?;
+        let latency = self
+            .latency_in("tenants-latency", sizes.latency_seconds)
+            .await?;
+        Ok(report::TenantsResult {
+            idle_subscriptions: idle,
+            create_seconds: created_in.as_secs_f64(),
+            idle_rss_mb: self.server.rss_mb(),
+            idle_cpu_cores: idle_resources
+                .cpu_seconds
+                .map(|cpu| cpu / TENANTS_IDLE_WATCH.as_secs_f64()),
+            delivery,
+            latency,
+            ratio_to_without: None,
+            latency_p99_without_ms: None,
+            deliveries_to_idle: self.receiver.idle_deliveries(),
         })
     }
 

@@ -64,6 +64,9 @@ impl Expectation {
 pub struct Receiver {
     pub clock: Instant,
     current: Arc<RwLock<Option<Arc<Expectation>>>>,
+    /// Deliveries to `/idle`, where the many-tenants phase's idle subscriptions point:
+    /// any is a stray.
+    idle: Arc<AtomicU64>,
 }
 
 impl Receiver {
@@ -74,9 +77,18 @@ impl Receiver {
         let receiver = Receiver {
             clock: Instant::now(),
             current: Arc::default(),
+            idle: Arc::default(),
         };
+        let idle = receiver.idle.clone();
         let app = axum::Router::new()
             .route("/raw", post(|| async { StatusCode::OK }))
+            .route(
+                "/idle",
+                post(move || async move {
+                    idle.fetch_add(1, Ordering::Relaxed);
+                    StatusCode::OK
+                }),
+            )
             .route("/hook/{subscription}", post(arrive))
             .with_state(receiver.clone());
         let listener = listener.tap_io(|tcp| {
@@ -92,6 +104,10 @@ impl Receiver {
 
     pub fn expect(&self, expectation: Option<Arc<Expectation>>) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = expectation;
+    }
+
+    pub fn idle_deliveries(&self) -> u64 {
+        self.idle.load(Ordering::Relaxed)
     }
 
     pub fn now(&self) -> u64 {

@@ -128,6 +128,27 @@ pub struct ResyncResult {
     pub resources: PhaseResources,
 }
 
+/// The many-tenants phase: the hot subscription measured again while `idle_subscriptions`
+/// idle subscriptions, each in an account of its own, are present.
+#[derive(Debug, Default, Serialize)]
+pub struct TenantsResult {
+    pub idle_subscriptions: usize,
+    /// Creating them through the API.
+    pub create_seconds: f64,
+    /// The server's memory with them, after the phase.
+    pub idle_rss_mb: Option<f64>,
+    /// Cores the server kept busy while idle with them (CPU seconds per second).
+    pub idle_cpu_cores: Option<f64>,
+    pub delivery: DeliveryResult,
+    pub latency: LatencyResult,
+    /// The hot deliveries/s over the same measure without them (`delivery_one`), when
+    /// that ran too.
+    pub ratio_to_without: Option<f64>,
+    pub latency_p99_without_ms: Option<f64>,
+    /// Deliveries that reached an idle subscription: each one is a routing error.
+    pub deliveries_to_idle: u64,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub cores: usize,
@@ -148,6 +169,8 @@ pub struct Report {
     pub latency: LatencyResult,
     pub outage: Option<OutageResult>,
     pub resync: Option<ResyncResult>,
+    /// `--idle-subscriptions N`.
+    pub tenants: Option<TenantsResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
     pub peak_rss_mb: Option<f64>,
@@ -171,6 +194,16 @@ impl Report {
         let raw = self.raw.per_second.max(1e-9);
         self.delivery_one.ratio_to_raw = self.delivery_one.per_second / raw;
         self.delivery_ten.ratio_to_raw = self.delivery_ten.per_second / raw;
+        if let Some(tenants) = &mut self.tenants {
+            tenants.delivery.ratio_to_raw = tenants.delivery.per_second / raw;
+            if self.delivery_one.deliveries > 0 {
+                tenants.ratio_to_without =
+                    Some(tenants.delivery.per_second / self.delivery_one.per_second.max(1e-9));
+            }
+            if self.latency.delivered > 0 {
+                tenants.latency_p99_without_ms = Some(self.latency.p99_ms);
+            }
+        }
         self.peak_rss_mb = [
             &self.publish_single.resources,
             &self.publish_video_changes.resources,
@@ -191,6 +224,10 @@ impl Report {
             + self.outage.as_ref().map_or(0, |o| o.missing)
             + self.resync.as_ref().map_or(0, |r| r.missing)
             + self
+                .tenants
+                .as_ref()
+                .map_or(0, |t| t.delivery.missing + t.latency.missing)
+            + self
                 .aws
                 .iter()
                 .map(|a| (a.events as u64).saturating_sub(a.delivered))
@@ -203,6 +240,15 @@ impl Report {
             + self.delivery_ten.duplicates
             + self.latency.duplicates
             + self.outage.as_ref().map_or(0, |o| o.duplicates)
+            + self
+                .tenants
+                .as_ref()
+                .map_or(0, |t| t.delivery.duplicates + t.latency.duplicates)
+    }
+
+    /// Deliveries that reached the many-tenants phase's idle subscriptions.
+    pub fn strays(&self) -> u64 {
+        self.tenants.as_ref().map_or(0, |t| t.deliveries_to_idle)
     }
 
     pub fn table(&self) -> String {
@@ -380,6 +426,74 @@ impl Report {
                     resync.duplicates
                 ),
                 "0 missing",
+            );
+        }
+        if let Some(tenants) = &self.tenants {
+            let n = tenants.idle_subscriptions;
+            row(
+                &format!("{n} idle subscriptions in {n} accounts"),
+                format!("created in {:.1} s", tenants.create_seconds),
+                "",
+            );
+            row(
+                "  idle RSS / idle CPU with them",
+                format!(
+                    "{} / {}",
+                    mb(tenants.idle_rss_mb),
+                    tenants
+                        .idle_cpu_cores
+                        .map_or("n/a".to_owned(), |c| format!("{:.1}% core", c * 100.0))
+                ),
+                "<= 150 MB (10k)",
+            );
+            row(
+                "  deliveries/s, the hot subscription",
+                format!("{:.0}/s", tenants.delivery.per_second),
+                "",
+            );
+            row(
+                "  ratio to without them",
+                tenants
+                    .ratio_to_without
+                    .map_or("n/a".to_owned(), |r| format!("{r:.2}x")),
+                ">= 0.9x",
+            );
+            row(
+                &format!(
+                    "  publish->arrival at {}/s: p50 / p99 / max",
+                    tenants.latency.rate_per_second
+                ),
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    tenants.latency.p50_ms, tenants.latency.p99_ms, tenants.latency.max_ms
+                ),
+                "p99 <= 5 ms",
+            );
+            row(
+                "  p99 without them",
+                tenants
+                    .latency_p99_without_ms
+                    .map_or("n/a".to_owned(), |p| format!("{p:.1} ms")),
+                "",
+            );
+            row(
+                "  server CPU per 1000 deliveries: with / without",
+                format!(
+                    "{} / {}",
+                    cpu(&tenants.delivery.resources),
+                    cpu(&self.delivery_one.resources)
+                ),
+                "",
+            );
+            row(
+                "  missing / duplicate / to idle subscriptions",
+                format!(
+                    "{} / {} / {}",
+                    tenants.delivery.missing + tenants.latency.missing,
+                    tenants.delivery.duplicates + tenants.latency.duplicates,
+                    tenants.deliveries_to_idle
+                ),
+                "0 / 0 / 0",
             );
         }
         if let Some(outage) = &self.outage {

@@ -1,12 +1,12 @@
-//! One account's events in log order, for one worker: from memory as they are committed,
-//! or from the database when the worker starts behind or falls behind.
+//! The events one subscription wants, in log order, for its worker: from its inbox in the
+//! router as they are committed, or from the log in the database (its account's events
+//! that it wants) when the worker starts behind or fell behind.
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast::{self, error::RecvError};
-
+use super::router::{Attached, Router, Wants};
 use crate::model::StoredEvent;
-use crate::store::{CommittedBatch, PageSize, Store};
+use crate::store::{PageSize, Store, WantedEvents};
 
 /// Events read from the database per query while catching up (fewer when their
 /// documents reach the page's byte bound first).
@@ -14,26 +14,35 @@ const CATCH_UP_PAGE: u32 = 512;
 
 pub(super) struct Feed {
     store: Store,
-    account: String,
-    /// Every event with `seq <= seen` has been returned (or belonged to another account).
+    router: Router,
+    wants: Wants,
+    /// How many events may wait in the inbox.
+    capacity: usize,
+    /// Every event with `seq <= seen` that the subscription wants has been returned.
     seen: i64,
-    committed: broadcast::Receiver<Arc<CommittedBatch>>,
-    behind: bool,
+    /// The router's inbox, while attached.
+    attached: Option<Attached>,
     /// What one catch-up read may hold.
     page: PageSize,
 }
 
 impl Feed {
     /// A feed of the events after `cursor`.
-    pub(super) fn new(store: Store, account: String, cursor: i64, page_bytes: usize) -> Feed {
-        let committed = store.subscribe_committed();
+    pub(super) fn new(
+        store: Store,
+        router: Router,
+        wants: Wants,
+        cursor: i64,
+        capacity: usize,
+        page_bytes: usize,
+    ) -> Feed {
         Feed {
             store,
-            account,
+            router,
+            wants,
+            capacity,
             seen: cursor,
-            committed,
-            // Events may have been committed after the cursor was saved: read them first.
-            behind: true,
+            attached: None,
             page: PageSize {
                 rows: CATCH_UP_PAGE,
                 bytes: page_bytes,
@@ -47,69 +56,89 @@ impl Feed {
 
     /// Starts again after `cursor` (a replay).
     pub(super) fn rewind(&mut self, cursor: i64) {
+        self.detach();
         self.seen = cursor;
-        self.behind = true;
     }
 
-    /// The next events of the account, in order; waits until there are some.
+    /// Before the worker stops: moves the position to where the log is, when nothing is
+    /// waiting, so the saved cursor does not lag behind events the subscription skipped.
+    pub(super) fn settle(&mut self) {
+        if let Some(attached) = &self.attached
+            && self.seen >= attached.routed
+            && let Some(position) = self.router.settle(attached.id)
+        {
+            self.seen = self.seen.max(position);
+        }
+    }
+
+    fn detach(&mut self) {
+        if let Some(attached) = self.attached.take() {
+            self.router.detach(attached.id);
+        }
+    }
+
+    /// The next events the subscription wants, in order; waits until there are some or
+    /// the position moved (then the result may be empty).
     /// Cancel-safe: state changes only after the last await of each step.
     pub(super) async fn next(&mut self) -> Vec<Arc<StoredEvent>> {
         loop {
-            if self.behind {
-                let head = self.store.head();
+            let Some(attached) = &self.attached else {
+                // Attached first, then the log is read up to the router's position: what
+                // is committed after it reaches the inbox meanwhile.
+                self.attached = Some(self.router.attach(&self.wants, self.capacity));
+                continue;
+            };
+            if self.seen < attached.routed {
+                let upto = attached.routed;
+                let wanted = WantedEvents {
+                    account: &self.wants.account,
+                    names: &self.wants.filter.events,
+                    topics: &self.wants.filter.topics,
+                    entity_key: self.wants.job.as_deref(),
+                };
                 let page = match self
                     .store
                     .db()
-                    .events_after(&self.account, self.seen, head, self.page)
+                    .wanted_events_after(wanted, self.seen, upto, self.page)
                     .await
                 {
                     Ok(page) => page,
                     Err(error) => {
-                        tracing::error!(%error, account = %self.account, "reading the log failed; retrying");
+                        tracing::error!(%error, account = %self.wants.account, "reading the log failed; retrying");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         continue;
                     }
                 };
                 let bytes = page.iter().map(|event| event.body.bytes().len()).sum();
                 let full = self.page.is_full(page.len(), bytes);
-                if let Some(last) = page.last() {
-                    self.seen = last.seq;
+                match page.last() {
+                    Some(last) if full => self.seen = last.seq,
+                    // Everything up to `upto` was committed before the query ran.
+                    _ => self.seen = upto,
                 }
-                if !full {
-                    // Everything up to `head` was committed before the query ran, so the
-                    // query saw it: memory can take over from here.
-                    self.seen = self.seen.max(head);
-                    self.behind = false;
-                }
-                if !page.is_empty() {
-                    return page.into_iter().map(Arc::new).collect();
-                }
-                continue;
+                return page.into_iter().map(Arc::new).collect();
             }
-            match self.committed.recv().await {
-                Ok(batch) => {
-                    if batch.upto <= self.seen {
-                        continue;
-                    }
-                    if batch.after > self.seen {
-                        // Some commits went by unseen (this worker lagged): read the log.
-                        self.behind = true;
-                        continue;
-                    }
-                    let events: Vec<_> = batch
-                        .events
-                        .iter()
-                        .filter(|event| event.seq > self.seen && event.account == self.account)
-                        .cloned()
-                        .collect();
-                    self.seen = batch.upto;
-                    if !events.is_empty() {
-                        return events;
-                    }
-                }
-                Err(RecvError::Lagged(_)) => self.behind = true,
-                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            let taken = attached.inbox.take().await;
+            // The inbox may hold events the log read returned already.
+            let seen = self.seen;
+            let events: Vec<_> = taken
+                .events
+                .into_iter()
+                .filter(|event| event.seq > seen)
+                .collect();
+            self.seen = self.seen.max(taken.upto);
+            if !taken.attached {
+                // It overflowed (the worker did not keep up): the router dropped it, and
+                // the rest is read from the log.
+                self.attached = None;
             }
+            return events;
         }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.detach();
     }
 }

@@ -1,9 +1,12 @@
 //! Dispatch: from the committed log to the sinks.
 //!
-//! Every enabled subscription has one `worker` that follows the log with its own cursor:
-//! it takes committed events from memory as they are committed (`feed`), or from the
-//! database when it fell behind, keeps a bounded number of deliveries in flight, and
-//! reports progress (cursor, attempt records, failures) to the store in batches. A
+//! Every enabled subscription has one `worker` that follows the log with its own cursor.
+//! The `router` looks up who wants each committed event (by account, then event name or
+//! topic, a job's callbacks by job) and puts it in those workers' inboxes only, so an
+//! idle subscription costs memory, not work per event. A worker takes its events from
+//! its inbox (`feed`), or from its account's log in the database when it starts behind
+//! or fell behind, keeps a bounded number of deliveries in flight, and reports progress
+//! (cursor, attempt records, failures) to the store in batches. A
 //! failed delivery moves to the retry set in the database, where the `retry` scheduler
 //! picks it up when due. So a successful delivery costs no row of its own, and a
 //! receiver that is down for hours costs disk, not memory.
@@ -18,6 +21,7 @@ mod feed;
 pub mod policy;
 mod resync;
 mod retry;
+mod router;
 mod worker;
 
 use std::collections::HashMap;
@@ -89,6 +93,8 @@ struct Shared {
     config: DispatchConfig,
     /// The running workers, by subscription id.
     workers: Mutex<HashMap<String, WorkerHandle>>,
+    /// Hands each committed event to the workers that want it.
+    router: router::Router,
     /// With PostgreSQL: the subscriptions are shared with the other nodes, and this one
     /// runs workers only for those it holds a lease on.
     cluster: Option<Cluster>,
@@ -286,6 +292,10 @@ impl Dispatcher {
         let webhooks =
             WebhookSink::new(config.delivery_timeout, config.allow_private_destinations)?
                 .with_limits(config.max_outbound, config.max_connections_per_host);
+        // Listening before the head is read: every commit after it reaches the router.
+        let committed = store.subscribe_committed();
+        let router = router::Router::new(store.head());
+        let page_bytes = config.max_page_bytes;
         let dispatcher = Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),
@@ -294,16 +304,18 @@ impl Dispatcher {
                 metrics: DeliveryMetrics::new(),
                 config,
                 workers: Mutex::new(HashMap::new()),
+                router: router.clone(),
                 cluster: store.db().cluster(),
                 leasing: tokio::sync::Mutex::new(()),
                 retry_wake: RetryWake {
                     earliest: AtomicI64::new(Millis::MAX),
                     notify: Notify::new(),
                 },
-                cancel,
-                tasks,
+                cancel: cancel.clone(),
+                tasks: tasks.clone(),
             }),
         };
+        tasks.spawn(router.run(store.clone(), committed, page_bytes, cancel));
         // Callbacks that expired while the server was down go first.
         store
             .db()

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::{self, ProbePermit};
 use super::feed::Feed;
+use super::router::Wants;
 use super::{Dispatcher, Target, policy};
 use crate::model::{StoredEvent, now_millis};
 use crate::sinks::Attempted;
@@ -32,6 +33,9 @@ pub(super) enum Control {
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Progress is saved early when this many attempt records wait.
 const FLUSH_RECORDS: usize = 1_024;
+/// At least this many events wait in a worker's inbox before it counts as fallen behind
+/// (and reads the log instead); more when it reads further ahead than half of this.
+const INBOX_EVENTS: usize = 1_024;
 /// After this many failures in a row the endpoint counts as down: the worker stops
 /// sending new events (they wait in the log, behind the cursor) and sends one probe at
 /// a time, shared with the retry scheduler ([`breaker`]), until a delivery succeeds
@@ -73,10 +77,13 @@ impl Worker {
         control: mpsc::Receiver<Control>,
     ) -> Worker {
         let cursor = target.subscription.cursor;
+        let (max_in_flight, batch_size) = limits(&dispatcher, &target);
         let feed = Feed::new(
             dispatcher.store().clone(),
-            target.subscription.account.clone(),
+            dispatcher.shared.router.clone(),
+            Wants::of(&target.subscription),
             cursor,
+            INBOX_EVENTS.max(2 * max_in_flight * batch_size),
             dispatcher.config().max_page_bytes,
         );
         let report = Progress {
@@ -101,14 +108,7 @@ impl Worker {
     pub(super) async fn run(mut self) {
         let subscription = &self.target.subscription;
         let in_order = subscription.in_order();
-        let (max_in_flight, batch_size) = match in_order {
-            true => (1, 1),
-            false => (
-                self.target
-                    .max_in_flight(self.dispatcher.config().max_in_flight),
-                self.target.batch_size(),
-            ),
-        };
+        let (max_in_flight, batch_size) = limits(&self.dispatcher, &self.target);
         // Events read ahead of the calls that will carry them.
         let read_ahead = max_in_flight * batch_size;
         if in_order {
@@ -124,9 +124,18 @@ impl Worker {
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
         let mut expired = false;
-        let mut flush = tokio::time::interval(FLUSH_EVERY);
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Armed only while there is progress to save: an idle worker has no timer that
+        // wakes it.
+        let flush = tokio::time::sleep(FLUSH_EVERY);
+        tokio::pin!(flush);
+        let mut flush_armed = false;
         loop {
+            if !flush_armed && self.has_progress() {
+                flush
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + FLUSH_EVERY);
+                flush_armed = true;
+            }
             let endpoint_down = breaker::is_open(self.target.consecutive_failures());
             let mut probe = None;
             let may_start = match endpoint_down {
@@ -168,7 +177,10 @@ impl Worker {
                     let subscription = &self.target.subscription;
                     self.pending.extend(events.into_iter().filter(|event| subscription.wants(event)));
                 }
-                _ = flush.tick() => self.flush().await,
+                _ = &mut flush, if flush_armed => {
+                    flush_armed = false;
+                    self.flush().await;
+                }
                 _ = tokio::time::sleep_until(probe_at), if wait_for_probe => {}
                 _ = recheck.tick(), if self.waiting_for.is_some() => {
                     // Everything this worker reported is committed before the look.
@@ -184,6 +196,9 @@ impl Worker {
             }
         }
         self.finish_in_flight().await;
+        // The position of a subscription that skipped its account's events is saved, so
+        // a restart or the next node reads less of the log.
+        self.feed.settle();
         let disabled = self.report.disable.is_some();
         self.flush().await;
         if disabled {
@@ -279,17 +294,21 @@ impl Worker {
             .fold(self.feed.seen(), i64::min)
     }
 
+    /// Whether a flush would save anything.
+    fn has_progress(&self) -> bool {
+        self.watermark() != self.saved_cursor
+            || self.report.delivered != 0
+            || !self.report.attempts.is_empty()
+            || !self.report.retries.is_empty()
+            || self.report.disable.is_some()
+    }
+
     async fn flush(&mut self) {
-        let cursor = self.watermark();
-        let moved = cursor != self.saved_cursor;
-        if !moved
-            && self.report.delivered == 0
-            && self.report.attempts.is_empty()
-            && self.report.retries.is_empty()
-            && self.report.disable.is_none()
-        {
+        if !self.has_progress() {
             return;
         }
+        let cursor = self.watermark();
+        let moved = cursor != self.saved_cursor;
         let report = Progress {
             subscription_id: self.report.subscription_id.clone(),
             cursor: moved.then_some(cursor),
@@ -323,6 +342,17 @@ impl Worker {
                 _ = &mut grace => break,
             }
         }
+    }
+}
+
+/// How many delivery calls a worker keeps in flight, and how many events each carries.
+fn limits(dispatcher: &Dispatcher, target: &Target) -> (usize, usize) {
+    match target.subscription.in_order() {
+        true => (1, 1),
+        false => (
+            target.max_in_flight(dispatcher.config().max_in_flight),
+            target.batch_size(),
+        ),
     }
 }
 

@@ -26,6 +26,16 @@ use crate::model::{
     TokenVerification,
 };
 
+/// Which events of an account one subscription wants (see
+/// [`Database::wanted_events_after`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WantedEvents<'a> {
+    pub account: &'a str,
+    pub names: &'a [String],
+    pub topics: &'a [String],
+    pub entity_key: Option<&'a str>,
+}
+
 /// A connection pool to one of the two backends.
 #[derive(Clone)]
 pub(super) enum Pool {
@@ -389,6 +399,56 @@ impl Database {
         .bind(page.byte_bound())
         .fetch_all(pool)
         .await?);
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// Like [`Database::events_after`], only the events named in `names` or of a topic in
+    /// `topics`, and (when given) with this entity key: how one subscription catches up
+    /// without reading its account's other events.
+    pub async fn wanted_events_after(
+        &self,
+        wanted: WantedEvents<'_>,
+        after: i64,
+        upto: i64,
+        page: PageSize,
+    ) -> Result<Vec<StoredEvent>> {
+        if wanted.names.is_empty() && wanted.topics.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EventRow> = on_pool!(self, |pool| {
+            // The page's shape of `events_page!`, with the wanted names and topics as binds.
+            let mut select = QueryBuilder::new(concat!(
+                "SELECT e.seq, e.account, e.event_id, e.name, e.topic, e.entity_key, ",
+                "e.occurred_at, e.received_at, e.body FROM (SELECT seq, ",
+                "SUM(octet_length(body)) OVER (ORDER BY seq) - octet_length(body) AS before ",
+                "FROM events WHERE account = "
+            ));
+            select.push_bind(wanted.account);
+            select.push(" AND seq > ").push_bind(after);
+            select.push(" AND seq <= ").push_bind(upto);
+            if let Some(key) = wanted.entity_key {
+                select.push(" AND entity_key = ").push_bind(key);
+            }
+            select.push(" AND (");
+            let mut first = true;
+            for (column, values) in [("name", wanted.names), ("topic", wanted.topics)] {
+                for value in values {
+                    if !first {
+                        select.push(" OR ");
+                    }
+                    first = false;
+                    select.push(column).push(" = ").push_bind(value);
+                }
+            }
+            select
+                .push(") ORDER BY seq LIMIT ")
+                .push_bind(limit(page.rows));
+            select
+                .push(") p JOIN events e ON e.seq = p.seq WHERE p.before < ")
+                .push_bind(page.byte_bound());
+            select.push(" ORDER BY e.seq");
+            select.build_query_as().fetch_all(pool).await?
+        });
         Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 

@@ -27,7 +27,7 @@ use crate::config::Durability;
 pub use crate::model::KeyOwner;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
-pub use database::{Backend, Database, PageSize};
+pub use database::{Backend, Database, PageSize, WantedEvents};
 pub use derive::Derivation;
 pub use postgres::Cluster;
 pub use sealing::{Sealer, SecretKey};

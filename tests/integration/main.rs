@@ -20,6 +20,7 @@ mod publish;
 mod resync;
 mod subscriptions;
 mod tenant_safety;
+mod tenants;
 
 #[path = "../support/mod.rs"]
 mod support;

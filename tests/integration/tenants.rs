@@ -1,0 +1,128 @@
+//! Many tenants on one server: events reach only the subscriptions that want them, so
+//! thousands of idle subscriptions in other accounts receive nothing, and the hot
+//! subscription still gets every event exactly once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::app::{TestApp, eventually};
+use crate::publish::asset_event;
+use crate::support::receiver::Receiver;
+
+const IDLE: usize = 2_000;
+const EVENTS: usize = 300;
+
+/// `asset_event` names its tenant; another account's events name theirs.
+fn event_of(account: &str, name: &str, guid: &str) -> Value {
+    let mut event = asset_event(name, guid);
+    event["tenant"] = Value::String(account.to_owned());
+    event
+}
+
+#[tokio::test]
+async fn idle_subscriptions_in_other_accounts_get_nothing_and_the_hot_one_gets_every_event_once() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (_, _) = app
+        .subscribe_receiver(&receiver, "/hot", json!({"events": ["asset-updated"]}), &[])
+        .await;
+    // In the hot account too: a subscription to another event, and one to another topic.
+    app.subscribe_receiver(
+        &receiver,
+        "/other-event",
+        json!({"events": ["asset-deleted"]}),
+        &[],
+    )
+    .await;
+    app.subscribe_receiver(
+        &receiver,
+        "/other-topic",
+        json!({"topics": ["player-events"]}),
+        &[],
+    )
+    .await;
+    // The idle ones want the very event the hot one gets, in accounts of their own.
+    let idle_body = json!({"endpoint": receiver.url("/idle"), "events": ["asset-updated"]});
+    let created: Vec<u16> = futures::stream::iter(0..IDLE)
+        .map(|n| {
+            let (app, body) = (&app, idle_body.to_string());
+            async move {
+                let (status, answer) = app
+                    .post(&format!("/v1/accounts/idle-{n}/subscriptions"), &body)
+                    .await;
+                assert_eq!(status, 201, "{answer}");
+                status
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert_eq!(created.len(), IDLE);
+
+    let guids: Vec<String> = (0..EVENTS).map(|n| format!("hot-{n}")).collect();
+    for chunk in guids.chunks(50) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|guid| asset_event("asset-updated", guid))
+            .collect();
+        let (status, answer) = app
+            .post(
+                "/v1/accounts/vimond/events",
+                &Value::Array(events).to_string(),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    // Then one event for the last idle account: once its subscription has it, every
+    // earlier event has been routed.
+    let last = format!("idle-{}", IDLE - 1);
+    let (status, answer) = app
+        .post(
+            &format!("/v1/accounts/{last}/events"),
+            &event_of(&last, "asset-updated", "sentinel").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+
+    eventually(
+        Duration::from_secs(60),
+        "the last idle account's own event",
+        || async { (!receiver.deliveries("/idle").await.is_empty()).then_some(()) },
+    )
+    .await;
+    // A last hot event, published after everything: once it is in, a second copy of any
+    // earlier one would have come before it.
+    let (status, answer) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", "hot-last").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let mut expected: HashSet<String> = guids.into_iter().collect();
+    expected.insert("hot-last".to_owned());
+    let hot = eventually(Duration::from_secs(60), "every event at /hot", || async {
+        let got = receiver.deliveries("/hot").await;
+        let ids: HashSet<String> = got.iter().filter_map(|d| d.webhook_id.clone()).collect();
+        (ids == expected).then_some(got)
+    })
+    .await;
+    assert_eq!(hot.len(), EVENTS + 1, "each hot event arrived exactly once");
+    assert!(hot.iter().all(|d| d.verified == Some(true)));
+    let idle: Vec<Option<String>> = receiver
+        .deliveries("/idle")
+        .await
+        .into_iter()
+        .map(|d| d.webhook_id)
+        .collect();
+    assert_eq!(
+        idle,
+        vec![Some("sentinel".to_owned())],
+        "the idle subscriptions got only their own account's event"
+    );
+    assert!(receiver.deliveries("/other-event").await.is_empty());
+    assert!(receiver.deliveries("/other-topic").await.is_empty());
+}
