@@ -214,14 +214,7 @@ pub async fn register(
 /// Reads `{"callbacks": [URL, …]}` by hand, so each mistake gets its own message.
 /// Returns the URLs without repeats, in order.
 fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
-        line: error.line(),
-        column: error.column(),
-        message: error.to_string(),
-    })?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
+    let object = super::body::object(body, "CallbacksIn", "invalid_body")?;
     let items = match object.get("callbacks") {
         None | Some(Value::Null) => {
             return Err(field_error(

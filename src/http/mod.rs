@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod cloudevents;
 pub mod entities;
 pub mod error;

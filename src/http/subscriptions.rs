@@ -314,28 +314,15 @@ async fn ask_consent(
 
 /// Reads the creation body by hand so each seed 004 rule gets its own message.
 fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
-        line: error.line(),
-        column: error.column(),
-        message: error.to_string(),
-    })?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
+    // Members SubscriptionIn does not document are refused before any rule below.
+    let object = &super::body::object(body, "SubscriptionIn", "invalid_body")?;
 
     // A null field is an absent one, as for `events`.
     let given = |field: &str| object.get(field).filter(|value| !value.is_null());
     let destination = match (given("endpoint"), given("destination")) {
         (Some(Value::String(url)), None) => Destination::Webhook { url: url.clone() },
         (None, Some(destination)) => {
-            serde_json::from_value(destination.clone()).map_err(|error| {
-                ApiError::Unprocessable {
-                    code: "invalid_destination",
-                    message: format!("destination: {error}"),
-                    index: None,
-                    field: Some("destination".into()),
-                }
-            })?
+            super::body::typed(destination.clone(), "destination", "invalid_destination")?
         }
         (Some(_), Some(_)) => {
             return Err(field_error(
@@ -885,12 +872,7 @@ pub async fn replay(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ReplayOut>), ApiError> {
     let subscription = find(&state, &caller, &account, &id).await?;
-    let request: ReplayIn = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::unprocessable(
-            "invalid_replay",
-            format!("expected {{\"fromSequence\": n}} or {{\"since\": time}}: {error}"),
-        )
-    })?;
+    let request: ReplayIn = super::body::read(&body, "invalid_replay")?;
     let after = match (request.from_sequence, request.since) {
         (Some(sequence), None) if sequence >= 1 => sequence - 1,
         (None, Some(since)) => {

@@ -15,6 +15,7 @@ mod entities;
 mod postgres_outage;
 mod publish;
 mod resync;
+mod strict_bodies;
 mod subscriptions;
 
 #[path = "../support/mod.rs"]
