@@ -3,30 +3,36 @@
 //! here: a member its schema does not know is refused (`422 unknown_member`, with `field`
 //! naming it, e.g. `destination.streamName`) instead of being silently ignored, and a
 //! member of the wrong type is named too. The schemas walked are those of the OpenAPI
-//! document as served ([`document`]), so what it promises and what is accepted are one.
+//! document as served ([`openapi::document`]), so what it promises and what is accepted
+//! are one.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-use super::admin::ApiDoc;
 use super::error::ApiError;
+use super::openapi;
 
-/// The OpenAPI document as served: generated from the handlers' own types, then made
-/// exact where the generator cannot be (see [`close_request_schemas`], [`add_responses`]).
-static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
-    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
-    close_request_schemas(&mut document);
-    add_responses(&mut document);
-    document
-});
+/// `axum::extract::Query`, whose refusal is JSON like every other error: a query
+/// parameter that is not of its documented type gets `400 invalid_query` naming it.
+pub struct Query<T>(pub T);
 
-/// The OpenAPI document of `GET /openapi.json`.
-pub fn document() -> &'static Value {
-    &DOCUMENT
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_query",
+                rejection.body_text(),
+            )),
+        }
+    }
 }
 
 /// Reads `body` as `T`, the route's documented request type: a JSON object with no member
@@ -85,7 +91,7 @@ pub fn object(
         ));
     }
     let root = json!({ "$ref": format!("#/components/schemas/{schema}") });
-    if let Some(field) = unknown_member(document(), &root, &value, "") {
+    if let Some(field) = unknown_member(openapi::document(), &root, &value, "") {
         return Err(ApiError::Unprocessable {
             code: "unknown_member",
             message: format!("{field} is not a member of this request (see GET /openapi.json)"),
@@ -134,6 +140,37 @@ pub fn typed<T: DeserializeOwned>(
     })
 }
 
+/// For `#[serde(deserialize_with)]`: an integer member, in any JSON notation of one.
+/// JSON Schema's `integer` is any number without a fractional part (`5.0` too), and
+/// the document promises that, while serde takes only `5` for an `i64`.
+pub fn integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let out_of_range = || D::Error::custom(format!("{number} is out of range"));
+    if let Some(unsigned) = number.as_u64() {
+        return T::try_from(unsigned).map(Some).map_err(|_| out_of_range());
+    }
+    if let Some(signed) = number.as_i64() {
+        return T::try_from(signed).map(Some).map_err(|_| out_of_range());
+    }
+    match number.as_f64() {
+        // Exactly representable: within ±2^53, where every integer is.
+        Some(float) if float.fract() == 0.0 && float.abs() <= 9_007_199_254_740_992.0 => {
+            T::try_from(float as i64)
+                .map(Some)
+                .map_err(|_| out_of_range())
+        }
+        _ => Err(D::Error::custom(format!("{number} is not an integer"))),
+    }
+}
+
 fn join(path: &str, member: &str) -> String {
     match (path, member) {
         ("", member) => member.to_owned(),
@@ -147,12 +184,14 @@ fn join(path: &str, member: &str) -> String {
 /// (a destination's `type`), so each type is checked against its own members.
 fn unknown_member(document: &Value, schema: &Value, value: &Value, path: &str) -> Option<String> {
     let schema = resolve(document, schema);
+    // A union (`Destination`, an `Option`): the value is one of the alternatives. An
+    // object schema's own `oneOf`/`anyOf` are rules between its members instead.
     let alternatives: Vec<&Value> = ["oneOf", "anyOf"]
         .iter()
         .filter_map(|key| schema.get(*key).and_then(Value::as_array))
         .flatten()
         .collect();
-    if !alternatives.is_empty() {
+    if !alternatives.is_empty() && schema.get("properties").is_none() {
         // The value is fine if it fits one alternative its kind and constants allow.
         let mut first = None;
         for alternative in alternatives {
@@ -232,7 +271,7 @@ fn has_kind(schema: &Value, kind: &str) -> bool {
 }
 
 /// Whether a schema's `type` member (a name or a list of names) includes `kind`.
-fn type_includes(type_member: Option<&Value>, kind: &str) -> bool {
+pub(super) fn type_includes(type_member: Option<&Value>, kind: &str) -> bool {
     match type_member {
         Some(Value::String(one)) => one == kind,
         Some(Value::Array(many)) => many.iter().any(|k| k == kind),
@@ -260,14 +299,16 @@ fn properties<'a>(document: &'a Value, schema: &'a Value) -> Option<BTreeMap<&'a
         .flatten()
         .map(|(name, schema)| (name.as_str(), schema))
         .collect();
+    // A flattened struct's members are the object's; a part without members is a rule
+    // between them (the OpenAPI document's `allOf` of `oneOf`s), and adds none.
     for part in parts.into_iter().flatten() {
-        all.extend(properties(document, part)?);
+        all.extend(properties(document, part).unwrap_or_default());
     }
     Some(all)
 }
 
 /// `schema` with its `$ref`s followed (into `#/components/schemas/`).
-fn resolve<'a>(document: &'a Value, mut schema: &'a Value) -> &'a Value {
+pub(super) fn resolve<'a>(document: &'a Value, mut schema: &'a Value) -> &'a Value {
     // A bound, not a cycle check: component references are a few levels deep.
     for _ in 0..16 {
         let Some(target) = schema
@@ -281,175 +322,6 @@ fn resolve<'a>(document: &'a Value, mut schema: &'a Value) -> &'a Value {
         schema = target;
     }
     schema
-}
-
-/// Request bodies take no member their type does not declare, and the document says so
-/// (`additionalProperties: false`), so that a client generated from it, or a fuzzer,
-/// sends what is accepted. A flattened struct (an `allOf` of objects, e.g. the AWS
-/// options of a destination) is merged into one object first: in JSON Schema each part
-/// of an `allOf` would otherwise refuse the other parts' members.
-fn close_request_schemas(document: &mut Value) {
-    let mut names = Vec::new();
-    let mut pending: Vec<Value> = document
-        .pointer("/paths")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flat_map(|paths| paths.values())
-        .filter_map(Value::as_object)
-        .flat_map(|item| item.values())
-        .filter_map(|operation| operation.pointer("/requestBody/content"))
-        .filter_map(Value::as_object)
-        .flat_map(|content| content.values())
-        .filter_map(|media| media.get("schema").cloned())
-        .collect();
-    // Every component a request body reaches.
-    while let Some(schema) = pending.pop() {
-        collect_refs(&schema, &mut |name| {
-            if !names.iter().any(|known: &String| known == name) {
-                names.push(name.to_owned());
-                if let Some(component) = document.pointer(&format!("/components/schemas/{name}")) {
-                    pending.push(component.clone());
-                }
-            }
-        });
-    }
-    let snapshot = document.clone();
-    for name in names {
-        if let Some(component) = document.pointer_mut(&format!("/components/schemas/{name}")) {
-            close(&snapshot, component);
-        }
-    }
-}
-
-fn collect_refs(schema: &Value, found: &mut impl FnMut(&str)) {
-    match schema {
-        Value::Object(members) => {
-            if let Some(name) = members
-                .get("$ref")
-                .and_then(Value::as_str)
-                .and_then(|reference| reference.strip_prefix("#/components/schemas/"))
-            {
-                found(name);
-            }
-            members
-                .values()
-                .for_each(|value| collect_refs(value, found));
-        }
-        Value::Array(items) => items.iter().for_each(|item| collect_refs(item, found)),
-        _ => {}
-    }
-}
-
-fn close(document: &Value, schema: &mut Value) {
-    let Value::Object(members) = schema else {
-        return;
-    };
-    if let Some(Value::Array(parts)) = members.get("allOf") {
-        let resolved: Vec<&Value> = parts.iter().map(|part| resolve(document, part)).collect();
-        if resolved
-            .iter()
-            .all(|part| part.get("properties").is_some() && part.get("allOf").is_none())
-        {
-            let mut properties = Map::new();
-            let mut required: Vec<Value> = Vec::new();
-            for part in resolved {
-                if let Some(Value::Object(own)) = part.get("properties") {
-                    properties.extend(own.clone());
-                }
-                if let Some(Value::Array(names)) = part.get("required") {
-                    required.extend(names.iter().cloned());
-                }
-            }
-            members.remove("allOf");
-            members.insert("type".into(), Value::String("object".into()));
-            members.insert("properties".into(), Value::Object(properties));
-            if !required.is_empty() {
-                members.insert("required".into(), Value::Array(required));
-            }
-        }
-    }
-    // A struct without members (`KeyIn`) is generated as a bare object: it takes none.
-    if type_includes(members.get("type"), "object")
-        && !members.contains_key("properties")
-        && matches!(
-            members.get("additionalProperties"),
-            None | Some(Value::Bool(false))
-        )
-    {
-        members.insert("properties".into(), Value::Object(Map::new()));
-    }
-    if members.contains_key("properties") && !members.contains_key("additionalProperties") {
-        members.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    for key in ["properties"] {
-        if let Some(Value::Object(properties)) = members.get_mut(key) {
-            properties.values_mut().for_each(|p| close(document, p));
-        }
-    }
-    for key in ["oneOf", "anyOf"] {
-        if let Some(Value::Array(alternatives)) = members.get_mut(key) {
-            alternatives.iter_mut().for_each(|a| close(document, a));
-        }
-    }
-    if let Some(items) = members.get_mut("items") {
-        close(document, items);
-    }
-}
-
-/// The statuses every route of a kind can answer, added to each operation that does not
-/// list them itself: they come from layers all routes share (the bearer check, the
-/// store, the body reader), not from one handler.
-fn add_responses(document: &mut Value) {
-    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for item in paths.values_mut().filter_map(Value::as_object_mut) {
-        for operation in item.values_mut().filter_map(Value::as_object_mut) {
-            let secured = operation.contains_key("security");
-            let has_body = operation.contains_key("requestBody");
-            let mut common: Vec<(&str, &str)> = Vec::new();
-            if secured {
-                common.push((
-                    "401",
-                    "no bearer token, or not a valid one (`unauthorized`)",
-                ));
-                common.push((
-                    "403",
-                    "an account key used outside its account, or on an admin route (`forbidden`)",
-                ));
-                common.push(("503", "storage is unavailable (`storage_unavailable`)"));
-            }
-            if has_body {
-                common.push((
-                    "400",
-                    "malformed JSON, with line and column (`malformed_json`)",
-                ));
-                common.push((
-                    "413",
-                    "the body is over the size limit (`payload_too_large`)",
-                ));
-                common.push((
-                    "422",
-                    "the body is not what this route takes: `unknown_member` names a member it does not know (`field`)",
-                ));
-            }
-            let Some(responses) = operation
-                .entry("responses")
-                .or_insert_with(|| Value::Object(Map::new()))
-                .as_object_mut()
-            else {
-                continue;
-            };
-            for (status, description) in common {
-                responses.entry(status).or_insert_with(|| {
-                    json!({
-                        "description": description,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-                    })
-                });
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -506,11 +378,55 @@ mod tests {
             ),
             Some(("unknown_member", "destination.region".to_owned()))
         );
+        // Rules between members (the document's oneOf/anyOf/allOf) add no member and
+        // hide none (found by scripts/fuzz-api).
+        let settings = |body: Value| {
+            field(object(
+                body.to_string().as_bytes(),
+                "TokenVerificationIn",
+                "invalid_settings",
+            ))
+        };
+        assert_eq!(
+            settings(
+                json!({"audience": null, "hs256Secret": "s", "issuer": null, "leewaySeconds": 0, "publicKeys": []})
+            ),
+            None
+        );
+        assert_eq!(
+            settings(json!({"hs256Secret": "s", "algorithm": "HS512"})),
+            Some(("unknown_member", "algorithm".to_owned()))
+        );
         // An unknown type is left to the destination's own reading.
         assert_eq!(
             check(json!({"destination": {"type": "pigeon"}, "events": ["asset-updated"]})),
             None
         );
+    }
+
+    #[test]
+    fn an_integer_member_takes_any_json_notation_of_an_integer() {
+        // Found by scripts/fuzz-api: JSON Schema's integers include `65585.0`.
+        let replay = |value: Value| {
+            typed::<super::super::subscriptions::ReplayIn>(value, "", "invalid_replay")
+                .map(|replay| replay.from_sequence)
+        };
+        assert_eq!(
+            replay(json!({"fromSequence": 65585.0})).unwrap(),
+            Some(65585)
+        );
+        assert_eq!(replay(json!({"fromSequence": 7})).unwrap(), Some(7));
+        assert_eq!(replay(json!({"fromSequence": null})).unwrap(), None);
+        assert_eq!(replay(json!({})).unwrap(), None);
+        for refused in [json!(1.5), json!(1e300), json!(u64::MAX), json!("7")] {
+            assert!(
+                matches!(
+                    replay(json!({"fromSequence": refused})),
+                    Err(ApiError::Unprocessable { field: Some(ref field), .. }) if field == "fromSequence"
+                ),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
@@ -547,25 +463,5 @@ mod tests {
             error(json!({"inner": []})),
             ("invalid_probe", Some("fromSequence".to_owned()))
         );
-    }
-
-    #[test]
-    fn the_document_closes_request_bodies_and_lists_shared_statuses() {
-        let document = document();
-        let subscription = &document["components"]["schemas"]["SubscriptionIn"];
-        assert_eq!(
-            subscription["additionalProperties"], false,
-            "{subscription}"
-        );
-        let destination = &document["components"]["schemas"]["Destination"];
-        let alternatives = destination["oneOf"].as_array().expect("a oneOf");
-        for alternative in alternatives {
-            assert_eq!(alternative["additionalProperties"], false, "{alternative}");
-            assert!(alternative.get("allOf").is_none(), "{alternative}");
-        }
-        let create = &document["paths"]["/v1/accounts/{account}/subscriptions"]["post"];
-        for status in ["201", "400", "401", "403", "413", "422", "503"] {
-            assert!(create["responses"].get(status).is_some(), "{status}");
-        }
     }
 }

@@ -8,6 +8,7 @@ pub mod entities;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod openapi;
 pub mod resync;
 pub mod subscriptions;
 pub mod token_verification;

@@ -8,7 +8,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Caller;
+use super::body::Query;
 use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
 use crate::model::{
@@ -654,7 +655,10 @@ pub async fn delete(
 #[utoipa::path(
     method(put, patch), path = "/v1/accounts/{account}/subscriptions/{id}", tag = "subscriptions",
     params(("account" = String, Path), ("id" = String, Path)),
-    responses((status = 405, description = "subscriptions cannot be updated: delete and create", body = ErrorBody)),
+    responses(
+        (status = 404, description = "no such subscription in the account", body = ErrorBody),
+        (status = 405, description = "subscriptions cannot be updated: delete and create", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn update(
@@ -845,6 +849,7 @@ pub async fn deliveries(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayIn {
     /// Redeliver events from this sequence number on (inclusive).
+    #[serde(default, deserialize_with = "super::body::integer")]
     pub from_sequence: Option<i64>,
     /// Redeliver events committed at or after this time (RFC 3339).
     pub since: Option<String>,

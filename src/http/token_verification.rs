@@ -127,6 +127,7 @@ pub struct TokenVerificationIn {
     /// When set, a token's `aud` must contain it.
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf` (default 60).
+    #[serde(default, deserialize_with = "super::body::integer")]
     pub leeway_seconds: Option<u64>,
 }
 
