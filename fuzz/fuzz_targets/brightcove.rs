@@ -12,12 +12,14 @@ use reelay::catalog::Catalog;
 static CATALOG: LazyLock<Catalog> = LazyLock::new(Catalog::builtin);
 
 fuzz_target!(|data: &[u8]| {
-    let split = data.iter().position(|&byte| byte == b'\n').unwrap_or(data.len());
+    let split = data
+        .iter()
+        .position(|&byte| byte == b'\n')
+        .unwrap_or(data.len());
     let job = String::from_utf8_lossy(&data[..split]);
     let body = Bytes::copy_from_slice(data.get(split + 1..).unwrap_or_default());
     let now = 1_719_391_932_250;
-    if let Ok(events) =
-        reelay::ingest::brightcove::parse(&CATALOG, "57838016001", &job, &body, now)
+    if let Ok(events) = reelay::ingest::brightcove::parse(&CATALOG, "57838016001", &job, &body, now)
     {
         assert!(!events.is_empty(), "an accepted batch has events");
     }
