@@ -89,8 +89,8 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The OpenAPI 3.1 document, generated from the handlers' own types.
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(super::openapi::with_catalog(&state.catalog))
 }
 
 pub fn router() -> axum::Router<AppState> {

@@ -2,12 +2,13 @@
 //! has seen (assets, categories, content panels…), for mirroring the catalog (seed 001).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Caller;
+use super::body::Query;
 use super::error::{ApiError, ErrorBody};
 use super::events::EventOut;
 use crate::model::Scope;

@@ -40,6 +40,7 @@ const MAX_JOB_ID_CHARS: usize = 256;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CallbacksIn {
     /// http(s) URLs that receive each notification of the job, as it was published.
+    #[schema(min_items = 1)]
     pub callbacks: Vec<String>,
 }
 
@@ -89,12 +90,15 @@ impl CallbackOut {
     }
 }
 
+// The job path parameter's pattern in the annotations below is `check_job`'s rule: no
+// control characters (Unicode Cc).
+
 /// Register callback URLs for a job: from now until they expire (`--job-callback-ttl`,
 /// 7 days by default), each receives every notification published for the job, one at
 /// a time in publish order. A URL already registered for the job stays as it is.
 #[utoipa::path(
     post, path = "/v1/accounts/{account}/jobs/{job}/callbacks", tag = "jobs",
-    params(("account" = String, Path), ("job" = String, Path, description = "the Dynamic Ingest job id")),
+    params(("account" = String, Path), ("job" = String, Path, description = "the Dynamic Ingest job id", min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")),
     request_body = CallbacksIn,
     responses(
         (status = 201, description = "the registrations of the URLs given, in request order", body = CallbacksOut),
@@ -253,14 +257,7 @@ fn count_callbacks(body: &[u8]) -> Result<(), ApiError> {
 /// Reads `{"callbacks": [URL, …]}` by hand, so each mistake gets its own message.
 /// Returns the URLs without repeats, in order.
 fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
-        line: error.line(),
-        column: error.column(),
-        message: error.to_string(),
-    })?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
+    let object = super::body::object(body, "CallbacksIn", "invalid_body")?;
     let items = match object.get("callbacks") {
         Some(Value::Array(items)) if items.len() > MAX_CALLBACKS_PER_JOB => {
             return Err(field_error(
@@ -349,8 +346,11 @@ fn check_job(job: &str) -> Result<(), ApiError> {
 /// registered.
 #[utoipa::path(
     get, path = "/v1/accounts/{account}/jobs/{job}/callbacks", tag = "jobs",
-    params(("account" = String, Path), ("job" = String, Path)),
-    responses((status = 200, body = CallbacksOut)),
+    params(("account" = String, Path), ("job" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")),
+    responses(
+        (status = 200, body = CallbacksOut),
+        (status = 422, description = "not a job id (`invalid_job`)", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn list(
@@ -379,7 +379,7 @@ pub async fn list(
 /// same notification sent again for the job is stored and delivered once.
 #[utoipa::path(
     post, path = "/v1/accounts/{account}/jobs/{job}/notifications", tag = "jobs",
-    params(("account" = String, Path), ("job" = String, Path)),
+    params(("account" = String, Path), ("job" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")),
     request_body(content = Object, description = "one Dynamic Ingest notification (entity, entityType, version, action, jobId, videoId, accountId, status, errorMessage, rendition fields), or an array of them"),
     responses(
         (status = 202, description = "committed", body = PublishOut),

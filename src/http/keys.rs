@@ -105,16 +105,7 @@ fn invalid(field: &str, message: String) -> ApiError {
 
 /// Reads and checks a creation body against the catalog.
 fn parse_key(state: &AppState, body: &[u8]) -> Result<KeySpec, ApiError> {
-    let input: KeyIn = if body.iter().all(u8::is_ascii_whitespace) {
-        KeyIn::default()
-    } else {
-        serde_json::from_slice(body).map_err(|error| {
-            ApiError::unprocessable(
-                "invalid_key",
-                format!("expected {{\"name\"?, \"scopes\"?, \"events\"?, \"topics\"?, \"expiresAt\"?}}: {error}"),
-            )
-        })?
-    };
+    let input: KeyIn = super::body::read_optional(body, "invalid_key")?.unwrap_or_default();
     if let Some(name) = &input.name
         && (name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS)
     {
@@ -282,16 +273,8 @@ pub async fn rotate_admin_token(
     body: Bytes,
 ) -> Result<(StatusCode, Json<RotateAdminOut>), ApiError> {
     caller.check_admin()?;
-    let input: RotateAdminIn = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateAdminIn::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|error| {
-            ApiError::unprocessable(
-                "invalid_rotation",
-                format!("expected {{\"overlapSeconds\"?: n}}: {error}"),
-            )
-        })?
-    };
+    let input: RotateAdminIn =
+        super::body::read_optional(&body, "invalid_rotation")?.unwrap_or_default();
     let overlap = Duration::from_secs(
         input
             .overlap_seconds

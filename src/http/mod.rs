@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod cloudevents;
 mod destinations;
 pub mod entities;
@@ -10,6 +11,7 @@ pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod limits;
+pub mod openapi;
 pub mod rate_limit;
 pub mod resync;
 pub mod signing;

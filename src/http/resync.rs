@@ -207,23 +207,10 @@ pub async fn start(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ResyncOut>), ApiError> {
     let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
-    let request: Value = match body.iter().all(u8::is_ascii_whitespace) {
-        true => Value::Null,
-        false => serde_json::from_slice(&body).map_err(|error| ApiError::MalformedJson {
-            line: error.line(),
-            column: error.column(),
-            message: error.to_string(),
-        })?,
-    };
-    let types = match &request {
-        Value::Null => entity_types(&state, None, "types")?,
-        Value::Object(object) => entity_types(&state, object.get("types"), "types")?,
-        _ => {
-            return Err(ApiError::unprocessable(
-                "invalid_resync",
-                "the body must be a JSON object, e.g. {\"types\": [\"asset\"]}",
-            ));
-        }
+    // No body: every type. A body is a ResyncIn and nothing more.
+    let types = match super::body::optional_object(&body, "ResyncIn", "invalid_resync")? {
+        None => entity_types(&state, None, "types")?,
+        Some(object) => entity_types(&state, object.get("types"), "types")?,
     };
     let run = start_run(&state, &subscription, types).await?;
     Ok((StatusCode::ACCEPTED, Json(ResyncOut::from(run))))

@@ -66,16 +66,8 @@ pub async fn rotate(
     body: Bytes,
 ) -> Result<Json<RotateOut>, ApiError> {
     let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
-    let input: RotateIn = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateIn::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|error| ApiError::Unprocessable {
-            code: "invalid_rotation",
-            message: format!("expected {{\"overlapSeconds\"?: n}}: {error}"),
-            index: None,
-            field: Some("overlapSeconds".into()),
-        })?
-    };
+    let input: RotateIn =
+        super::body::read_optional(&body, "invalid_rotation")?.unwrap_or_default();
     let overlap = input.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECONDS);
     if overlap > MAX_OVERLAP_SECONDS {
         return Err(ApiError::Unprocessable {

@@ -8,7 +8,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Caller;
+use super::body::Query;
 use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
 use crate::model::Scope;
@@ -334,28 +335,15 @@ async fn ask_consent(
 
 /// Reads the creation body by hand so each seed 004 rule gets its own message.
 fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson {
-        line: error.line(),
-        column: error.column(),
-        message: error.to_string(),
-    })?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
+    // Members SubscriptionIn does not document are refused before any rule below.
+    let object = &super::body::object(body, "SubscriptionIn", "invalid_body")?;
 
     // A null field is an absent one, as for `events`.
     let given = |field: &str| object.get(field).filter(|value| !value.is_null());
     let destination = match (given("endpoint"), given("destination")) {
         (Some(Value::String(url)), None) => Destination::Webhook { url: url.clone() },
         (None, Some(destination)) => {
-            serde_json::from_value(destination.clone()).map_err(|error| {
-                ApiError::Unprocessable {
-                    code: "invalid_destination",
-                    message: format!("destination: {error}"),
-                    index: None,
-                    field: Some("destination".into()),
-                }
-            })?
+            super::body::typed(destination.clone(), "destination", "invalid_destination")?
         }
         (Some(_), Some(_)) => {
             return Err(field_error(
@@ -702,7 +690,10 @@ pub async fn delete(
 #[utoipa::path(
     method(put, patch), path = "/v1/accounts/{account}/subscriptions/{id}", tag = "subscriptions",
     params(("account" = String, Path), ("id" = String, Path)),
-    responses((status = 405, description = "subscriptions cannot be updated: delete and create", body = ErrorBody)),
+    responses(
+        (status = 404, description = "no such subscription in the account", body = ErrorBody),
+        (status = 405, description = "subscriptions cannot be updated: delete and create", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn update(
@@ -893,6 +884,7 @@ pub async fn deliveries(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayIn {
     /// Redeliver events from this sequence number on (inclusive).
+    #[serde(default, deserialize_with = "super::body::integer")]
     pub from_sequence: Option<i64>,
     /// Redeliver events committed at or after this time (RFC 3339).
     pub since: Option<String>,
@@ -920,12 +912,7 @@ pub async fn replay(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ReplayOut>), ApiError> {
     let subscription = find(&state, &caller, Scope::Manage, &account, &id).await?;
-    let request: ReplayIn = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::unprocessable(
-            "invalid_replay",
-            format!("expected {{\"fromSequence\": n}} or {{\"since\": time}}: {error}"),
-        )
-    })?;
+    let request: ReplayIn = super::body::read(&body, "invalid_replay")?;
     let after = match (request.from_sequence, request.since) {
         (Some(sequence), None) if sequence >= 1 => sequence - 1,
         (None, Some(since)) => {

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::put;
@@ -126,6 +127,7 @@ pub struct TokenVerificationIn {
     /// When set, a token's `aud` must contain it.
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf` (default 60).
+    #[serde(default, deserialize_with = "super::body::integer")]
     pub leeway_seconds: Option<u64>,
 }
 
@@ -191,11 +193,10 @@ pub async fn put_settings(
     State(state): State<AppState>,
     caller: Caller,
     Path(account): Path<String>,
-    body: Result<Json<TokenVerificationIn>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<TokenVerificationOut>, ApiError> {
     caller.check_admin()?;
-    let Json(input) = body
-        .map_err(|rejection| ApiError::unprocessable("invalid_settings", rejection.body_text()))?;
+    let input: TokenVerificationIn = super::body::read(&body, "invalid_settings")?;
     let settings = TokenVerification {
         account: account.clone(),
         hs256_secret: input.hs256_secret,

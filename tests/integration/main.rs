@@ -18,6 +18,7 @@ mod limits;
 mod postgres_outage;
 mod publish;
 mod resync;
+mod strict_bodies;
 mod subscriptions;
 mod tenant_safety;
 mod tenants;
