@@ -210,7 +210,7 @@ impl Scheduler {
                 resync_id: retry.resync_id.clone(),
                 state: verdict.retry,
             }],
-            health: Some(health),
+            health,
             disable,
             resync: None,
         };

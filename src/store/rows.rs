@@ -9,8 +9,8 @@ use super::{
     RetryEntry, StoreError, StoredAttempt,
 };
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, StoredEvent, Subscription, SubscriptionKind,
-    TokenVerification,
+    Destination, DisabledReason, EventFilter, Format, PayloadFilter, StoredEvent, Subscription,
+    SubscriptionKind, TokenVerification, Transform,
 };
 
 #[derive(FromRow)]
@@ -61,6 +61,8 @@ pub(super) struct SubscriptionRow {
     delivered: i64,
     job_id: Option<String>,
     expires_at: Option<i64>,
+    payload_filter: Option<String>,
+    transform: Option<String>,
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {
@@ -83,12 +85,24 @@ impl TryFrom<SubscriptionRow> for Subscription {
             (Some(job), Some(expires_at)) => SubscriptionKind::JobCallback { job, expires_at },
             _ => return Err(corrupt("job_id and expires_at")),
         };
+        let payload_filter = match &row.payload_filter {
+            None => None,
+            Some(text) => {
+                let source: serde_json::Value =
+                    serde_json::from_str(text).map_err(|_| corrupt("payload_filter"))?;
+                Some(PayloadFilter::compile(&source).map_err(|_| corrupt("payload_filter"))?)
+            }
+        };
+        // Compiled at its first run: reading a subscription stays cheap.
+        let transform = row.transform.map(Transform::stored);
         Ok(Subscription {
             id: row.id,
             account: row.account,
             kind,
             destination,
             filter: EventFilter { events, topics },
+            payload_filter,
+            transform,
             format,
             secret: row.secret,
             created_at: row.created_at,
