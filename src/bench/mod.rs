@@ -7,6 +7,7 @@
 //! delivery.
 
 mod aws;
+mod controls;
 pub mod moto;
 mod postgres;
 mod receiver;
@@ -75,7 +76,8 @@ pub struct BenchConfig {
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
-    /// one, ten, latency, resync, kinesis, sns. The raw limit always runs.
+    /// one, ten, filter, transform, latency, resync, kinesis, sns. The raw limit always
+    /// runs.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -277,6 +279,20 @@ async fn measure(
     }
     if runs("ten") {
         report.delivery_ten = bench.delivery("ten", sizes.delivery_ten, 10).await?;
+    }
+    if runs("filter") {
+        report.delivery_filter = Some(
+            bench
+                .controlled_delivery("filter", sizes.delivery_ten, controls::filter())
+                .await?,
+        );
+    }
+    if runs("transform") {
+        report.delivery_transform = Some(
+            bench
+                .controlled_delivery("transform", sizes.delivery_ten, controls::transform())
+                .await?,
+        );
     }
     if runs("latency") {
         report.latency = bench.latency(sizes.latency_seconds).await?;
