@@ -716,3 +716,20 @@ async fn a_schema_that_does_not_compile_stops_the_start_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_shows_the_controls() {
+    let app = TestApp::start().await;
+    let (status, spec) = app
+        .request(reqwest::Method::GET, "/openapi.json", None, None)
+        .await;
+    assert_eq!(status, 200);
+    let schemas = &spec["components"]["schemas"];
+    for member in ["filter", "transform"] {
+        let request = &schemas["SubscriptionIn"]["properties"][member];
+        assert!(request.is_object(), "SubscriptionIn.{member}: {request}");
+        assert!(request["description"].is_string(), "{request}");
+        assert!(schemas["SubscriptionOut"]["properties"][member].is_object());
+    }
+    assert!(schemas["EventType"]["properties"]["schema"].is_object());
+}
