@@ -95,6 +95,17 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
 
+    /// Webhook requests in flight at once, to every destination together: past it, a
+    /// delivery waits for a slot (the wait is not part of its `--delivery-timeout`).
+    #[arg(long, env = "REELAY_MAX_OUTBOUND", default_value_t = 1024, value_parser = at_least_one)]
+    pub max_outbound: usize,
+
+    /// Webhook requests, and so connections, in flight at once to one host (scheme,
+    /// host and port): a receiver that hangs holds at most this many of
+    /// `--max-outbound`.
+    #[arg(long, env = "REELAY_MAX_CONNECTIONS_PER_HOST", default_value_t = 64, value_parser = at_least_one)]
+    pub max_connections_per_host: usize,
+
     /// How long a Dynamic Ingest job's callback URLs receive its notifications after
     /// they are registered.
     #[arg(long, env = "REELAY_JOB_CALLBACK_TTL", default_value = "7d", value_parser = parse_duration)]
@@ -122,6 +133,69 @@ pub struct ServeConfig {
     /// Its host is also the origin the webhook validation handshake names.
     #[arg(long, env = "REELAY_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
+
+    /// Largest event document accepted, in bytes (`1048576`, `256KiB`, `1MiB`): a bigger
+    /// one refuses its request with `413 event_too_large`. Applies to native events,
+    /// CloudEvents (the stored structured event) and Dynamic Ingest notifications.
+    #[arg(long, env = "REELAY_MAX_EVENT_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_event_bytes: usize,
+
+    /// Most events one publish request may carry (`413 too_many_events` past it).
+    #[arg(long, env = "REELAY_MAX_EVENTS_PER_REQUEST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_events_per_request: u32,
+
+    /// Largest request body accepted, in bytes (`413 payload_too_large` past it).
+    #[arg(long, env = "REELAY_MAX_REQUEST_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_request_bytes: usize,
+
+    /// Most bytes of event documents one page holds: a page of the log or of entities
+    /// (API, catch-up, resync) ends at its row limit or at the first event that brings it
+    /// to this many bytes, whichever comes first. A page always holds at least one event.
+    #[arg(long, env = "REELAY_MAX_PAGE_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_page_bytes: usize,
+
+    /// Most job callback registrations one account may have live at once (each is a
+    /// delivery worker until it expires).
+    #[arg(
+        long,
+        env = "REELAY_MAX_JOB_CALLBACKS_PER_ACCOUNT",
+        default_value_t = 1000
+    )]
+    pub max_job_callbacks_per_account: usize,
+
+    /// Most standing subscriptions one account may have.
+    #[arg(
+        long,
+        env = "REELAY_MAX_SUBSCRIPTIONS_PER_ACCOUNT",
+        default_value_t = 1000
+    )]
+    pub max_subscriptions_per_account: usize,
+
+    /// Time a client has to send a request's headers (HTTP/1); a connection idle between
+    /// requests for this long is closed too.
+    #[arg(long, env = "REELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a request's body once its headers are in (`408
+    /// body_timeout` past it).
+    #[arg(long, env = "REELAY_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Most client connections open at once; a connection over it is closed at once,
+    /// unanswered.
+    #[arg(long, env = "REELAY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Events per second one API key (the admin token is a key of its own) may publish,
+    /// over all the publish routes; off unless set. Over it: `429 rate_limited` with
+    /// `Retry-After`.
+    #[arg(long, env = "REELAY_PUBLISH_RATE_LIMIT", value_parser = parse_rate)]
+    pub publish_rate_limit: Option<f64>,
+
+    /// Events one key may publish at once above its rate (the bucket's size); default:
+    /// one second's worth of `--publish-rate-limit`.
+    #[arg(long, env = "REELAY_PUBLISH_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub publish_burst: Option<u32>,
 }
 
 /// The `WebHook-Request-Origin` of the validation handshake when no `--public-url` says
@@ -179,6 +253,53 @@ fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
     Ok(RetrySchedule(delays))
 }
 
+/// Parses a byte count: `1048576`, or with a binary unit `64KiB`, `1MiB`, `1GiB` (also
+/// `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024). Zero is refused.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 65536, 256KiB or 1MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err("a size of 0 bytes would refuse everything".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+/// A positive, finite rate (events per second).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of events per second"
+        )),
+    }
+}
+
+/// A bound that must let something through: a whole number, at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
+
 /// Parses `250ms`, `5s`, `2m`, `3h`, `5d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -217,6 +338,20 @@ mod tests {
         assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432_000)));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_in_every_unit() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("256KiB"), Ok(256 * 1024));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("16M"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1gb"), Ok(1 << 30));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("1 TiB").is_err());
+        assert!(parse_bytes("big").is_err());
+        assert!(parse_rate("0").is_err());
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
     }
 
     #[test]

@@ -6,15 +6,21 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::ServeConfig;
 use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
+use crate::http::limits::Limits;
+use crate::http::rate_limit::PublishRate;
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
 use crate::store::{Derivation, Store, StoreError, StoreOptions};
@@ -79,6 +85,9 @@ pub async fn run(
             allow_private_destinations: config.allow_private_destinations,
             shutdown_grace: Duration::from_secs(5),
             lease_ttl: config.lease_ttl,
+            max_page_bytes: config.max_page_bytes,
+            max_outbound: config.max_outbound,
+            max_connections_per_host: config.max_connections_per_host,
         },
         cancel.clone(),
         dispatch_tasks.clone(),
@@ -102,6 +111,18 @@ pub async fn run(
         public_url: config.public_url.clone(),
         webhook_origin: config.webhook_origin(),
         job_callback_ttl: config.job_callback_ttl,
+        limits: Arc::new(Limits {
+            max_request_bytes: config.max_request_bytes,
+            body_timeout: config.body_timeout,
+            max_event_bytes: config.max_event_bytes,
+            max_events_per_request: config.max_events_per_request as usize,
+            max_page_bytes: config.max_page_bytes,
+            max_job_callbacks_per_account: config.max_job_callbacks_per_account,
+            max_subscriptions_per_account: config.max_subscriptions_per_account,
+        }),
+        publish_rate: config
+            .publish_rate_limit
+            .map(|rate| Arc::new(PublishRate::new(rate, config.publish_burst))),
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");
@@ -109,20 +130,13 @@ pub async fn run(
     println!("reelay listening on http://{address}");
 
     let http_cancel = cancel.child_token();
-    // Answers are small and written whole: send them now, not when Nagle's algorithm
-    // thinks the peer has acknowledged enough.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move { http_cancel.cancelled().await });
     let trigger = cancel.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
         trigger.cancel();
     });
-    serve.await?;
+    serve_http(listener, http::router(state), &config, http_cancel).await;
 
     // The HTTP server has stopped accepting; now the workers finish their deliveries (or
     // hand them back), save their progress, and the writer commits it.
@@ -134,6 +148,68 @@ pub async fn run(
     store_tasks.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the API on `listener` until `stop` is cancelled, then stops accepting and waits
+/// for the connections open to finish the requests under way (idle ones are closed).
+///
+/// HTTP/1.1 only, so that every connection has a header timeout (hyper's HTTP/2 and its
+/// version detection have none): a client that has not sent a request's headers within
+/// `--header-timeout` (also between two requests of a kept-alive connection) is
+/// disconnected. At most `--max-connections` are open at once: one accepted over that is
+/// closed at once, unanswered, so that the ones open are not slowed.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    config: &ServeConfig,
+    stop: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    let open = Arc::new(Semaphore::new(config.max_connections as usize));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was
+                    // accepted: wait a little rather than spin on the error.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!("reelay_connections_refused_total").increment(1);
+            tracing::debug!(%peer, "connection closed: --max-connections are open");
+            drop(tcp);
+            continue;
+        };
+        // Answers are small and written whole: send them now, not when Nagle's algorithm
+        // thinks the peer has acknowledged enough.
+        let _ = tcp.set_nodelay(true);
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(tcp),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// The process-wide Prometheus recorder (the `metrics` crate has one global recorder).

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::model::StoredEvent;
-use crate::store::{CommittedBatch, Store};
+use crate::store::{CommittedBatch, PageSize, Store};
 
-/// Events read from the database per query while catching up.
+/// Events read from the database per query while catching up (fewer when their
+/// documents reach the page's byte bound first).
 const CATCH_UP_PAGE: u32 = 512;
 
 pub(super) struct Feed {
@@ -18,11 +19,13 @@ pub(super) struct Feed {
     seen: i64,
     committed: broadcast::Receiver<Arc<CommittedBatch>>,
     behind: bool,
+    /// What one catch-up read may hold.
+    page: PageSize,
 }
 
 impl Feed {
     /// A feed of the events after `cursor`.
-    pub(super) fn new(store: Store, account: String, cursor: i64) -> Feed {
+    pub(super) fn new(store: Store, account: String, cursor: i64, page_bytes: usize) -> Feed {
         let committed = store.subscribe_committed();
         Feed {
             store,
@@ -31,6 +34,10 @@ impl Feed {
             committed,
             // Events may have been committed after the cursor was saved: read them first.
             behind: true,
+            page: PageSize {
+                rows: CATCH_UP_PAGE,
+                bytes: page_bytes,
+            },
         }
     }
 
@@ -53,7 +60,7 @@ impl Feed {
                 let page = match self
                     .store
                     .db()
-                    .events_after(&self.account, self.seen, head, CATCH_UP_PAGE)
+                    .events_after(&self.account, self.seen, head, self.page)
                     .await
                 {
                     Ok(page) => page,
@@ -63,7 +70,8 @@ impl Feed {
                         continue;
                     }
                 };
-                let full = page.len() == CATCH_UP_PAGE as usize;
+                let bytes = page.iter().map(|event| event.body.bytes().len()).sum();
+                let full = self.page.is_full(page.len(), bytes);
                 if let Some(last) = page.last() {
                     self.seen = last.seq;
                 }

@@ -12,6 +12,7 @@
 //! beside the worker: it sends the latest event of each live entity through the same
 //! sink, signer and retry set, and stops with the worker.
 
+mod breaker;
 mod cluster;
 mod feed;
 pub mod policy;
@@ -52,6 +53,13 @@ pub struct DispatchConfig {
     pub shutdown_grace: Duration,
     /// With several nodes: how long a node's leases last without renewal.
     pub lease_ttl: Duration,
+    /// The byte bound of a page read from the log or the entities (`--max-page-bytes`).
+    pub max_page_bytes: usize,
+    /// Webhook requests in flight at once, to all destinations together.
+    pub max_outbound: usize,
+    /// Webhook requests (so connections) in flight at once to one host (scheme, host
+    /// and port).
+    pub max_connections_per_host: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +121,8 @@ pub(crate) struct Target {
     failing_since: Mutex<Option<Millis>>,
     /// Failed attempts since the last success (first attempts and retries alike).
     consecutive_failures: AtomicU32,
+    /// While the endpoint is down: one probe at a time, from the worker or the retries.
+    breaker: Arc<breaker::Breaker>,
 }
 
 /// A destination parsed once, not at every delivery.
@@ -155,6 +165,7 @@ impl Target {
             signer,
             failing_since,
             consecutive_failures: AtomicU32::new(0),
+            breaker: breaker::Breaker::new(),
         })
     }
 
@@ -256,7 +267,8 @@ impl Dispatcher {
         tasks: TaskTracker,
     ) -> Result<Dispatcher, DispatchError> {
         let webhooks =
-            WebhookSink::new(config.delivery_timeout, config.allow_private_destinations)?;
+            WebhookSink::new(config.delivery_timeout, config.allow_private_destinations)?
+                .with_limits(config.max_outbound, config.max_connections_per_host);
         let dispatcher = Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),

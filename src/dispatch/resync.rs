@@ -28,9 +28,9 @@ use super::{Dispatcher, Target};
 use crate::model::{StoredEvent, now_millis};
 use crate::sinks::Attempted;
 use crate::sinks::resync::resync_copy;
-use crate::store::{Progress, ResyncPosition, ResyncProgress, ResyncRun, StoreError};
+use crate::store::{PageSize, Progress, ResyncPosition, ResyncProgress, ResyncRun, StoreError};
 
-/// Entities read per query.
+/// Entities read per query (fewer when their documents reach `--max-page-bytes` first).
 const PAGE: u32 = 500;
 /// Pages read ahead of the one being sent, so the sink never waits for the store.
 const PAGES_AHEAD: usize = 2;
@@ -162,14 +162,22 @@ impl Runner {
         let Some(at) = self.reading.clone() else {
             return Ok(());
         };
+        let page = PageSize {
+            rows: PAGE,
+            bytes: self.dispatcher.config().max_page_bytes,
+        };
         let states = self
             .dispatcher
             .store()
             .db()
-            .live_entities(&self.run.account, &at.entity_type, &at.after_id, PAGE)
+            .live_entities(&self.run.account, &at.entity_type, &at.after_id, page)
             .await?;
+        let bytes = states
+            .iter()
+            .map(|state| state.event.body.bytes().len())
+            .sum();
         let end = match states.last() {
-            Some(last) if states.len() == PAGE as usize => Some(ResyncPosition {
+            Some(last) if page.is_full(states.len(), bytes) => Some(ResyncPosition {
                 entity_type: at.entity_type.clone(),
                 after_id: last.id.clone(),
             }),

@@ -11,6 +11,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::breaker::{self, ProbePermit};
 use super::feed::Feed;
 use super::{Dispatcher, Target, policy};
 use crate::model::{StoredEvent, now_millis};
@@ -33,16 +34,15 @@ pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FLUSH_RECORDS: usize = 1_024;
 /// After this many failures in a row the endpoint counts as down: the worker stops
 /// sending new events (they wait in the log, behind the cursor) and sends one probe at
-/// a time, spaced along the retry schedule, until a delivery succeeds again. So an
-/// outage of hours costs one failed attempt per probe, not one per event.
-pub(super) const BREAKER_THRESHOLD: u32 = 10;
+/// a time, shared with the retry scheduler ([`breaker`]), until a delivery succeeds
+/// again. So an outage of hours costs one failed attempt per probe, not one per event.
+pub(super) use super::breaker::BREAKER_THRESHOLD;
 /// An in-order subscription that waits for a retry is told when it is over (delivered or
 /// dead); it also looks at the retry set this often, so a word lost to a restart of its
 /// worker cannot stall it.
 const RECHECK_WAITING: Duration = Duration::from_secs(5);
-/// Probes are spaced by the retry schedule, but never further apart than its entry at
-/// this position (5 minutes by default), so a recovery is noticed soon.
-const PROBE_SCHEDULE_CAP: u32 = 5;
+/// While another probe (a retry's) is under way, how often to look whether it is over.
+const PROBE_BUSY_POLL: Duration = Duration::from_millis(250);
 
 /// An event and what its attempt produced.
 type Outcome = (Arc<StoredEvent>, Attempted);
@@ -60,8 +60,6 @@ pub(super) struct Worker {
     in_flight_seqs: BTreeSet<i64>,
     report: Progress,
     saved_cursor: i64,
-    /// While the endpoint is down: when the next probe may go.
-    next_probe: tokio::time::Instant,
     /// In-order subscriptions only: the event whose retry must be over before the next
     /// delivery starts.
     waiting_for: Option<i64>,
@@ -79,6 +77,7 @@ impl Worker {
             dispatcher.store().clone(),
             target.subscription.account.clone(),
             cursor,
+            dispatcher.config().max_page_bytes,
         );
         let report = Progress {
             subscription_id: target.id().to_owned(),
@@ -95,7 +94,6 @@ impl Worker {
             in_flight_seqs: BTreeSet::new(),
             report,
             saved_cursor: cursor,
-            next_probe: tokio::time::Instant::now(),
             waiting_for: None,
         }
     }
@@ -129,14 +127,14 @@ impl Worker {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let endpoint_down = self.target.consecutive_failures() >= BREAKER_THRESHOLD;
+            let endpoint_down = breaker::is_open(self.target.consecutive_failures());
+            let mut probe = None;
             let may_start = match endpoint_down {
                 _ if self.waiting_for.is_some() => 0,
                 false => max_in_flight,
-                true if self.in_flight.is_empty()
-                    && tokio::time::Instant::now() >= self.next_probe =>
-                {
-                    1
+                true if self.in_flight.is_empty() && !self.pending.is_empty() => {
+                    probe = self.target.breaker.try_probe(self.probe_interval());
+                    usize::from(probe.is_some())
                 }
                 true => 0,
             };
@@ -144,13 +142,13 @@ impl Worker {
                 // A probe is one event, whatever the sink could carry.
                 let size = if endpoint_down { 1 } else { batch_size };
                 let batch: Vec<_> = self.pending.drain(..size.min(self.pending.len())).collect();
-                if endpoint_down {
-                    self.next_probe = tokio::time::Instant::now() + self.probe_interval();
-                }
-                self.start(batch);
+                self.start(batch, probe.take());
             }
-            let wait_for_probe =
-                endpoint_down && self.in_flight.is_empty() && !self.pending.is_empty();
+            let wait_for_probe = endpoint_down
+                && self.waiting_for.is_none()
+                && self.in_flight.is_empty()
+                && !self.pending.is_empty();
+            let probe_at = self.probe_at();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -171,7 +169,7 @@ impl Worker {
                     self.pending.extend(events.into_iter().filter(|event| subscription.wants(event)));
                 }
                 _ = flush.tick() => self.flush().await,
-                _ = tokio::time::sleep_until(self.next_probe), if wait_for_probe => {}
+                _ = tokio::time::sleep_until(probe_at), if wait_for_probe => {}
                 _ = recheck.tick(), if self.waiting_for.is_some() => {
                     // Everything this worker reported is committed before the look.
                     self.flush().await;
@@ -199,34 +197,44 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, batch: Vec<Arc<StoredEvent>>) {
+    /// Starts one delivery call; a probe holds the breaker's slot until it is over.
+    fn start(&mut self, batch: Vec<Arc<StoredEvent>>, probe: Option<ProbePermit>) {
         self.in_flight_seqs
             .extend(batch.iter().map(|event| event.seq));
         let dispatcher = self.dispatcher.clone();
         let target = self.target.clone();
         self.in_flight.push(Box::pin(async move {
             let attempted = dispatcher.attempt_batch(&target, &batch).await;
+            drop(probe);
             batch.into_iter().zip(attempted).collect()
         }));
     }
 
     /// The wait between probes of an endpoint that is down.
     fn probe_interval(&self) -> Duration {
-        let config = self.dispatcher.config();
-        let failures = self.target.consecutive_failures();
-        let step = (failures + 1)
-            .saturating_sub(BREAKER_THRESHOLD)
-            .clamp(1, PROBE_SCHEDULE_CAP);
-        config
-            .retry_schedule
-            .delay_before(step)
-            .or_else(|| config.retry_schedule.0.last().copied())
-            .unwrap_or(Duration::from_secs(5))
+        breaker::probe_interval(
+            &self.dispatcher.config().retry_schedule,
+            self.target.consecutive_failures(),
+        )
+    }
+
+    /// When to try for the probe slot again: when the interval has passed, or, while a
+    /// retry's probe is under way, a little later (its end is not announced).
+    fn probe_at(&self) -> tokio::time::Instant {
+        let (next_at, in_flight) = self.target.breaker.next_probe();
+        match in_flight {
+            true => next_at.max(tokio::time::Instant::now() + PROBE_BUSY_POLL),
+            false => next_at,
+        }
     }
 
     fn command(&mut self, command: Control) {
         match command {
             Control::Rewind(cursor) => {
+                // Never past what this node has seen of the log (the API refuses that
+                // already; a rewind also comes from another node's announcement): a
+                // cursor past the head would skip the events that get those positions.
+                let cursor = cursor.min(self.dispatcher.store().head());
                 // In-flight deliveries finish; everything after `cursor` is read again.
                 self.pending.clear();
                 self.feed.rewind(cursor);

@@ -16,10 +16,25 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::catalog::Catalog;
 
-/// Liveness; no authentication.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "ok")))]
-pub async fn healthz() -> &'static str {
-    "ok"
+/// Liveness; no authentication. `503` with the error body (code `log_halted`) when the
+/// log writer has stopped appending (its sequence numbers are exhausted or corrupt):
+/// publishes fail until an operator repairs the log.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "ok"),
+    (status = 503, body = ErrorBody, description = "the log writer has halted"),
+))]
+pub async fn healthz(State(state): State<AppState>) -> axum::response::Response {
+    match state.store.halted() {
+        None => "ok".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": {
+                "code": "log_halted",
+                "message": format!("the event log is halted: {reason}"),
+            }})),
+        )
+            .into_response(),
+    }
 }
 
 /// Prometheus metrics: events published, deliveries by outcome, delivery latency, retry

@@ -52,9 +52,10 @@ pub struct ReceivedEvent {
         (status = 201, description = "committed", body = ReceivedEvent, content_type = "application/cloudevents+json"),
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing, invalid or expired user token (when the account verifies them)", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 413, description = "the body, an event (`event_too_large`, with its index) or the number of events (`too_many_events`) is over its limit; nothing stored", body = ErrorBody),
         (status = 415, description = "not a CloudEvents content mode", body = ErrorBody),
         (status = 422, description = "an event is invalid or of an unknown type; nothing stored", body = ErrorBody),
+        (status = 429, description = "the key is over its publish rate (`rate_limited`, with `Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -68,7 +69,9 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     caller.check_account(&account)?;
     let body = body?;
+    state.limits.check_array_count(&body)?;
     let (mode, incoming) = cloudevents::parse(&state.catalog, &headers, &body)?;
+    state.limits.check_count(incoming.len())?;
     let verifier = state.user_tokens.verifier(&account).await?;
     let now = now_millis();
     let mut ids = Vec::with_capacity(incoming.len());
@@ -90,6 +93,8 @@ pub async fn receive(
         ids.push(event.id.clone());
         events.push(Incoming::into_event(event, &account, user.as_deref(), now));
     }
+    // The size limit is on the document as stored (with the user token replaced).
+    super::events::admit(&state, &headers, &events)?;
     let appended = state.store.append(events).await?;
     let stored = appended
         .iter()

@@ -10,7 +10,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::events::EventOut;
-use crate::store::EntityState;
+use crate::store::{EntityState, PageSize};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -20,7 +20,8 @@ pub struct EntitiesQuery {
     pub entity_type: Option<String>,
     /// Only ids after this one (for paging: the previous page's `next`).
     pub after: Option<String>,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100, at most 1000); fewer when their events' documents
+    /// reach `--max-page-bytes` first, and then `next` is still given.
     pub limit: Option<u32>,
 }
 
@@ -107,12 +108,18 @@ pub async fn list(
     check_type(&state, &entity_type)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let after = params.after.unwrap_or_default();
+    let page = PageSize {
+        rows: limit,
+        bytes: state.limits.max_page_bytes,
+    };
     let states = state
         .store
         .db()
-        .list_entities(&account, &entity_type, &after, limit)
+        .list_entities(&account, &entity_type, &after, page)
         .await?;
-    let next = (states.len() == limit as usize)
+    let bytes = states.iter().map(|s| s.event.body.bytes().len()).sum();
+    let next = page
+        .is_full(states.len(), bytes)
         .then(|| states.last().map(|s| s.id.clone()))
         .flatten();
     let entities = states

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::http::header::ALLOW;
+use axum::http::header::{ALLOW, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -57,6 +57,21 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A limit on what one request may carry (an event's size, the number of events);
+    /// `index` names the item at fault.
+    #[error("{message}")]
+    TooLarge {
+        code: &'static str,
+        message: String,
+        index: Option<usize>,
+    },
+    /// The caller's key is over its publish rate: it may try again after `retry_after`
+    /// seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
+    /// The client did not send its request in time.
+    #[error("{message}")]
+    Timeout { code: &'static str, message: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("storage is unavailable")]
@@ -94,6 +109,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Timeout { code, .. } => (StatusCode::REQUEST_TIMEOUT, code),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -127,8 +145,12 @@ impl From<BytesRejection> for ApiError {
     /// The body could not be read: too large (the router's limit), or cut short.
     fn from(rejection: BytesRejection) -> ApiError {
         match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-                limit: super::MAX_BODY_BYTES,
+            // The body is read (and bounded) before any handler runs, by
+            // `limits::read_body`; this is the router's own backstop.
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                code: "payload_too_large",
+                message: "the request body is larger than this server accepts".into(),
+                index: None,
             },
             _ => ApiError::bad_request("unreadable_body", rejection.body_text()),
         }
@@ -168,6 +190,10 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed { allow, .. } => Some(*allow),
             _ => None,
         };
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let mut detail = ErrorDetail {
             code: code.to_owned(),
             message: self.to_string(),
@@ -189,6 +215,7 @@ impl IntoResponse for ApiError {
                 detail.index = index;
                 detail.field = Some("data.userIdentifier".into());
             }
+            ApiError::TooLarge { index, .. } => detail.index = index,
             _ => {}
         }
         let mut response = (status, Json(ErrorBody { error: detail })).into_response();
@@ -196,6 +223,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -16,7 +16,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::ingest;
 use crate::model::{NewEvent, StoredEvent};
-use crate::store::{Appended, EventQuery};
+use crate::store::{Appended, EventQuery, PageSize};
 
 /// The answer to a publish: the ids of the accepted events, in request order.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -36,7 +36,10 @@ pub struct PublishOut {
     responses(
         (status = 202, description = "committed", body = PublishOut),
         (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time (`body_timeout`)", body = ErrorBody),
+        (status = 413, description = "the body, an event (`event_too_large`, with its index) or the number of events (`too_many_events`) is over its limit; nothing stored", body = ErrorBody),
         (status = 422, description = "an event is invalid; nothing stored", body = ErrorBody),
+        (status = 429, description = "the key is over its publish rate (`rate_limited`, with `Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -44,11 +47,28 @@ pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     Path(account): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
     caller.check_account(&account)?;
+    state.limits.check_array_count(&body)?;
     let events = ingest::native::parse(&state.catalog, &account, &body)?;
+    admit(&state, &headers, &events)?;
     Ok((StatusCode::ACCEPTED, Json(append(&state, events).await?)))
+}
+
+/// The limits every publish passes before anything is stored: the number and size of
+/// its events, then its key's publish rate (a refused request takes none of it).
+pub(super) fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    events: &[NewEvent],
+) -> Result<(), ApiError> {
+    state.limits.check_events(events)?;
+    match &state.publish_rate {
+        Some(rate) => rate.check(headers, events.len()),
+        None => Ok(()),
+    }
 }
 
 /// Appends validated events to the log; answers once they are committed.
@@ -80,7 +100,8 @@ pub struct EventsQuery {
     pub event: Option<String>,
     /// Only events after this sequence number (for paging: the previous page's `next`).
     pub after: Option<i64>,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100, at most 1000); fewer when their documents reach
+    /// `--max-page-bytes` (4 MiB by default) first, and then `next` is still given.
     pub limit: Option<u32>,
 }
 
@@ -152,8 +173,18 @@ pub async fn query(
         after: params.after,
         limit,
     };
-    let events = state.store.db().query_events(&account, &query).await?;
-    let next = (events.len() == limit as usize)
+    let events = state
+        .store
+        .db()
+        .query_events(&account, &query, state.limits.max_page_bytes)
+        .await?;
+    let page = PageSize {
+        rows: limit,
+        bytes: state.limits.max_page_bytes,
+    };
+    let bytes = events.iter().map(|e| e.body.bytes().len()).sum();
+    let next = page
+        .is_full(events.len(), bytes)
         .then(|| events.last().map(|e| e.seq))
         .flatten();
     let events = events
@@ -165,12 +196,17 @@ pub async fn query(
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("application/x-ndjson"));
     if wants_ndjson {
-        let mut lines = String::new();
-        for event in &events {
-            lines.push_str(&serde_json::to_string(event).unwrap_or_default());
-            lines.push('\n');
-        }
-        return Ok(([(CONTENT_TYPE, "application/x-ndjson")], lines).into_response());
+        // One line at a time as the client reads: the page is never written out whole.
+        let lines = futures::stream::iter(events.into_iter().map(|event| {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, std::convert::Infallible>(line)
+        }));
+        return Ok((
+            [(CONTENT_TYPE, "application/x-ndjson")],
+            axum::body::Body::from_stream(lines),
+        )
+            .into_response());
     }
     Ok(Json(EventPage { events, next }).into_response())
 }

@@ -7,11 +7,14 @@
 //! notifications are events of the catalog's Dynamic Ingest topic, so standing
 //! subscriptions to that topic receive them too.
 
+use std::collections::{HashMap, HashSet};
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -95,7 +98,7 @@ impl CallbackOut {
     responses(
         (status = 201, description = "the registrations of the URLs given, in request order", body = CallbacksOut),
         (status = 400, description = "malformed JSON", body = ErrorBody),
-        (status = 422, description = "callbacks missing or not an array of URLs, a refused destination, too many for the job", body = ErrorBody),
+        (status = 422, description = "callbacks missing or not an array of URLs, a refused destination, too many for the job (`too_many_callbacks`, counted before any URL is read) or for the account (`too_many_job_callbacks`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -107,6 +110,9 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<CallbacksOut>), ApiError> {
     caller.check_account(&account)?;
     check_job(&job)?;
+    // Counted first, in one pass over the bytes that builds nothing; then de-duplicated
+    // before any URL is parsed or resolved.
+    count_callbacks(&body)?;
     let urls = parse_callbacks(&body)?;
     for (index, url) in urls.iter().enumerate() {
         check_destination(url, state.allow_private_destinations)
@@ -121,11 +127,14 @@ pub async fn register(
 
     let db = state.store.db();
     let existing = db.job_callbacks(&account, &job).await?;
-    let registered = |url: &str| {
-        existing
-            .iter()
-            .find(|s| matches!(&s.destination, Destination::Webhook { url: u } if u == url))
-    };
+    let by_url: HashMap<&str, &Subscription> = existing
+        .iter()
+        .filter_map(|s| match &s.destination {
+            Destination::Webhook { url } => Some((url.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    let registered = |url: &str| by_url.get(url).copied();
     let new_urls: Vec<&String> = urls
         .iter()
         .filter(|url| registered(url).is_none())
@@ -140,6 +149,11 @@ pub async fn register(
         ));
     }
     let now = now_millis();
+    let max_live = state.limits.max_job_callbacks_per_account;
+    let live = db.live_job_callbacks(&account, now).await?;
+    if !new_urls.is_empty() && live + new_urls.len() > max_live {
+        return Err(too_many_live(live + new_urls.len(), max_live));
+    }
     let ttl = Millis::try_from(state.job_callback_ttl.as_millis()).unwrap_or(Millis::MAX);
     let mut created = Vec::with_capacity(new_urls.len());
     let position = state.store.log_position().await?;
@@ -164,7 +178,8 @@ pub async fn register(
         // Notifications published from now on. Checked again in the insert's transaction:
         // a concurrent request (to any node) may have registered the URL meanwhile.
         let registered_meanwhile = db
-            .insert_subscription_checked(&new, position, now, |existing| {
+            // The account's total is checked again here, for the same reason.
+            .insert_subscription_checked(&new, position, now, |existing, live| {
                 let taken = existing
                     .iter()
                     .any(|s| matches!(&s.destination, Destination::Webhook { url: u } if u == url));
@@ -175,6 +190,8 @@ pub async fn register(
                         "too_many_callbacks",
                         &format!("job {job:?} has {MAX_CALLBACKS_PER_JOB} callback URLs already"),
                     )))
+                } else if live >= max_live {
+                    Err(Some(too_many_live(live + 1, max_live)))
                 } else {
                     Ok(())
                 }
@@ -213,6 +230,26 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(CallbacksOut { job, callbacks })))
 }
 
+/// Refuses more callback URLs than a job may have, counted without building them: a
+/// request of 100,000 URLs costs one pass over its bytes. Any other shape passes, for
+/// [`parse_callbacks`] to name what is wrong with it.
+fn count_callbacks(body: &[u8]) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    struct Counted {
+        callbacks: Vec<IgnoredAny>,
+    }
+    match serde_json::from_slice::<Counted>(body) {
+        Ok(counted) if counted.callbacks.len() > MAX_CALLBACKS_PER_JOB => Err(field_error(
+            "too_many_callbacks",
+            &format!(
+                "the request gives {} callback URLs (at most {MAX_CALLBACKS_PER_JOB} per job)",
+                counted.callbacks.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reads `{"callbacks": [URL, …]}` by hand, so each mistake gets its own message.
 /// Returns the URLs without repeats, in order.
 fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
@@ -225,6 +262,15 @@ fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
         .as_object()
         .ok_or_else(|| ApiError::unprocessable("invalid_body", "the body must be a JSON object"))?;
     let items = match object.get("callbacks") {
+        Some(Value::Array(items)) if items.len() > MAX_CALLBACKS_PER_JOB => {
+            return Err(field_error(
+                "too_many_callbacks",
+                &format!(
+                    "the request gives {} callback URLs (at most {MAX_CALLBACKS_PER_JOB} per job)",
+                    items.len()
+                ),
+            ));
+        }
         None | Some(Value::Null) => {
             return Err(field_error(
                 "missing_callbacks",
@@ -245,6 +291,7 @@ fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
             ));
         }
     };
+    let mut seen = HashSet::with_capacity(items.len());
     let mut urls: Vec<String> = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let Value::String(url) = item else {
@@ -255,11 +302,21 @@ fn parse_callbacks(body: &[u8]) -> Result<Vec<String>, ApiError> {
                 field: Some("callbacks".into()),
             });
         };
-        if !urls.contains(url) {
+        if seen.insert(url.as_str()) {
             urls.push(url.clone());
         }
     }
     Ok(urls)
+}
+
+/// The account would have more live job callbacks than `--max-job-callbacks-per-account`.
+fn too_many_live(would_have: usize, max: usize) -> ApiError {
+    field_error(
+        "too_many_job_callbacks",
+        &format!(
+            "the account would have {would_have} live job callbacks (at most {max}; each expires after --job-callback-ttl)"
+        ),
+    )
 }
 
 fn field_error(code: &'static str, message: &str) -> ApiError {
@@ -327,7 +384,9 @@ pub async fn list(
     responses(
         (status = 202, description = "committed", body = PublishOut),
         (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 413, description = "a notification (`event_too_large`, with its index), the number of them (`too_many_events`) or the body is over its limit; nothing stored", body = ErrorBody),
         (status = 422, description = "a notification is invalid (with index and field), or its jobId or accountId is not the path's; nothing stored", body = ErrorBody),
+        (status = 429, description = "the key is over its publish rate (`rate_limited`, with `Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -335,11 +394,14 @@ pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     Path((account, job)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
     caller.check_account(&account)?;
     check_job(&job)?;
+    state.limits.check_array_count(&body)?;
     let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
+    super::events::admit(&state, &headers, &events)?;
     let published = super::events::append(&state, events).await?;
     Ok((StatusCode::ACCEPTED, Json(published)))
 }
@@ -397,6 +459,25 @@ mod tests {
             parse_callbacks(b"{\"callbacks\": [").unwrap_err(),
             ApiError::MalformedJson { .. }
         ));
+    }
+
+    #[test]
+    fn callback_urls_are_counted_before_anything_is_read() {
+        let body = |n: usize| {
+            let urls: Vec<String> = (0..n).map(|i| format!("https://host{i}/cb")).collect();
+            serde_json::json!({ "callbacks": urls }).to_string()
+        };
+        assert!(count_callbacks(body(MAX_CALLBACKS_PER_JOB).as_bytes()).is_ok());
+        assert!(matches!(
+            count_callbacks(body(100_000).as_bytes()),
+            Err(ApiError::Unprocessable {
+                code: "too_many_callbacks",
+                ..
+            })
+        ));
+        // Not an array, or not JSON: left for the parser to name.
+        assert!(count_callbacks(br#"{"callbacks": "https://host1/cb"}"#).is_ok());
+        assert!(count_callbacks(b"{\"callbacks\": [").is_ok());
     }
 
     #[test]

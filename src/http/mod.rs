@@ -8,6 +8,8 @@ pub mod entities;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod limits;
+pub mod rate_limit;
 pub mod resync;
 pub mod subscriptions;
 pub mod token_verification;
@@ -21,9 +23,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::catalog::Catalog;
 use crate::dispatch::Dispatcher;
 use crate::store::Store;
-
-/// Largest request body accepted (a publish batch).
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -45,6 +44,10 @@ pub struct AppState {
     pub webhook_origin: String,
     /// How long a job's callback registration lasts.
     pub job_callback_ttl: std::time::Duration,
+    /// What one request may carry and read (`--max-*` flags).
+    pub limits: Arc<limits::Limits>,
+    /// The publish rate per key (`--publish-rate-limit`), when there is one.
+    pub publish_rate: Option<Arc<rate_limit::PublishRate>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,6 +60,11 @@ pub fn router(state: AppState) -> Router {
         .merge(resync::router())
         .merge(jobs::router())
         .merge(entities::router())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::read_body,
+        ))
+        .layer(DefaultBodyLimit::max(state.limits.max_request_bytes))
+        .layer(axum::middleware::map_response(limits::json_too_large))
         .with_state(state)
 }

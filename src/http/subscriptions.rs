@@ -262,13 +262,17 @@ pub async fn create(
     state
         .store
         .db()
-        .insert_subscription_checked(&new, cursor, now_millis(), |existing| {
+        .insert_subscription_checked(&new, cursor, now_millis(), |existing, total| {
             check_limits(
                 existing,
                 &new.destination,
                 &new.filter,
                 (&new.payload_filter, &new.transform),
                 state.max_subscriptions_per_event,
+            )?;
+            super::limits::check_subscriptions_per_account(
+                total,
+                state.limits.max_subscriptions_per_account,
             )
         })
         .await??;
@@ -972,6 +976,20 @@ pub async fn replay(
             ));
         }
     };
+    // Sequence numbers are the log writer's alone: a replay may go back, never past the
+    // head (a cursor there would skip events that later take those positions).
+    let head = state.store.log_position().await?;
+    if after > head {
+        return Err(field_error(
+            "invalid_replay",
+            "fromSequence",
+            &format!(
+                "fromSequence {} is past the log head {head}: give at most {}",
+                after.saturating_add(1),
+                head.saturating_add(1)
+            ),
+        ));
+    }
     if !state.dispatcher.rewind(&id, after).await {
         // Not running (disabled): it resumes from here when enabled.
         state.store.db().set_cursor(&subscription.id, after).await?;

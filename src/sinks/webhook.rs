@@ -100,6 +100,135 @@ pub struct WebhookSink {
     client: Client<Connector, Full<Bytes>>,
     /// For the whole attempt: connecting, sending, the answer's head and snippet.
     timeout: Duration,
+    limits: Arc<OutboundLimits>,
+}
+
+/// Without `--max-outbound`: webhook requests in flight at once, in all.
+pub const DEFAULT_MAX_OUTBOUND: usize = 1024;
+/// Without `--max-connections-per-host`: requests in flight at once to one host.
+pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: usize = 64;
+
+/// Bounds on the requests in flight: in all, and per host (scheme, host and port, as the
+/// connection pool keys its connections). A request holds one slot of each until its
+/// attempt is over; with HTTP/1 a request in flight is a connection in use, and the pool
+/// opens a connection only when none is idle, so a host never gets more connections
+/// than its slots.
+struct OutboundLimits {
+    outbound: Arc<tokio::sync::Semaphore>,
+    per_host: usize,
+    /// Only hosts with a request in flight or waiting: the others are removed.
+    hosts: std::sync::Mutex<std::collections::HashMap<String, HostSlots>>,
+}
+
+/// One host's slots, and how many requests hold or wait for one.
+struct HostSlots {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    users: usize,
+}
+
+/// The slots one request holds (or waits for); the host's entry goes with its last user,
+/// also when a wait is given up.
+struct OutboundPermit<'a> {
+    limits: &'a OutboundLimits,
+    host: String,
+    host_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _outbound: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl OutboundLimits {
+    fn new(outbound: usize, per_host: usize) -> OutboundLimits {
+        OutboundLimits {
+            outbound: Arc::new(tokio::sync::Semaphore::new(outbound.max(1))),
+            per_host: per_host.max(1),
+            hosts: Default::default(),
+        }
+    }
+
+    fn hosts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, HostSlots>> {
+        // A poisoned lock only means a panic mid-update of one entry.
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a slot of `url`'s host, then for one in all. In that order: a request
+    /// queued behind a host that hangs must not hold a slot every other host needs.
+    async fn acquire(&self, url: &Uri) -> OutboundPermit<'_> {
+        let host = format!(
+            "{}://{}",
+            url.scheme_str().unwrap_or("http"),
+            url.authority().map_or("", |authority| authority.as_str())
+        );
+        let semaphore = {
+            let mut hosts = self.hosts();
+            let slots = hosts.entry(host.clone()).or_insert_with(|| HostSlots {
+                semaphore: Arc::new(tokio::sync::Semaphore::new(self.per_host)),
+                users: 0,
+            });
+            slots.users += 1;
+            slots.semaphore.clone()
+        };
+        // From here on, dropping the permit (even mid-wait) gives the host back.
+        let mut permit = OutboundPermit {
+            limits: self,
+            host,
+            host_permit: None,
+            _outbound: None,
+        };
+        // The semaphores are never closed: acquiring cannot fail.
+        permit.host_permit = semaphore.acquire_owned().await.ok();
+        permit._outbound = self.outbound.clone().acquire_owned().await.ok();
+        permit
+    }
+}
+
+impl Drop for OutboundPermit<'_> {
+    fn drop(&mut self) {
+        drop(self.host_permit.take());
+        let mut hosts = self.limits.hosts();
+        if let Some(slots) = hosts.get_mut(&self.host) {
+            slots.users = slots.users.saturating_sub(1);
+            if slots.users == 0 {
+                hosts.remove(&self.host);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    fn url(text: &str) -> Uri {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_busy_host_holds_its_own_slots_not_everyone_elses() {
+        let limits = OutboundLimits::new(3, 2);
+        let slow = url("http://10.0.0.1:8080/hook");
+        let held = [limits.acquire(&slow).await, limits.acquire(&slow).await];
+        // The host is at its cap: a third request to it waits…
+        let waiting = tokio::time::timeout(Duration::from_millis(50), limits.acquire(&slow));
+        assert!(waiting.await.is_err(), "the host's cap holds");
+        // …without a slot of the global bound: another host still gets one.
+        let other = tokio::time::timeout(
+            Duration::from_millis(50),
+            limits.acquire(&url("http://10.0.0.2:8080/hook")),
+        )
+        .await
+        .expect("another host is not held back");
+        // The same host on another port is another pool key.
+        let other_port = url("http://10.0.0.1:9090/hook");
+        let port = tokio::time::timeout(Duration::from_millis(50), limits.acquire(&other_port));
+        assert!(port.await.is_err(), "the global bound (3) is reached");
+        drop(other);
+        drop(held);
+        // Nobody uses a host any more: its entry is gone.
+        assert!(limits.hosts().is_empty());
+        let again = limits.acquire(&slow).await;
+        assert_eq!(limits.hosts().len(), 1);
+        drop(again);
+        assert!(limits.hosts().is_empty());
+    }
 }
 
 /// Why the webhook client cannot start.
@@ -135,7 +264,21 @@ impl WebhookSink {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
-        Ok(WebhookSink { client, timeout })
+        Ok(WebhookSink {
+            client,
+            timeout,
+            limits: Arc::new(OutboundLimits::new(
+                DEFAULT_MAX_OUTBOUND,
+                DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            )),
+        })
+    }
+
+    /// The same client with other bounds on requests in flight: `max_outbound` in all,
+    /// `max_per_host` to one host.
+    pub fn with_limits(mut self, max_outbound: usize, max_per_host: usize) -> WebhookSink {
+        self.limits = Arc::new(OutboundLimits::new(max_outbound, max_per_host));
+        self
     }
 
     /// One request through the pool, for the other requests of the webhook sink (the
@@ -152,6 +295,9 @@ impl WebhookSink {
     }
 
     pub async fn send(&self, signer: &Signer, request: WebhookRequest<'_>) -> Attempted {
+        // The wait for a slot is not the receiver's doing: it is neither in the time
+        // limit nor in the latency.
+        let _permit = self.limits.acquire(request.url).await;
         let started = Instant::now();
         let attempt = tokio::time::timeout(self.timeout, self.post(signer, request)).await;
         let latency = started.elapsed();

@@ -4,6 +4,7 @@
 //! nodes, the log's head) the method says so and has one branch per backend.
 //! Appends and delivery progress go through the log writer instead (`writer`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::QueryBuilder;
@@ -64,6 +65,71 @@ macro_rules! entities_with_events {
     };
 }
 
+/// A page of events, in log order: the events that match `$condition`, at most `LIMIT
+/// $limit` of them, ending at the first that brings the page's documents to `$bytes`
+/// bytes. The database sums the documents' sizes (`octet_length`, which needs no
+/// document read) and reads the documents of the page alone.
+macro_rules! events_page {
+    ($condition:literal, $limit:literal, $bytes:literal) => {
+        concat!(
+            "SELECT e.seq, e.account, e.event_id, e.name, e.topic, e.entity_key, ",
+            "e.occurred_at, e.received_at, e.body FROM (SELECT seq, ",
+            "SUM(octet_length(body)) OVER (ORDER BY seq) - octet_length(body) AS before ",
+            "FROM events WHERE ",
+            $condition,
+            " ORDER BY seq LIMIT ",
+            $limit,
+            ") p JOIN events e ON e.seq = p.seq WHERE p.before < ",
+            $bytes,
+            " ORDER BY e.seq"
+        )
+    };
+}
+
+/// A page of one account's entities of one type (`$1`, `$2`), by id, like
+/// [`events_page!`]: the entities that match `$condition`, at most `LIMIT $limit`, ending at
+/// the first whose event brings the page to `$bytes` bytes of documents.
+macro_rules! entities_page {
+    ($condition:literal, $limit:literal, $bytes:literal) => {
+        concat!(
+            "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, ",
+            "e.entity_key, e.occurred_at, e.received_at, e.body FROM (SELECT n.id, ",
+            "SUM(octet_length(e.body)) OVER (ORDER BY n.id) - octet_length(e.body) AS before ",
+            "FROM entities n JOIN events e ON e.seq = n.seq WHERE ",
+            $condition,
+            " ORDER BY n.id LIMIT ",
+            $limit,
+            ") p JOIN entities n ON n.account = $1 AND n.type = $2 AND n.id = p.id ",
+            "JOIN events e ON e.seq = n.seq WHERE p.before < ",
+            $bytes,
+            " ORDER BY n.id"
+        )
+    };
+}
+
+/// How much one page read from the store may hold: at most `rows` rows, and it ends at
+/// the first row that brings its event documents to `bytes` bytes (so a page always
+/// holds a row when there is one, however large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize {
+    pub rows: u32,
+    pub bytes: usize,
+}
+
+impl PageSize {
+    /// Whether a page of `rows` rows whose documents add up to `bytes` may have more
+    /// after it. A page cut short by its bytes holds at least `self.bytes`, so this never
+    /// misses a cut page; at worst the page after it is empty.
+    pub fn is_full(&self, rows: usize, bytes: usize) -> bool {
+        rows >= self.rows as usize || bytes >= self.bytes
+    }
+
+    /// The byte bound as a query parameter.
+    fn byte_bound(&self) -> i64 {
+        i64::try_from(self.bytes).unwrap_or(i64::MAX)
+    }
+}
+
 /// Which backend a database URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -93,6 +159,14 @@ pub struct Database {
 /// Bounds a query's `LIMIT` (PostgreSQL has no unsigned integers).
 fn limit(n: u32) -> i64 {
     i64::from(n)
+}
+
+/// How many retries one claim may take: in all, and of one subscription (less those it
+/// has in flight).
+pub(super) struct ClaimLimits<'a> {
+    pub limit: i64,
+    pub per_subscription: i64,
+    pub in_flight: &'a HashMap<String, u32>,
 }
 
 impl Database {
@@ -140,6 +214,15 @@ impl Database {
         }
     }
 
+    /// Moves cursors past the log head (`head`, as just read) back to it; returns their
+    /// subscriptions. See [`sqlite::clamp_cursors`] and [`postgres::clamp_cursors`].
+    pub async fn clamp_cursors(&self, head: i64) -> Result<Vec<String>> {
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite::clamp_cursors(pool, head).await,
+            Pool::Postgres(pool) => postgres::clamp_cursors(pool).await,
+        }
+    }
+
     /// Events of one account after `after` and up to `upto`, in log order: how a
     /// dispatcher that fell behind the in-memory hand-off catches up. `upto` is the
     /// durable head: a commit still waiting for its fsync is not dispatched yet.
@@ -148,54 +231,63 @@ impl Database {
         account: &str,
         after: i64,
         upto: i64,
-        limit_to: u32,
+        page: PageSize,
     ) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_where!(
-            "account = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_page!(
+            "account = $1 AND seq > $2 AND seq <= $3",
+            "$4",
+            "$5"
         ))
         .bind(account)
         .bind(after)
         .bind(upto)
-        .bind(limit(limit_to))
+        .bind(limit(page.rows))
+        .bind(page.byte_bound())
         .fetch_all(pool)
         .await?);
         Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
-    /// Events of every account after `after` and up to `upto`, in log order.
+    /// Events of every account after `after` and up to `upto`, in log order, one page.
     pub async fn log_range(
         &self,
         after: i64,
         upto: i64,
-        limit_to: u32,
+        page: PageSize,
     ) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_where!(
-            "seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        let rows: Vec<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_page!(
+            "seq > $1 AND seq <= $2",
+            "$3",
+            "$4"
         ))
         .bind(after)
         .bind(upto)
-        .bind(limit(limit_to))
+        .bind(limit(page.rows))
+        .bind(page.byte_bound())
         .fetch_all(pool)
         .await?);
         Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
     /// A page of an account's entities of one type, by id, with the event that set each
-    /// one's state: ids after `after`, at most `limit`.
+    /// one's state: ids after `after`, as many as `page` holds.
     pub async fn list_entities(
         &self,
         account: &str,
         entity_type: &str,
         after: &str,
-        limit_to: u32,
+        page: PageSize,
     ) -> Result<Vec<EntityState>> {
-        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_with_events!(
-            "n.account = $1 AND n.type = $2 AND n.id > $3 ORDER BY n.id LIMIT $4"
+        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_page!(
+            "n.account = $1 AND n.type = $2 AND n.id > $3",
+            "$4",
+            "$5"
         ),)
         .bind(account)
         .bind(entity_type)
         .bind(after)
-        .bind(limit(limit_to))
+        .bind(limit(page.rows))
+        .bind(page.byte_bound())
         .fetch_all(pool)
         .await?);
         Ok(rows.into_iter().map(EntityState::from).collect())
@@ -220,23 +312,25 @@ impl Database {
     }
 
     /// A page of an account's live (not deleted) entities of one type, by id, with the
-    /// event that set each one's state: ids after `after`, at most `limit`. What a resync
-    /// sends; keyset paging on the primary key, so each page costs the same.
+    /// event that set each one's state: ids after `after`, as many as `page` holds. What a
+    /// resync sends; keyset paging on the primary key, so each page costs the same.
     pub async fn live_entities(
         &self,
         account: &str,
         entity_type: &str,
         after: &str,
-        limit_to: u32,
+        page: PageSize,
     ) -> Result<Vec<EntityState>> {
-        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_with_events!(
-            "n.account = $1 AND n.type = $2 AND n.id > $3 AND n.deleted = 0 \
-             ORDER BY n.id LIMIT $4"
+        let rows: Vec<EntityRow> = on_pool!(self, |pool| sqlx::query_as(entities_page!(
+            "n.account = $1 AND n.type = $2 AND n.id > $3 AND n.deleted = 0",
+            "$4",
+            "$5"
         ),)
         .bind(account)
         .bind(entity_type)
         .bind(after)
-        .bind(limit(limit_to))
+        .bind(limit(page.rows))
+        .bind(page.byte_bound())
         .fetch_all(pool)
         .await?);
         Ok(rows.into_iter().map(EntityState::from).collect())
@@ -317,13 +411,25 @@ impl Database {
         Ok(row.map(StoredEvent::from))
     }
 
+    /// A page of an account's events that match `query`, in log order (see
+    /// [`events_page!`]): at most `query.limit`, and `max_bytes` of documents.
     pub async fn query_events(
         &self,
         account: &str,
         query: &EventQuery,
+        max_bytes: usize,
     ) -> Result<Vec<StoredEvent>> {
+        let page = PageSize {
+            rows: query.limit,
+            bytes: max_bytes,
+        };
         let rows: Vec<EventRow> = on_pool!(self, |pool| {
-            let mut select = QueryBuilder::new(events_where!("account = "));
+            let mut select = QueryBuilder::new(
+                "SELECT e.seq, e.account, e.event_id, e.name, e.topic, e.entity_key, \
+                 e.occurred_at, e.received_at, e.body FROM (SELECT seq, \
+                 SUM(octet_length(body)) OVER (ORDER BY seq) - octet_length(body) AS before \
+                 FROM events WHERE account = ",
+            );
             select.push_bind(account);
             if let Some(topic) = &query.topic {
                 select.push(" AND topic = ").push_bind(topic);
@@ -335,7 +441,10 @@ impl Database {
                 .push(" AND seq > ")
                 .push_bind(query.after.unwrap_or(0))
                 .push(" ORDER BY seq LIMIT ")
-                .push_bind(limit(query.limit));
+                .push_bind(limit(page.rows))
+                .push(") p JOIN events e ON e.seq = p.seq WHERE p.before < ")
+                .push_bind(page.byte_bound())
+                .push(" ORDER BY e.seq");
             select.build_query_as().fetch_all(pool).await?
         });
         Ok(rows.into_iter().map(StoredEvent::from).collect())
@@ -356,14 +465,15 @@ impl Database {
     /// Stores a new subscription after `check` accepted the account's existing ones of
     /// the same kind (standing subscriptions, or the same job's callbacks): both in one
     /// transaction that holds the account's subscription lock, so two requests (to any
-    /// node) cannot both pass a limit that only one may. `Ok(Err(_))` is `check`'s
-    /// refusal, with nothing stored.
+    /// node) cannot both pass a limit that only one may. `check` is also given how many
+    /// of that kind the account has in all: its standing subscriptions, or its live job
+    /// callbacks over every job. `Ok(Err(_))` is `check`'s refusal, with nothing stored.
     pub async fn insert_subscription_checked<E>(
         &self,
         subscription: &NewSubscription,
         cursor: i64,
         created_at: Millis,
-        check: impl FnOnce(&[Subscription]) -> std::result::Result<(), E>,
+        check: impl FnOnce(&[Subscription], usize) -> std::result::Result<(), E>,
     ) -> Result<std::result::Result<(), E>> {
         let (job_id, expires_at) = match &subscription.kind {
             SubscriptionKind::Standing => (None, None),
@@ -395,7 +505,21 @@ impl Database {
                 .into_iter()
                 .map(Subscription::try_from)
                 .collect::<Result<Vec<_>>>()?;
-            if let Err(refused) = check(&existing) {
+            let account_total = match &subscription.kind {
+                SubscriptionKind::Standing => existing.len(),
+                SubscriptionKind::JobCallback { .. } => {
+                    let live: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM subscriptions \
+                         WHERE account = $1 AND job_id IS NOT NULL AND expires_at > $2",
+                    )
+                    .bind(&subscription.account)
+                    .bind(created_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    usize::try_from(live).unwrap_or(usize::MAX)
+                }
+            };
+            if let Err(refused) = check(&existing, account_total) {
                 return Ok(Err(refused));
             }
             sqlx::query(
@@ -435,7 +559,7 @@ impl Database {
         cursor: i64,
         created_at: Millis,
     ) -> Result<()> {
-        self.insert_subscription_checked(subscription, cursor, created_at, |_| {
+        self.insert_subscription_checked(subscription, cursor, created_at, |_, _| {
             Ok::<(), std::convert::Infallible>(())
         })
         .await
@@ -463,6 +587,20 @@ impl Database {
         .fetch_all(pool)
         .await?);
         rows.into_iter().map(Subscription::try_from).collect()
+    }
+
+    /// How many job callbacks of the account are live (not expired by `now`), over all
+    /// its jobs: each is a delivery worker.
+    pub async fn live_job_callbacks(&self, account: &str, now: Millis) -> Result<usize> {
+        let live: i64 = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM subscriptions \
+             WHERE account = $1 AND job_id IS NOT NULL AND expires_at > $2",
+        )
+        .bind(account)
+        .bind(now)
+        .fetch_one(pool)
+        .await?);
+        Ok(usize::try_from(live).unwrap_or(usize::MAX))
     }
 
     /// The callback registrations of one job.
@@ -596,21 +734,27 @@ impl Database {
     }
 
     /// Claims up to `limit` due retries of enabled subscriptions (with PostgreSQL: of the
-    /// subscriptions this node holds): their next attempt is pushed to `lease_until`, so
+    /// subscriptions this node holds), earliest first, but at most `per_subscription`
+    /// of one subscription less what it has `in_flight` already: one subscription's
+    /// backlog cannot take every slot. Their next attempt is pushed to `lease_until`, so
     /// a crash during the attempt only delays it.
     pub async fn claim_due_retries(
         &self,
         now: Millis,
         lease_until: Millis,
         limit_to: u32,
+        per_subscription: u32,
+        in_flight: &HashMap<String, u32>,
     ) -> Result<Vec<DueRetry>> {
+        let claim = ClaimLimits {
+            limit: limit(limit_to),
+            per_subscription: limit(per_subscription),
+            in_flight,
+        };
         let rows: Vec<DueRetryRow> = match &self.pool {
-            Pool::Sqlite(pool) => {
-                sqlite::claim_due_retries(pool, now, lease_until, limit(limit_to)).await?
-            }
+            Pool::Sqlite(pool) => sqlite::claim_due_retries(pool, now, lease_until, &claim).await?,
             Pool::Postgres(pool) => {
-                postgres::claim_due_retries(pool, &self.node, now, lease_until, limit(limit_to))
-                    .await?
+                postgres::claim_due_retries(pool, &self.node, now, lease_until, &claim).await?
             }
         };
         Ok(rows
@@ -634,6 +778,22 @@ impl Database {
         .bind(&retry.subscription_id)
         .bind(retry.seq)
         .bind(resync_key(retry.resync_id.as_deref()))
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Moves a subscription's pending retries that are due before `at` to `at`: its
+    /// endpoint is down and the breaker lets no attempt go before then. Claimed ones
+    /// only have their claim lengthened.
+    pub async fn postpone_retries(&self, subscription_id: &str, at: Millis) -> Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE retries SET next_attempt_at = $1 \
+             WHERE subscription_id = $2 AND dead_at IS NULL AND next_attempt_at < $1"
+        )
+        .bind(at)
+        .bind(subscription_id)
         .execute(pool)
         .await?
         .rows_affected());

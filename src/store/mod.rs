@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Durability;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
-pub use database::{Backend, Database};
+pub use database::{Backend, Database, PageSize};
 pub use derive::Derivation;
 pub use postgres::Cluster;
 use sqlite::LogConnection;
@@ -53,8 +53,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// The log writer found its sequence numbers in a state it cannot append after (see
+    /// [`Store::halted`]): nothing more is appended until the log is repaired.
+    #[error("the event log is halted: {0}")]
+    LogHalted(String),
     #[error("the store is shutting down")]
     Closed,
+    /// The database does not commit as `--durability` asks.
+    #[error("durability: {0}")]
+    Durability(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -277,6 +284,7 @@ pub struct Store {
     writes: mpsc::Sender<writer::WriteOp>,
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Receiver<i64>,
+    halted: writer::Halted,
 }
 
 /// Checkpoints the WAL every second while the store is open (it is open as long as a
@@ -317,7 +325,19 @@ impl Store {
     ) -> Result<Store> {
         let durability = options.durability;
         let db = Database::open(url, options).await?;
+        // The head comes from the log alone: a cursor is a subscriber's claim, and one
+        // past the head (a replay asked for before replays were checked, or a position
+        // an old writer gave a duplicate) must not move where new events go.
         let head_seq = db.head().await?;
+        let clamped = db.clamp_cursors(head_seq).await?;
+        if !clamped.is_empty() {
+            tracing::warn!(
+                subscriptions = ?clamped,
+                head = head_seq,
+                "cursors past the log head were moved back to it"
+            );
+        }
+        let halted = writer::Halted::default();
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
@@ -341,7 +361,7 @@ impl Store {
                 (
                     writer::Log::Postgres {
                         db: db.clone(),
-                        pool: pool.clone(),
+                        pool: postgres::log_pool(url, durability, pool).await?,
                     },
                     writer::Announce::Follower {
                         follower,
@@ -350,7 +370,8 @@ impl Store {
                 )
             }
         };
-        let writer = writer::Writer::new(log, queue, announce, head_seq, derivation);
+        let writer =
+            writer::Writer::new(log, queue, announce, head_seq, derivation, halted.clone());
         // The writer blocks on the database and its fsync: it gets a thread of its own.
         tasks.spawn(async move {
             if let Err(error) = tokio::task::spawn_blocking(move || writer.run()).await {
@@ -365,12 +386,23 @@ impl Store {
             writes,
             committed,
             head,
+            halted,
         })
+    }
+
+    /// Why the log writer stopped appending, if it has: its sequence numbers reached a
+    /// state it cannot go on from (the largest sequence number, a negative head). Every
+    /// publish fails meanwhile, and `/healthz` says why.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.get().map(String::as_str)
     }
 
     /// Appends events to the log; returns once they are committed (durable per the
     /// configured [`Durability`]). The result has one entry per input, in order.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        if let Some(reason) = self.halted() {
+            return Err(StoreError::LogHalted(reason.to_owned()));
+        }
         let (reply, answer) = oneshot::channel();
         self.writes
             .send(writer::WriteOp::Append { events, reply })

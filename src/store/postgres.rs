@@ -18,11 +18,12 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::database::STATEMENT_TIMEOUT;
+use super::database::{ClaimLimits, PageSize, STATEMENT_TIMEOUT};
 use super::derive::Derivation;
 use super::rows::{DueRetryRow, resync_key, resync_position};
 use super::writer::{LogRow, Written};
 use super::{CommittedBatch, Database, Health, Progress, Result, RetryState, StoreError};
+use crate::config::Durability;
 use crate::model::{Millis, StoredEvent};
 
 /// The channel appends notify on (the payload, the new head, is for people watching).
@@ -32,19 +33,74 @@ pub(super) const LOG_CHANNEL: &str = "reelay_log";
 /// `503`): long enough for a burst, short enough that an outage is reported, not hidden.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A session's settings, given at connection start: they take precedence over the
+/// database's and the role's defaults (`ALTER DATABASE … SET`), and over an `options`
+/// parameter in the URL, so a `202` means what `--durability` says whatever the server's
+/// configuration. `synchronous_commit = on` (PostgreSQL's default): a commit returns
+/// once its WAL is flushed to disk (and, with synchronous standbys, to theirs).
+fn connect_options(url: &str, synchronous_commit: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.options([
+        (
+            "statement_timeout",
+            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+        ),
+        ("synchronous_commit", synchronous_commit.to_owned()),
+    ]))
+}
+
 pub(super) async fn open_pool(url: &str, max_connections: u32) -> Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)?.options([(
-        "statement_timeout",
-        format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
-    )]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(2))
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
+        .connect_with(connect_options(url, "on")?)
         .await?;
     // sqlx holds an advisory lock while it migrates: nodes starting together take turns.
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    check_synchronous_commit(&pool, "on", "the connection pool").await?;
     Ok(pool)
+}
+
+/// The connections the log writer commits on. `fsync`: the pool's (every commit waits
+/// for its flush). `relaxed`: one connection of its own with `synchronous_commit = off`,
+/// so an append is acknowledged before its WAL is flushed (a crash of the database
+/// server, not of PostgreSQL's clients, may lose the last ones), as SQLite's `relaxed`
+/// does; everything else (subscriptions, keys, leases) still commits synchronously.
+pub(super) async fn log_pool(url: &str, durability: Durability, pool: &PgPool) -> Result<PgPool> {
+    match durability {
+        Durability::Fsync => Ok(pool.clone()),
+        Durability::Relaxed => {
+            // The writer commits one group at a time: one connection serves it.
+            let log = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(connect_options(url, "off")?)
+                .await?;
+            check_synchronous_commit(&log, "off", "the log writer").await?;
+            Ok(log)
+        }
+    }
+}
+
+/// Reads `synchronous_commit` back from a session of `pool` and refuses to start unless
+/// it is `expected`: a connection pooler that drops startup options would otherwise
+/// leave durability to the database's defaults, silently.
+async fn check_synchronous_commit(pool: &PgPool, expected: &str, whose: &str) -> Result<()> {
+    let actual: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(pool)
+        .await?;
+    if actual != expected {
+        return Err(StoreError::Durability(format!(
+            "{whose}'s PostgreSQL sessions run with synchronous_commit = {actual}, not \
+             {expected} as asked at connection start (is a connection pooler dropping \
+             startup options?)"
+        )));
+    }
+    tracing::info!(
+        sessions = whose,
+        synchronous_commit = %actual,
+        "PostgreSQL commit durability checked"
+    );
+    Ok(())
 }
 
 pub(super) async fn head(pool: &PgPool) -> Result<i64> {
@@ -53,29 +109,61 @@ pub(super) async fn head(pool: &PgPool) -> Result<i64> {
         .await?)
 }
 
-/// Claims due retries of the subscriptions `node` holds. `SKIP LOCKED`: a retry another
-/// transaction is claiming right now is not waited for.
+/// Moves every cursor past the shared head back to it; returns their subscriptions. A
+/// cursor is never saved past the head by a delivery (the head moves before the events
+/// are handed out), so one past it came from a replay before replays were checked. The
+/// head is read by the statement itself: other nodes may append meanwhile.
+pub(super) async fn clamp_cursors(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE subscriptions SET cursor = (SELECT seq FROM log_head WHERE id = 1) \
+         WHERE cursor > (SELECT seq FROM log_head WHERE id = 1) RETURNING id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Claims due retries of the subscriptions `node` holds: each subscription's due
+/// retries are numbered earliest first, and only those within its share
+/// (`per_subscription` less what it has in flight) are taken. The due condition is
+/// checked again on the row the update locks: a retry another transaction claimed
+/// meanwhile (a node taking the subscription over) is no longer due, and is skipped.
 pub(super) async fn claim_due_retries(
     pool: &PgPool,
     node: &str,
     now: Millis,
     lease_until: Millis,
-    limit: i64,
+    claim: &ClaimLimits<'_>,
 ) -> Result<Vec<DueRetryRow>> {
+    let (busy, counts): (Vec<String>, Vec<i64>) = claim
+        .in_flight
+        .iter()
+        .map(|(id, count)| (id.clone(), i64::from(*count)))
+        .unzip();
     Ok(sqlx::query_as(
-        "UPDATE retries SET next_attempt_at = $1 WHERE (subscription_id, seq, resync_id) IN ( \
-           SELECT r.subscription_id, r.seq, r.resync_id FROM retries r \
-           JOIN subscriptions s ON s.id = r.subscription_id \
-           JOIN subscription_leases l ON l.subscription_id = r.subscription_id \
-           WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
-             AND l.node_id = $4 \
-           ORDER BY r.next_attempt_at LIMIT $3 FOR UPDATE OF r SKIP LOCKED) \
+        "UPDATE retries SET next_attempt_at = $1 \
+         WHERE dead_at IS NULL AND next_attempt_at <= $2 \
+           AND (subscription_id, seq, resync_id) IN ( \
+           SELECT w.subscription_id, w.seq, w.resync_id FROM ( \
+             SELECT r.subscription_id, r.seq, r.resync_id, r.next_attempt_at, \
+                    ROW_NUMBER() OVER (PARTITION BY r.subscription_id \
+                                       ORDER BY r.next_attempt_at, r.seq) AS n \
+             FROM retries r \
+             JOIN subscriptions s ON s.id = r.subscription_id \
+             JOIN subscription_leases l ON l.subscription_id = r.subscription_id \
+             WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
+               AND l.node_id = $4) w \
+           LEFT JOIN UNNEST($6::text[], $7::bigint[]) AS b(id, n) ON b.id = w.subscription_id \
+           WHERE w.n <= $5 - COALESCE(b.n, 0) \
+           ORDER BY w.next_attempt_at LIMIT $3) \
          RETURNING subscription_id, seq, resync_id, attempts",
     )
     .bind(lease_until)
     .bind(now)
-    .bind(limit)
+    .bind(claim.limit)
     .bind(node)
+    .bind(claim.per_subscription)
+    .bind(busy)
+    .bind(counts)
     .fetch_all(pool)
     .await?)
 }
@@ -98,14 +186,22 @@ pub(super) async fn commit_group(
     let mut written = Vec::with_capacity(rows.len());
     if reserved > 0 {
         // The notification goes out at commit; asking for it here saves a round trip.
-        let top: i64 = sqlx::query_scalar(
-            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 \
+        // Positions stay below the largest bigint (the writer's next position must be
+        // representable): past that, no row is updated and the writer halts.
+        let top: Option<i64> = sqlx::query_scalar(
+            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 AND seq < 9223372036854775807 - $1 \
              RETURNING seq, pg_notify($2, seq::text)::text",
         )
         .bind(reserved)
         .bind(LOG_CHANNEL)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(top) = top else {
+            return Err(StoreError::LogHalted(format!(
+                "sequence numbers are exhausted (or the log_head row is missing): {reserved} \
+                 more positions do not fit"
+            )));
+        };
         log_after = top - reserved;
         let shift = log_after - after;
         for row in rows.iter_mut() {
@@ -407,7 +503,11 @@ async fn apply_progress(
 }
 
 /// Events read from the log per query while following it.
-const FOLLOW_PAGE: u32 = 2_000;
+const FOLLOW_PAGE: PageSize = PageSize {
+    rows: 2_000,
+    // Every account's events go through here: a page of large documents stops at this.
+    bytes: 16 << 20,
+};
 /// Even without a notification, look at the log this often: a notification sent while
 /// this node's listening connection was down is lost.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
@@ -544,7 +644,8 @@ async fn catch_up(
                 return;
             }
         };
-        let full = events.len() == FOLLOW_PAGE as usize;
+        let bytes = events.iter().map(|e| e.body.bytes().len()).sum();
+        let full = FOLLOW_PAGE.is_full(events.len(), bytes);
         let page_upto = match events.last() {
             Some(event) if full => event.seq,
             _ => upto,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+use super::database::ClaimLimits;
 use super::derive::Derivation;
 use super::rows::{DueRetryRow, resync_key, resync_position};
 use super::writer::{LogRow, Written};
@@ -116,36 +117,59 @@ pub(super) async fn checkpoint(pool: &SqlitePool) -> Result<bool> {
     Ok(busy != 0)
 }
 
-/// The last position handed out: the last event, or a cursor past it. Writers before
-/// this one could save a cursor on a position that only a duplicate had taken; new
-/// events start after it, so that cursor skips none of them.
+/// The last position in the log: its last event. Never a cursor: a subscriber cannot
+/// move where new events go (a cursor left past it is moved back at start, see
+/// [`clamp_cursors`]).
 pub(super) async fn head(pool: &SqlitePool) -> Result<i64> {
-    let head: Option<i64> = sqlx::query_scalar(
-        "SELECT MAX(position) FROM (SELECT MAX(seq) AS position FROM events \
-         UNION ALL SELECT MAX(cursor) FROM subscriptions)",
-    )
-    .fetch_one(pool)
-    .await?;
+    let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+        .fetch_one(pool)
+        .await?;
     Ok(head.unwrap_or(0))
 }
 
+/// Moves every cursor past `head` back to it; returns their subscriptions. One process
+/// owns the database, and its writer has not started: nothing moves a cursor meanwhile.
+/// Such a cursor was saved on a position only a duplicate had taken (writers before
+/// positions were given back), or by a replay past the head (before replays were
+/// checked); from the head it skips nothing that is stored.
+pub(super) async fn clamp_cursors(pool: &SqlitePool, head: i64) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("UPDATE subscriptions SET cursor = $1 WHERE cursor > $1 RETURNING id")
+            .bind(head)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// Claims due retries: one process owns all the work, so every due retry is its own.
+/// Each subscription's due retries are numbered earliest first, and only those within
+/// its share (`per_subscription` less what it has in flight, passed as a JSON object)
+/// are taken.
 pub(super) async fn claim_due_retries(
     pool: &SqlitePool,
     now: i64,
     lease_until: i64,
-    limit: i64,
+    claim: &ClaimLimits<'_>,
 ) -> Result<Vec<DueRetryRow>> {
+    let in_flight = serde_json::to_string(claim.in_flight).unwrap_or_else(|_| "{}".to_owned());
     Ok(sqlx::query_as(
         "UPDATE retries SET next_attempt_at = $1 WHERE rowid IN ( \
-           SELECT r.rowid FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
-           WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL \
-           ORDER BY r.next_attempt_at LIMIT $3) \
+           SELECT w.rid FROM ( \
+             SELECT r.rowid AS rid, r.subscription_id AS sub, r.next_attempt_at AS due, \
+                    ROW_NUMBER() OVER (PARTITION BY r.subscription_id \
+                                       ORDER BY r.next_attempt_at, r.seq) AS n \
+             FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
+             WHERE r.dead_at IS NULL AND r.next_attempt_at <= $2 AND s.disabled_at IS NULL) w \
+           LEFT JOIN json_each($5) b ON b.key = w.sub \
+           WHERE w.n <= $4 - COALESCE(b.value, 0) \
+           ORDER BY w.due LIMIT $3) \
          RETURNING subscription_id, seq, resync_id, attempts",
     )
     .bind(lease_until)
     .bind(now)
-    .bind(limit)
+    .bind(claim.limit)
+    .bind(claim.per_subscription)
+    .bind(in_flight)
     .fetch_all(pool)
     .await?)
 }

@@ -7,7 +7,7 @@
 //! events are handed to dispatch in memory, so no one polls the database for them.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -100,11 +100,37 @@ pub(super) fn advance(head: &watch::Sender<i64>, to: i64) {
 /// new work arrives.
 const PROGRESS_RETRY: Duration = Duration::from_millis(200);
 
+/// Why the writer stopped appending, once it has: set once, read by `/healthz` and by
+/// every publish (which then gets `503` instead of events stored where no one reads).
+pub(super) type Halted = Arc<OnceLock<String>>;
+
+/// The first of `count` consecutive positions from `next`, and the position after them;
+/// `None` when they would pass the largest sequence number. The writer hands out
+/// positions below `i64::MAX` only, so the one after the last is always representable.
+pub(super) fn reserve(next: i64, count: i64) -> Option<(i64, i64)> {
+    next.checked_add(count).map(|after| (next, after))
+}
+
+/// Why a log head read at start cannot be appended after.
+pub(super) fn unusable_head(head: i64) -> Option<String> {
+    if head < 0 {
+        return Some(format!(
+            "the log head {head} is negative: the log is corrupt"
+        ));
+    }
+    // Room for at least one event (and the position after it).
+    head.checked_add(1)
+        .and_then(|next| reserve(next, 1))
+        .is_none()
+        .then(|| format!("the log head {head} leaves no sequence number for a new event"))
+}
+
 pub(super) struct Writer {
     log: Log,
     queue: mpsc::Receiver<WriteOp>,
     announce: Announce,
     next_seq: i64,
+    halted: Halted,
     derivation: Derivation,
     runtime: Handle,
     /// Progress reports whose commit failed, to go first into the next one: a
@@ -116,24 +142,50 @@ pub(super) struct Writer {
 
 impl Writer {
     /// A writer that numbers new events from `head_seq + 1`. Call in the runtime the
-    /// writer's thread should use for async work.
+    /// writer's thread should use for async work. A head with no room after it halts the
+    /// writer at once.
     pub(super) fn new(
         log: Log,
         queue: mpsc::Receiver<WriteOp>,
         announce: Announce,
         head_seq: i64,
         derivation: Derivation,
+        halted: Halted,
     ) -> Writer {
-        Writer {
+        let mut writer = Writer {
             log,
             queue,
             announce,
-            next_seq: head_seq + 1,
+            next_seq: head_seq.saturating_add(1),
+            halted,
             derivation,
             runtime: Handle::current(),
             carried: Vec::new(),
             carried_flushes: Vec::new(),
+        };
+        if let Some(reason) = unusable_head(head_seq) {
+            writer.halt(reason);
         }
+        writer
+    }
+
+    /// Stops appending for good (until an operator repairs the log and restarts): events
+    /// stored past a corrupt head would reach no one while their publishers got `202`.
+    /// Progress reports and flushes go on, so deliveries of what is stored continue.
+    fn halt(&mut self, reason: String) {
+        if self.halted.get().is_none() {
+            tracing::error!(
+                reason = %reason,
+                "the log writer has stopped appending: publishes get 503 and /healthz reports it until the log is repaired"
+            );
+            let _ = self.halted.set(reason);
+        }
+    }
+
+    fn halted_error(&self) -> Option<StoreError> {
+        self.halted
+            .get()
+            .map(|reason| StoreError::LogHalted(reason.clone()))
     }
 
     /// Waits for the next operation; with progress left from a failed commit, only for a
@@ -191,20 +243,26 @@ impl Writer {
         let mut progress = std::mem::take(&mut self.carried);
         let mut appends = Vec::new();
         let mut flushes = std::mem::take(&mut self.carried_flushes);
+        let mut exhausted = false;
         for op in ops {
             match op {
                 WriteOp::Append { events, reply } => {
+                    if let Some(error) = self.halted_error() {
+                        let _ = reply.send(Err(error));
+                        continue;
+                    }
                     let mut slots = Vec::with_capacity(events.len());
                     for event in events {
                         if seen.insert((event.account.clone(), event.id.clone())) {
-                            let seq = self.next_seq;
-                            self.next_seq += 1;
                             // Reserved even if the event turns out to be a duplicate: a
-                            // gap in the log is fine.
-                            let video_change = event.video.map(|video| {
-                                self.next_seq += 1;
-                                (video, seq + 1)
-                            });
+                            // gap in the log is fine. The `video-change` goes right after.
+                            let count = if event.video.is_some() { 2 } else { 1 };
+                            let Some((seq, next)) = reserve(self.next_seq, count) else {
+                                exhausted = true;
+                                break;
+                            };
+                            self.next_seq = next;
+                            let video_change = event.video.map(|video| (video, seq + 1));
                             slots.push(Slot::New(rows.len()));
                             rows.push(LogRow {
                                 event: StoredEvent {
@@ -229,6 +287,19 @@ impl Writer {
                 }
                 WriteOp::Progress(report) => progress.push(report),
                 WriteOp::Flush(reply) => flushes.push(reply),
+            }
+        }
+        if exhausted {
+            // No event of this commit is stored: refusing some of one request and not
+            // the rest would answer it by halves.
+            self.halt(format!(
+                "sequence numbers are exhausted: the log head is {after}"
+            ));
+            rows.clear();
+            self.next_seq = after + 1;
+            let reason = self.halted.get().cloned().unwrap_or_default();
+            for (_, reply) in appends.drain(..) {
+                let _ = reply.send(Err(StoreError::LogHalted(reason.clone())));
             }
         }
 
@@ -273,6 +344,9 @@ impl Writer {
                 }
             }
             Err(error) => {
+                if let StoreError::LogHalted(reason) = &error {
+                    self.halt(reason.clone());
+                }
                 tracing::error!(%error, "group commit failed; its publishers get an error");
                 // Nothing was stored: the positions handed out above are free again.
                 self.next_seq = after + 1;
@@ -370,4 +444,31 @@ fn ops_event_count(ops: &[WriteOp]) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_stop_short_of_the_largest_sequence_number() {
+        assert_eq!(reserve(1, 1), Some((1, 2)));
+        assert_eq!(reserve(41, 2), Some((41, 43)));
+        // The last position handed out is i64::MAX - 1: the next one stays representable.
+        assert_eq!(reserve(i64::MAX - 1, 1), Some((i64::MAX - 1, i64::MAX)));
+        assert_eq!(reserve(i64::MAX - 1, 2), None);
+        assert_eq!(reserve(i64::MAX, 1), None);
+    }
+
+    #[test]
+    fn a_head_with_no_room_after_it_is_unusable() {
+        assert_eq!(unusable_head(0), None);
+        assert_eq!(unusable_head(1_000), None);
+        assert_eq!(unusable_head(i64::MAX - 2), None);
+        for head in [i64::MAX - 1, i64::MAX] {
+            let reason = unusable_head(head).expect("no room");
+            assert!(reason.contains(&head.to_string()), "{reason}");
+        }
+        assert!(unusable_head(-1).expect("negative").contains("corrupt"));
+    }
 }

@@ -14,10 +14,12 @@ mod delivery_formats;
 mod destination_guard;
 mod durability;
 mod entities;
+mod limits;
 mod postgres_outage;
 mod publish;
 mod resync;
 mod subscriptions;
+mod tenant_safety;
 
 #[path = "../support/mod.rs"]
 mod support;
