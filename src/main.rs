@@ -34,6 +34,10 @@ enum Command {
     Migrate(MigrateConfig),
     /// Measure throughput, latency and memory on this machine.
     Bench(reelay::bench::BenchConfig),
+    /// Internal: runs subscriptions' transforms for a server, over standard input and
+    /// output (the server starts these itself).
+    #[command(hide = true)]
+    TransformWorker,
 }
 
 #[tokio::main]
@@ -51,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             reelay::server::run(*config, listener, shutdown_signal()).await?;
         }
         Command::Bench(config) => reelay::bench::run(config).await?,
+        Command::TransformWorker => reelay::sinks::transform::worker_main()?,
         Command::Migrate(config) => {
             // The schema only: no secret is read or written, so no key is needed.
             let options = StoreOptions {

@@ -8,6 +8,7 @@
 //! of idle subscriptions in other accounts are present.
 
 mod aws;
+mod controls;
 pub mod moto;
 mod postgres;
 mod receiver;
@@ -76,7 +77,8 @@ pub struct BenchConfig {
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
-    /// one, ten, latency, resync, kinesis, sns. The raw limit always runs.
+    /// one, ten, filter, transform, latency, resync, kinesis, sns. The raw limit always
+    /// runs.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Run the many-tenants phase last: create this many idle subscriptions, each in an
@@ -292,6 +294,20 @@ async fn measure(
     }
     if runs("ten") {
         report.delivery_ten = bench.delivery("ten", sizes.delivery_ten, 10).await?;
+    }
+    if runs("filter") {
+        report.delivery_filter = Some(
+            bench
+                .controlled_delivery("filter", sizes.delivery_ten, controls::filter())
+                .await?,
+        );
+    }
+    if runs("transform") {
+        report.delivery_transform = Some(
+            bench
+                .controlled_delivery("transform", sizes.delivery_ten, controls::transform())
+                .await?,
+        );
     }
     if runs("latency") {
         report.latency = bench.latency(sizes.latency_seconds).await?;

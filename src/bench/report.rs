@@ -166,6 +166,12 @@ pub struct Report {
     pub publish_batch: ThroughputResult,
     pub delivery_one: DeliveryResult,
     pub delivery_ten: DeliveryResult,
+    /// 10 subscriptions, each with a payload filter every event passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_filter: Option<DeliveryResult>,
+    /// 10 subscriptions, each with a jq transform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_transform: Option<DeliveryResult>,
     pub latency: LatencyResult,
     pub outage: Option<OutageResult>,
     pub resync: Option<ResyncResult>,
@@ -221,6 +227,7 @@ impl Report {
         self.delivery_one.missing
             + self.delivery_ten.missing
             + self.latency.missing
+            + self.controls().map(|d| d.missing).sum::<u64>()
             + self.outage.as_ref().map_or(0, |o| o.missing)
             + self.resync.as_ref().map_or(0, |r| r.missing)
             + self
@@ -239,6 +246,7 @@ impl Report {
         self.delivery_one.duplicates
             + self.delivery_ten.duplicates
             + self.latency.duplicates
+            + self.controls().map(|d| d.duplicates).sum::<u64>()
             + self.outage.as_ref().map_or(0, |o| o.duplicates)
             + self
                 .tenants
@@ -249,6 +257,13 @@ impl Report {
     /// Deliveries that reached the many-tenants phase's idle subscriptions.
     pub fn strays(&self) -> u64 {
         self.tenants.as_ref().map_or(0, |t| t.deliveries_to_idle)
+    }
+
+    /// The delivery controls' rows that ran.
+    fn controls(&self) -> impl Iterator<Item = &DeliveryResult> {
+        [&self.delivery_filter, &self.delivery_transform]
+            .into_iter()
+            .flatten()
     }
 
     pub fn table(&self) -> String {
@@ -324,6 +339,22 @@ impl Report {
             format!("{ten_over_one:.2}x"),
             ">= 2x",
         );
+        for (name, result) in [
+            ("  with a filter on each", &self.delivery_filter),
+            ("  with a transform on each", &self.delivery_transform),
+        ] {
+            if let Some(result) = result {
+                row(
+                    name,
+                    format!(
+                        "{:.0}/s ({:.2}x)",
+                        result.per_second,
+                        result.per_second / self.delivery_ten.per_second.max(1e-9)
+                    ),
+                    "",
+                );
+            }
+        }
         if self.nodes > 1 {
             let split: Vec<String> = self
                 .delivery_ten

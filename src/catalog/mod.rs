@@ -2,6 +2,10 @@
 //! key. The built-in catalog (`builtin.json`) holds every topic and event of the seeds;
 //! operators add their own from a file of the same shape, without rebuilding.
 
+mod schema;
+
+pub use schema::EventSchema;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -251,6 +255,12 @@ pub struct EventType {
     /// Set when each event of the type is the state of a catalog entity (mirroring).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<EntityRule>,
+    /// A JSON Schema (draft 2020-12) every document of the type must satisfy (the event
+    /// object; for CloudEvents types, its `data`), beside the field rules. Compiled when
+    /// the catalog loads: a schema that does not compile stops the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<EventSchema>,
 }
 
 impl EventType {
@@ -271,6 +281,20 @@ impl EventType {
         }
         for field in &self.optional {
             field.check(payload, false, &self.name)?;
+        }
+        if let Some(schema) = &self.schema {
+            schema
+                .check(&serde_json::Value::Object(payload.clone()))
+                .map_err(|(path, message)| {
+                    let at = match path.as_str() {
+                        "" => "the document".to_owned(),
+                        path => format!("{path:?}"),
+                    };
+                    (
+                        path,
+                        format!("{at} breaks the schema of event {:?}: {message}", self.name),
+                    )
+                })?;
         }
         if self.event_types.is_empty() {
             return Ok(());

@@ -89,6 +89,8 @@ struct Shared {
     store: Store,
     webhooks: WebhookSink,
     aws: AwsSinks,
+    /// The worker processes that run subscriptions' transforms.
+    transformer: crate::sinks::transform::Transformer,
     metrics: DeliveryMetrics,
     config: DispatchConfig,
     /// The running workers, by subscription id.
@@ -225,20 +227,22 @@ impl Target {
         result: &AttemptResult,
         now: Millis,
         disable_after: Duration,
-    ) -> (Health, Option<DisabledReason>) {
+    ) -> (Option<Health>, Option<DisabledReason>) {
         // A poisoned lock only means another task panicked mid-update of a timestamp.
         let mut failing_since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             AttemptResult::Delivered => {
                 *failing_since = None;
                 self.consecutive_failures.store(0, Ordering::Relaxed);
-                (Health::Succeeded { at: now }, None)
+                (Some(Health::Succeeded { at: now }), None)
             }
+            // Nothing reached the destination: it says nothing about its health.
+            AttemptResult::Rejected { .. } => (None, None),
             _ => {
                 self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                 let since = *failing_since.get_or_insert(now);
                 (
-                    Health::Failed { at: since },
+                    Some(Health::Failed { at: since }),
                     policy::failing_too_long(Some(since), now, disable_after),
                 )
             }
@@ -301,6 +305,7 @@ impl Dispatcher {
                 store: store.clone(),
                 webhooks,
                 aws: AwsSinks::new(config.allow_private_destinations),
+                transformer: crate::sinks::transform::Transformer::new(),
                 metrics: DeliveryMetrics::new(),
                 config,
                 workers: Mutex::new(HashMap::new()),
@@ -675,10 +680,41 @@ impl Dispatcher {
     /// sinks): one result per event, in order, with the metrics counted.
     async fn attempt_batch(&self, target: &Target, events: &[Arc<StoredEvent>]) -> Vec<Attempted> {
         let format = target.subscription.format;
+        // The subscription's transform first: an event it fails on is rejected, not sent,
+        // and the rest of the batch goes on.
+        let prepared: Vec<Result<Arc<StoredEvent>, String>> = match &target.subscription.transform {
+            None => events.iter().cloned().map(Ok).collect(),
+            Some(transform) => {
+                let mut prepared = Vec::with_capacity(events.len());
+                for event in events {
+                    let result = self.shared.transformer.apply(transform, event).await;
+                    if let Err(error) = &result {
+                        tracing::info!(subscription = target.id(), event = %event.id, %error, "transform failed; dead-lettered");
+                    }
+                    prepared.push(result.map_err(|error| error.to_string()));
+                }
+                prepared
+            }
+        };
+        let rejected = |error: &String| Attempted {
+            result: AttemptResult::Rejected {
+                error: error.clone(),
+            },
+            status: None,
+            latency: Duration::ZERO,
+            response: None,
+        };
         let attempted = match &target.destination {
             Prepared::Webhook(url) => {
                 let mut results = Vec::with_capacity(events.len());
-                for event in events {
+                for event in &prepared {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(error) => {
+                            results.push(rejected(error));
+                            continue;
+                        }
+                    };
                     let request = WebhookRequest {
                         url,
                         id: &event.id,
@@ -694,36 +730,61 @@ impl Dispatcher {
                 options,
                 client,
             } => {
-                let timeout = self.config().delivery_timeout;
-                let client = Box::pin(client.get_or_init(|| {
-                    let account = &target.subscription.account;
-                    self.shared
-                        .aws
-                        .target(resource.clone(), options, account, timeout)
-                }))
-                .await;
-                let payloads: Vec<Payload> = events
+                let sendable: Vec<&Arc<StoredEvent>> = prepared
                     .iter()
-                    .map(|event| Payload::new(format, event))
+                    .filter_map(|event| event.as_ref().ok())
                     .collect();
-                let outgoing: Vec<Outgoing> = events
+                let mut sent = Vec::new();
+                if !sendable.is_empty() {
+                    let timeout = self.config().delivery_timeout;
+                    let client = Box::pin(client.get_or_init(|| {
+                        let account = &target.subscription.account;
+                        self.shared
+                            .aws
+                            .target(resource.clone(), options, account, timeout)
+                    }))
+                    .await;
+                    let payloads: Vec<Payload> = sendable
+                        .iter()
+                        .map(|event| Payload::new(format, event))
+                        .collect();
+                    let outgoing: Vec<Outgoing> = sendable
+                        .iter()
+                        .zip(&payloads)
+                        .map(|(event, payload)| Outgoing {
+                            event,
+                            body: &payload.body,
+                        })
+                        .collect();
+                    // Boxed: the SDK's futures are large, and inline they would make every
+                    // webhook delivery's future (this function's state) as large.
+                    sent = Box::pin(client.send(&outgoing)).await;
+                }
+                let mut sent = sent.into_iter();
+                prepared
                     .iter()
-                    .zip(&payloads)
-                    .map(|(event, payload)| Outgoing {
-                        event,
-                        body: &payload.body,
+                    .map(|event| match event {
+                        Ok(_) => sent.next().unwrap_or_else(|| Attempted {
+                            result: AttemptResult::Failed {
+                                error: "not sent".to_owned(),
+                                retry_after: None,
+                            },
+                            status: None,
+                            latency: Duration::ZERO,
+                            response: None,
+                        }),
+                        Err(error) => rejected(error),
                     })
-                    .collect();
-                // Boxed: the SDK's futures are large, and inline they would make every
-                // webhook delivery's future (this function's state) as large.
-                Box::pin(client.send(&outgoing)).await
+                    .collect()
             }
         };
         let metrics = &self.shared.metrics;
         for attempted in &attempted {
             match attempted.result {
                 AttemptResult::Delivered => metrics.delivered.increment(1),
-                AttemptResult::Failed { .. } => metrics.failed.increment(1),
+                AttemptResult::Failed { .. } | AttemptResult::Rejected { .. } => {
+                    metrics.failed.increment(1)
+                }
                 AttemptResult::Gone => metrics.gone.increment(1),
             }
             metrics.latency.record(attempted.latency.as_secs_f64());

@@ -48,6 +48,13 @@ pub fn decide(
             retry: retry_at(error.clone(), *retry_after),
             disable: None,
         },
+        AttemptResult::Rejected { error } => Verdict {
+            retry: RetryState::Dead {
+                attempts: attempt,
+                error: error.clone(),
+            },
+            disable: None,
+        },
         // The event stays in the retry set: if the subscription is enabled again, it is
         // delivered then.
         AttemptResult::Gone => Verdict {

@@ -381,7 +381,7 @@ async fn attempt_once(
             resync_id: retry.resync_id.clone(),
             state: verdict.retry,
         }],
-        health: Some(health),
+        health,
         disable,
         resync: None,
     })

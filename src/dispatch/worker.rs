@@ -405,7 +405,7 @@ pub(super) fn record_first_attempt(
         policy::jitter(),
     );
     let (health, too_long) = target.note(&attempted.result, now, config.disable_after);
-    report.health = Some(health);
+    report.health = health.or(report.health.take());
     let scheduled = matches!(verdict.retry, RetryState::Scheduled { .. });
     if let RetryState::Scheduled {
         next_attempt_at, ..
@@ -472,7 +472,8 @@ pub(super) fn attempt_record(
         outcome,
         status: attempted.status,
         error: match &attempted.result {
-            crate::sinks::AttemptResult::Failed { error, .. } => Some(error.clone()),
+            crate::sinks::AttemptResult::Failed { error, .. }
+            | crate::sinks::AttemptResult::Rejected { error } => Some(error.clone()),
             crate::sinks::AttemptResult::Gone => Some("HTTP 410 Gone".to_owned()),
             crate::sinks::AttemptResult::Delivered => None,
         },

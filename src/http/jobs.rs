@@ -175,6 +175,8 @@ pub async fn register(
                 events: vec![NOTIFICATION.to_owned()],
                 topics: Vec::new(),
             },
+            payload_filter: None,
+            transform: None,
             format: Format::Native,
             secret: generate_secret(),
             public_key: None,

@@ -22,8 +22,8 @@ use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
 use crate::model::Scope;
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, NewSubscription, Subscription,
-    SubscriptionKind, now_millis,
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, PayloadFilter, Subscription,
+    SubscriptionKind, Transform, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
 use crate::sinks::webhook::{generate_ed25519, generate_secret, parse_url};
@@ -66,6 +66,19 @@ pub struct SubscriptionIn {
     /// With `resync`: the entity types to send (default all).
     #[serde(rename = "resyncTypes")]
     pub resync_types: Option<Vec<String>>,
+    /// A payload filter: conditions on the event document, beside `events` and `topics`
+    /// (see "Delivery controls" in the README). Keys are dotted paths, values a literal
+    /// (equality) or operators: `$eq $ne $in $nin $gt $gte $lt $lte $exists $prefix
+    /// $contains`; `$and`, `$or` and `$not` combine them. 422 `invalid_filter` with
+    /// `field` = `filter.<path>.<operator>` when it does not compile.
+    #[schema(value_type = Option<Object>, example = json!({"platforms": {"$contains": "web"}, "assetId": {"$in": ["a1", "a2"]}}))]
+    pub filter: Option<Value>,
+    /// A jq program (the jaq dialect) applied to the event document before it is written
+    /// in `format`; it must give one JSON value. 422 `invalid_transform` with the
+    /// compiler's message when it does not compile; a failure on an event dead-letters
+    /// that delivery with the reason.
+    #[schema(example = "{asset: .assetId, event: .eventName}")]
+    pub transform: Option<String>,
 }
 
 /// A creation request, read and checked.
@@ -80,6 +93,8 @@ struct Creation {
     resync: Option<Vec<String>>,
     /// Signed with ed25519 (`"signature": "ed25519"`) rather than HMAC.
     ed25519: bool,
+    payload_filter: Option<PayloadFilter>,
+    transform: Option<Transform>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -99,6 +114,13 @@ pub struct SubscriptionOut {
     pub destination: Destination,
     pub events: Vec<String>,
     pub topics: Vec<String>,
+    /// The payload filter, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// The jq program applied to each event, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
     pub format: Format,
     /// The signing secret; only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +182,8 @@ impl SubscriptionOut {
             destination: subscription.destination,
             events: subscription.filter.events,
             topics: subscription.filter.topics,
+            filter: subscription.payload_filter.map(|f| f.source().clone()),
+            transform: subscription.transform.map(|t| t.source().to_owned()),
             format: subscription.format,
             secret,
             public_key: subscription.public_key,
@@ -211,6 +235,8 @@ pub async fn create(
         check_destination: check,
         resync,
         ed25519,
+        payload_filter,
+        transform,
     } = parse_request(&state, &body)?;
     // A webhook URL comes as `endpoint` (Brightcove) or as `destination.url`.
     let webhook_field = match serde_json::from_slice::<Value>(&body) {
@@ -244,6 +270,8 @@ pub async fn create(
         kind: SubscriptionKind::Standing,
         destination,
         filter,
+        payload_filter,
+        transform,
         format,
         secret,
         public_key,
@@ -260,6 +288,7 @@ pub async fn create(
                 existing,
                 &new.destination,
                 &new.filter,
+                (&new.payload_filter, &new.transform),
                 state.max_subscriptions_per_event,
             )?;
             super::limits::check_subscriptions_per_account(
@@ -522,7 +551,38 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         check_destination,
         resync,
         ed25519,
+        payload_filter: payload_filter(given("filter"))?,
+        transform: transform(given("transform"))?,
     })
+}
+
+/// The `filter` member, compiled: 422 `invalid_filter` naming the path and operator.
+fn payload_filter(given: Option<&Value>) -> Result<Option<PayloadFilter>, ApiError> {
+    let Some(source) = given else {
+        return Ok(None);
+    };
+    PayloadFilter::compile(source).map(Some).map_err(|error| {
+        let field = match error.path.as_str() {
+            "" => "filter".to_owned(),
+            path => format!("filter.{path}"),
+        };
+        field_error("invalid_filter", &field, &format!("{field}: {error}"))
+    })
+}
+
+/// The `transform` member, compiled: 422 `invalid_transform` with the compiler's message.
+fn transform(given: Option<&Value>) -> Result<Option<Transform>, ApiError> {
+    match given {
+        None => Ok(None),
+        Some(Value::String(source)) => Transform::compile(source)
+            .map(Some)
+            .map_err(|error| field_error("invalid_transform", "transform", &error.to_string())),
+        Some(_) => Err(field_error(
+            "invalid_transform",
+            "transform",
+            "transform must be a string: a jq program",
+        )),
+    }
 }
 
 /// The name an AWS destination delivers to.
@@ -559,12 +619,15 @@ fn check_limits(
     existing: &[Subscription],
     destination: &Destination,
     filter: &EventFilter,
+    (payload_filter, transform): (&Option<PayloadFilter>, &Option<Transform>),
     max: usize,
 ) -> Result<(), ApiError> {
-    if existing
-        .iter()
-        .any(|s| &s.destination == destination && &s.filter == filter)
-    {
+    if existing.iter().any(|s| {
+        &s.destination == destination
+            && &s.filter == filter
+            && &s.payload_filter == payload_filter
+            && &s.transform == transform
+    }) {
         return Err(ApiError::unprocessable(
             "duplicate_subscription",
             "this subscription is already defined (same destination and events)",

@@ -1,7 +1,10 @@
 //! Events: what ingest produces ([`NewEvent`]) and what the log hands to dispatch
 //! ([`StoredEvent`]).
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::Millis;
@@ -95,34 +98,78 @@ pub fn is_cloudevent_id(id: &str) -> bool {
 /// An event's JSON text as the publisher wrote it. Cheap to clone: it shares the request
 /// buffer it was cut from, so the same bytes go from the publish request to the log and
 /// to every webhook without a copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Document(Bytes);
+///
+/// The text is parsed only when something asks for its value (a payload filter), and
+/// then once: every subscription that filters the event shares the one parse (the log
+/// hands the same `Arc<StoredEvent>` to all of them).
+#[derive(Clone)]
+pub struct Document {
+    bytes: Bytes,
+    parsed: OnceLock<Option<Arc<Value>>>,
+}
 
 impl Document {
     /// The part of `buffer` that `text` (a slice of it) covers.
     pub fn slice_of(buffer: &Bytes, text: &str) -> Document {
-        Document(buffer.slice_ref(text.as_bytes()))
+        Document::new(buffer.slice_ref(text.as_bytes()))
+    }
+
+    fn new(bytes: Bytes) -> Document {
+        Document {
+            bytes,
+            parsed: OnceLock::new(),
+        }
     }
 
     pub fn as_str(&self) -> &str {
         // Built only from `&str` and `String`, so always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 
     pub fn bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
+    }
+
+    /// The document parsed, at the first call only; `None` if it is not JSON (ingest
+    /// stores only JSON, so never in practice).
+    pub fn value(&self) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(&self.bytes).ok().map(Arc::new))
+            .as_deref()
+    }
+}
+
+#[cfg(test)]
+impl Document {
+    /// The parse, if something asked for it already.
+    pub(crate) fn parsed_yet(&self) -> Option<&Option<Arc<Value>>> {
+        self.parsed.get()
+    }
+}
+
+impl PartialEq for Document {
+    fn eq(&self, other: &Document) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Document {}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Document").field(&self.bytes).finish()
     }
 }
 
 impl From<String> for Document {
     fn from(text: String) -> Document {
-        Document(Bytes::from(text))
+        Document::new(Bytes::from(text))
     }
 }
 
 impl From<&str> for Document {
     fn from(text: &str) -> Document {
-        Document(Bytes::copy_from_slice(text.as_bytes()))
+        Document::new(Bytes::copy_from_slice(text.as_bytes()))
     }
 }
 

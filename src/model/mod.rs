@@ -2,17 +2,21 @@
 //! delivery outcomes. Nothing here knows about HTTP or SQL.
 
 mod event;
+mod filter;
 mod key;
 mod subscription;
 mod token_verification;
+mod transform;
 
 pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
+pub use filter::{FilterError, PayloadFilter};
 pub use key::{ApiKey, KeyOwner, Scope};
 pub use subscription::{
     AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, PreviousSecret,
     Subscription, SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
+pub use transform::{Transform, TransformError};
 
 /// Milliseconds since the Unix epoch: the one clock unit stored and compared everywhere.
 pub type Millis = i64;

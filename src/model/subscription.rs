@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Millis, StoredEvent};
+use super::{Millis, PayloadFilter, StoredEvent, Transform};
 
 /// Where deliveries go. One variant per sink.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -164,6 +164,10 @@ pub struct NewSubscription {
     pub kind: SubscriptionKind,
     pub destination: Destination,
     pub filter: EventFilter,
+    /// Conditions on the event document (`"filter"`), beside the names and topics.
+    pub payload_filter: Option<PayloadFilter>,
+    /// A jq program applied to the event document before it is written (`"transform"`).
+    pub transform: Option<Transform>,
     pub format: Format,
     /// Standard Webhooks signing secret, `whsec_<base64>` (HMAC), or for ed25519
     /// signatures the secret key `whsk_<base64>`.
@@ -187,6 +191,8 @@ pub struct Subscription {
     pub kind: SubscriptionKind,
     pub destination: Destination,
     pub filter: EventFilter,
+    pub payload_filter: Option<PayloadFilter>,
+    pub transform: Option<Transform>,
     pub format: Format,
     pub secret: String,
     /// For ed25519 signatures: the public key (`whpk_…`) of `secret`.
@@ -207,7 +213,9 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Whether this subscription receives `event`.
+    /// Whether this subscription receives `event`. The payload filter goes last: it is
+    /// the only test that needs the document parsed (once per event, however many
+    /// subscriptions ask).
     pub fn wants(&self, event: &StoredEvent) -> bool {
         self.filter.matches(&event.name, &event.topic)
             && match &self.kind {
@@ -216,6 +224,12 @@ impl Subscription {
                     event.entity_key.as_deref() == Some(job.as_str())
                 }
             }
+            && self.payload_filter.as_ref().is_none_or(|filter| {
+                event
+                    .body
+                    .value()
+                    .is_some_and(|document| filter.matches(document))
+            })
     }
 
     /// Whether deliveries go one at a time, each only once the one before it is
@@ -236,6 +250,75 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn standing(payload_filter: Option<serde_json::Value>) -> Subscription {
+        Subscription {
+            id: "sub_1".into(),
+            account: "a".into(),
+            kind: SubscriptionKind::Standing,
+            destination: Destination::Webhook {
+                url: "http://127.0.0.1/".into(),
+            },
+            filter: EventFilter {
+                events: vec!["asset-updated".into()],
+                topics: Vec::new(),
+            },
+            payload_filter: payload_filter.map(|f| PayloadFilter::compile(&f).unwrap()),
+            transform: None,
+            format: Format::Native,
+            secret: String::new(),
+            public_key: None,
+            previous_secret: None,
+            created_at: 0,
+            cursor: 0,
+            disabled: None,
+            disabled_at: None,
+            failing_since: None,
+            last_success_at: None,
+            delivered: 0,
+        }
+    }
+
+    fn event(name: &str, body: &str) -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            account: "a".into(),
+            id: "e".into(),
+            name: name.into(),
+            topic: "asset-operations".into(),
+            entity_key: None,
+            occurred_at: 0,
+            received_at: 0,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn the_payload_filter_narrows_the_names_and_topics() {
+        let web = standing(Some(serde_json::json!({"platforms": {"$contains": "web"}})));
+        assert!(web.wants(&event("asset-updated", r#"{"platforms": ["web"]}"#)));
+        assert!(!web.wants(&event("asset-updated", r#"{"platforms": ["tv"]}"#)));
+        assert!(!web.wants(&event("asset-created", r#"{"platforms": ["web"]}"#)));
+        let all = standing(None);
+        assert!(all.wants(&event("asset-updated", r#"{"platforms": ["tv"]}"#)));
+    }
+
+    #[test]
+    fn subscriptions_share_one_parse_of_the_document() {
+        let event = event("asset-updated", r#"{"platforms": ["web"]}"#);
+        let filters = [
+            standing(Some(serde_json::json!({"platforms": {"$contains": "web"}}))),
+            standing(Some(serde_json::json!({"platforms.0": "web"}))),
+        ];
+        assert!(filters.iter().all(|s| s.wants(&event)));
+        let first = event.body.value().unwrap() as *const serde_json::Value;
+        assert!(filters.iter().all(|s| s.wants(&event)));
+        assert!(std::ptr::eq(first, event.body.value().unwrap()));
+        // A subscription without a filter never parses it.
+        let fresh = self::event("asset-updated", "{}");
+        assert!(standing(None).wants(&fresh));
+        assert!(fresh.body.parsed_yet().is_none());
+    }
 
     #[test]
     fn formats_read_back_as_written_and_as_serde_names_them() {

@@ -11,6 +11,7 @@ pub mod cloudevents;
 pub mod guard;
 pub mod handshake;
 pub mod resync;
+pub mod transform;
 pub mod webhook;
 
 use std::time::Duration;
@@ -79,4 +80,10 @@ pub enum AttemptResult {
     },
     /// The destination said it is gone for good (HTTP 410): stop sending to it.
     Gone,
+    /// The delivery cannot be made, whatever the destination does (the subscription's
+    /// transform failed on the event): nothing was sent, it is dead-lettered at once, and
+    /// the destination's health does not change.
+    Rejected {
+        error: String,
+    },
 }

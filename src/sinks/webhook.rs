@@ -646,7 +646,7 @@ mod tests {
             AttemptResult::Failed { error, .. } => {
                 assert!(!error.contains("refused:"), "{error}")
             }
-            AttemptResult::Delivered | AttemptResult::Gone => {}
+            AttemptResult::Delivered | AttemptResult::Gone | AttemptResult::Rejected { .. } => {}
         }
     }
 }

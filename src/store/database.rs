@@ -728,8 +728,9 @@ impl Database {
             }
             sqlx::query(
                 "INSERT INTO subscriptions (id, account, destination, events, topics, format, \
-                 secret, created_at, cursor, job_id, expires_at, public_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 secret, created_at, cursor, job_id, expires_at, public_key, payload_filter, \
+                 transform) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(&subscription.id)
             .bind(&subscription.account)
@@ -743,6 +744,13 @@ impl Database {
             .bind(job_id)
             .bind(expires_at)
             .bind(&subscription.public_key)
+            .bind(
+                subscription
+                    .payload_filter
+                    .as_ref()
+                    .map(|f| to_json(f.source())),
+            )
+            .bind(subscription.transform.as_ref().map(|t| t.source()))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

@@ -9,8 +9,9 @@ use super::{
     RetryEntry, Sealer, StoreError, StoredAttempt,
 };
 use crate::model::{
-    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, PreviousSecret, Scope,
-    StoredEvent, Subscription, SubscriptionKind, TokenVerification,
+    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, PayloadFilter,
+    PreviousSecret, Scope, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
+    Transform,
 };
 
 #[derive(FromRow)]
@@ -64,6 +65,8 @@ pub(super) struct SubscriptionRow {
     delivered: i64,
     job_id: Option<String>,
     expires_at: Option<i64>,
+    payload_filter: Option<String>,
+    transform: Option<String>,
 }
 
 /// A stored subscription with its secrets decrypted.
@@ -96,12 +99,24 @@ impl TryFrom<SubscriptionRow> for Subscription {
             (Some(job), Some(expires_at)) => SubscriptionKind::JobCallback { job, expires_at },
             _ => return Err(corrupt("job_id and expires_at")),
         };
+        let payload_filter = match &row.payload_filter {
+            None => None,
+            Some(text) => {
+                let source: serde_json::Value =
+                    serde_json::from_str(text).map_err(|_| corrupt("payload_filter"))?;
+                Some(PayloadFilter::compile(&source).map_err(|_| corrupt("payload_filter"))?)
+            }
+        };
+        // Compiled at its first run: reading a subscription stays cheap.
+        let transform = row.transform.map(Transform::stored);
         Ok(Subscription {
             id: row.id,
             account: row.account,
             kind,
             destination,
             filter: EventFilter { events, topics },
+            payload_filter,
+            transform,
             format,
             secret: row.secret,
             public_key: row.public_key,

@@ -9,6 +9,7 @@ mod brightcove;
 mod cloudevents;
 mod cluster;
 mod delivery;
+mod delivery_controls;
 mod delivery_formats;
 mod destination_guard;
 mod durability;

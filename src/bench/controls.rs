@@ -1,0 +1,86 @@
+//! The delivery controls' phases (issue 19): deliveries to 10 subscriptions that each
+//! filter the payload, and to 10 that each transform it, for the rows beside the plain
+//! "10 subscriptions" one. Every event passes the filter, so the rows compare the same
+//! number of deliveries: the difference is the cost of the controls.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::receiver::Expectation;
+use super::report::DeliveryResult;
+use super::{BENCH_EVENT, Bench, bench_event, closed_loop};
+
+/// How many subscriptions each phase delivers to, as the plain row.
+const SUBSCRIPTIONS: usize = 10;
+
+/// A filter of four conditions that every bench event passes.
+pub(super) fn filter() -> Value {
+    json!({"filter": {
+        "eventName": BENCH_EVENT,
+        "assetId": {"$gte": 0, "$lt": 10_000},
+        "userId": {"$prefix": "user-"},
+        "progress.duration": {"$in": [1_800, 3_600]}
+    }})
+}
+
+/// A transform that picks and renames members and adds a constant.
+pub(super) fn transform() -> Value {
+    json!({"transform":
+        "{id: .guid, asset: .assetId, user: .userId, position: .progress.position, source: \"bench\"}"})
+}
+
+impl Bench {
+    /// Like the plain delivery phase, with `controls` (members of the subscription body)
+    /// on each of the 10 subscriptions.
+    pub(super) async fn controlled_delivery(
+        &self,
+        account: &str,
+        events: usize,
+        controls: Value,
+    ) -> anyhow::Result<DeliveryResult> {
+        let expectation = Expectation::new(events, SUBSCRIPTIONS);
+        self.receiver.expect(Some(expectation.clone()));
+        for i in 0..SUBSCRIPTIONS {
+            let mut body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url),
+                                  "events": [BENCH_EVENT]});
+            for (key, value) in controls.as_object().into_iter().flatten() {
+                body[key] = value.clone();
+            }
+            self.subscribe_to(account, body).await?;
+        }
+        let subscriptions_per_node = self.split(account).await?;
+        let publish = self.publisher(account);
+        let watch = self.server.watch();
+        let started = self.receiver.now();
+        let label = format!("deliver to {SUBSCRIPTIONS} subscriptions ({account})");
+        let (publish_elapsed, _) = closed_loop(&label, events, self.concurrency, move |n| {
+            publish(bench_event(n).to_string())
+        })
+        .await?;
+        self.drain(&label, &expectation).await;
+        let (distinct, duplicates, missing) = expectation.tally();
+        let elapsed = Duration::from_nanos(
+            expectation
+                .last_arrival
+                .load(Ordering::Relaxed)
+                .saturating_sub(started),
+        );
+        let resources = watch.finish(distinct);
+        self.receiver.expect(None);
+        Ok(DeliveryResult {
+            events,
+            subscriptions: SUBSCRIPTIONS,
+            deliveries: distinct,
+            duplicates,
+            missing,
+            seconds: elapsed.as_secs_f64(),
+            per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
+            publish_per_second: events as f64 / publish_elapsed.as_secs_f64(),
+            ratio_to_raw: 0.0,
+            subscriptions_per_node,
+            resources,
+        })
+    }
+}
