@@ -355,9 +355,9 @@ mod tests {
         );
         assert_eq!(
             check(
-                json!({"endpoint": "https://example.com/", "events": ["asset-updated"], "signature": "ed25519"})
+                json!({"endpoint": "https://example.com/", "events": ["asset-updated"], "ordering": "entity"})
             ),
-            Some(("unknown_member", "signature".to_owned()))
+            Some(("unknown_member", "ordering".to_owned()))
         );
         // Each destination type has its own members, the AWS options included.
         assert_eq!(

@@ -40,7 +40,7 @@ const MAX_JOB_ID_CHARS: usize = 256;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CallbacksIn {
     /// http(s) URLs that receive each notification of the job, as it was published.
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, max_items = 10)]
     pub callbacks: Vec<String>,
 }
 

@@ -30,6 +30,7 @@ pub struct KeyIn {
     /// A name to tell keys apart (e.g. "zapp-app-ios").
     pub name: Option<String>,
     /// What the key may do: `publish`, `read`, `manage`. Default: all three.
+    #[schema(min_items = 1)]
     pub scopes: Option<Vec<Scope>>,
     /// Event names it may publish. With `topics`: it may publish an event whose name is
     /// here or whose topic is in `topics`; neither given: any event.

@@ -18,6 +18,7 @@ use crate::catalog::{Catalog, Envelope, FieldKind, FieldSpec};
 static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
     let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     close_request_schemas(&mut document);
+    open_free_form_members(&mut document);
     add_member_rules(&mut document);
     add_responses(&mut document);
     document
@@ -193,6 +194,19 @@ fn close_request_schemas(document: &mut Value) {
         if let Some(component) = document.pointer_mut(&format!("/components/schemas/{name}")) {
             close(&snapshot, component);
         }
+    }
+}
+
+/// A subscription's `filter` is an expression whose keys are the paths into the event
+/// document it names: any member is its own (its grammar is checked when it is compiled,
+/// `422 invalid_filter`), so its schema stays open where every other request object is
+/// closed.
+fn open_free_form_members(document: &mut Value) {
+    if let Some(Value::Object(filter)) =
+        document.pointer_mut("/components/schemas/SubscriptionIn/properties/filter")
+    {
+        filter.insert("additionalProperties".into(), Value::Bool(true));
+        filter.remove("properties");
     }
 }
 

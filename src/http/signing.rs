@@ -28,6 +28,7 @@ const MAX_OVERLAP_SECONDS: u64 = 30 * 86_400;
 pub struct RotateIn {
     /// How long deliveries are signed with the old secret too (default 86400, at most
     /// 30 days; 0: the old secret stops at once).
+    #[schema(maximum = 2592000)]
     pub overlap_seconds: Option<u64>,
 }
 
