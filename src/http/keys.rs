@@ -28,6 +28,7 @@ const DEFAULT_ADMIN_OVERLAP_SECONDS: u64 = 3600;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyIn {
     /// A name to tell keys apart (e.g. "zapp-app-ios").
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
     /// What the key may do: `publish`, `read`, `manage`. Default: all three.
     #[schema(min_items = 1)]
@@ -37,7 +38,8 @@ pub struct KeyIn {
     pub events: Option<Vec<String>>,
     /// Topics it may publish to.
     pub topics: Option<Vec<String>>,
-    /// When the key stops working (RFC 3339); never, if not given.
+    /// When the key stops working (RFC 3339, in the future); never, if not given.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 

@@ -61,6 +61,8 @@ pub fn with_catalog(catalog: &Catalog) -> Value {
             "/components/schemas/ResyncIn/properties/types/items",
             &entity_types,
         ),
+        ("/components/schemas/KeyIn/properties/events/items", &events),
+        ("/components/schemas/KeyIn/properties/topics/items", &topics),
     ] {
         if let Some(Value::Object(schema)) = document.pointer_mut(pointer) {
             schema.insert("enum".into(), values.clone());
@@ -197,7 +199,7 @@ fn close_request_schemas(document: &mut Value) {
     }
 }
 
-/// A subscription's `filter` is an expression whose keys are the paths into the event
+/// Members whose schema utoipa cannot write. A subscription's `filter` is an expression whose keys are the paths into the event
 /// document it names: any member is its own (its grammar is checked when it is compiled,
 /// `422 invalid_filter`), so its schema stays open where every other request object is
 /// closed.
@@ -207,6 +209,16 @@ fn open_free_form_members(document: &mut Value) {
     {
         filter.insert("additionalProperties".into(), Value::Bool(true));
         filter.remove("properties");
+    }
+    // Read as text by the handler (to give a wrong value its own code), one of two values.
+    if let Some(signature) =
+        document.pointer_mut("/components/schemas/SubscriptionIn/properties/signature")
+    {
+        let description = signature.get("description").cloned();
+        *signature = json!({"type": "string", "enum": ["hmac", "ed25519"]});
+        if let Some(description) = description {
+            signature["description"] = description;
+        }
     }
 }
 

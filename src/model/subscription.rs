@@ -44,6 +44,7 @@ pub enum Destination {
 #[serde(rename_all = "camelCase")]
 pub struct AwsOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,31}$")]
     pub region: Option<String>,
     /// E.g. a LocalStack or moto server; held to the private-address rule like a
     /// webhook URL.
@@ -52,6 +53,7 @@ pub struct AwsOptions {
     /// A role to assume (STS) for this destination, with ExternalId
     /// `reelay:<account>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^arn:[!-~]*:role/[!-~]*$", max_length = 2048)]
     pub role_arn: Option<String>,
 }
 
