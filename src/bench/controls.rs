@@ -3,14 +3,11 @@
 //! "10 subscriptions" one. Every event passes the filter, so the rows compare the same
 //! number of deliveries: the difference is the cost of the controls.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use super::receiver::Expectation;
 use super::report::DeliveryResult;
-use super::{BENCH_EVENT, Bench, bench_event, closed_loop};
+use super::{BENCH_EVENT, Bench};
 
 /// How many subscriptions each phase delivers to, as the plain row.
 const SUBSCRIPTIONS: usize = 10;
@@ -51,36 +48,8 @@ impl Bench {
             self.subscribe_to(account, body).await?;
         }
         let subscriptions_per_node = self.split(account).await?;
-        let publish = self.publisher(account);
-        let watch = self.server.watch();
-        let started = self.receiver.now();
         let label = format!("deliver to {SUBSCRIPTIONS} subscriptions ({account})");
-        let (publish_elapsed, _) = closed_loop(&label, events, self.concurrency, move |n| {
-            publish(bench_event(n).to_string())
-        })
-        .await?;
-        self.drain(&label, &expectation).await;
-        let (distinct, duplicates, missing) = expectation.tally();
-        let elapsed = Duration::from_nanos(
-            expectation
-                .last_arrival
-                .load(Ordering::Relaxed)
-                .saturating_sub(started),
-        );
-        let resources = watch.finish(distinct);
-        self.receiver.expect(None);
-        Ok(DeliveryResult {
-            events,
-            subscriptions: SUBSCRIPTIONS,
-            deliveries: distinct,
-            duplicates,
-            missing,
-            seconds: elapsed.as_secs_f64(),
-            per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
-            publish_per_second: events as f64 / publish_elapsed.as_secs_f64(),
-            ratio_to_raw: 0.0,
-            subscriptions_per_node,
-            resources,
-        })
+        self.measure_delivery(account, &label, expectation, subscriptions_per_node)
+            .await
     }
 }

@@ -650,15 +650,29 @@ impl Bench {
         let expectation = Expectation::new(events, subscriptions);
         self.receiver.expect(Some(expectation.clone()));
         let subscriptions_per_node = self.subscribe(account, subscriptions).await?;
+        let label = format!("deliver to {subscriptions} subscription(s)");
+        self.measure_delivery(account, &label, expectation, subscriptions_per_node)
+            .await
+    }
+
+    /// Publishes the expected events to `account`, whose subscriptions are in place, and
+    /// times them to their last arrival.
+    async fn measure_delivery(
+        &self,
+        account: &str,
+        label: &str,
+        expectation: Arc<Expectation>,
+        subscriptions_per_node: Vec<u64>,
+    ) -> anyhow::Result<DeliveryResult> {
+        let (events, subscriptions) = (expectation.events, expectation.subscriptions);
         let publish = self.publisher(account);
         let watch = self.server.watch();
         let started = self.receiver.now();
-        let label = format!("deliver to {subscriptions} subscription(s)");
-        let (publish_elapsed, _) = closed_loop(&label, events, self.concurrency, move |n| {
+        let (publish_elapsed, _) = closed_loop(label, events, self.concurrency, move |n| {
             publish(bench_event(n).to_string())
         })
         .await?;
-        self.drain(&label, &expectation).await;
+        self.drain(label, &expectation).await;
         let (distinct, duplicates, missing) = expectation.tally();
         let elapsed = Duration::from_nanos(
             expectation
