@@ -576,6 +576,17 @@ async fn unknown_tokens_are_refused_cheaply() {
 }
 
 /// Waits until `path` has received `count` deliveries; returns them all.
+/// Publishes one `asset-updated` event to account `vimond` with the admin token.
+async fn publish_asset_update(app: &TestApp, guid: &str) {
+    let (status, answer) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &asset_event("asset-updated", guid).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
 async fn deliveries(receiver: &Receiver, path: &str, count: usize) -> Vec<Delivery> {
     eventually(
         Duration::from_secs(30),
@@ -613,18 +624,7 @@ async fn during_a_rotation_both_secrets_verify_and_after_it_only_the_new_one() {
             &[Response::status(500), Response::status(200)],
         )
         .await;
-    let publish = |guid: &'static str| {
-        let app = &app;
-        async move {
-            let (status, answer) = app
-                .post(
-                    "/v1/accounts/vimond/events",
-                    &asset_event("asset-updated", guid).to_string(),
-                )
-                .await;
-            assert_eq!(status, 202, "{answer}");
-        }
-    };
+    let publish = |guid: &'static str| publish_asset_update(&app, guid);
     publish("r-1").await;
     let first = deliveries(&receiver, path, 1).await;
     assert_eq!(first[0].status, Some(500));
@@ -768,18 +768,7 @@ async fn ed25519_deliveries_verify_with_the_public_key_and_rotate() {
     assert_eq!(list[0]["publicKey"], public_key.as_str());
     receiver.verify_with(path, &[], Some(&public_key)).await;
 
-    let publish = |guid: &'static str| {
-        let app = &app;
-        async move {
-            let (status, answer) = app
-                .post(
-                    "/v1/accounts/vimond/events",
-                    &asset_event("asset-updated", guid).to_string(),
-                )
-                .await;
-            assert_eq!(status, 202, "{answer}");
-        }
-    };
+    let publish = |guid: &'static str| publish_asset_update(&app, guid);
     publish("ed-1").await;
     let got = deliveries(&receiver, path, 1).await;
     assert_eq!(signatures(&got[0]).len(), 1);
