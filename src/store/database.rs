@@ -43,17 +43,6 @@ pub(super) enum Pool {
     Postgres(PgPool),
 }
 
-/// Runs the same statements on whichever pool this is: `$body` is compiled once per
-/// backend, with `$pool` bound to that backend's pool.
-macro_rules! on_pool {
-    ($self:expr, |$pool:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
-        }
-    };
-}
-
 /// The events that match `$condition` (the columns of [`EventRow`]).
 macro_rules! events_where {
     ($condition:literal) => {

@@ -10,9 +10,21 @@
 //! Two backends: an embedded SQLite file (the default; one process) and PostgreSQL
 //! (several processes may share it: see `postgres`).
 
+/// Runs the same statements on whichever pool this is: `$body` is compiled once per
+/// backend, with `$pool` bound to that backend's pool.
+macro_rules! on_pool {
+    ($self:expr, |$pool:ident| $body:expr) => {
+        match &$self.pool {
+            $crate::store::database::Pool::Sqlite($pool) => $body,
+            $crate::store::database::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
 mod database;
 mod derive;
 mod postgres;
+mod retention;
 mod rows;
 mod sealing;
 mod sqlite;
@@ -30,6 +42,7 @@ use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 pub use database::{Backend, Database, PageSize, WantedEvents};
 pub use derive::Derivation;
 pub use postgres::Cluster;
+pub use retention::{PassReport, RetentionPolicy, RetentionState, run_retention};
 pub use sealing::{Sealer, SecretKey};
 use sqlite::LogConnection;
 pub use writer::CommittedBatch;
@@ -286,6 +299,7 @@ pub struct Store {
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Receiver<i64>,
     halted: writer::Halted,
+    failing: writer::Failing,
 }
 
 /// Checkpoints the WAL every second while the store is open (it is open as long as a
@@ -339,6 +353,7 @@ impl Store {
             );
         }
         let halted = writer::Halted::default();
+        let failing = writer::Failing::default();
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
@@ -371,8 +386,15 @@ impl Store {
                 )
             }
         };
-        let writer =
-            writer::Writer::new(log, queue, announce, head_seq, derivation, halted.clone());
+        let writer = writer::Writer::new(
+            log,
+            queue,
+            announce,
+            head_seq,
+            derivation,
+            halted.clone(),
+            failing.clone(),
+        );
         // The writer blocks on the database and its fsync: it gets a thread of its own.
         tasks.spawn(async move {
             if let Err(error) = tokio::task::spawn_blocking(move || writer.run()).await {
@@ -388,7 +410,17 @@ impl Store {
             committed,
             head,
             halted,
+            failing,
         })
+    }
+
+    /// Why the last commit of the log writer failed, while no commit has succeeded
+    /// since (a full disk, the database down): the store cannot write.
+    pub fn write_failure(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Why the log writer stopped appending, if it has: its sequence numbers reached a
