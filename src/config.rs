@@ -237,6 +237,11 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_RETENTION_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
+    /// For tests: the most pages (2 KiB each) the SQLite database may grow to, which
+    /// simulates a full disk. Not for production.
+    #[arg(long, env = "REELAY_SQLITE_MAX_PAGE_COUNT", hide = true)]
+    pub sqlite_max_page_count: Option<u64>,
+
     /// Events per second one API key (the admin token is a key of its own) may publish,
     /// over all the publish routes; off unless set. Over it: `429 rate_limited` with
     /// `Retry-After`.

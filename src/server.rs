@@ -62,6 +62,7 @@ pub async fn run(
                 (None, Some(path)) => SecretKey::File(path.clone()),
                 (None, None) => SecretKey::BesideDatabase,
             },
+            sqlite_max_page_count: config.sqlite_max_page_count,
         },
         derivation,
         &store_tasks,

@@ -28,6 +28,8 @@ pub async fn healthz(State(state): State<AppState>) -> axum::response::Response 
     match state.store.halted() {
         None => match state.store.write_failure() {
             None => "ok".into_response(),
+            // The space may have come back since (retention, an operator): look.
+            Some(_) if state.store.probe_write().await.is_ok() => "ok".into_response(),
             Some(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(serde_json::json!({"error": {

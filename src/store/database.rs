@@ -195,7 +195,9 @@ impl Database {
     /// schema up to date.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Database> {
         let pool = match Backend::of(url) {
-            Backend::Sqlite => Pool::Sqlite(sqlite::open_pool(url, options.durability).await?),
+            Backend::Sqlite => Pool::Sqlite(
+                sqlite::open_pool(url, options.durability, options.sqlite_max_page_count).await?,
+            ),
             Backend::Postgres => {
                 Pool::Postgres(postgres::open_pool(url, options.max_connections).await?)
             }

@@ -278,6 +278,9 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// The key stored secrets are encrypted with.
     pub secret_key: SecretKey,
+    /// With SQLite: the most pages the database may have (`PRAGMA max_page_count`), to
+    /// simulate a full disk in tests.
+    pub sqlite_max_page_count: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -287,6 +290,7 @@ impl Default for StoreOptions {
             node_id: None,
             max_connections: 16,
             secret_key: SecretKey::default(),
+            sqlite_max_page_count: None,
         }
     }
 }
@@ -359,7 +363,11 @@ impl Store {
         let (writes, queue) = mpsc::channel(4096);
         let (log, announce) = match &db.pool {
             database::Pool::Sqlite(_) => (
-                writer::Log::Sqlite(sqlite::log_connection(url, durability)?),
+                writer::Log::Sqlite(sqlite::log_connection(
+                    url,
+                    durability,
+                    options.sqlite_max_page_count,
+                )?),
                 writer::Announce::Dispatchers {
                     committed: committed.clone(),
                     head: head_tx,
@@ -421,6 +429,15 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// After a failed append, whether the store can write again: a write as large as a
+    /// few events, taken back in the same transaction. Clears the failure when it can,
+    /// so a store that got its space back says so before the next publish.
+    pub async fn probe_write(&self) -> Result<()> {
+        self.db.probe_write().await?;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
     }
 
     /// Why the log writer stopped appending, if it has: its sequence numbers reached a

@@ -467,6 +467,29 @@ impl Database {
         }
     }
 
+    /// Writes a row as large as a few events and removes it in the same transaction:
+    /// fails as an append would when the disk (or the database) is full.
+    pub async fn probe_write(&self) -> Result<()> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind("write_probe")
+            .bind("x".repeat(16 * 1024))
+            .bind(crate::model::now_millis())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM server_secrets WHERE name = $1")
+                .bind("write_probe")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// One retention pass at `now` (see the module's notes).
     pub async fn retention_pass(
         &self,

@@ -65,9 +65,13 @@ pub(super) fn database_dir(url: &str) -> Result<Option<PathBuf>> {
 }
 
 /// Opens (creating if needed) the database and brings its schema up to date.
-pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<SqlitePool> {
+pub(super) async fn open_pool(
+    url: &str,
+    durability: Durability,
+    max_page_count: Option<u64>,
+) -> Result<SqlitePool> {
     let path = database_file(url)?;
-    let options = SqliteConnectOptions::from_str(url)?
+    let mut options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .page_size(PAGE_SIZE)
         // A new database gives the pages retention frees back to the file system, a
@@ -85,6 +89,9 @@ pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<Sqlit
         .pragma("wal_autocheckpoint", "0")
         // After a checkpoint restarts the WAL, shrink its file back to this size.
         .pragma("journal_size_limit", "67108864");
+    if let Some(pages) = max_page_count {
+        options = options.pragma("max_page_count", pages.to_string());
+    }
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
@@ -284,9 +291,20 @@ pub(super) async fn claim_due_retries(
 }
 
 /// The log writer's own connection (see [`LogConnection`]), with the pool's settings.
-pub(super) fn log_connection(url: &str, durability: Durability) -> Result<LogConnection> {
+pub(super) fn log_connection(
+    url: &str,
+    durability: Durability,
+    max_page_count: Option<u64>,
+) -> Result<LogConnection> {
     let path = database_file(url)?;
     let connection = rusqlite::Connection::open(Path::new(&path))?;
+    if let Some(pages) = max_page_count {
+        // A pragma that answers with the new limit: read, not executed.
+        let _: i64 =
+            connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })?;
+    }
     connection.busy_timeout(Duration::from_secs(10))?;
     connection.execute_batch(&format!(
         "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \

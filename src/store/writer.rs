@@ -315,8 +315,12 @@ impl Writer {
         let committed = self.commit_group(&mut rows, after, reserved, &progress);
         metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
-        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) =
-            committed.as_ref().err().map(ToString::to_string);
+        // Only commits that append say whether events can be stored: a progress report
+        // (an update in place) may still fit where a new event does not.
+        if !rows.is_empty() {
+            *self.failing.lock().unwrap_or_else(|e| e.into_inner()) =
+                committed.as_ref().err().map(ToString::to_string);
+        }
         match committed {
             Ok((written, log_after)) => {
                 // In log order: each derived event right after its cause.

@@ -389,3 +389,110 @@ async fn attempt_records_and_dead_letters_have_their_own_retention() {
     })
     .await;
 }
+
+/// The number of pages of a SQLite database file (with what its WAL adds).
+async fn page_count(database: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(database).await.expect("open");
+    let pages = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&pool)
+        .await
+        .expect("page_count");
+    pool.close().await;
+    pages
+}
+
+/// A full disk, simulated with SQLite's `max_page_count` (so this runs on SQLite in both
+/// of the suite's runs): publishes get `503 storage_unavailable`, `/healthz` says the
+/// store cannot write, nothing acknowledged is lost, and once there is room again the
+/// acknowledged events are all delivered.
+#[tokio::test]
+async fn a_full_disk_refuses_publishes_loses_nothing_acknowledged_and_recovers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}/reelay.db", dir.path().display());
+    let mut app = TestApp::start_on(database.clone(), &[], dir).await;
+    let receiver = Receiver::start().await;
+    app.subscribe_receiver(
+        &receiver,
+        "/all",
+        json!({"topics": ["player-events"]}),
+        &[Response::status(200)],
+    )
+    .await;
+    // Room for a few hundred small events more than the schema takes.
+    let limit = page_count(&database).await + 60;
+    app.set_env("REELAY_SQLITE_MAX_PAGE_COUNT", Some(&limit.to_string()));
+    app.kill_and_restart().await;
+
+    let mut acknowledged = HashSet::new();
+    let mut refused = None;
+    for request in 0..500 {
+        let events: Vec<Value> = (0..20)
+            .map(|n| {
+                let mut event = catalog_event(
+                    "player_log_event",
+                    &format!("full-{request}-{n}"),
+                    json!({"assetId": n}),
+                );
+                event["padding"] = Value::String("p".repeat(200));
+                event
+            })
+            .collect();
+        let (status, answer) = app
+            .post(
+                "/v1/accounts/vimond/events",
+                &Value::Array(events).to_string(),
+            )
+            .await;
+        match status {
+            202 => acknowledged.extend((0..20).map(|n| format!("full-{request}-{n}"))),
+            503 => {
+                refused = Some(answer);
+                break;
+            }
+            other => panic!("unexpected {other}: {answer}"),
+        }
+    }
+    let refused = refused.expect("the database filled up");
+    assert_eq!(refused["error"]["code"], "storage_unavailable", "{refused}");
+    assert!(
+        !acknowledged.is_empty(),
+        "some events fit before it filled up"
+    );
+    let (status, health) = app
+        .request(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["error"]["code"], "storage_unavailable", "{health}");
+
+    // Room again: every acknowledged event is delivered, and publishing works.
+    app.set_env("REELAY_SQLITE_MAX_PAGE_COUNT", None);
+    app.kill_and_restart().await;
+    let delivered = eventually(
+        Duration::from_secs(30),
+        "every acknowledged event delivered",
+        || async {
+            let got: HashSet<String> = receiver
+                .deliveries("/all")
+                .await
+                .iter()
+                .filter_map(|d| d.webhook_id.clone())
+                .collect();
+            acknowledged.is_subset(&got).then_some(got)
+        },
+    )
+    .await;
+    assert!(acknowledged.is_subset(&delivered));
+    let (status, health) = app
+        .request(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(status, 200, "{health}");
+    publish(
+        &app,
+        vec![catalog_event(
+            "player_log_event",
+            "after",
+            json!({"assetId": 1}),
+        )],
+    )
+    .await;
+}
