@@ -204,6 +204,44 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// How long the log keeps events (`7d`, `12h`, `30s`; `forever`: never remove
+    /// any): older events are removed once every subscription that wants them has
+    /// received them, except the latest event of each catalog entity (compaction). A
+    /// catalog topic's `retention` overrides it for that topic's events.
+    #[arg(long, env = "REELAY_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub retention: Retention,
+
+    /// Most bytes of event documents the log keeps (`10GiB`): past it, the oldest
+    /// events go whatever their age, with the same exceptions as `--retention`.
+    /// Default: no limit.
+    #[arg(long, env = "REELAY_RETENTION_BYTES", value_parser = parse_bytes)]
+    pub retention_bytes: Option<usize>,
+
+    /// How long a deleted catalog entity's deletion event is kept past `--retention`
+    /// (so mirrors learn of the deletion); after it, the entity is forgotten.
+    #[arg(long, env = "REELAY_TOMBSTONE_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub tombstone_retention: Duration,
+
+    /// How long a disabled subscription still holds back the events it has not
+    /// received: after that, they may be removed (an enabled one holds them for ever;
+    /// a deleted one at once stops).
+    #[arg(long, env = "REELAY_RETENTION_GRACE", default_value = "2d", value_parser = parse_duration)]
+    pub retention_grace: Duration,
+
+    /// How long attempt records and dead letters are kept (the deliveries API sees
+    /// this far back).
+    #[arg(long, env = "REELAY_ATTEMPT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub attempt_retention: Duration,
+
+    /// How often the retention pass runs.
+    #[arg(long, env = "REELAY_RETENTION_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// For tests: the most pages (2 KiB each) the SQLite database may grow to, which
+    /// simulates a full disk. Not for production.
+    #[arg(long, env = "REELAY_SQLITE_MAX_PAGE_COUNT", hide = true)]
+    pub sqlite_max_page_count: Option<u64>,
+
     /// Events per second one API key (the admin token is a key of its own) may publish,
     /// over all the publish routes; off unless set. Over it: `429 rate_limited` with
     /// `Retry-After`.
@@ -238,6 +276,20 @@ impl ServeConfig {
 pub enum Durability {
     Fsync,
     Relaxed,
+}
+
+/// How long the log keeps events; `None`: for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, String> {
+    match text.trim() {
+        "forever" | "off" => Ok(Retention(None)),
+        text => match parse_duration(text)? {
+            zero if zero.is_zero() => Err("a retention of 0 would remove events as they are delivered: give a duration, or `forever`".into()),
+            duration => Ok(Retention(Some(duration))),
+        },
+    }
 }
 
 /// Retry delays; jitter is applied when a retry is scheduled.
@@ -356,6 +408,12 @@ mod tests {
         assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(432_000)));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            parse_retention("7d"),
+            Ok(Retention(Some(Duration::from_secs(7 * 86400))))
+        );
+        assert_eq!(parse_retention("forever"), Ok(Retention(None)));
+        assert!(parse_retention("0s").is_err());
     }
 
     #[test]

@@ -62,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
                 secret_key: reelay::store::SecretKey::Unused,
                 ..StoreOptions::default()
             };
-            reelay::store::Database::open(&config.database_url, &options).await?;
+            let db = reelay::store::Database::open(&config.database_url, &options).await?;
+            if db.use_incremental_vacuum().await? {
+                println!("the SQLite database now gives the space of removed events back");
+            }
             println!("the database schema is up to date");
         }
     }

@@ -23,7 +23,7 @@ use crate::http::limits::Limits;
 use crate::http::rate_limit::PublishRate;
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
-use crate::store::{Derivation, SecretKey, Store, StoreError, StoreOptions};
+use crate::store::{Derivation, RetentionPolicy, SecretKey, Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -62,6 +62,7 @@ pub async fn run(
                 (None, Some(path)) => SecretKey::File(path.clone()),
                 (None, None) => SecretKey::BesideDatabase,
             },
+            sqlite_max_page_count: config.sqlite_max_page_count,
         },
         derivation,
         &store_tasks,
@@ -106,6 +107,21 @@ pub async fn run(
     )
     .await?;
 
+    // Retention runs beside dispatch and stops with it.
+    dispatch_tasks.spawn(crate::store::run_retention(
+        store.db().clone(),
+        RetentionPolicy {
+            retention: config.retention.0,
+            retention_bytes: config.retention_bytes.map(|bytes| bytes as u64),
+            topics: catalog.topic_retentions(),
+            tombstone_retention: config.tombstone_retention,
+            grace: config.retention_grace,
+            attempt_retention: config.attempt_retention,
+            interval: config.retention_interval,
+        },
+        cancel.clone(),
+    ));
+
     let state = AppState {
         store: store.clone(),
         catalog: Arc::new(catalog),
@@ -135,6 +151,7 @@ pub async fn run(
         publish_rate: config
             .publish_rate_limit
             .map(|rate| Arc::new(PublishRate::new(rate, config.publish_burst))),
+        attempt_retention: config.attempt_retention,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");

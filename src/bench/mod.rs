@@ -15,6 +15,7 @@ pub mod moto;
 mod postgres;
 mod receiver;
 mod report;
+mod retention;
 mod server;
 
 use std::io::Write;
@@ -81,7 +82,8 @@ pub struct BenchConfig {
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
     /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, latency,
-    /// latency-changes, accounts, resync, kinesis, sns. The raw limit always runs.
+    /// latency-changes, accounts, resync, kinesis, sns, retention. The raw limit always
+    /// runs; the retention phase runs only when named.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Run the many-tenants phase last: create this many idle subscriptions, each in an
@@ -94,6 +96,15 @@ pub struct BenchConfig {
     /// publish at once; default 1,000 (20 with --quick).
     #[arg(long)]
     pub publishing_accounts: Option<usize>,
+    /// The retention phase's `--retention`: its server removes events older than this.
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub retention_window: Duration,
+    /// How many retention windows the retention phase publishes for.
+    #[arg(long, default_value_t = 4)]
+    pub retention_windows: u32,
+    /// Events per second the retention phase publishes (in requests of 20).
+    #[arg(long, default_value_t = 2_000)]
+    pub retention_rate: u64,
 }
 
 /// Sizes of each phase.
@@ -377,6 +388,19 @@ async fn measure(
     }
     if let Some(events) = config.outage_events {
         report.outage = Some(bench.outage(events).await?);
+    }
+    // Minutes long, with a server of its own: only when asked for.
+    if config.only.iter().any(|p| p == "retention") {
+        report.retention = Some(
+            retention::run(
+                &bench.http,
+                &bench.receiver_url,
+                config.retention_window,
+                config.retention_windows,
+                config.retention_rate,
+            )
+            .await?,
+        );
     }
     if let Some(idle) = config.idle_subscriptions {
         report.tenants = Some(bench.tenants(sizes, idle).await?);

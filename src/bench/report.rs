@@ -185,6 +185,8 @@ pub struct Report {
     pub resync: Option<ResyncResult>,
     /// `--idle-subscriptions N`.
     pub tenants: Option<TenantsResult>,
+    /// `--only retention`: the database's size over several retention windows.
+    pub retention: Option<super::retention::RetentionResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
     pub peak_rss_mb: Option<f64>,
@@ -506,6 +508,59 @@ impl Report {
                 "0 missing",
             );
         }
+        if let Some(retention) = &self.retention {
+            row(
+                &format!(
+                    "retention {:.0}s: {} events at {}/s over {} windows",
+                    retention.retention_seconds,
+                    retention.published,
+                    retention.rate_per_second,
+                    retention.windows
+                ),
+                match retention.removal_started_seconds {
+                    Some(at) => format!("removal from {at:.0} s"),
+                    None => "nothing removed".to_owned(),
+                },
+                "",
+            );
+            row(
+                "  publish p99 before / during removal",
+                format!(
+                    "{:.1} / {:.1} ms",
+                    retention.publish_p99_ms_before_removal,
+                    retention.publish_p99_ms_during_removal
+                ),
+                "during < 2x before",
+            );
+            row(
+                "  publish p50 before / during removal",
+                format!(
+                    "{:.1} / {:.1} ms",
+                    retention.publish_p50_ms_before_removal,
+                    retention.publish_p50_ms_during_removal
+                ),
+                "",
+            );
+            row(
+                "  late requests (generator at its bound)",
+                retention.late_requests.to_string(),
+                "",
+            );
+            for sample in &retention.curve {
+                row(
+                    &format!("  t = {:>4.0} s", sample.seconds),
+                    format!(
+                        "db {:.1} MB + WAL {:.1} MB",
+                        sample.db_bytes as f64 / 1e6,
+                        sample.wal_bytes as f64 / 1e6
+                    ),
+                    &format!(
+                        "{:.0} kept / {} published",
+                        sample.stored_events, sample.published
+                    ),
+                );
+            }
+        }
         if let Some(tenants) = &self.tenants {
             let n = tenants.idle_subscriptions;
             row(
@@ -604,7 +659,7 @@ impl Report {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -31,6 +31,8 @@ struct Node {
 pub enum Storage<'a> {
     /// A scratch SQLite file, one process.
     Sqlite,
+    /// A SQLite file in this directory (removed with the server).
+    SqliteIn(PathBuf),
     /// A scratch PostgreSQL database (its URL), shared by `nodes` processes.
     Postgres { url: &'a str, nodes: usize },
 }
@@ -72,6 +74,11 @@ impl BenchServer {
                 let scratch =
                     std::env::temp_dir().join(format!("reelay-bench-{}", std::process::id()));
                 std::fs::create_dir_all(&scratch)?;
+                let url = format!("sqlite://{}/bench.db", scratch.display());
+                server.scratch = Some(scratch);
+                vec![(url, None)]
+            }
+            Storage::SqliteIn(scratch) => {
                 let url = format!("sqlite://{}/bench.db", scratch.display());
                 server.scratch = Some(scratch);
                 vec![(url, None)]

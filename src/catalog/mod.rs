@@ -28,6 +28,10 @@ pub struct Topic {
     /// A VIA 1.x topic that 2.x no longer produces, kept for old publishers.
     #[serde(default)]
     pub legacy: bool,
+    /// How long the log keeps this topic's events (`1d`, `30d`), instead of the
+    /// server's `--retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
 }
 
 /// What a field's value may be.
@@ -425,9 +429,27 @@ pub enum CatalogError {
     UnknownEntityField { event: String, field: String },
     #[error("the catalog has no {VIDEO_CHANGE:?} event type, which Reelay derives")]
     NoVideoChange,
+    #[error("topic {topic:?} has retention {retention:?}: {message}")]
+    Retention {
+        topic: String,
+        retention: String,
+        message: String,
+    },
 }
 
 impl Catalog {
+    /// The topics whose events have a retention of their own (see [`Topic::retention`]),
+    /// checked when the catalog was loaded.
+    pub fn topic_retentions(&self) -> std::collections::HashMap<String, std::time::Duration> {
+        self.topics
+            .iter()
+            .filter_map(|topic| {
+                let retention = crate::config::parse_duration(topic.retention.as_deref()?).ok()?;
+                Some((topic.name.clone(), retention))
+            })
+            .collect()
+    }
+
     /// The built-in catalog. Its JSON is checked by a unit test, so this cannot fail.
     pub fn builtin() -> Catalog {
         let file: CatalogFile =
@@ -480,6 +502,16 @@ impl Catalog {
 
     fn add(&mut self, file: CatalogFile) -> Result<(), CatalogError> {
         for topic in file.topics {
+            if let Some(retention) = &topic.retention
+                && let Err(message) = crate::config::parse_duration(retention)
+                    .and_then(|d| (!d.is_zero()).then_some(d).ok_or("zero".to_owned()))
+            {
+                return Err(CatalogError::Retention {
+                    topic: topic.name.clone(),
+                    retention: retention.clone(),
+                    message,
+                });
+            }
             match self.topic_index.get(&topic.name) {
                 Some(&at) => self.topics[at] = topic,
                 None => {

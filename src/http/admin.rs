@@ -15,16 +15,30 @@ use super::auth::Caller;
 use super::error::ErrorBody;
 use crate::catalog::Catalog;
 
-/// Liveness; no authentication. `503` with the error body (code `log_halted`) when the
-/// log writer has stopped appending (its sequence numbers are exhausted or corrupt):
-/// publishes fail until an operator repairs the log.
+/// Liveness; no authentication. `503` with the error body when the store cannot take
+/// publishes: code `log_halted` when the log writer has stopped appending (its sequence
+/// numbers are exhausted or corrupt; publishes fail until an operator repairs the log),
+/// `storage_unavailable` while its last commit failed (a full disk, the database down;
+/// it answers `ok` again after the next commit that succeeds).
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses(
     (status = 200, description = "ok"),
-    (status = 503, body = ErrorBody, description = "the log writer has halted"),
+    (status = 503, body = ErrorBody, description = "the log writer has halted, or cannot write"),
 ))]
 pub async fn healthz(State(state): State<AppState>) -> axum::response::Response {
     match state.store.halted() {
-        None => "ok".into_response(),
+        None => match state.store.write_failure() {
+            None => "ok".into_response(),
+            // The space may have come back since (retention, an operator): look.
+            Some(_) if state.store.probe_write().await.is_ok() => "ok".into_response(),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"error": {
+                    "code": "storage_unavailable",
+                    "message": format!("the store cannot write: {reason}"),
+                }})),
+            )
+                .into_response(),
+        },
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"error": {

@@ -82,6 +82,13 @@ pub enum ApiError {
     Timeout { code: &'static str, message: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A read or replay from before what retention kept of the account's log:
+    /// `oldest_sequence` is the first position from which it is complete.
+    #[error("{message}")]
+    BeforeRetention {
+        message: String,
+        oldest_sequence: i64,
+    },
     #[error("storage is unavailable")]
     Store(#[from] StoreError),
 }
@@ -94,6 +101,23 @@ impl ApiError {
             index: None,
             field: None,
         }
+    }
+
+    /// `after` (a query's, or the position a replay goes on after) is before the
+    /// account's retention mark `mark`: events after it are gone.
+    pub fn check_retained(after: i64, mark: i64) -> Result<(), ApiError> {
+        if after >= mark {
+            return Ok(());
+        }
+        Err(ApiError::BeforeRetention {
+            message: format!(
+                "events from sequence number {} on are no longer all kept (retention): the \
+                 log of this account is complete from sequence number {} on",
+                after.saturating_add(1),
+                mark.saturating_add(1)
+            ),
+            oldest_sequence: mark.saturating_add(1),
+        })
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -124,6 +148,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::BeforeRetention { .. } => (StatusCode::GONE, "before_retention"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
         }
     }
@@ -187,6 +212,10 @@ pub struct ErrorDetail {
     pub line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// With `before_retention`: the first sequence number from which the account's log
+    /// is complete (query with `after` one less, replay with `fromSequence` this).
+    #[serde(rename = "oldestSequence", skip_serializing_if = "Option::is_none")]
+    pub oldest_sequence: Option<i64>,
 }
 
 impl IntoResponse for ApiError {
@@ -210,6 +239,7 @@ impl IntoResponse for ApiError {
             field: None,
             line: None,
             column: None,
+            oldest_sequence: None,
         };
         match self {
             ApiError::Unprocessable { index, field, .. } => {
@@ -226,6 +256,9 @@ impl IntoResponse for ApiError {
                 detail.field = Some("data.userIdentifier".into());
             }
             ApiError::TooLarge { index, .. } => detail.index = index,
+            ApiError::BeforeRetention {
+                oldest_sequence, ..
+            } => detail.oldest_sequence = Some(oldest_sequence),
             _ => {}
         }
         let mut response = (status, Json(ErrorBody { error: detail })).into_response();

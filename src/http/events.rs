@@ -107,6 +107,8 @@ pub struct EventsQuery {
     /// Only events of this name.
     pub event: Option<String>,
     /// Only events after this sequence number (for paging: the previous page's `next`).
+    /// Before the oldest position retention kept whole: `410 before_retention` with
+    /// `oldestSequence`. Without it, the page starts at that position.
     pub after: Option<i64>,
     /// At most this many (default 100, at most 1000); fewer when their documents reach
     /// `--max-page-bytes` (4 MiB by default) first, and then `next` is still given.
@@ -163,7 +165,10 @@ impl EventOut {
 #[utoipa::path(
     get, path = "/v1/accounts/{account}/events", tag = "events",
     params(("account" = String, Path, description = "account (tenant)"), EventsQuery),
-    responses((status = 200, description = "a page of events", body = EventPage)),
+    responses(
+        (status = 200, description = "a page of events", body = EventPage),
+        (status = 410, description = "`after` is before what retention kept of the log (`before_retention`, with `oldestSequence`)", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn query(
@@ -175,10 +180,19 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read, &account)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    // Below the retention mark the log has gaps: a page from there would hide them.
+    let mark = state.store.db().retention_mark(&account).await?;
+    let after = match params.after {
+        Some(after) => {
+            ApiError::check_retained(after, mark)?;
+            after
+        }
+        None => mark,
+    };
     let query = EventQuery {
         topic: params.topic,
         event: params.event,
-        after: params.after,
+        after: Some(after),
         limit,
     };
     let events = state

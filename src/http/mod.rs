@@ -52,6 +52,8 @@ pub struct AppState {
     pub limits: Arc<limits::Limits>,
     /// The publish rate per key (`--publish-rate-limit`), when there is one.
     pub publish_rate: Option<Arc<rate_limit::PublishRate>>,
+    /// How long attempt records and dead letters are kept (`--attempt-retention`).
+    pub attempt_retention: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -483,5 +483,15 @@ mod tests {
         for status in ["201", "400", "401", "403", "413", "422", "503"] {
             assert!(create["responses"].get(status).is_some(), "{status}");
         }
+        // Reads and replays from before retention: 410, with where the log is whole.
+        for (path, method) in [
+            ("/v1/accounts/{account}/events", "get"),
+            ("/v1/accounts/{account}/subscriptions/{id}/replay", "post"),
+        ] {
+            let responses = &document["paths"][path][method]["responses"];
+            assert!(responses.get("410").is_some(), "{path}: {responses}");
+        }
+        let detail = &document["components"]["schemas"]["ErrorDetail"]["properties"];
+        assert!(detail.get("oldestSequence").is_some(), "{detail}");
     }
 }

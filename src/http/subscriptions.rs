@@ -868,6 +868,9 @@ pub struct DeliveriesOut {
     pub retrying: Vec<RetryOut>,
     /// Deliveries that used up their retries.
     pub dead_letters: Vec<RetryOut>,
+    /// How far back this sees, in epoch milliseconds: attempt records made and dead
+    /// letters that died before it are removed (`--attempt-retention`).
+    pub retained_since: i64,
 }
 
 impl From<StoredAttempt> for AttemptOut {
@@ -939,6 +942,8 @@ pub async fn deliveries(
         attempts: attempts.into_iter().map(AttemptOut::from).collect(),
         retrying: retrying.into_iter().map(RetryOut::from).collect(),
         dead_letters: dead.into_iter().map(RetryOut::from).collect(),
+        retained_since: now_millis()
+            .saturating_sub(i64::try_from(state.attempt_retention.as_millis()).unwrap_or(i64::MAX)),
     }))
 }
 
@@ -965,7 +970,11 @@ pub struct ReplayOut {
     post, path = "/v1/accounts/{account}/subscriptions/{id}/replay", tag = "subscriptions",
     params(("account" = String, Path), ("id" = String, Path)),
     request_body = ReplayIn,
-    responses((status = 202, body = ReplayOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses(
+        (status = 202, body = ReplayOut), (status = 404, body = ErrorBody),
+        (status = 410, description = "the replay would start before what retention kept of the log (`before_retention`, with `oldestSequence`)", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn replay(
@@ -999,6 +1008,8 @@ pub async fn replay(
             ));
         }
     };
+    // Events before the retention mark may be gone: a replay from there would skip them.
+    ApiError::check_retained(after, state.store.db().retention_mark(&account).await?)?;
     // Sequence numbers are the log writer's alone: a replay may go back, never past the
     // head (a cursor there would skip events that later take those positions).
     let head = state.store.log_position().await?;

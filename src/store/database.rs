@@ -43,17 +43,6 @@ pub(super) enum Pool {
     Postgres(PgPool),
 }
 
-/// Runs the same statements on whichever pool this is: `$body` is compiled once per
-/// backend, with `$pool` bound to that backend's pool.
-macro_rules! on_pool {
-    ($self:expr, |$pool:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
-        }
-    };
-}
-
 /// The events that match `$condition` (the columns of [`EventRow`]).
 macro_rules! events_where {
     ($condition:literal) => {
@@ -206,7 +195,9 @@ impl Database {
     /// schema up to date.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Database> {
         let pool = match Backend::of(url) {
-            Backend::Sqlite => Pool::Sqlite(sqlite::open_pool(url, options.durability).await?),
+            Backend::Sqlite => Pool::Sqlite(
+                sqlite::open_pool(url, options.durability, options.sqlite_max_page_count).await?,
+            ),
             Backend::Postgres => {
                 Pool::Postgres(postgres::open_pool(url, options.max_connections).await?)
             }

@@ -10,9 +10,21 @@
 //! Two backends: an embedded SQLite file (the default; one process) and PostgreSQL
 //! (several processes may share it: see `postgres`).
 
+/// Runs the same statements on whichever pool this is: `$body` is compiled once per
+/// backend, with `$pool` bound to that backend's pool.
+macro_rules! on_pool {
+    ($self:expr, |$pool:ident| $body:expr) => {
+        match &$self.pool {
+            $crate::store::database::Pool::Sqlite($pool) => $body,
+            $crate::store::database::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
 mod database;
 mod derive;
 mod postgres;
+mod retention;
 mod rows;
 mod sealing;
 mod sqlite;
@@ -30,6 +42,7 @@ use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 pub use database::{Backend, Database, PageSize, WantedEvents};
 pub use derive::Derivation;
 pub use postgres::Cluster;
+pub use retention::{PassReport, RetentionPolicy, RetentionState, run_retention};
 pub use sealing::{Sealer, SecretKey};
 use sqlite::LogConnection;
 pub use writer::CommittedBatch;
@@ -265,6 +278,9 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// The key stored secrets are encrypted with.
     pub secret_key: SecretKey,
+    /// With SQLite: the most pages the database may have (`PRAGMA max_page_count`), to
+    /// simulate a full disk in tests.
+    pub sqlite_max_page_count: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -274,6 +290,7 @@ impl Default for StoreOptions {
             node_id: None,
             max_connections: 16,
             secret_key: SecretKey::default(),
+            sqlite_max_page_count: None,
         }
     }
 }
@@ -286,6 +303,7 @@ pub struct Store {
     committed: broadcast::Sender<Arc<CommittedBatch>>,
     head: watch::Receiver<i64>,
     halted: writer::Halted,
+    failing: writer::Failing,
 }
 
 /// Checkpoints the WAL every second while the store is open (it is open as long as a
@@ -339,12 +357,17 @@ impl Store {
             );
         }
         let halted = writer::Halted::default();
+        let failing = writer::Failing::default();
         let (committed, _) = broadcast::channel(COMMITTED_BACKLOG);
         let (head_tx, head) = watch::channel(head_seq);
         let (writes, queue) = mpsc::channel(4096);
         let (log, announce) = match &db.pool {
             database::Pool::Sqlite(_) => (
-                writer::Log::Sqlite(sqlite::log_connection(url, durability)?),
+                writer::Log::Sqlite(sqlite::log_connection(
+                    url,
+                    durability,
+                    options.sqlite_max_page_count,
+                )?),
                 writer::Announce::Dispatchers {
                     committed: committed.clone(),
                     head: head_tx,
@@ -371,8 +394,15 @@ impl Store {
                 )
             }
         };
-        let writer =
-            writer::Writer::new(log, queue, announce, head_seq, derivation, halted.clone());
+        let writer = writer::Writer::new(
+            log,
+            queue,
+            announce,
+            head_seq,
+            derivation,
+            halted.clone(),
+            failing.clone(),
+        );
         // The writer blocks on the database and its fsync: it gets a thread of its own.
         tasks.spawn(async move {
             if let Err(error) = tokio::task::spawn_blocking(move || writer.run()).await {
@@ -388,7 +418,26 @@ impl Store {
             committed,
             head,
             halted,
+            failing,
         })
+    }
+
+    /// Why the last commit of the log writer failed, while no commit has succeeded
+    /// since (a full disk, the database down): the store cannot write.
+    pub fn write_failure(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed append, whether the store can write again: a write as large as a
+    /// few events, taken back in the same transaction. Clears the failure when it can,
+    /// so a store that got its space back says so before the next publish.
+    pub async fn probe_write(&self) -> Result<()> {
+        self.db.probe_write().await?;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
     }
 
     /// Why the log writer stopped appending, if it has: its sequence numbers reached a

@@ -853,3 +853,40 @@ impl Cluster {
         Ok(listener)
     }
 }
+
+/// A node's turn at the retention pass on a shared database: a session-level advisory
+/// lock (one per schema, so Reelays in several schemas of one database do not wait for
+/// each other) held by a connection of its own. Dropping the turn closes that
+/// connection, which ends the session and so releases the lock whatever happened
+/// meanwhile: a lock left on a pooled connection would stop every node's passes.
+pub(super) struct RetentionTurn(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);
+
+impl Drop for RetentionTurn {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            drop(connection.detach());
+        }
+    }
+}
+
+/// Takes the retention turn if no other node holds it.
+pub(super) async fn retention_turn(pool: &PgPool) -> Result<Option<RetentionTurn>> {
+    let mut connection = pool.acquire().await?;
+    let taken: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtext('reelay_retention:' || current_schema()))",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(taken.then(|| RetentionTurn(Some(connection))))
+}
+
+/// The bytes of this schema's tables with their indexes and TOAST.
+pub(super) async fn database_bytes(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+    )
+    .fetch_one(pool)
+    .await?)
+}

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
 
 use super::database::ClaimLimits;
 use super::derive::Derivation;
@@ -63,11 +65,18 @@ pub(super) fn database_dir(url: &str) -> Result<Option<PathBuf>> {
 }
 
 /// Opens (creating if needed) the database and brings its schema up to date.
-pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<SqlitePool> {
+pub(super) async fn open_pool(
+    url: &str,
+    durability: Durability,
+    max_page_count: Option<u64>,
+) -> Result<SqlitePool> {
     let path = database_file(url)?;
-    let options = SqliteConnectOptions::from_str(url)?
+    let mut options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .page_size(PAGE_SIZE)
+        // A new database gives the pages retention frees back to the file system, a
+        // few at a time ([`reclaim_space`]); an older one needs `reelay migrate` once.
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
         .journal_mode(SqliteJournalMode::Wal)
         .pragma("synchronous", synchronous(durability))
         .busy_timeout(Duration::from_secs(10))
@@ -80,6 +89,9 @@ pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<Sqlit
         .pragma("wal_autocheckpoint", "0")
         // After a checkpoint restarts the WAL, shrink its file back to this size.
         .pragma("journal_size_limit", "67108864");
+    if let Some(pages) = max_page_count {
+        options = options.pragma("max_page_count", pages.to_string());
+    }
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
@@ -106,7 +118,86 @@ pub(super) async fn open_pool(url: &str, durability: Durability) -> Result<Sqlit
         .connect_with(options)
         .await?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    if !incremental_vacuum(&pool).await? {
+        tracing::warn!(
+            "this SQLite database was made without incremental auto-vacuum: the space of \
+             removed events is reused but the file does not shrink; run `reelay migrate` \
+             once (it rewrites the file with VACUUM) to give it back"
+        );
+    }
     Ok(pool)
+}
+
+/// Whether the database gives freed pages back to the file system on request
+/// (`auto_vacuum = INCREMENTAL`).
+async fn incremental_vacuum(pool: &SqlitePool) -> Result<bool> {
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(pool)
+        .await?;
+    Ok(mode == 2)
+}
+
+/// Switches a database made before incremental auto-vacuum to it: VACUUM rewrites the
+/// whole file (it needs as much free disk again, and holds every writer back while it
+/// runs), so `reelay migrate` does it, never `serve`. Returns whether it had to.
+pub(super) async fn use_incremental_vacuum(pool: &SqlitePool) -> Result<bool> {
+    if incremental_vacuum(pool).await? {
+        return Ok(false);
+    }
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(pool)
+        .await?;
+    sqlx::query("VACUUM").execute(pool).await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await?;
+    Ok(true)
+}
+
+/// Free pages kept for new writes rather than given back (a tenth of the file): giving
+/// back what is written again soon only moves pages about.
+const FREE_PAGES_KEPT_PERCENT: i64 = 10;
+/// Pages given back per step: each step is a short write transaction.
+const VACUUM_STEP_PAGES: i64 = 1_024;
+
+/// Gives the free pages that retention left back to the file system, a step at a time
+/// with pauses (each step holds the write lock briefly), down to a reserve for the
+/// writes to come. Nothing to do without incremental auto-vacuum.
+pub(super) async fn reclaim_space(pool: &SqlitePool) -> Result<()> {
+    if !incremental_vacuum(pool).await? {
+        return Ok(());
+    }
+    for _ in 0..10_000 {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(pool)
+            .await?;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(pool)
+            .await?;
+        let excess = free - pages * FREE_PAGES_KEPT_PERCENT / 100;
+        if excess <= 0 {
+            break;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA incremental_vacuum({})",
+            excess.min(VACUUM_STEP_PAGES)
+        )))
+        .execute(pool)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// The database file's size in bytes (its pages; the WAL not counted).
+pub(super) async fn database_bytes(pool: &SqlitePool) -> Result<i64> {
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(pool)
+        .await?;
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(pool)
+        .await?;
+    Ok(pages * size)
 }
 
 /// Copies what it can of the WAL into the database without blocking writers or readers
@@ -200,9 +291,20 @@ pub(super) async fn claim_due_retries(
 }
 
 /// The log writer's own connection (see [`LogConnection`]), with the pool's settings.
-pub(super) fn log_connection(url: &str, durability: Durability) -> Result<LogConnection> {
+pub(super) fn log_connection(
+    url: &str,
+    durability: Durability,
+    max_page_count: Option<u64>,
+) -> Result<LogConnection> {
     let path = database_file(url)?;
     let connection = rusqlite::Connection::open(Path::new(&path))?;
+    if let Some(pages) = max_page_count {
+        // A pragma that answers with the new limit: read, not executed.
+        let _: i64 =
+            connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })?;
+    }
     connection.busy_timeout(Duration::from_secs(10))?;
     connection.execute_batch(&format!(
         "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \

@@ -104,6 +104,10 @@ const PROGRESS_RETRY: Duration = Duration::from_millis(200);
 /// every publish (which then gets `503` instead of events stored where no one reads).
 pub(super) type Halted = Arc<OnceLock<String>>;
 
+/// Why the last group commit failed (a full disk, a database that is down), until one
+/// succeeds again: `/healthz` says the store cannot write meanwhile.
+pub(super) type Failing = Arc<std::sync::Mutex<Option<String>>>;
+
 /// The first of `count` consecutive positions from `next`, and the position after them;
 /// `None` when they would pass the largest sequence number. The writer hands out
 /// positions below `i64::MAX` only, so the one after the last is always representable.
@@ -131,6 +135,7 @@ pub(super) struct Writer {
     announce: Announce,
     next_seq: i64,
     halted: Halted,
+    failing: Failing,
     derivation: Derivation,
     runtime: Handle,
     /// Progress reports whose commit failed, to go first into the next one: a
@@ -151,6 +156,7 @@ impl Writer {
         head_seq: i64,
         derivation: Derivation,
         halted: Halted,
+        failing: Failing,
     ) -> Writer {
         let mut writer = Writer {
             log,
@@ -158,6 +164,7 @@ impl Writer {
             announce,
             next_seq: head_seq.saturating_add(1),
             halted,
+            failing,
             derivation,
             runtime: Handle::current(),
             carried: Vec::new(),
@@ -308,6 +315,12 @@ impl Writer {
         let committed = self.commit_group(&mut rows, after, reserved, &progress);
         metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
+        // Only commits that append say whether events can be stored: a progress report
+        // (an update in place) may still fit where a new event does not.
+        if !rows.is_empty() {
+            *self.failing.lock().unwrap_or_else(|e| e.into_inner()) =
+                committed.as_ref().err().map(ToString::to_string);
+        }
         match committed {
             Ok((written, log_after)) => {
                 // In log order: each derived event right after its cause.

@@ -119,6 +119,15 @@ impl TestApp {
         self.url = url;
     }
 
+    /// Sets (or with `None` removes) an environment variable of the server from its
+    /// next restart on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
     /// The server's node name (PostgreSQL), as `REELAY_NODE_ID` set it.
     pub fn node_id(&self) -> Option<&str> {
         self.env

@@ -19,6 +19,7 @@ mod limits;
 mod postgres_outage;
 mod publish;
 mod resync;
+mod retention;
 mod strict_bodies;
 mod subscriptions;
 mod tenant_safety;
