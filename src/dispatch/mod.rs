@@ -14,6 +14,11 @@
 //! A full resync of a subscription (catalog mirroring) has a `resync` runner of its own
 //! beside the worker: it sends the latest event of each live entity through the same
 //! sink, signer and retry set, and stops with the worker.
+//!
+//! The worker, the retry scheduler and the resync runner deliver through one `engine`:
+//! the same admission (the endpoint's `breaker`), the same call to the sink, the same
+//! decision (`policy::decide`, pure, giving a [`policy::AttemptOutcome`]) and the same
+//! record of it in their progress reports.
 
 mod breaker;
 mod cluster;
