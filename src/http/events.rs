@@ -85,12 +85,20 @@ pub(super) async fn append(
 ) -> Result<PublishOut, ApiError> {
     caller.may_publish(&events)?;
     let count = events.len();
+    let account = events
+        .first()
+        .map(|e| e.account.clone())
+        .unwrap_or_default();
     let appended = state.store.append(events).await?;
     let stored = appended
         .iter()
         .filter(|a| matches!(a, Appended::Stored(_)))
         .count();
     metrics::counter!("reelay_events_published_total").increment(stored as u64);
+    state
+        .dispatcher
+        .stats()
+        .published(&account, stored as u64, crate::model::now_millis());
     let ids = appended.iter().map(|a| a.id().to_owned()).collect();
     Ok(PublishOut {
         ids,
@@ -106,6 +114,8 @@ pub struct EventsQuery {
     pub topic: Option<String>,
     /// Only events of this name.
     pub event: Option<String>,
+    /// Only events of this entity (its key: an `assetId`, `categoryId`, …).
+    pub entity: Option<String>,
     /// Only events after this sequence number (for paging: the previous page's `next`).
     pub after: Option<i64>,
     /// At most this many (default 100, at most 1000); fewer when their documents reach
@@ -178,6 +188,7 @@ pub async fn query(
     let query = EventQuery {
         topic: params.topic,
         event: params.event,
+        entity: params.entity,
         after: params.after,
         limit,
     };
