@@ -339,6 +339,9 @@ pub struct StatsOut {
     pub account: Option<String>,
     /// The width of a bucket, in milliseconds.
     pub bucket_ms: i64,
+    /// The log head now (the last sequence number handed out): a subscription's lag is
+    /// this less its cursor.
+    pub log_head: i64,
     pub points: Vec<Point>,
 }
 
@@ -369,7 +372,9 @@ pub async fn stats(
         }
     };
     let buckets = params.buckets.unwrap_or(60) as usize;
+    let log_head = state.store.log_position().await?;
     Ok(Json(StatsOut {
+        log_head,
         points: state
             .dispatcher
             .stats()
