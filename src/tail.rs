@@ -27,6 +27,9 @@ pub struct TailConfig {
     /// Only events of this entity (its key: an `assetId`, …).
     #[arg(long)]
     pub entity: Option<String>,
+    /// Only events committed at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
     /// Start after this sequence number (`0`: the whole log); default: from now on.
     #[arg(long)]
     pub after: Option<i64>,
@@ -50,6 +53,7 @@ pub async fn run(config: TailConfig) -> anyhow::Result<()> {
             ("topic", &config.topic),
             ("event", &config.event),
             ("entity", &config.entity),
+            ("since", &config.since),
         ] {
             if let Some(value) = value {
                 address.query_pairs_mut().append_pair(name, value);

@@ -116,6 +116,9 @@ pub struct EventsQuery {
     pub event: Option<String>,
     /// Only events of this entity (its key: an `assetId`, `categoryId`, …).
     pub entity: Option<String>,
+    /// Only events committed at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
     /// Only events after this sequence number (for paging: the previous page's `next`).
     pub after: Option<i64>,
     /// At most this many (default 100, at most 1000); fewer when their documents reach
@@ -189,6 +192,7 @@ pub async fn query(
         topic: params.topic,
         event: params.event,
         entity: params.entity,
+        since: params.since.as_deref().map(since_millis).transpose()?,
         after: params.after,
         limit,
     };
@@ -228,6 +232,18 @@ pub async fn query(
             .into_response());
     }
     Ok(Json(EventPage { events, next }).into_response())
+}
+
+/// A `since` parameter as epoch milliseconds; not an RFC 3339 time: `400 invalid_query`.
+pub(super) fn since_millis(since: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(since)
+        .map(|time| time.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("since: {since:?} is not an RFC 3339 time"),
+            )
+        })
 }
 
 pub fn router() -> axum::Router<AppState> {

@@ -54,6 +54,9 @@ pub struct StreamQuery {
     pub event: Option<String>,
     /// Only events of this entity (its key: an `assetId`, …).
     pub entity: Option<String>,
+    /// Only events committed at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
     /// Start after this sequence number (`0`: the whole log); without it (and without
     /// `Last-Event-ID`), with the events committed from now on. `Last-Event-ID` wins.
     #[param(minimum = 0)]
@@ -66,6 +69,7 @@ struct Filter {
     topic: Option<String>,
     event: Option<String>,
     entity: Option<String>,
+    since: Option<i64>,
 }
 
 impl Filter {
@@ -77,6 +81,7 @@ impl Filter {
                 .entity
                 .as_ref()
                 .is_none_or(|k| Some(k) == event.entity_key.as_ref())
+            && self.since.is_none_or(|since| event.received_at >= since)
     }
 }
 
@@ -169,6 +174,11 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read, &account)?;
+    let since = params
+        .since
+        .as_deref()
+        .map(super::events::since_millis)
+        .transpose()?;
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(value) => Some(
@@ -196,6 +206,7 @@ pub async fn stream(
         topic: params.topic,
         event: params.event,
         entity: params.entity,
+        since,
     };
     let (frames, receiver) = mpsc::channel(BUFFER_EVENTS);
     let cut_off = Arc::new(AtomicBool::new(false));
@@ -276,6 +287,7 @@ async fn follow(
                 topic: filter.topic.clone(),
                 event: filter.event.clone(),
                 entity: filter.entity.clone(),
+                since: filter.since,
                 after: Some(after),
                 limit: CATCH_UP_PAGE,
             };

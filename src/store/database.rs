@@ -645,6 +645,9 @@ impl Database {
             if let Some(entity) = &query.entity {
                 select.push(" AND entity_key = ").push_bind(entity);
             }
+            if let Some(since) = query.since {
+                select.push(" AND received_at >= ").push_bind(since);
+            }
             select
                 .push(" AND seq > ")
                 .push_bind(query.after.unwrap_or(0))

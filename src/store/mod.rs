@@ -97,6 +97,8 @@ pub struct EventQuery {
     pub event: Option<String>,
     /// Only events of this entity (its key: `assetId`, `categoryId`, …).
     pub entity: Option<String>,
+    /// Only events committed at or after this time (epoch milliseconds).
+    pub since: Option<Millis>,
     /// Only events with a sequence number above this.
     pub after: Option<i64>,
     pub limit: u32,

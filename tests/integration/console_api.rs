@@ -159,6 +159,44 @@ async fn the_stream_sends_committed_events_with_filters_and_resumes_after_last_e
     publish(&app, "asset-updated", "s-5").await;
     assert_eq!(fresh.event().await["id"], "s-5");
 
+    // The log query's filters by entity and time, on the log and on the stream.
+    let (_, page) = app
+        .get("/v1/accounts/vimond/events?entity=897874&event=asset-updated")
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 4, "{page}");
+    let (_, page) = app.get("/v1/accounts/vimond/events?entity=1").await;
+    assert!(page["events"].as_array().unwrap().is_empty(), "{page}");
+    let (_, page) = app
+        .get("/v1/accounts/vimond/events?since=2100-01-01T00:00:00Z")
+        .await;
+    assert!(page["events"].as_array().unwrap().is_empty(), "{page}");
+    let (_, page) = app
+        .get("/v1/accounts/vimond/events?since=2000-01-01T00:00:00Z&event=asset-updated")
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 4, "{page}");
+    let (status, refused) = app.get("/v1/accounts/vimond/events?since=yesterday").await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_query");
+    let mut later = Sse::open(&app, ADMIN, "?after=0&since=2100-01-01T00:00:00Z", None).await;
+    let mut by_entity = Sse::open(
+        &app,
+        ADMIN,
+        "?after=0&entity=897874&event=asset-updated",
+        None,
+    )
+    .await;
+    assert_eq!(by_entity.event().await["id"], "s-1");
+    publish(&app, "asset-updated", "s-6").await;
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            later.next(Duration::from_secs(1))
+        )
+        .await
+        .is_err(),
+        "nothing committed since 2100"
+    );
+
     // Another account's key cannot follow this one; a malformed Last-Event-ID is refused.
     let other = key(&app, "other", &["read"]).await;
     let (status, _) = app

@@ -442,28 +442,24 @@ function eventRows(account, events) {
 }
 
 const EVENT_FILTERS = [["topic", "Topic"], ["event", "Event name"], ["entity", "Entity"]];
+const TAIL_FILTERS = [...EVENT_FILTERS, ["since", "Since (time)"]];
 
 async function events(account, query) {
   const params = new URLSearchParams(query);
-  let page_ = null;
-  const since = query.get("since");
-  if (since && !query.get("after")) {
-    // From a time: the first event committed then, found by paging from the start.
-    params.delete("since");
-  }
-  params.delete("since");
   params.set("limit", params.get("limit") || "100");
-  page_ = await api("GET", `${accountPath(account)}/events?${params}`);
-  let shown = page_.events;
-  if (since) {
-    const from = Date.parse(since);
-    if (!Number.isNaN(from)) shown = shown.filter((e) => e.receivedAt >= from);
-  }
-  const form = filterForm([...EVENT_FILTERS, ["after", "After sequence"], ["since", "Since (ISO time)"]], query,
+  const since = params.get("since");
+  if (since && !Number.isNaN(Date.parse(since))) params.set("since", new Date(since).toISOString());
+  const found = await api("GET", `${accountPath(account)}/events?${params}`);
+  const form = filterForm([...EVENT_FILTERS, ["since", "Since (time)"], ["after", "After sequence"]], query,
     (params) => go(`${accountHome(account)}/events?${params}`), "Filter");
-  const next = page_.next ? (() => { const p = new URLSearchParams(query); p.set("after", page_.next); return h("p", {}, h("a", { href: `${accountHome(account)}/events?${p}` }, "Next page")); })() : "";
+  let next = "";
+  if (found.next) {
+    const more = new URLSearchParams(query);
+    more.set("after", found.next);
+    next = h("p", {}, h("a", { href: `${accountHome(account)}/events?${more}` }, "Next page"));
+  }
   page("Events", form,
-    table(["Sequence", "Event", "Name", "Topic", "Entity", "Committed"], eventRows(account, shown), "No events match."), next);
+    table(["Sequence", "Event", "Name", "Topic", "Entity", "Committed"], eventRows(account, found.events), "No events match.", "Events"), next);
 }
 
 async function eventPage(account, id) {
@@ -499,13 +495,14 @@ async function eventPage(account, id) {
 function liveTail(account, query) {
   const body = h("tbody", {});
   const state = h("p", { class: "muted", role: "status" }, "Connecting…");
-  const form = filterForm(EVENT_FILTERS, query, (params) => go(`${accountHome(account)}/tail?${params}`), "Apply filters");
+  const form = filterForm(TAIL_FILTERS, query, (params) => go(`${accountHome(account)}/tail?${params}`), "Apply filters");
   page("Live tail", h("p", { class: "muted" }, "Events as they are committed, newest first."), form, state,
     h("table", {}, h("thead", {}, h("tr", {}, ["Sequence", "Event", "Name", "Topic", "Entity", "Committed"].map((n) => h("th", { scope: "col" }, n)))), body));
   const controller = new AbortController();
   tail = controller;
   const params = new URLSearchParams();
-  for (const [name] of EVENT_FILTERS) if (query.get(name)) params.set(name, query.get(name));
+  for (const [name] of TAIL_FILTERS) if (query.get(name)) params.set(name, query.get(name));
+  if (params.get("since") && !Number.isNaN(Date.parse(params.get("since")))) params.set("since", new Date(params.get("since")).toISOString());
   let last = null;
   const connect = async () => {
     const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN)}`, Accept: "text/event-stream" };
