@@ -186,10 +186,12 @@ mod tests {
     fn counts_land_in_their_bucket_per_account_and_in_all() {
         let stats = Stats::new();
         let now = 1_000_000_000;
+        stats.failed("a", now - BUCKET_MILLIS);
         stats.published("a", 3, now);
         stats.published("b", 1, now);
         stats.delivered("a", now - 40, now);
-        stats.failed("a", now - BUCKET_MILLIS);
+        // A clock that went back counts in the newest bucket.
+        stats.failed("b", now - 3 * BUCKET_MILLIS);
         let all = stats.points(None, 2, now);
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].published, 4);
@@ -199,5 +201,10 @@ mod tests {
         assert_eq!(a[1].delivered, 1);
         assert_eq!(a[1].latency_p99_ms, Some(50));
         assert_eq!(stats.points(Some("c"), 2, now)[1].published, 0);
+        assert_eq!(stats.points(Some("b"), 2, now)[1].failed, 1);
+        // Buckets older than the kept hour are dropped.
+        stats.published("a", 1, now + BUCKET_MILLIS * BUCKETS as i64);
+        let later = stats.points(Some("a"), BUCKETS, now + BUCKET_MILLIS * BUCKETS as i64);
+        assert_eq!(later.iter().map(|p| p.published).sum::<u64>(), 1);
     }
 }

@@ -786,3 +786,34 @@ async fn the_console_is_served_and_the_openapi_document_has_its_routes() {
         false
     );
 }
+
+#[tokio::test]
+async fn reelay_tail_prints_each_event_as_a_json_line() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let app = TestApp::start().await;
+    publish(&app, "asset-updated", "t-1").await;
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_reelay"))
+        .args(["tail", "vimond", "--url", &app.url, "--after", "0"])
+        .args(["--event", "asset-updated"])
+        .env("REELAY_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("reelay tail");
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a line within 10 s")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&line).expect("JSON")
+    };
+    assert_eq!(next().await["id"], "t-1");
+    publish(&app, "asset-published", "t-2").await;
+    publish(&app, "asset-updated", "t-3").await;
+    let live = next().await;
+    assert_eq!(live["id"], "t-3", "filtered: {live}");
+    assert_eq!(live["event"]["guid"], "t-3");
+    tail.kill().await.unwrap();
+}
