@@ -342,6 +342,10 @@ pub struct StatsOut {
     /// The log head now (the last sequence number handed out): a subscription's lag is
     /// this less its cursor.
     pub log_head: i64,
+    /// Deliveries waiting for a retry now (of the account's subscriptions, or all).
+    pub retrying: i64,
+    /// Dead letters now.
+    pub dead_letters: i64,
     pub points: Vec<Point>,
 }
 
@@ -373,8 +377,11 @@ pub async fn stats(
     };
     let buckets = params.buckets.unwrap_or(60) as usize;
     let log_head = state.store.log_position().await?;
+    let (retrying, dead_letters) = state.store.db().retry_counts(account.as_deref()).await?;
     Ok(Json(StatsOut {
         log_head,
+        retrying,
+        dead_letters,
         points: state
             .dispatcher
             .stats()

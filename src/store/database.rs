@@ -769,6 +769,22 @@ impl Database {
         }))
     }
 
+    /// How many deliveries wait for a retry, and how many are dead letters, now: of an
+    /// account's subscriptions, or (`None`) of every one.
+    pub async fn retry_counts(&self, account: Option<&str>) -> Result<(i64, i64)> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN r.dead_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN r.dead_at IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) \
+             FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
+             WHERE $1 IS NULL OR s.account = $1"
+        )
+        .bind(account)
+        .fetch_one(pool)
+        .await?
+        }))
+    }
+
     /// Stores a portal link by its token's hash (and drops the expired ones).
     pub async fn insert_portal_link(
         &self,

@@ -403,6 +403,10 @@ async fn an_events_delivery_status_is_delivered_pending_retrying_or_dead_per_sub
     )
     .await;
     assert_eq!(status_of(&answer, &ok), "delivered");
+    let (_, stats) = app.get("/v1/stats?account=vimond").await;
+    assert_eq!(stats["deadLetters"], 1, "{stats}");
+    let (_, stats) = app.get("/v1/stats?account=other").await;
+    assert_eq!(stats["deadLetters"], 0, "{stats}");
 
     // The receiver recovers; the dead letter is redelivered on request.
     receiver

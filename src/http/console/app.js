@@ -276,6 +276,10 @@ async function charts(account) {
   const stats = await api("GET", `/v1/stats${query}`);
   const p = stats.points;
   return h("div", { class: "charts" },
+    h("div", { class: "chart card" }, h("h3", {}, "Now"), h("dl", { class: "facts" },
+      h("dt", {}, "Waiting for a retry"), h("dd", {}, stats.retrying),
+      h("dt", {}, "Dead letters"), h("dd", {}, stats.deadLetters),
+      h("dt", {}, "Log head"), h("dd", {}, stats.logHead))),
     chart("Events published", p, [{ key: "published", label: "published", color: "#2456d6", total: true }]),
     chart("Deliveries and failures", p, [
       { key: "delivered", label: "delivered", color: "#137a3a", total: true },
