@@ -56,6 +56,8 @@ pub struct AppState {
     pub limits: Arc<limits::Limits>,
     /// The publish rate per key (`--publish-rate-limit`), when there is one.
     pub publish_rate: Option<Arc<rate_limit::PublishRate>>,
+    /// Cancelled when the server stops accepting requests (long-lived responses end).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -216,14 +216,14 @@ pub async fn stream(
         cut_off: cut_off.clone(),
     };
     let page_bytes = state.limits.max_page_bytes;
-    tokio::spawn(follow(
-        state.store.clone(),
-        committed,
-        filter,
-        after,
-        buffer,
-        page_bytes,
-    ));
+    let stopping = state.stopping.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            // The stream ends (its sender dropped) when the server stops.
+            _ = stopping.cancelled() => {}
+            _ = follow(state.store.clone(), committed, filter, after, buffer, page_bytes) => {}
+        }
+    });
     let opening = Bytes::from("retry: 1000\n: connected\n\n");
     struct Reader {
         receiver: mpsc::Receiver<Held>,

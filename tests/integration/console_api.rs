@@ -821,3 +821,21 @@ async fn reelay_tail_prints_each_event_as_a_json_line() {
     assert_eq!(live["event"]["guid"], "t-3");
     tail.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_open_stream_ends_when_the_server_stops_and_does_not_hold_it_up() {
+    let mut app = TestApp::start().await;
+    let mut stream = Sse::open(&app, ADMIN, "", None).await;
+    let started = Instant::now();
+    let exit = app.terminate().await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stream.next(Duration::from_secs(5)).await.is_none(),
+        "the stream ended"
+    );
+}
