@@ -839,3 +839,33 @@ async fn an_open_stream_ends_when_the_server_stops_and_does_not_hold_it_up() {
         "the stream ended"
     );
 }
+
+/// Needs PostgreSQL (two nodes on one database): runs in the suite's PostgreSQL pass and
+/// says so and stops in the SQLite pass.
+#[tokio::test]
+async fn across_nodes_a_stream_sees_every_nodes_events_and_a_portal_link_works_once() {
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let database = crate::app::scratch_database(first_dir.path()).await;
+    if !database.starts_with("postgres") {
+        eprintln!("several nodes need PostgreSQL: this test runs in the PostgreSQL pass");
+        return;
+    }
+    let a = TestApp::start_on(database.clone(), &[], first_dir).await;
+    let b = TestApp::start_on(database, &[], tempfile::tempdir().expect("temp dir")).await;
+    let mut on_b = Sse::open(&b, ADMIN, "?event=asset-updated", None).await;
+    let sent = Instant::now();
+    publish(&a, "asset-updated", "n-1").await;
+    assert_eq!(on_b.event().await["id"], "n-1");
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    let (_, link) = a.post("/v1/accounts/acme/portal-links", "").await;
+    let url = link["url"].as_str().unwrap();
+    let (status, _) = exchange(&b, url).await;
+    assert_eq!(status, 201);
+    let (status, _) = exchange(&a, url).await;
+    assert_eq!(status, 401, "used on the other node already");
+}
