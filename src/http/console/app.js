@@ -109,7 +109,7 @@ function renderNav(account) {
   if (!me) return;
   const current = location.hash;
   const link = (label, hash, exact) => h("a", { href: hash, "aria-current": current === hash || (!exact && (current.startsWith(hash + "/") || current.startsWith(hash + "?"))) ? "page" : null }, label);
-  if (me.admin) nav.append(link("Accounts", "#/accounts"));
+  if (me.admin) nav.append(link("Accounts", "#/accounts", true));
   if (account) {
     const base = accountHome(account);
     nav.append(
