@@ -35,4 +35,7 @@ pub mod ingest;
 pub mod model;
 pub mod server;
 pub mod sinks;
+pub mod stats;
+pub mod status;
 pub mod store;
+pub mod tail;

@@ -32,6 +32,8 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Create or update the database schema, then exit (`serve` also does it at start).
     Migrate(MigrateConfig),
+    /// Follow an account's events as they are committed (one JSON line each).
+    Tail(reelay::tail::TailConfig),
     /// Measure throughput, latency and memory on this machine.
     Bench(reelay::bench::BenchConfig),
     /// Internal: runs subscriptions' transforms for a server, over standard input and
@@ -55,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
             reelay::server::run(*config, listener, shutdown_signal()).await?;
         }
         Command::Bench(config) => reelay::bench::run(config).await?,
+        Command::Tail(config) => reelay::tail::run(config).await?,
         Command::TransformWorker => reelay::sinks::transform::worker_main()?,
         Command::Migrate(config) => {
             // The schema only: no secret is read or written, so no key is needed.

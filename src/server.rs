@@ -122,7 +122,11 @@ pub async fn run(
         cancel.clone(),
     ));
 
+    // Cancelled when the server stops accepting: open event streams end then, so the
+    // graceful shutdown does not wait for clients that never hang up.
+    let http_cancel = cancel.child_token();
     let state = AppState {
+        stopping: http_cancel.clone(),
         store: store.clone(),
         catalog: Arc::new(catalog),
         dispatcher,
@@ -158,7 +162,6 @@ pub async fn run(
     // Tests and scripts wait for this line to learn the port.
     println!("reelay listening on http://{address}");
 
-    let http_cancel = cancel.child_token();
     let trigger = cancel.clone();
     tokio::spawn(async move {
         shutdown.await;

@@ -110,6 +110,8 @@ struct Shared {
     /// a new subscription), so one does not act on what the other is changing.
     leasing: tokio::sync::Mutex<()>,
     retry_wake: RetryWake,
+    /// The counters over time of the console's charts.
+    stats: Arc<crate::stats::Stats>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -293,6 +295,7 @@ impl Dispatcher {
                     earliest: AtomicI64::new(Millis::MAX),
                     notify: Notify::new(),
                 },
+                stats: Arc::new(crate::stats::Stats::new()),
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
             }),
@@ -756,17 +759,50 @@ impl Dispatcher {
             }
         };
         let metrics = &self.shared.metrics;
-        for attempted in &attempted {
+        let stats = &self.shared.stats;
+        let account = &target.subscription.account;
+        let now = crate::model::now_millis();
+        for (attempted, event) in attempted.iter().zip(events) {
             match attempted.result {
-                AttemptResult::Delivered => metrics.delivered.increment(1),
-                AttemptResult::Failed { .. } | AttemptResult::Rejected { .. } => {
-                    metrics.failed.increment(1)
+                AttemptResult::Delivered => {
+                    metrics.delivered.increment(1);
+                    stats.delivered(account, event.received_at, now);
                 }
-                AttemptResult::Gone => metrics.gone.increment(1),
+                AttemptResult::Failed { .. } | AttemptResult::Rejected { .. } => {
+                    metrics.failed.increment(1);
+                    stats.failed(account, now);
+                }
+                AttemptResult::Gone => {
+                    metrics.gone.increment(1);
+                    stats.failed(account, now);
+                }
             }
             metrics.latency.record(attempted.latency.as_secs_f64());
         }
         attempted
+    }
+
+    /// The counters over time of the console's charts.
+    pub fn stats(&self) -> &Arc<crate::stats::Stats> {
+        &self.shared.stats
+    }
+
+    /// Tells the retry scheduler that retries were made due now (redelivered dead
+    /// letters, "retry now"). Other nodes find them at their next look at the retry set.
+    pub fn retries_due(&self) {
+        self.shared.retry_wake.at(crate::model::now_millis());
+    }
+
+    /// Sends `event` (not in the log: a test event) to `subscription`'s destination once,
+    /// signed and formatted like its deliveries, and answers what happened. Nothing is
+    /// recorded and nothing is retried.
+    pub async fn send_test(
+        &self,
+        subscription: Subscription,
+        event: StoredEvent,
+    ) -> Result<Attempted, DispatchError> {
+        let target = Target::new(subscription)?;
+        Ok(self.attempt(&target, &Arc::new(event)).await)
     }
 
     /// Checks that an AWS destination of `account` exists and these credentials reach

@@ -121,6 +121,7 @@ impl Scheduler {
             .unwrap_or(Millis::MAX);
         if let Ok(count) = self.dispatcher.store().db().pending_retry_count().await {
             metrics::gauge!("reelay_retry_queue_depth").set(count as f64);
+            self.dispatcher.stats().retry_depth(count, now_millis());
         }
         let now = now_millis();
         let next = hinted.min(stored);

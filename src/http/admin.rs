@@ -84,6 +84,10 @@ pub async fn catalog(State(state): State<AppState>, _caller: Caller) -> Json<Arc
         super::subscriptions::replay, super::resync::start, super::resync::latest,
         super::jobs::register, super::jobs::list, super::jobs::publish,
         super::entities::list, super::entities::get,
+        super::operations::whoami, super::operations::accounts, super::operations::stats,
+        super::operations::event_deliveries, super::operations::redeliver,
+        super::operations::test_event, super::stream::stream, super::portal::create,
+        super::portal::exchange,
     ),
     modifiers(&BearerAuth)
 )]

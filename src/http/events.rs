@@ -85,12 +85,20 @@ pub(super) async fn append(
 ) -> Result<PublishOut, ApiError> {
     caller.may_publish(&events)?;
     let count = events.len();
+    let account = events
+        .first()
+        .map(|e| e.account.clone())
+        .unwrap_or_default();
     let appended = state.store.append(events).await?;
     let stored = appended
         .iter()
         .filter(|a| matches!(a, Appended::Stored(_)))
         .count();
     metrics::counter!("reelay_events_published_total").increment(stored as u64);
+    state
+        .dispatcher
+        .stats()
+        .published(&account, stored as u64, crate::model::now_millis());
     let ids = appended.iter().map(|a| a.id().to_owned()).collect();
     Ok(PublishOut {
         ids,
@@ -106,6 +114,11 @@ pub struct EventsQuery {
     pub topic: Option<String>,
     /// Only events of this name.
     pub event: Option<String>,
+    /// Only events of this entity (its key: an `assetId`, `categoryId`, …).
+    pub entity: Option<String>,
+    /// Only events committed at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
     /// Only events after this sequence number (for paging: the previous page's `next`).
     /// Before the oldest position retention kept whole: `410 before_retention` with
     /// `oldestSequence`. Without it, the page starts at that position.
@@ -192,6 +205,8 @@ pub async fn query(
     let query = EventQuery {
         topic: params.topic,
         event: params.event,
+        entity: params.entity,
+        since: params.since.as_deref().map(since_millis).transpose()?,
         after: Some(after),
         limit,
     };
@@ -231,6 +246,18 @@ pub async fn query(
             .into_response());
     }
     Ok(Json(EventPage { events, next }).into_response())
+}
+
+/// A `since` parameter as epoch milliseconds; not an RFC 3339 time: `400 invalid_query`.
+pub(super) fn since_millis(since: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(since)
+        .map(|time| time.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("since: {since:?} is not an RFC 3339 time"),
+            )
+        })
 }
 
 pub fn router() -> axum::Router<AppState> {

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cloudevents;
+pub mod console;
 mod destinations;
 pub mod entities;
 pub mod error;
@@ -12,9 +13,12 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod openapi;
+pub mod operations;
+pub mod portal;
 pub mod rate_limit;
 pub mod resync;
 pub mod signing;
+pub mod stream;
 pub mod subscriptions;
 pub mod token_verification;
 
@@ -54,6 +58,8 @@ pub struct AppState {
     pub publish_rate: Option<Arc<rate_limit::PublishRate>>,
     /// How long attempt records and dead letters are kept (`--attempt-retention`).
     pub attempt_retention: std::time::Duration,
+    /// Cancelled when the server stops accepting requests (long-lived responses end).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,6 +74,10 @@ pub fn router(state: AppState) -> Router {
         .merge(entities::router())
         .merge(keys::router())
         .merge(signing::router())
+        .merge(operations::router())
+        .merge(stream::router())
+        .merge(portal::router())
+        .merge(console::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::read_body,

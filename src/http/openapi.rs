@@ -493,5 +493,20 @@ mod tests {
         }
         let detail = &document["components"]["schemas"]["ErrorDetail"]["properties"];
         assert!(detail.get("oldestSequence").is_some(), "{detail}");
+        // The console's request bodies are closed too, and its routes list their statuses.
+        for name in ["RedeliverIn", "PortalLinkIn", "PortalSessionIn"] {
+            let schema = &document["components"]["schemas"][name];
+            assert_eq!(schema["additionalProperties"], false, "{name}: {schema}");
+        }
+        let link = &document["paths"]["/v1/accounts/{account}/portal-links"]["post"];
+        for status in ["201", "400", "401", "403", "413", "422", "503"] {
+            assert!(link["responses"].get(status).is_some(), "{status}");
+        }
+        let exchange = &document["paths"]["/v1/portal-sessions"]["post"];
+        assert!(
+            exchange.get("security").is_none(),
+            "the link is the credential"
+        );
+        assert!(exchange["responses"].get("401").is_some());
     }
 }

@@ -13,13 +13,14 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
 use super::rows::{
-    AttemptRow, DueRetryRow, EntityRow, EventRow, KeyRow, LiveEntityCountRow, ResyncRunRow,
-    RetryRow, SubscriptionRow, TokenVerificationRow, key_list, open_subscription, resync_from_key,
-    resync_key, resync_position, to_json,
+    AttemptRow, DueRetryRow, EntityRow, EventAttemptRow, EventRow, KeyRow, LiveEntityCountRow,
+    ResyncRunRow, RetryRow, SubscriptionRow, TokenVerificationRow, key_list, open_subscription,
+    resync_from_key, resync_key, resync_position, to_json,
 };
 use super::{
-    DueRetry, EntityState, EventQuery, LiveEntityCount, Result, ResyncProgress, ResyncRun,
-    RetryEntry, Sealer, StoreError, StoreOptions, StoredAttempt, postgres, sqlite,
+    AccountSummary, DueRetry, EntityState, EventQuery, EventRetry, LiveEntityCount, PortalLink,
+    Result, ResyncProgress, ResyncRun, RetryEntry, Sealer, StoreError, StoreOptions, StoredAttempt,
+    postgres, sqlite,
 };
 use crate::model::{
     ApiKey, KeyOwner, Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind,
@@ -632,6 +633,12 @@ impl Database {
             if let Some(event) = &query.event {
                 select.push(" AND name = ").push_bind(event);
             }
+            if let Some(entity) = &query.entity {
+                select.push(" AND entity_key = ").push_bind(entity);
+            }
+            if let Some(since) = query.since {
+                select.push(" AND received_at >= ").push_bind(since);
+            }
             select
                 .push(" AND seq > ")
                 .push_bind(query.after.unwrap_or(0))
@@ -643,6 +650,185 @@ impl Database {
             select.build_query_as().fetch_all(pool).await?
         });
         Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// An account's event by its id (the `guid`, or a CloudEvent's log id).
+    pub async fn event_by_id(&self, account: &str, id: &str) -> Result<Option<StoredEvent>> {
+        let row: Option<EventRow> = on_pool!(self, |pool| sqlx::query_as(events_where!(
+            "account = $1 AND event_id = $2"
+        ))
+        .bind(account)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(StoredEvent::from))
+    }
+
+    /// The accounts the server knows of: those with keys, subscriptions or events, by
+    /// name, with how many of each they have.
+    pub async fn accounts(&self) -> Result<Vec<AccountSummary>> {
+        let rows: Vec<(String, i64, i64, i64)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT account, CAST(SUM(k) AS BIGINT), CAST(SUM(s) AS BIGINT), \
+             CAST(SUM(e) AS BIGINT) FROM ( \
+             SELECT account, COUNT(*) AS k, 0 AS s, 0 AS e FROM api_keys \
+             WHERE account IS NOT NULL GROUP BY account \
+             UNION ALL SELECT account, 0, COUNT(*), 0 FROM subscriptions GROUP BY account \
+             UNION ALL SELECT account, 0, 0, COUNT(*) FROM events GROUP BY account \
+             ) t GROUP BY account ORDER BY account"
+        )
+        .fetch_all(pool)
+        .await?);
+        Ok(rows
+            .into_iter()
+            .map(|(account, keys, subscriptions, events)| AccountSummary {
+                account,
+                keys,
+                subscriptions,
+                events,
+            })
+            .collect())
+    }
+
+    /// The retry-set entries of one event (its incremental deliveries), of every
+    /// subscription that has one.
+    pub async fn retries_of_event(&self, seq: i64) -> Result<Vec<EventRetry>> {
+        let rows: Vec<(String, i64, i64, String, Option<i64>)> =
+            on_pool!(self, |pool| sqlx::query_as(
+                "SELECT subscription_id, attempts, next_attempt_at, last_error, dead_at \
+                 FROM retries WHERE seq = $1 AND resync_id = ''"
+            )
+            .bind(seq)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(subscription_id, attempts, next_attempt_at, last_error, dead_at)| EventRetry {
+                    subscription_id,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    next_attempt_at,
+                    last_error,
+                    dead_at,
+                },
+            )
+            .collect())
+    }
+
+    /// The attempt records of one event's incremental deliveries, by subscription,
+    /// oldest first.
+    pub async fn attempts_of_event(&self, seq: i64) -> Result<Vec<(String, StoredAttempt)>> {
+        let rows: Vec<EventAttemptRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM attempts WHERE seq = $1 AND resync_id IS NULL ORDER BY id",
+        )
+        .bind(seq)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.subscription_id, StoredAttempt::from(row.attempt)))
+            .collect())
+    }
+
+    /// Makes a subscription's dead letters due again at `now` (all of them, or the one
+    /// of event `seq`, which may also be a waiting retry: "retry now"). Returns how many.
+    pub async fn redeliver(
+        &self,
+        subscription_id: &str,
+        seq: Option<i64>,
+        now: Millis,
+    ) -> Result<u64> {
+        Ok(on_pool!(self, |pool| match seq {
+            None => sqlx::query(
+                "UPDATE retries SET dead_at = NULL, next_attempt_at = $1 \
+                 WHERE subscription_id = $2 AND dead_at IS NOT NULL"
+            )
+            .bind(now)
+            .bind(subscription_id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Some(seq) => sqlx::query(
+                "UPDATE retries SET dead_at = NULL, next_attempt_at = $1 \
+                 WHERE subscription_id = $2 AND seq = $3"
+            )
+            .bind(now)
+            .bind(subscription_id)
+            .bind(seq)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        }))
+    }
+
+    /// How many deliveries wait for a retry, and how many are dead letters, now: of an
+    /// account's subscriptions, or (`None`) of every one.
+    pub async fn retry_counts(&self, account: Option<&str>) -> Result<(i64, i64)> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN r.dead_at IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN r.dead_at IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) \
+             FROM retries r JOIN subscriptions s ON s.id = r.subscription_id \
+             WHERE $1 IS NULL OR s.account = $1"
+        )
+        .bind(account)
+        .fetch_one(pool)
+        .await?
+        }))
+    }
+
+    /// Stores a portal link by its token's hash (and drops the expired ones).
+    pub async fn insert_portal_link(
+        &self,
+        hash: &str,
+        link: &PortalLink,
+        now: Millis,
+    ) -> Result<()> {
+        let scopes = to_json(&link.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM portal_links WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO portal_links (hash, account, scopes, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(hash)
+            .bind(&link.account)
+            .bind(&scopes)
+            .bind(now)
+            .bind(link.expires_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Uses up a portal link: it is deleted as it is read, so it opens one session at
+    /// most (on whichever node). `None`: unknown, used already, or expired.
+    pub async fn take_portal_link(&self, hash: &str, now: Millis) -> Result<Option<PortalLink>> {
+        let row: Option<(String, String, i64)> = on_pool!(self, |pool| sqlx::query_as(
+            "DELETE FROM portal_links WHERE hash = $1 RETURNING account, scopes, expires_at"
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?);
+        let Some((account, scopes, expires_at)) = row else {
+            return Ok(None);
+        };
+        if expires_at <= now {
+            return Ok(None);
+        }
+        let scopes: Vec<String> = serde_json::from_str(&scopes)
+            .map_err(|error| StoreError::Corrupt(format!("a portal link's scopes: {error}")))?;
+        Ok(Some(PortalLink {
+            account,
+            scopes: scopes
+                .iter()
+                .filter_map(|s| crate::model::Scope::parse(s))
+                .collect(),
+            expires_at,
+        }))
     }
 
     /// The last sequence number committed before `time`: replaying "from a time" starts

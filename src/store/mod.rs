@@ -108,9 +108,40 @@ impl Appended {
 pub struct EventQuery {
     pub topic: Option<String>,
     pub event: Option<String>,
+    /// Only events of this entity (its key: `assetId`, `categoryId`, …).
+    pub entity: Option<String>,
+    /// Only events committed at or after this time (epoch milliseconds).
+    pub since: Option<Millis>,
     /// Only events with a sequence number above this.
     pub after: Option<i64>,
     pub limit: u32,
+}
+
+/// An account the server knows of (from its keys, subscriptions or events), with counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub account: String,
+    pub keys: i64,
+    pub subscriptions: i64,
+    pub events: i64,
+}
+
+/// One subscription's retry-set entry for one event (incremental deliveries only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRetry {
+    pub subscription_id: String,
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+    pub last_error: String,
+    pub dead_at: Option<Millis>,
+}
+
+/// What an unused portal link opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalLink {
+    pub account: String,
+    pub scopes: Vec<crate::model::Scope>,
+    pub expires_at: Millis,
 }
 
 /// The state of a delivery after an attempt, as the dispatcher decided it.

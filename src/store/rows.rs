@@ -157,6 +157,14 @@ impl From<EntityRow> for EntityState {
     }
 }
 
+/// An attempt record with its subscription (one event's attempts, across subscriptions).
+#[derive(FromRow)]
+pub(super) struct EventAttemptRow {
+    pub(super) subscription_id: String,
+    #[sqlx(flatten)]
+    pub(super) attempt: AttemptRow,
+}
+
 #[derive(FromRow)]
 pub(super) struct AttemptRow {
     id: i64,

@@ -8,6 +8,7 @@ mod aws_sinks;
 mod brightcove;
 mod cloudevents;
 mod cluster;
+mod console_api;
 mod delivery;
 mod delivery_controls;
 mod delivery_formats;
