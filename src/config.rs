@@ -101,6 +101,13 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
 
+    /// The least wait before retrying a delivery whose destination is missing or does
+    /// not let this server in (AWS AccessDenied, NotFound…): such a failure lasts until
+    /// someone fixes it, so it is retried on this slow pace, not on the schedule's fast
+    /// first steps.
+    #[arg(long, env = "REELAY_SLOW_RETRY", default_value = "10m", value_parser = parse_duration)]
+    pub slow_retry: Duration,
+
     /// A subscription whose deliveries have all failed for this long is disabled.
     #[arg(long, env = "REELAY_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
     pub disable_after: Duration,
@@ -254,6 +261,15 @@ impl RetrySchedule {
     pub fn delay_before(&self, retry: u32) -> Option<Duration> {
         let index = usize::try_from(retry).ok()?.checked_sub(1)?;
         self.0.get(index).copied()
+    }
+}
+
+impl ServeConfig {
+    /// The connection URL policies of the message-bus sinks, by destination `type`.
+    pub fn bus_policies(
+        &self,
+    ) -> std::collections::HashMap<&'static str, crate::sinks::aws_policy::UrlPolicy> {
+        std::collections::HashMap::new()
     }
 }
 
