@@ -150,6 +150,8 @@ destinations! {
     Kinesis(super::aws::KinesisDestination) = "kinesis",
     /// An Amazon SQS queue (SendMessageBatch, 10 events a call).
     Sqs(super::aws::SqsDestination) = "sqs",
+    /// A NATS JetStream stream, through a subject it captures.
+    Nats(super::nats::NatsDestination) = "nats",
 }
 
 impl Destination {

@@ -11,10 +11,12 @@
 pub mod address;
 pub mod aws;
 pub mod aws_policy;
+pub mod bus;
 pub mod cloudevents;
 pub mod destination;
 pub mod guard;
 pub mod handshake;
+pub mod nats;
 pub mod resync;
 pub mod transform;
 pub mod webhook;

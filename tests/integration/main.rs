@@ -16,6 +16,7 @@ mod durability;
 mod entities;
 mod keys;
 mod limits;
+mod nats_sink;
 mod postgres_outage;
 mod publish;
 mod resync;
