@@ -63,6 +63,16 @@ pub struct ServeConfig {
     #[arg(long = "allow-aws-endpoint", env = "REELAY_ALLOW_AWS_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint_prefix)]
     pub allow_aws_endpoints: Vec<url::Url>,
 
+    /// The NATS server of `nats` destinations that give no `url` (`nats://host:port`).
+    #[arg(long, env = "REELAY_NATS_URL", value_parser = parse_nats_url)]
+    pub nats_url: Option<url::Url>,
+
+    /// URLs an account key may give as a `nats` destination's `url`: prefixes (same
+    /// scheme, host and port), repeated or comma-separated. The admin token may give any.
+    /// Default: none.
+    #[arg(long = "allow-nats-url", env = "REELAY_ALLOW_NATS_URLS", value_delimiter = ',', value_parser = parse_nats_url)]
+    pub allow_nats_urls: Vec<url::Url>,
+
     /// Regions an account key may give as an AWS destination's `region`: patterns where
     /// `*` matches anything (`eu-*`, `*`), repeated or comma-separated. Default: none.
     #[arg(
@@ -269,8 +279,19 @@ impl ServeConfig {
     pub fn bus_policies(
         &self,
     ) -> std::collections::HashMap<&'static str, crate::sinks::aws_policy::UrlPolicy> {
-        std::collections::HashMap::new()
+        use crate::sinks::aws_policy::UrlPolicy;
+        std::collections::HashMap::from([(
+            "nats",
+            UrlPolicy {
+                default: self.nats_url.clone(),
+                allowed: self.allow_nats_urls.clone(),
+            },
+        )])
     }
+}
+
+fn parse_nats_url(text: &str) -> Result<url::Url, String> {
+    crate::sinks::aws_policy::parse_bus_url(text, &["nats", "tls"])
 }
 
 fn parse_endpoint_prefix(text: &str) -> Result<url::Url, String> {

@@ -285,3 +285,99 @@ async fn a_server_that_is_down_is_retried_and_drained_once_it_is_up_with_nothing
     assert_eq!(got, expected);
     let _ = server.kill().await;
 }
+
+async fn create(app: &TestApp, token: String, body: String) -> (u16, Value) {
+    app.request(
+        reqwest::Method::POST,
+        "/v1/accounts/vimond/subscriptions",
+        Some(&token),
+        Some(&body),
+    )
+    .await
+}
+
+async fn key(app: &TestApp) -> String {
+    let (status, created) = app.post("/v1/accounts/vimond/keys", "").await;
+    assert_eq!(status, 201, "{created}");
+    created["key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_servers_nats_url_is_the_default_and_account_keys_give_a_url_only_where_allowed() {
+    let prefix = unique("op");
+    let name = unique("OP_");
+    let context = stream_on(NATS, &name, &prefix).await;
+    let other = unique("op");
+    let other_name = unique("OP_");
+    stream_on(NATS, &other_name, &other).await;
+    let body = |url: Option<&str>| {
+        let mut destination = json!({"type": "nats", "subject": format!("{prefix}.{{eventName}}")});
+        if let Some(url) = url {
+            destination["url"] = json!(url);
+        }
+        json!({"destination": destination, "topics": ["asset-operations"]}).to_string()
+    };
+
+    // No --nats-url: a destination must give its url.
+    let app = TestApp::start().await;
+    let (status, answer) = create(&app, crate::app::ADMIN.into(), body(None)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["field"], "destination.url", "{answer}");
+    // From an account key, a url is not allowed without --allow-nats-url.
+    let account = key(&app).await;
+    let (status, answer) = create(&app, account, body(Some(NATS))).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "destination_not_allowed",
+        "{answer}"
+    );
+    assert_eq!(answer["error"]["field"], "destination.url", "{answer}");
+    drop(app);
+
+    // With the flags: the default serves a destination without url, the allowlist lets
+    // an account key give one under it, and events arrive.
+    let app = TestApp::start_with(&[
+        ("REELAY_NATS_URL", NATS),
+        ("REELAY_ALLOW_NATS_URLS", "nats://127.0.0.1:4222"),
+    ])
+    .await;
+    let account = key(&app).await;
+    let (status, answer) = create(&app, account.clone(), body(None)).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = create(&app, account.clone(), body(Some("nats://127.0.0.2:4222"))).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "destination_not_allowed",
+        "{answer}"
+    );
+    let (status, answer) = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/accounts/vimond/subscriptions",
+            Some(&account),
+            Some(
+                &json!({"destination": {"type": "nats", "subject": format!("{other}.{{topic}}"), "url": NATS},
+                        "topics": ["asset-operations"]})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    publish(&app, &[format!("op-{prefix}")]).await;
+    for (stream, subject) in [
+        (&name, format!("{prefix}.asset-updated")),
+        (&other_name, format!("{other}.asset-operations")),
+    ] {
+        eventually(Duration::from_secs(15), "the message", || async {
+            (message_count(&context, stream).await >= 1).then_some(())
+        })
+        .await;
+        let messages = read_all(&context, stream).await;
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].subject.as_str(), subject);
+        context
+            .delete_stream(stream)
+            .await
+            .expect("delete the stream");
+    }
+}
