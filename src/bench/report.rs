@@ -179,6 +179,8 @@ pub struct Report {
     pub tenants: Option<TenantsResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
+    /// Delivery to a JetStream stream (`--nats`).
+    pub buses: Vec<super::nats::BusResult>,
     pub peak_rss_mb: Option<f64>,
 }
 
@@ -339,6 +341,21 @@ impl Report {
             format!("{ten_over_one:.2}x"),
             ">= 2x",
         );
+        for bus in &self.buses {
+            row(
+                &format!(
+                    "deliveries/s to {} (stream acks), 1 subscription, {} events",
+                    bus.sink, bus.events
+                ),
+                format!("{:.0}/s", bus.per_second),
+                "",
+            );
+            row(
+                "  messages on the stream / events",
+                format!("{} / {}", bus.stored, bus.events),
+                "",
+            );
+        }
         for (name, result) in [
             ("  with a filter on each", &self.delivery_filter),
             ("  with a transform on each", &self.delivery_transform),
