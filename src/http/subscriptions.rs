@@ -51,9 +51,10 @@ pub struct SubscriptionIn {
     /// (422 `handshake_refused` or `handshake_failed`). Default false.
     #[serde(rename = "validationHandshake")]
     pub validation_handshake: Option<bool>,
-    /// For SNS, SQS and Kinesis destinations: create the subscription without checking
-    /// that the topic, queue or stream exists and can be reached (422
-    /// `destination_unreachable` otherwise). Default false.
+    /// Create the subscription without the destination's healthcheck, which asks that
+    /// the topic, queue, stream or subject exists and can be reached (422
+    /// `destination_unreachable` otherwise; webhooks have none but the validation
+    /// handshake). Default false.
     #[serde(rename = "skipDestinationCheck")]
     pub skip_destination_check: Option<bool>,
     /// Start with a full resync: the latest event of each live catalog entity the filter
