@@ -344,7 +344,7 @@ impl Report {
         for bus in &self.buses {
             row(
                 &format!(
-                    "deliveries/s to {} (stream acks), 1 subscription, {} events",
+                    "deliveries/s to {} (acked), {} events",
                     bus.sink, bus.events
                 ),
                 format!("{:.0}/s", bus.per_second),

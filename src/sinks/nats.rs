@@ -33,7 +33,10 @@ const BATCH: usize = 100;
 pub struct NatsDestination {
     /// The subject, with placeholders `{account}`, `{eventName}`, `{topic}` and
     /// `{entity}` (e.g. `video.{account}.{eventName}`).
-    #[schema(pattern = "^(?:[^\\s*>.{}\\x00-\\x1f\\x7f-\\x9f]|\\{(?:account|eventName|topic|entity)\\})+(?:\\.(?:[^\\s*>.{}\\x00-\\x1f\\x7f-\\x9f]|\\{(?:account|eventName|topic|entity)\\})+)*$", max_length = 255)]
+    #[schema(
+        pattern = "^(?:[^\\s*>.{}\\x00-\\x1f\\x7f-\\x9f]|\\{(?:account|eventName|topic|entity)\\})+(?:\\.(?:[^\\s*>.{}\\x00-\\x1f\\x7f-\\x9f]|\\{(?:account|eventName|topic|entity)\\})+)*$",
+        max_length = 255
+    )]
     pub subject: String,
     /// The server, `nats://host:port` (default: the server's `--nats-url`). From an
     /// account key only where the operator allows it (`--allow-nats-url`).
