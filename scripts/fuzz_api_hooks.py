@@ -51,6 +51,17 @@ def pin(value):
         destination = value.get("destination")
         if isinstance(destination, dict) and destination.get("type") in ("sns", "sqs", "kinesis"):
             value["skipDestinationCheck"] = True
+        if isinstance(destination, dict) and destination.get("type") == "nats":
+            # A closed loopback port: deliveries fail and are retried, nothing leaves.
+            # Its check (a connection) is a network probe, as for AWS.
+            if "url" in destination:
+                destination["url"] = "nats://127.0.0.1:9"
+            subject = destination.get("subject")
+            if isinstance(subject, str):
+                # Unique (two alike would be a duplicate subscription), within 255.
+                subject = subject if len(subject) <= 240 else "fuzz"
+                destination["subject"] = f"{subject}.{next(COUNTER)}"
+            value["skipDestinationCheck"] = True
     elif isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, float) and item.is_integer() and abs(item) < 2**53:

@@ -63,6 +63,16 @@ pub struct ServeConfig {
     #[arg(long = "allow-aws-endpoint", env = "REELAY_ALLOW_AWS_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint_prefix)]
     pub allow_aws_endpoints: Vec<url::Url>,
 
+    /// The NATS server of `nats` destinations that give no `url` (`nats://host:port`).
+    #[arg(long, env = "REELAY_NATS_URL", value_parser = parse_nats_url)]
+    pub nats_url: Option<url::Url>,
+
+    /// URLs an account key may give as a `nats` destination's `url`: prefixes (same
+    /// scheme, host and port), repeated or comma-separated. The admin token may give any.
+    /// Default: none.
+    #[arg(long = "allow-nats-url", env = "REELAY_ALLOW_NATS_URLS", value_delimiter = ',', value_parser = parse_nats_url)]
+    pub allow_nats_urls: Vec<url::Url>,
+
     /// Regions an account key may give as an AWS destination's `region`: patterns where
     /// `*` matches anything (`eu-*`, `*`), repeated or comma-separated. Default: none.
     #[arg(
@@ -100,6 +110,13 @@ pub struct ServeConfig {
     /// Time limit for one webhook request (connect, send, and read the answer).
     #[arg(long, env = "REELAY_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
+
+    /// The least wait before retrying a delivery whose destination is missing or does
+    /// not let this server in (AWS AccessDenied, NotFound…): such a failure lasts until
+    /// someone fixes it, so it is retried on this slow pace, not on the schedule's fast
+    /// first steps.
+    #[arg(long, env = "REELAY_SLOW_RETRY", default_value = "10m", value_parser = parse_duration)]
+    pub slow_retry: Duration,
 
     /// A subscription whose deliveries have all failed for this long is disabled.
     #[arg(long, env = "REELAY_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
@@ -307,6 +324,26 @@ impl RetrySchedule {
         let index = usize::try_from(retry).ok()?.checked_sub(1)?;
         self.0.get(index).copied()
     }
+}
+
+impl ServeConfig {
+    /// The connection URL policies of the message-bus sinks, by destination `type`.
+    pub fn bus_policies(
+        &self,
+    ) -> std::collections::HashMap<&'static str, crate::sinks::aws_policy::UrlPolicy> {
+        use crate::sinks::aws_policy::UrlPolicy;
+        std::collections::HashMap::from([(
+            "nats",
+            UrlPolicy {
+                default: self.nats_url.clone(),
+                allowed: self.allow_nats_urls.clone(),
+            },
+        )])
+    }
+}
+
+fn parse_nats_url(text: &str) -> Result<url::Url, String> {
+    crate::sinks::aws_policy::parse_bus_url(text, &["nats", "tls"])
 }
 
 fn parse_endpoint_prefix(text: &str) -> Result<url::Url, String> {

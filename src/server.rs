@@ -23,6 +23,8 @@ use crate::http::limits::Limits;
 use crate::http::rate_limit::PublishRate;
 use crate::http::token_verification::UserTokens;
 use crate::http::{self, AppState, auth::Keys};
+use crate::sinks::aws_policy::AwsPolicy;
+use crate::sinks::{SinkConfig, Sinks};
 use crate::store::{Derivation, RetentionPolicy, SecretKey, Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("dispatch: {0}")]
     Dispatch(#[from] DispatchError),
+    #[error("sinks: {0}")]
+    Sinks(#[from] crate::sinks::webhook::ClientError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -88,6 +92,19 @@ pub async fn run(
     let metrics = metrics_handle();
     let cancel = CancellationToken::new();
     let dispatch_tasks = TaskTracker::new();
+    let sinks = Sinks::new(SinkConfig {
+        delivery_timeout: config.delivery_timeout,
+        slow_retry: config.slow_retry,
+        allow_private: config.allow_private_destinations,
+        max_outbound: config.max_outbound,
+        max_connections_per_host: config.max_connections_per_host,
+        aws_policy: AwsPolicy {
+            endpoints: config.allow_aws_endpoints.clone(),
+            regions: config.allow_aws_regions.clone(),
+            role_arns: config.allow_role_arns.clone(),
+        },
+        buses: config.bus_policies(),
+    })?;
     let dispatcher = Dispatcher::start(
         store.clone(),
         DispatchConfig {
@@ -95,13 +112,11 @@ pub async fn run(
             disable_after: config.disable_after,
             max_in_flight: config.max_in_flight,
             delivery_timeout: config.delivery_timeout,
-            allow_private_destinations: config.allow_private_destinations,
             shutdown_grace: Duration::from_secs(5),
             lease_ttl: config.lease_ttl,
             max_page_bytes: config.max_page_bytes,
-            max_outbound: config.max_outbound,
-            max_connections_per_host: config.max_connections_per_host,
         },
+        Arc::new(sinks),
         cancel.clone(),
         dispatch_tasks.clone(),
     )
@@ -132,12 +147,6 @@ pub async fn run(
         dispatcher,
         keys,
         metrics,
-        allow_private_destinations: config.allow_private_destinations,
-        aws_policy: Arc::new(crate::sinks::aws_policy::AwsPolicy {
-            endpoints: config.allow_aws_endpoints.clone(),
-            regions: config.allow_aws_regions.clone(),
-            role_arns: config.allow_role_arns.clone(),
-        }),
         max_subscriptions_per_event: config.max_subscriptions_per_event,
         user_tokens,
         public_url: config.public_url.clone(),

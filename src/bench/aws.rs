@@ -112,7 +112,7 @@ impl Bench {
     }
 
     /// The subscription's count of first-attempt deliveries.
-    async fn delivered(&self, phase: &str, id: &str) -> anyhow::Result<u64> {
+    pub(super) async fn delivered(&self, phase: &str, id: &str) -> anyhow::Result<u64> {
         let subscription: Value = self
             .http
             .get(format!(

@@ -12,6 +12,7 @@ mod aws;
 mod controls;
 mod events;
 pub mod moto;
+mod nats;
 mod postgres;
 mod receiver;
 mod report;
@@ -76,14 +77,18 @@ pub struct BenchConfig {
     /// calls per 1,000 events.
     #[arg(long)]
     pub aws: bool,
+    /// Also measure delivery to a JetStream stream on this NATS server
+    /// (`nats://127.0.0.1:4222`): events/s acknowledged by the stream.
+    #[arg(long)]
+    pub nats: Option<String>,
     /// Catalog entities of the resync phase (a full resync to one webhook); default
     /// 100,000 (2,000 with --quick).
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
     /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, latency,
-    /// latency-changes, accounts, resync, kinesis, sns, retention. The raw limit always
-    /// runs; the retention phase runs only when named.
+    /// latency-changes, accounts, resync, kinesis, sns, nats, retention. The raw limit
+    /// always runs; the retention phase runs only when named.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Run the many-tenants phase last: create this many idle subscriptions, each in an
@@ -385,6 +390,13 @@ async fn measure(
                     .push(bench.aws_delivery(moto, sink, sizes.aws).await?);
             }
         }
+    }
+    if let Some(url) = &config.nats
+        && runs("nats")
+    {
+        report
+            .buses
+            .push(bench.nats_delivery(url, sizes.aws).await?);
     }
     if let Some(events) = config.outage_events {
         report.outage = Some(bench.outage(events).await?);

@@ -189,6 +189,8 @@ pub struct Report {
     pub retention: Option<super::retention::RetentionResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
+    /// Delivery to a JetStream stream (`--nats`).
+    pub buses: Vec<super::nats::BusResult>,
     pub peak_rss_mb: Option<f64>,
 }
 
@@ -386,6 +388,37 @@ impl Report {
                 format!("{:.2}x", ten.per_second / one.per_second.max(1e-9)),
                 ">= 2.5x",
             );
+        }
+        for bus in &self.buses {
+            row(
+                &format!(
+                    "deliveries/s to {} (acked), {} events",
+                    bus.sink, bus.events
+                ),
+                format!("{:.0}/s", bus.per_second),
+                "",
+            );
+            row(
+                "  messages on the stream / events",
+                format!("{} / {}", bus.stored, bus.events),
+                "",
+            );
+        }
+        for (name, result) in [
+            ("  with a filter on each", &self.delivery_filter),
+            ("  with a transform on each", &self.delivery_transform),
+        ] {
+            if let Some(result) = result {
+                row(
+                    name,
+                    format!(
+                        "{:.0}/s ({:.2}x)",
+                        result.per_second,
+                        result.per_second / self.delivery_ten.per_second.max(1e-9)
+                    ),
+                    "",
+                );
+            }
         }
         if self.nodes > 1 {
             let split: Vec<String> = self

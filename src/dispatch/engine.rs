@@ -300,12 +300,9 @@ mod tests {
             disable_after: Duration::from_secs(3_600),
             max_in_flight: 64,
             delivery_timeout: Duration::from_secs(10),
-            allow_private_destinations: true,
             shutdown_grace: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(30),
             max_page_bytes: 1 << 20,
-            max_outbound: 64,
-            max_connections_per_host: 64,
         }
     }
 
@@ -317,31 +314,38 @@ mod tests {
     }
 
     fn target() -> Target {
-        Target::new(Subscription {
-            id: "sub_1".into(),
-            account: "a".into(),
-            kind: SubscriptionKind::Standing,
-            destination: Destination::Webhook {
-                url: "http://127.0.0.1:9/".into(),
+        let sinks = Arc::new(
+            crate::sinks::Sinks::new(crate::sinks::SinkConfig::new(Duration::from_secs(10), true))
+                .expect("a webhook client"),
+        );
+        Target::new(
+            Subscription {
+                id: "sub_1".into(),
+                account: "a".into(),
+                kind: SubscriptionKind::Standing,
+                destination: Destination::Webhook(crate::sinks::webhook::WebhookDestination {
+                    url: "http://127.0.0.1:9/".into(),
+                }),
+                filter: EventFilter {
+                    events: vec!["asset-updated".into()],
+                    topics: Vec::new(),
+                },
+                payload_filter: None,
+                transform: None,
+                format: Format::Native,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                public_key: None,
+                previous_secret: None,
+                created_at: 0,
+                cursor: 0,
+                disabled: None,
+                disabled_at: None,
+                failing_since: None,
+                last_success_at: None,
+                delivered: 0,
             },
-            filter: EventFilter {
-                events: vec!["asset-updated".into()],
-                topics: Vec::new(),
-            },
-            payload_filter: None,
-            transform: None,
-            format: Format::Native,
-            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            public_key: None,
-            previous_secret: None,
-            created_at: 0,
-            cursor: 0,
-            disabled: None,
-            disabled_at: None,
-            failing_since: None,
-            last_success_at: None,
-            delivered: 0,
-        })
+            &sinks,
+        )
         .expect("a usable subscription")
     }
 

@@ -40,12 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RetrySchedule;
-use crate::model::{AwsOptions, Destination, Millis, StoredEvent, Subscription};
-use crate::sinks::aws::{AwsResource, AwsSinks, AwsTarget, Outgoing};
-use crate::sinks::webhook::{
-    ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
-};
-use crate::sinks::{AttemptResult, Attempted, Payload};
+use crate::model::{Millis, StoredEvent, Subscription};
+use crate::sinks::webhook::{SecretError, Signer};
+use crate::sinks::{AttemptResult, Attempted, Batch, Prepared, Sinks};
 use crate::store::{Cluster, ResyncRun, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
@@ -55,9 +52,6 @@ pub struct DispatchConfig {
     pub disable_after: Duration,
     pub max_in_flight: usize,
     pub delivery_timeout: Duration,
-    /// Whether webhooks and AWS destinations' own endpoints may reach loopback, private
-    /// and other special-purpose addresses.
-    pub allow_private_destinations: bool,
     /// How long shutdown waits for deliveries in flight before handing them back (they
     /// stay behind the saved cursor and are sent again after the restart).
     pub shutdown_grace: Duration,
@@ -65,11 +59,6 @@ pub struct DispatchConfig {
     pub lease_ttl: Duration,
     /// The byte bound of a page read from the log or the entities (`--max-page-bytes`).
     pub max_page_bytes: usize,
-    /// Webhook requests in flight at once, to all destinations together.
-    pub max_outbound: usize,
-    /// Webhook requests (so connections) in flight at once to one host (scheme, host
-    /// and port).
-    pub max_connections_per_host: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +67,8 @@ pub enum DispatchError {
     Store(#[from] StoreError),
     #[error("subscription {id} has an unusable signing secret: {source}")]
     Secret { id: String, source: SecretError },
-    #[error("subscription {id} has an unusable URL: {url}")]
-    Url { id: String, url: String },
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    #[error("subscription {id} has an unusable destination: {error}")]
+    Destination { id: String, error: String },
 }
 
 /// The dispatcher: cheap to clone, shared by the HTTP layer (which adds and removes
@@ -93,8 +80,8 @@ pub struct Dispatcher {
 
 struct Shared {
     store: Store,
-    webhooks: WebhookSink,
-    aws: AwsSinks,
+    /// Every destination's client and checks.
+    sinks: Arc<Sinks>,
     /// The worker processes that run subscriptions' transforms.
     transformer: crate::sinks::transform::Transformer,
     metrics: DeliveryMetrics,
@@ -130,7 +117,8 @@ struct WorkerHandle {
 /// endpoint has been doing.
 pub(crate) struct Target {
     subscription: Subscription,
-    destination: Prepared,
+    /// Its destination's client, from its sink.
+    destination: Arc<dyn Prepared>,
     /// Replaced when the signing secret is rotated (see [`Dispatcher::rekey`]).
     signer: RwLock<Arc<Signer>>,
     failing_since: Mutex<Option<Millis>>,
@@ -138,17 +126,6 @@ pub(crate) struct Target {
     consecutive_failures: AtomicU32,
     /// While the endpoint is down: one probe at a time, from the worker or the retries.
     breaker: Arc<breaker::Breaker>,
-}
-
-/// A destination parsed once, not at every delivery.
-enum Prepared {
-    Webhook(hyper::Uri),
-    /// The client is made at the first delivery (loading AWS configuration is async).
-    Aws {
-        resource: AwsResource,
-        options: AwsOptions,
-        client: tokio::sync::OnceCell<AwsTarget>,
-    },
 }
 
 /// The signer of a subscription's deliveries: its secret, and during a rotation's
@@ -168,23 +145,13 @@ fn signer_of(subscription: &Subscription) -> Result<Signer, DispatchError> {
 }
 
 impl Target {
-    fn new(subscription: Subscription) -> Result<Target, DispatchError> {
-        let destination = match &subscription.destination {
-            Destination::Webhook { url } => {
-                Prepared::Webhook(parse_url(url).ok_or_else(|| DispatchError::Url {
-                    id: subscription.id.clone(),
-                    url: url.clone(),
-                })?)
-            }
-            destination => match AwsResource::of(destination) {
-                Some((resource, options)) => Prepared::Aws {
-                    resource,
-                    options: options.clone(),
-                    client: tokio::sync::OnceCell::new(),
-                },
-                None => unreachable!("every other destination is an AWS one"),
-            },
-        };
+    fn new(subscription: Subscription, sinks: &Arc<Sinks>) -> Result<Target, DispatchError> {
+        let destination = sinks
+            .prepare(&subscription.destination, &subscription.account)
+            .map_err(|error| DispatchError::Destination {
+                id: subscription.id.clone(),
+                error,
+            })?;
         let signer = RwLock::new(Arc::new(signer_of(&subscription)?));
         let failing_since = Mutex::new(subscription.failing_since);
         Ok(Target {
@@ -210,17 +177,14 @@ impl Target {
 
     /// How many events one delivery call carries.
     fn batch_size(&self) -> usize {
-        match &self.destination {
-            Prepared::Webhook(_) => 1,
-            Prepared::Aws { resource, .. } => resource.max_batch(),
-        }
+        self.destination.batch_size().max(1)
     }
 
     /// How many delivery calls may be in flight at once.
     fn max_in_flight(&self, configured: usize) -> usize {
-        match &self.destination {
-            Prepared::Aws { resource, .. } if resource.ordered() => 1,
-            _ => configured.max(1),
+        match self.destination.ordered() {
+            true => 1,
+            false => configured.max(1),
         }
     }
 
@@ -269,12 +233,10 @@ impl Dispatcher {
     pub async fn start(
         store: Store,
         config: DispatchConfig,
+        sinks: Arc<Sinks>,
         cancel: CancellationToken,
         tasks: TaskTracker,
     ) -> Result<Dispatcher, DispatchError> {
-        let webhooks =
-            WebhookSink::new(config.delivery_timeout, config.allow_private_destinations)?
-                .with_limits(config.max_outbound, config.max_connections_per_host);
         // Listening before the head is read: every commit after it reaches the router.
         let committed = store.subscribe_committed();
         let router = router::Router::new(store.head());
@@ -282,8 +244,7 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             shared: Arc::new(Shared {
                 store: store.clone(),
-                webhooks,
-                aws: AwsSinks::new(config.allow_private_destinations),
+                sinks,
                 transformer: crate::sinks::transform::Transformer::new(),
                 metrics: DeliveryMetrics::new(),
                 config,
@@ -309,9 +270,24 @@ impl Dispatcher {
         match dispatcher.shared.cluster.clone() {
             // One process: every enabled subscription is its own.
             None => {
-                for subscription in store.db().all_subscriptions().await? {
-                    if subscription.disabled.is_none() {
-                        dispatcher.start_worker(subscription)?;
+                let (subscriptions, unreadable) = store.db().all_subscriptions().await?;
+                for error in &unreadable {
+                    tracing::error!(%error, "a stored subscription cannot be read; it is skipped (nothing is delivered to it)");
+                }
+                if !unreadable.is_empty() {
+                    eprintln!(
+                        "reelay: {} stored subscription(s) cannot be read and are skipped; the log names them",
+                        unreadable.len()
+                    );
+                }
+                for subscription in subscriptions {
+                    if subscription.disabled.is_some() {
+                        continue;
+                    }
+                    // A destination its sink cannot prepare is skipped too, not fatal.
+                    let id = subscription.id.clone();
+                    if let Err(error) = dispatcher.start_worker(subscription) {
+                        tracing::error!(%error, subscription = %id, "a stored subscription cannot be delivered; it is skipped");
                     }
                 }
             }
@@ -363,7 +339,7 @@ impl Dispatcher {
 
     /// Starts this node's worker for a subscription, from its cursor.
     fn start_worker(&self, subscription: Subscription) -> Result<(), DispatchError> {
-        let target = Arc::new(Target::new(subscription)?);
+        let target = Arc::new(Target::new(subscription, &self.shared.sinks)?);
         let cancel = self.shared.cancel.child_token();
         let (control, commands) = mpsc::channel(8);
         let worker = worker::Worker::new(self.clone(), target.clone(), cancel.clone(), commands);
@@ -597,9 +573,10 @@ impl Dispatcher {
         }
     }
 
-    /// The webhook client, shared with the API for the validation handshake.
-    pub fn webhooks(&self) -> &WebhookSink {
-        &self.shared.webhooks
+    /// The sinks, shared with the API for the checks at creation and the validation
+    /// handshake.
+    pub fn sinks(&self) -> &Arc<Sinks> {
+        &self.shared.sinks
     }
 
     /// Removes an expired job callback: its worker has stopped; its row, retries and
@@ -656,8 +633,8 @@ impl Dispatcher {
         })
     }
 
-    /// One delivery call for `events` (one event for a webhook, a batch for the AWS
-    /// sinks): one result per event, in order, with the metrics counted.
+    /// One delivery call for `events` (as many as the destination's batch size): one
+    /// result per event, in order, with the metrics counted.
     async fn attempt_batch(&self, target: &Target, events: &[Arc<StoredEvent>]) -> Vec<Attempted> {
         let format = target.subscription.format;
         // The subscription's transform first: an event it fails on is rejected, not sent,
@@ -684,80 +661,36 @@ impl Dispatcher {
             latency: Duration::ZERO,
             response: None,
         };
-        let attempted = match &target.destination {
-            Prepared::Webhook(url) => {
-                let mut results = Vec::with_capacity(events.len());
-                for event in &prepared {
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(error) => {
-                            results.push(rejected(error));
-                            continue;
-                        }
-                    };
-                    let request = WebhookRequest {
-                        url,
-                        id: &event.id,
-                        sequence: event.seq,
-                        payload: Payload::new(format, event),
-                    };
-                    results.push(self.shared.webhooks.send(&target.signer(), request).await);
-                }
-                results
-            }
-            Prepared::Aws {
-                resource,
-                options,
-                client,
-            } => {
-                let sendable: Vec<&Arc<StoredEvent>> = prepared
-                    .iter()
-                    .filter_map(|event| event.as_ref().ok())
-                    .collect();
-                let mut sent = Vec::new();
-                if !sendable.is_empty() {
-                    let timeout = self.config().delivery_timeout;
-                    let client = Box::pin(client.get_or_init(|| {
-                        let account = &target.subscription.account;
-                        self.shared
-                            .aws
-                            .target(resource.clone(), options, account, timeout)
-                    }))
-                    .await;
-                    let payloads: Vec<Payload> = sendable
-                        .iter()
-                        .map(|event| Payload::new(format, event))
-                        .collect();
-                    let outgoing: Vec<Outgoing> = sendable
-                        .iter()
-                        .zip(&payloads)
-                        .map(|(event, payload)| Outgoing {
-                            event,
-                            body: &payload.body,
-                        })
-                        .collect();
-                    // Boxed: the SDK's futures are large, and inline they would make every
-                    // webhook delivery's future (this function's state) as large.
-                    sent = Box::pin(client.send(&outgoing)).await;
-                }
-                let mut sent = sent.into_iter();
-                prepared
-                    .iter()
-                    .map(|event| match event {
-                        Ok(_) => sent.next().unwrap_or_else(|| Attempted {
-                            result: AttemptResult::Failed {
-                                error: "not sent".to_owned(),
-                                retry_after: None,
-                            },
-                            status: None,
-                            latency: Duration::ZERO,
-                            response: None,
-                        }),
-                        Err(error) => rejected(error),
-                    })
-                    .collect()
-            }
-        };
+        let sendable: Vec<&Arc<StoredEvent>> = prepared
+            .iter()
+            .filter_map(|event| event.as_ref().ok())
+            .collect();
+        let mut sent = Vec::new();
+        if !sendable.is_empty() {
+            let signer = target.signer();
+            let batch = Batch {
+                events: &sendable,
+                format,
+                signer: &signer,
+            };
+            sent = target.destination.send(batch).await;
+        }
+        let mut sent = sent.into_iter();
+        let attempted: Vec<Attempted> = prepared
+            .iter()
+            .map(|event| match event {
+                Ok(_) => sent.next().unwrap_or_else(|| Attempted {
+                    result: AttemptResult::Failed {
+                        error: "not sent".to_owned(),
+                        retry_after: None,
+                    },
+                    status: None,
+                    latency: Duration::ZERO,
+                    response: None,
+                }),
+                Err(error) => rejected(error),
+            })
+            .collect();
         let metrics = &self.shared.metrics;
         let stats = &self.shared.stats;
         let account = &target.subscription.account;
@@ -801,35 +734,7 @@ impl Dispatcher {
         subscription: Subscription,
         event: StoredEvent,
     ) -> Result<Attempted, DispatchError> {
-        let target = Target::new(subscription)?;
+        let target = Target::new(subscription, &self.shared.sinks)?;
         Ok(self.attempt(&target, &Arc::new(event)).await)
-    }
-
-    /// Checks that an AWS destination of `account` exists and these credentials reach
-    /// it, within [`crate::sinks::aws::CHECK_TIMEOUT`] (loading its configuration
-    /// included).
-    pub async fn check_aws_destination(
-        &self,
-        account: &str,
-        destination: &Destination,
-    ) -> Result<(), String> {
-        let Some((resource, options)) = AwsResource::of(destination) else {
-            return Ok(());
-        };
-        let timeout = self
-            .config()
-            .delivery_timeout
-            .min(crate::sinks::aws::CHECK_TIMEOUT);
-        let check = async {
-            self.shared
-                .aws
-                .target(resource, options, account, timeout)
-                .await
-                .check()
-                .await
-        };
-        tokio::time::timeout(timeout, check)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 }

@@ -29,7 +29,7 @@ use crate::model::{
     Destination, EventFilter, Format, Millis, NewSubscription, Subscription, SubscriptionKind,
     now_millis,
 };
-use crate::sinks::webhook::{check_destination, generate_secret};
+use crate::sinks::webhook::generate_secret;
 
 /// Callback URLs one job may have: each is a delivery worker until it expires.
 const MAX_CALLBACKS_PER_JOB: usize = 10;
@@ -72,10 +72,11 @@ impl CallbackOut {
     fn new(subscription: Subscription, with_secret: bool) -> CallbackOut {
         let expires_at = subscription.expires_at().unwrap_or_default();
         // Callbacks are registered as webhook URLs only.
-        let url = match subscription.destination {
-            Destination::Webhook { url } => url,
-            _ => String::new(),
-        };
+        let url = subscription
+            .destination
+            .endpoint()
+            .unwrap_or_default()
+            .to_owned();
         CallbackOut {
             expires_at,
             status: match subscription.disabled {
@@ -120,11 +121,16 @@ pub async fn register(
     count_callbacks(&body)?;
     let urls = parse_callbacks(&body)?;
     for (index, url) in urls.iter().enumerate() {
-        check_destination(url, state.allow_private_destinations)
+        let destination = Destination::from_endpoint(url.clone());
+        let by_admin = caller == Caller::Admin;
+        state
+            .dispatcher
+            .sinks()
+            .check(&destination, &account, by_admin, false)
             .await
-            .map_err(|error| ApiError::Unprocessable {
-                code: "destination_refused",
-                message: error.to_string(),
+            .map_err(|refusal| ApiError::Unprocessable {
+                code: refusal.code,
+                message: refusal.message,
                 index: Some(index),
                 field: Some("callbacks".into()),
             })?;
@@ -134,10 +140,7 @@ pub async fn register(
     let existing = db.job_callbacks(&account, &job).await?;
     let by_url: HashMap<&str, &Subscription> = existing
         .iter()
-        .filter_map(|s| match &s.destination {
-            Destination::Webhook { url } => Some((url.as_str(), s)),
-            _ => None,
-        })
+        .filter_map(|s| s.destination.endpoint().map(|url| (url, s)))
         .collect();
     let registered = |url: &str| by_url.get(url).copied();
     let new_urls: Vec<&String> = urls
@@ -170,7 +173,7 @@ pub async fn register(
                 job: job.clone(),
                 expires_at: now.saturating_add(ttl),
             },
-            destination: Destination::Webhook { url: url.clone() },
+            destination: Destination::from_endpoint(url.clone()),
             filter: EventFilter {
                 events: vec![NOTIFICATION.to_owned()],
                 topics: Vec::new(),
@@ -188,7 +191,7 @@ pub async fn register(
             .insert_subscription_checked(&new, position, now, |existing, live| {
                 let taken = existing
                     .iter()
-                    .any(|s| matches!(&s.destination, Destination::Webhook { url: u } if u == url));
+                    .any(|s| s.destination.endpoint() == Some(url.as_str()));
                 if taken {
                     Err(None)
                 } else if existing.len() >= MAX_CALLBACKS_PER_JOB {
@@ -225,9 +228,9 @@ pub async fn register(
         .filter_map(|url| {
             registered(url)
                 .or_else(|| {
-                    created.iter().find(
-                        |s| matches!(&s.destination, Destination::Webhook { url: u } if u == url),
-                    )
+                    created
+                        .iter()
+                        .find(|s| s.destination.endpoint() == Some(url.as_str()))
                 })
                 .cloned()
         })

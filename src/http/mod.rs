@@ -40,9 +40,6 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub keys: Arc<auth::Keys>,
     pub metrics: PrometheusHandle,
-    pub allow_private_destinations: bool,
-    /// What AWS overrides account keys may give (`--allow-aws-*`, `--allow-role-arn`).
-    pub aws_policy: Arc<crate::sinks::aws_policy::AwsPolicy>,
     pub max_subscriptions_per_event: usize,
     /// What replaces the user tokens of CloudEvents, per account.
     pub user_tokens: Arc<token_verification::UserTokens>,

@@ -475,6 +475,17 @@ mod tests {
         );
         let destination = &document["components"]["schemas"]["Destination"];
         let alternatives = destination["oneOf"].as_array().expect("a oneOf");
+        // Every destination type the server takes is documented, with its own members.
+        let documented: Vec<&Value> = alternatives
+            .iter()
+            .map(|alternative| &alternative["properties"]["type"]["enum"][0])
+            .collect();
+        for kind in crate::model::Destination::TYPES {
+            assert!(
+                documented.contains(&&Value::from(*kind)),
+                "{kind}: {destination}"
+            );
+        }
         for alternative in alternatives {
             assert_eq!(alternative["additionalProperties"], false, "{alternative}");
             assert!(alternative.get("allOf").is_none(), "{alternative}");

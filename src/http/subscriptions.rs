@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Caller;
 use super::body::Query;
+use super::destinations::Given;
 use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
 use crate::model::Scope;
@@ -26,7 +27,7 @@ use crate::model::{
     SubscriptionKind, Transform, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
-use crate::sinks::webhook::{generate_ed25519, generate_secret, parse_url};
+use crate::sinks::webhook::{generate_ed25519, generate_secret};
 use crate::store::{ResyncRun, RetryEntry, StoredAttempt};
 
 /// A new subscription. Give `endpoint` (a webhook URL) or `destination`, and `events`
@@ -50,9 +51,10 @@ pub struct SubscriptionIn {
     /// (422 `handshake_refused` or `handshake_failed`). Default false.
     #[serde(rename = "validationHandshake")]
     pub validation_handshake: Option<bool>,
-    /// For SNS, SQS and Kinesis destinations: create the subscription without checking
-    /// that the topic, queue or stream exists and can be reached (422
-    /// `destination_unreachable` otherwise). Default false.
+    /// Create the subscription without the destination's healthcheck, which asks that
+    /// the topic, queue, stream or subject exists and can be reached (422
+    /// `destination_unreachable` otherwise; webhooks have none but the validation
+    /// handshake). Default false.
     #[serde(rename = "skipDestinationCheck")]
     pub skip_destination_check: Option<bool>,
     /// Start with a full resync: the latest event of each live catalog entity the filter
@@ -157,10 +159,7 @@ pub struct DisabledOut {
 
 impl SubscriptionOut {
     fn new(subscription: Subscription, secret: Option<String>) -> SubscriptionOut {
-        let endpoint = match &subscription.destination {
-            Destination::Webhook { url } => Some(url.clone()),
-            _ => None,
-        };
+        let endpoint = subscription.destination.endpoint().map(str::to_owned);
         let disabled_reason = subscription
             .disabled
             .as_ref()
@@ -239,19 +238,11 @@ pub async fn create(
         transform,
     } = parse_request(&state, &body)?;
     // A webhook URL comes as `endpoint` (Brightcove) or as `destination.url`.
-    let webhook_field = match serde_json::from_slice::<Value>(&body) {
-        Ok(value) if value.get("destination").is_some_and(|d| !d.is_null()) => "destination.url",
-        _ => "endpoint",
+    let given = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) if value.get("destination").is_some_and(|d| !d.is_null()) => Given::Destination,
+        _ => Given::Endpoint,
     };
-    super::destinations::check(
-        &state,
-        &caller,
-        &account,
-        &destination,
-        webhook_field,
-        check,
-    )
-    .await?;
+    super::destinations::check(&state, &caller, &account, &destination, given, check).await?;
     // Before taking the lock below: a slow endpoint must not hold up other creations.
     if validation_handshake {
         ask_consent(&state, &account, &destination).await?;
@@ -329,17 +320,10 @@ async fn ask_consent(
     account: &str,
     destination: &Destination,
 ) -> Result<(), ApiError> {
-    match destination {
-        Destination::Webhook { url } => {
-            let uri = parse_url(url).ok_or_else(|| {
-                field_error(
-                    "destination_refused",
-                    "endpoint",
-                    &format!("{url:?} is not a usable URL"),
-                )
-            })?;
+    match destination.endpoint() {
+        Some(url) => {
             let origin = &state.webhook_origin;
-            match state.dispatcher.webhooks().handshake(&uri, origin).await {
+            match state.dispatcher.sinks().handshake(url, origin).await {
                 Ok(granted) => {
                     tracing::info!(%account, %origin, allowed_rate = granted.allowed_rate.as_deref(), "validation handshake: the endpoint consents");
                     Ok(())
@@ -354,7 +338,7 @@ async fn ask_consent(
                 }
             }
         }
-        _ => Err(field_error(
+        None => Err(field_error(
             "invalid_validation_handshake",
             "validationHandshake",
             "the validation handshake is for webhook destinations",
@@ -370,7 +354,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
     // A null field is an absent one, as for `events`.
     let given = |field: &str| object.get(field).filter(|value| !value.is_null());
     let destination = match (given("endpoint"), given("destination")) {
-        (Some(Value::String(url)), None) => Destination::Webhook { url: url.clone() },
+        (Some(Value::String(url)), None) => Destination::from_endpoint(url.clone()),
         (None, Some(destination)) => {
             super::body::typed(destination.clone(), "destination", "invalid_destination")?
         }
@@ -502,15 +486,6 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             ));
         }
     };
-    if let Some(name) = aws_resource_name(&destination)
-        && name.trim().is_empty()
-    {
-        return Err(field_error(
-            "invalid_destination",
-            "destination",
-            "the destination's topicArn, streamName or queueUrl must not be empty",
-        ));
-    }
     let resync = match (object.get("resync"), given("resyncTypes")) {
         (None | Some(Value::Null) | Some(Value::Bool(false)), None) => None,
         (Some(Value::Bool(true)), types) => {
@@ -531,11 +506,15 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             ));
         }
     };
-    if format == Format::CloudeventsBinary && !matches!(destination, Destination::Webhook { .. }) {
+    if !destination.sink().takes(format) {
         return Err(field_error(
             "invalid_format",
             "format",
-            "cloudevents-binary puts attributes in HTTP headers: it is for webhooks; use native or cloudevents",
+            &format!(
+                "{} is not a format {} destinations take (cloudevents-binary puts attributes in HTTP headers: it is for webhooks); use native or cloudevents",
+                format.as_str(),
+                destination.kind()
+            ),
         ));
     }
     let mut filter = EventFilter { events, topics };
@@ -582,16 +561,6 @@ fn transform(given: Option<&Value>) -> Result<Option<Transform>, ApiError> {
             "transform",
             "transform must be a string: a jq program",
         )),
-    }
-}
-
-/// The name an AWS destination delivers to.
-fn aws_resource_name(destination: &Destination) -> Option<&str> {
-    match destination {
-        Destination::Webhook { .. } => None,
-        Destination::Sns { topic_arn, .. } => Some(topic_arn),
-        Destination::Kinesis { stream_name, .. } => Some(stream_name),
-        Destination::Sqs { queue_url, .. } => Some(queue_url),
     }
 }
 

@@ -5,57 +5,10 @@ use utoipa::ToSchema;
 
 use super::{Millis, PayloadFilter, StoredEvent, Transform};
 
-/// Where deliveries go. One variant per sink.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Destination {
-    /// An HTTP endpoint that receives each event as a signed POST.
-    Webhook { url: String },
-    /// An Amazon SNS topic (PublishBatch, 10 events a call).
-    Sns {
-        #[serde(rename = "topicArn")]
-        topic_arn: String,
-        #[serde(flatten)]
-        aws: AwsOptions,
-    },
-    /// An Amazon Kinesis data stream (PutRecords, up to 500 events a call); the partition
-    /// key is the event's entity key, else its account.
-    Kinesis {
-        #[serde(rename = "streamName")]
-        stream_name: String,
-        #[serde(flatten)]
-        aws: AwsOptions,
-    },
-    /// An Amazon SQS queue (SendMessageBatch, 10 events a call).
-    Sqs {
-        #[serde(rename = "queueUrl")]
-        queue_url: String,
-        #[serde(flatten)]
-        aws: AwsOptions,
-    },
-}
-
-/// Overrides of the standard AWS configuration for one SNS, SQS or Kinesis destination;
-/// what is not set comes from the environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
-/// profiles, instance roles…). The admin token may give any; an account key only those
-/// the operator allows (`--allow-aws-region`, `--allow-aws-endpoint`,
-/// `--allow-role-arn`), else `422 destination_not_allowed`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AwsOptions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[a-z][a-z0-9-]{1,31}$")]
-    pub region: Option<String>,
-    /// E.g. a LocalStack or moto server; held to the private-address rule like a
-    /// webhook URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_url: Option<String>,
-    /// A role to assume (STS) for this destination, with ExternalId
-    /// `reelay:<account>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^arn:[!-~]*:role/[!-~]*$", max_length = 2048)]
-    pub role_arn: Option<String>,
-}
+/// Where deliveries go: the closed set of destinations is the sinks' own
+/// ([`crate::sinks::destination`]).
+pub use crate::sinks::Destination;
+pub use crate::sinks::aws::AwsOptions;
 
 /// Which events a subscription wants: whole topics and/or single event names. An event
 /// matches when its name is in `events` or its topic is in `topics`.
@@ -258,9 +211,7 @@ mod tests {
             id: "sub_1".into(),
             account: "a".into(),
             kind: SubscriptionKind::Standing,
-            destination: Destination::Webhook {
-                url: "http://127.0.0.1/".into(),
-            },
+            destination: Destination::from_endpoint("http://127.0.0.1/".into()),
             filter: EventFilter {
                 events: vec!["asset-updated".into()],
                 topics: Vec::new(),

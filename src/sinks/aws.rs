@@ -20,17 +20,344 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::primitives::Blob;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 use super::aws_policy::external_id;
-use super::guard::refusal_in;
-use super::{AttemptResult, Attempted};
-use crate::model::{AwsOptions, Destination, StoredEvent};
+use super::destination::BoxFuture;
+use super::guard::{check_destination, refusal_in};
+use super::{Admission, AttemptResult, Attempted, Batch, Payload, Prepared, Refusal, Sink, Sinks};
+use crate::model::StoredEvent;
 
 /// The most a destination check at creation may take, the SDK's own retries included
 /// (less if the delivery timeout is shorter).
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CHECK_TIMEOUT: Duration = super::destination::CHECK_TIMEOUT;
+
+/// Overrides of the standard AWS configuration for one SNS, SQS or Kinesis destination;
+/// what is not set comes from the environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// profiles, instance roles…). The admin token may give any; an account key only those
+/// the operator allows (`--allow-aws-region`, `--allow-aws-endpoint`,
+/// `--allow-role-arn`), else `422 destination_not_allowed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,31}$")]
+    pub region: Option<String>,
+    /// E.g. a LocalStack or moto server; held to the private-address rule like a
+    /// webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// A role to assume (STS) for this destination, with ExternalId
+    /// `reelay:<account>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^arn:[!-~]*:role/[!-~]*$", max_length = 2048)]
+    pub role_arn: Option<String>,
+}
+
+/// An Amazon SNS topic (PublishBatch, 10 events a call).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct SnsDestination {
+    #[serde(rename = "topicArn")]
+    pub topic_arn: String,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub aws: AwsOptions,
+}
+
+/// An Amazon Kinesis data stream (PutRecords, up to 500 events a call); the partition
+/// key is the event's entity key, else its account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct KinesisDestination {
+    #[serde(rename = "streamName")]
+    pub stream_name: String,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub aws: AwsOptions,
+}
+
+/// An Amazon SQS queue (SendMessageBatch, 10 events a call).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct SqsDestination {
+    #[serde(rename = "queueUrl")]
+    pub queue_url: String,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub aws: AwsOptions,
+}
+
+/// The three AWS destinations share their checks and client: each says only which
+/// resource it is, by which member.
+trait AwsDestination: Send + Sync {
+    fn resource(&self) -> AwsResource;
+    fn options(&self) -> &AwsOptions;
+    /// The member that names the resource, and its value.
+    fn name(&self) -> (&'static str, &str);
+}
+
+impl AwsDestination for SnsDestination {
+    fn resource(&self) -> AwsResource {
+        AwsResource::SnsTopic {
+            arn: self.topic_arn.clone(),
+        }
+    }
+    fn options(&self) -> &AwsOptions {
+        &self.aws
+    }
+    fn name(&self) -> (&'static str, &str) {
+        ("topicArn", &self.topic_arn)
+    }
+}
+
+impl AwsDestination for KinesisDestination {
+    fn resource(&self) -> AwsResource {
+        AwsResource::KinesisStream {
+            name: self.stream_name.clone(),
+        }
+    }
+    fn options(&self) -> &AwsOptions {
+        &self.aws
+    }
+    fn name(&self) -> (&'static str, &str) {
+        ("streamName", &self.stream_name)
+    }
+}
+
+impl AwsDestination for SqsDestination {
+    fn resource(&self) -> AwsResource {
+        AwsResource::SqsQueue {
+            url: self.queue_url.clone(),
+        }
+    }
+    fn options(&self) -> &AwsOptions {
+        &self.aws
+    }
+    fn name(&self) -> (&'static str, &str) {
+        ("queueUrl", &self.queue_url)
+    }
+}
+
+impl<T: AwsDestination> Sink for T {
+    fn validate(&self) -> Result<(), Refusal> {
+        let (member, name) = self.name();
+        if name.trim().is_empty() {
+            return Err(Refusal::invalid(
+                Some(member),
+                format!("the destination's {member} must not be empty"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn admit<'a>(&'a self, admission: &'a Admission<'a>) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let options = self.options();
+            let config = admission.sinks.config();
+            config
+                .aws_policy
+                .check(options, admission.by_admin)
+                .map_err(|error| Refusal {
+                    code: error.code(),
+                    field: Some(error.field()),
+                    message: error.to_string(),
+                })?;
+            // Before any request: the healthcheck would otherwise connect to it.
+            if let Some(endpoint) = &options.endpoint_url {
+                check_destination(endpoint, config.allow_private)
+                    .await
+                    .map_err(|error| Refusal {
+                        code: "destination_refused",
+                        field: Some("endpointUrl"),
+                        message: error.to_string(),
+                    })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn prepare(&self, sinks: &Arc<Sinks>, account: &str) -> Result<Arc<dyn Prepared>, String> {
+        Ok(Arc::new(PreparedAws {
+            resource: self.resource(),
+            options: self.options().clone(),
+            account: account.to_owned(),
+            timeout: sinks.config().delivery_timeout,
+            sinks: sinks.aws().clone(),
+            client: tokio::sync::OnceCell::new(),
+        }))
+    }
+}
+
+/// An AWS destination's client, made at the first delivery (loading the AWS
+/// configuration is async).
+struct PreparedAws {
+    resource: AwsResource,
+    options: AwsOptions,
+    account: String,
+    timeout: Duration,
+    sinks: Arc<AwsSinks>,
+    client: tokio::sync::OnceCell<AwsTarget>,
+}
+
+impl PreparedAws {
+    async fn client(&self) -> &AwsTarget {
+        self.client
+            .get_or_init(|| {
+                self.sinks.target(
+                    self.resource.clone(),
+                    &self.options,
+                    &self.account,
+                    self.timeout,
+                )
+            })
+            .await
+    }
+}
+
+impl Prepared for PreparedAws {
+    fn batch_size(&self) -> usize {
+        self.resource.max_batch()
+    }
+
+    fn ordered(&self) -> bool {
+        self.resource.ordered()
+    }
+
+    fn healthcheck(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.client().await.check().await })
+    }
+
+    fn send<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Vec<Attempted>> {
+        Box::pin(async move {
+            let client = self.client().await;
+            let payloads: Vec<Payload> = batch
+                .events
+                .iter()
+                .map(|event| Payload::new(batch.format, event))
+                .collect();
+            let outgoing: Vec<Outgoing> = batch
+                .events
+                .iter()
+                .zip(&payloads)
+                .map(|(event, payload)| Outgoing {
+                    event,
+                    body: &payload.body,
+                })
+                .collect();
+            client.send(&outgoing).await
+        })
+    }
+}
+
+/// What an AWS failure means for the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsFailureKind {
+    /// Throttling, timeouts, no answer, the service's own errors (5xx): retried on the
+    /// schedule.
+    Transient,
+    /// The resource is missing, or these credentials may not use it: retried on the
+    /// slow pace (`--slow-retry`) until someone fixes it.
+    Misconfigured,
+}
+
+/// Classifies an AWS failure from the service's error code and the HTTP status of its
+/// answer (both absent when it did not answer: a timeout, a connection failure).
+pub fn classify(code: Option<&str>, status: Option<u16>) -> AwsFailureKind {
+    use AwsFailureKind::{Misconfigured, Transient};
+    if let Some(code) = code {
+        let throttled = [
+            "Throttl",
+            "ProvisionedThroughputExceeded",
+            "RequestLimitExceeded",
+            "TooManyRequests",
+            "SlowDown",
+            "KMSThrottling",
+        ];
+        if throttled.iter().any(|part| code.contains(part)) {
+            return Transient;
+        }
+        let misconfigured = [
+            "AccessDenied",
+            "AccessDeniedException",
+            "AuthorizationError",
+            "AuthorizationErrorException",
+            "NotFound",
+            "NotFoundException",
+            "ResourceNotFoundException",
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "QueueDoesNotExist",
+            "InvalidClientTokenId",
+            "UnrecognizedClientException",
+            "SignatureDoesNotMatch",
+            "KMSAccessDeniedException",
+            "KMSNotFoundException",
+            "KMSDisabledException",
+            "KMSInvalidStateException",
+            "KMS.AccessDeniedException",
+            "KMS.NotFoundException",
+            "KMS.DisabledException",
+        ];
+        if misconfigured.contains(&code) {
+            return Misconfigured;
+        }
+    }
+    match status {
+        Some(403 | 404) => Misconfigured,
+        _ => Transient,
+    }
+}
+
+/// One failed call or entry: what the tenant reads, and what it means.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    message: String,
+    kind: AwsFailureKind,
+}
+
+impl Failure {
+    fn transient(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            kind: AwsFailureKind::Transient,
+        }
+    }
+
+    fn misconfigured(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            kind: AwsFailureKind::Misconfigured,
+        }
+    }
+
+    /// A failed entry of a batch answer, by its code.
+    fn entry(code: &str, message: &str) -> Failure {
+        Failure {
+            message: format!("{code}: {message}"),
+            kind: classify(Some(code), None),
+        }
+    }
+
+    fn into_result(self, slow_retry: Duration) -> AttemptResult {
+        match self.kind {
+            AwsFailureKind::Transient => AttemptResult::Failed {
+                error: self.message,
+                retry_after: None,
+            },
+            AwsFailureKind::Misconfigured => AttemptResult::Failed {
+                error: format!(
+                    "{} (the destination is missing or refuses these credentials: retried at most every {slow_retry:?} until fixed)",
+                    self.message,
+                ),
+                retry_after: Some(slow_retry),
+            },
+        }
+    }
+}
 
 /// PutRecords limits.
 const KINESIS_MAX_RECORDS: usize = 500;
@@ -54,31 +381,6 @@ pub enum AwsResource {
 }
 
 impl AwsResource {
-    /// The AWS resource of a destination, with its overrides; `None` for a webhook.
-    pub fn of(destination: &Destination) -> Option<(AwsResource, &AwsOptions)> {
-        match destination {
-            Destination::Webhook { .. } => None,
-            Destination::Sns { topic_arn, aws } => Some((
-                AwsResource::SnsTopic {
-                    arn: topic_arn.clone(),
-                },
-                aws,
-            )),
-            Destination::Sqs { queue_url, aws } => Some((
-                AwsResource::SqsQueue {
-                    url: queue_url.clone(),
-                },
-                aws,
-            )),
-            Destination::Kinesis { stream_name, aws } => Some((
-                AwsResource::KinesisStream {
-                    name: stream_name.clone(),
-                },
-                aws,
-            )),
-        }
-    }
-
     /// Whether events to it must go one call at a time to keep their order: a Kinesis
     /// shard and a FIFO group keep the order in which calls arrive.
     pub fn ordered(&self) -> bool {
@@ -116,6 +418,8 @@ pub struct AwsSinks {
     allow_private: bool,
     /// The guarded HTTP client (one pool) for destinations with their own endpoint.
     guarded: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    /// The least wait before retrying a misconfigured destination.
+    slow_retry: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -131,6 +435,7 @@ pub struct AwsTarget {
     resource: AwsResource,
     client: Client,
     timeout: Duration,
+    slow_retry: Duration,
 }
 
 #[derive(Clone)]
@@ -146,7 +451,14 @@ impl AwsSinks {
             configs: tokio::sync::Mutex::new(HashMap::new()),
             allow_private,
             guarded: super::guard::aws::http_client(),
+            slow_retry: super::DEFAULT_SLOW_RETRY,
         }
+    }
+
+    /// The same, with another least wait before retrying a misconfigured destination.
+    pub fn with_slow_retry(mut self, slow_retry: Duration) -> AwsSinks {
+        self.slow_retry = slow_retry;
+        self
     }
 
     /// A client for `resource` of `account`, with the standard configuration and
@@ -170,6 +482,7 @@ impl AwsSinks {
             resource,
             client,
             timeout,
+            slow_retry: self.slow_retry,
         }
     }
 
@@ -234,21 +547,21 @@ impl AwsTarget {
                     .send()
                     .await
                     .map(drop)
-                    .map_err(describe),
+                    .map_err(|error| describe(error).message),
                 (Client::Sqs(client), AwsResource::SqsQueue { url }) => client
                     .get_queue_attributes()
                     .queue_url(url)
                     .send()
                     .await
                     .map(drop)
-                    .map_err(describe),
+                    .map_err(|error| describe(error).message),
                 (Client::Kinesis(client), AwsResource::KinesisStream { name }) => client
                     .describe_stream_summary()
                     .stream_name(name)
                     .send()
                     .await
                     .map(drop)
-                    .map_err(describe),
+                    .map_err(|error| describe(error).message),
                 _ => Err("client and destination do not match".to_owned()),
             }
         };
@@ -262,13 +575,13 @@ impl AwsTarget {
     /// order.
     pub async fn send(&self, events: &[Outgoing<'_>]) -> Vec<Attempted> {
         let started = Instant::now();
-        let mut results: Vec<Option<Result<(), String>>> = vec![None; events.len()];
+        let mut results: Vec<Option<Result<(), Failure>>> = vec![None; events.len()];
         for range in self.batches(events) {
             let batch = &events[range.clone()];
             let sent = tokio::time::timeout(self.timeout, self.send_batch(batch)).await;
             let outcomes = match sent {
                 Ok(outcomes) => outcomes,
-                Err(_) => vec![Err("timed out".to_owned()); batch.len()],
+                Err(_) => vec![Err(Failure::transient("timed out")); batch.len()],
             };
             for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
                 *slot = Some(outcome);
@@ -278,12 +591,9 @@ impl AwsTarget {
         results
             .into_iter()
             .map(|outcome| {
-                let result = match outcome.unwrap_or_else(|| Err("not sent".to_owned())) {
+                let result = match outcome.unwrap_or_else(|| Err(Failure::transient("not sent"))) {
                     Ok(()) => AttemptResult::Delivered,
-                    Err(error) => AttemptResult::Failed {
-                        error,
-                        retry_after: None,
-                    },
+                    Err(failure) => failure.into_result(self.slow_retry),
                 };
                 Attempted {
                     result,
@@ -317,7 +627,7 @@ impl AwsTarget {
         ranges
     }
 
-    async fn send_batch(&self, batch: &[Outgoing<'_>]) -> Vec<Result<(), String>> {
+    async fn send_batch(&self, batch: &[Outgoing<'_>]) -> Vec<Result<(), Failure>> {
         match (&self.client, &self.resource) {
             (Client::Kinesis(client), AwsResource::KinesisStream { name }) => {
                 put_records(client, name, batch).await
@@ -328,7 +638,7 @@ impl AwsTarget {
             (Client::Sqs(client), AwsResource::SqsQueue { url }) => {
                 send_message_batch(client, url, self.resource.is_fifo(), batch).await
             }
-            _ => vec![Err("client and destination do not match".to_owned()); batch.len()],
+            _ => vec![Err(Failure::transient("client and destination do not match")); batch.len()],
         }
     }
 }
@@ -337,7 +647,7 @@ async fn put_records(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
     batch: &[Outgoing<'_>],
-) -> Vec<Result<(), String>> {
+) -> Vec<Result<(), Failure>> {
     use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     let mut outcomes = vec![Ok(()); batch.len()];
     // Records the service would refuse whole are failed here, so the rest still goes.
@@ -345,10 +655,10 @@ async fn put_records(
     let mut entries = Vec::with_capacity(batch.len());
     for (index, outgoing) in batch.iter().enumerate() {
         if outgoing.body.len() > KINESIS_MAX_RECORD_BYTES {
-            outcomes[index] = Err(format!(
+            outcomes[index] = Err(Failure::transient(format!(
                 "the record is {} bytes; Kinesis takes at most 1 MiB",
                 outgoing.body.len()
-            ));
+            )));
             continue;
         }
         let entry = PutRecordsRequestEntry::builder()
@@ -360,7 +670,7 @@ async fn put_records(
                 entries.push(entry);
                 sent.push(index);
             }
-            Err(error) => outcomes[index] = Err(error.to_string()),
+            Err(error) => outcomes[index] = Err(Failure::transient(error.to_string())),
         }
     }
     if entries.is_empty() {
@@ -378,9 +688,9 @@ async fn put_records(
             // The answer has one entry per record, in request order.
             for (index, record) in sent.iter().zip(output.records()) {
                 if let Some(code) = record.error_code() {
-                    outcomes[*index] = Err(format!(
-                        "{code}: {}",
-                        record.error_message().unwrap_or_default()
+                    outcomes[*index] = Err(Failure::entry(
+                        code,
+                        record.error_message().unwrap_or_default(),
                     ));
                 }
             }
@@ -423,7 +733,7 @@ async fn publish_batch(
     topic_arn: &str,
     fifo: bool,
     batch: &[Outgoing<'_>],
-) -> Vec<Result<(), String>> {
+) -> Vec<Result<(), Failure>> {
     use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
     let entry = |message: Message| {
         let mut entry = PublishBatchRequestEntry::builder()
@@ -472,7 +782,7 @@ async fn send_message_batch(
     queue_url: &str,
     fifo: bool,
     batch: &[Outgoing<'_>],
-) -> Vec<Result<(), String>> {
+) -> Vec<Result<(), Failure>> {
     use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
     let entry = |message: Message| {
         let mut entry = SendMessageBatchRequestEntry::builder()
@@ -520,7 +830,7 @@ async fn send_message_batch(
 /// to build fails its event here and is not sent.
 fn entries<T, E: std::fmt::Display>(
     built: impl Iterator<Item = Result<T, E>>,
-) -> (Vec<Result<(), String>>, Vec<T>) {
+) -> (Vec<Result<(), Failure>>, Vec<T>) {
     let mut outcomes = Vec::new();
     let mut entries = Vec::new();
     for entry in built {
@@ -529,7 +839,7 @@ fn entries<T, E: std::fmt::Display>(
                 entries.push(entry);
                 outcomes.push(Ok(()));
             }
-            Err(error) => outcomes.push(Err(error.to_string())),
+            Err(error) => outcomes.push(Err(Failure::transient(error.to_string()))),
         }
     }
     (outcomes, entries)
@@ -538,18 +848,18 @@ fn entries<T, E: std::fmt::Display>(
 /// Marks the entries a batch answer names as failed (`(id, code, message)`; the id is
 /// the event's index in the batch).
 fn mark_failed_entries<'a>(
-    outcomes: &mut [Result<(), String>],
+    outcomes: &mut [Result<(), Failure>],
     failed: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
 ) {
     for (id, code, message) in failed {
         if let Some(outcome) = id.parse::<usize>().ok().and_then(|i| outcomes.get_mut(i)) {
-            *outcome = Err(format!("{code}: {message}"));
+            *outcome = Err(Failure::entry(code, message));
         }
     }
 }
 
 /// The whole call failed: every entry not already refused fails with its error.
-fn fail_the_rest(outcomes: &mut [Result<(), String>], error: String) {
+fn fail_the_rest(outcomes: &mut [Result<(), Failure>], error: Failure) {
     for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
         *outcome = Err(error.clone());
     }
@@ -602,40 +912,47 @@ fn hex_sha256(value: &str) -> String {
 
 /// An SDK error as one line a tenant may read: the service's code and message when it
 /// answered, else what kind of failure it was, without the connector's internals or
-/// the addresses it tried (those go to the server's log).
-fn describe<E, R>(error: aws_sdk_kinesis::error::SdkError<E, R>) -> String
+/// the addresses it tried (those go to the server's log); classified by [`classify`].
+fn describe<E>(error: aws_sdk_kinesis::error::SdkError<E, HttpResponse>) -> Failure
 where
     E: std::error::Error + aws_sdk_kinesis::error::ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_kinesis::error::SdkError;
     if let Some(service) = error.as_service_error() {
-        return format!(
-            "{}: {}",
-            service.code().unwrap_or("error"),
-            service.message().unwrap_or_default()
-        );
+        let status = error
+            .raw_response()
+            .map(|response| response.status().as_u16());
+        return Failure {
+            message: format!(
+                "{}: {}",
+                service.code().unwrap_or("error"),
+                service.message().unwrap_or_default()
+            ),
+            kind: classify(service.code(), status),
+        };
     }
     let context = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
     tracing::warn!(error = %context, "AWS call failed without an answer from the service");
+    // The private-address guard and the credentials are the operator's or the
+    // destination's settings: no retry soon changes them.
     if let Some(refused) = refusal_in(&error) {
-        return refused.to_string();
+        return Failure::misconfigured(refused.to_string());
     }
     if let Some(assume_role) = assume_role_error(&error) {
-        return assume_role;
+        return Failure::misconfigured(assume_role);
     }
-    match &error {
-        SdkError::TimeoutError(_) => "timed out".to_owned(),
+    Failure::transient(match &error {
+        SdkError::TimeoutError(_) => "timed out",
         SdkError::DispatchFailure(failure) if failure.is_timeout() => {
-            "timed out connecting to the endpoint".to_owned()
+            "timed out connecting to the endpoint"
         }
         SdkError::DispatchFailure(failure) if failure.is_io() => {
-            "could not connect to the endpoint".to_owned()
+            "could not connect to the endpoint"
         }
-        SdkError::DispatchFailure(_) => "could not reach the endpoint".to_owned(),
-        SdkError::ResponseError(_) => "the endpoint's answer is not an AWS answer".to_owned(),
-        _ => "the request could not be made (the server's log says why)".to_owned(),
-    }
+        SdkError::DispatchFailure(_) => "could not reach the endpoint",
+        SdkError::ResponseError(_) => "the endpoint's answer is not an AWS answer",
+        _ => "the request could not be made (the server's log says why)",
+    })
 }
 
 /// When the credentials of an assumed role could not be had: STS's own code and
@@ -689,6 +1006,55 @@ mod tests {
         let key = partition_key(&event(3, Some(&long)));
         assert_eq!(key.len(), 64);
         assert_eq!(key, partition_key(&event(4, Some(&long))));
+    }
+
+    #[test]
+    fn aws_failures_are_retried_fast_unless_the_destination_is_missing_or_denied() {
+        use AwsFailureKind::{Misconfigured, Transient};
+        for (code, status, expected) in [
+            (Some("ThrottlingException"), Some(400), Transient),
+            (Some("Throttling"), Some(400), Transient),
+            (
+                Some("ProvisionedThroughputExceededException"),
+                None,
+                Transient,
+            ),
+            (Some("RequestLimitExceeded"), Some(400), Transient),
+            (Some("InternalFailure"), Some(500), Transient),
+            (Some("ServiceUnavailable"), Some(503), Transient),
+            (None, None, Transient),
+            (None, Some(502), Transient),
+            (Some("AccessDenied"), Some(403), Misconfigured),
+            (Some("AccessDeniedException"), Some(400), Misconfigured),
+            (Some("AuthorizationError"), Some(403), Misconfigured),
+            (Some("NotFound"), Some(404), Misconfigured),
+            (Some("ResourceNotFoundException"), Some(400), Misconfigured),
+            (
+                Some("AWS.SimpleQueueService.NonExistentQueue"),
+                Some(400),
+                Misconfigured,
+            ),
+            (Some("KMSAccessDeniedException"), None, Misconfigured),
+            (None, Some(403), Misconfigured),
+            (Some("SomethingNew"), Some(404), Misconfigured),
+            (Some("InvalidParameterValue"), Some(400), Transient),
+        ] {
+            assert_eq!(classify(code, status), expected, "{code:?} {status:?}");
+        }
+        let pace = Duration::from_secs(600);
+        let slow = Failure::entry("AccessDenied", "no").into_result(pace);
+        assert!(matches!(
+            slow,
+            AttemptResult::Failed { retry_after: Some(after), .. } if after == pace
+        ));
+        let fast = Failure::entry("ThrottlingException", "slow down").into_result(pace);
+        assert!(matches!(
+            fast,
+            AttemptResult::Failed {
+                retry_after: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -54,9 +54,9 @@ impl PolicyError {
     }
 }
 
-const ENDPOINT_FIELD: &str = "destination.endpointUrl";
-const REGION_FIELD: &str = "destination.region";
-const ROLE_FIELD: &str = "destination.roleArn";
+const ENDPOINT_FIELD: &str = "endpointUrl";
+const REGION_FIELD: &str = "region";
+const ROLE_FIELD: &str = "roleArn";
 
 impl AwsPolicy {
     /// Checks a destination's overrides: well-formed for everyone, and for an account
@@ -119,6 +119,51 @@ impl AwsPolicy {
         }
         Ok(())
     }
+}
+
+/// The operator's hold on the connection URL of a message-bus destination (NATS,
+/// AMQP): the server's own URL, used when a destination gives none (`--nats-url`,
+/// `--amqp-url`), and the URL prefixes an account key may give (`--allow-nats-url`,
+/// `--allow-amqp-url`; the admin token may give any).
+#[derive(Debug, Clone, Default)]
+pub struct UrlPolicy {
+    pub default: Option<url::Url>,
+    pub allowed: Vec<url::Url>,
+}
+
+impl UrlPolicy {
+    /// Checks a destination's own `url` (`flag` names the allowlist flag in the message).
+    pub fn check(&self, given: &url::Url, by_admin: bool, flag: &str) -> Result<(), PolicyError> {
+        if by_admin || self.allowed.iter().any(|prefix| has_prefix(given, prefix)) {
+            return Ok(());
+        }
+        Err(PolicyError::NotAllowed {
+            field: "url",
+            message: format!(
+                "url {:?} is not one this server lets account keys give ({flag}); leave it out to use the server's",
+                redacted(given)
+            ),
+        })
+    }
+}
+
+/// A URL without its password, for messages and logs.
+pub fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// A connection URL of one of `schemes`, with a host.
+pub fn parse_bus_url(text: &str, schemes: &[&str]) -> Result<url::Url, String> {
+    let invalid = || format!("{text:?} is not a {} URL with a host", schemes.join(" or "));
+    let parsed = url::Url::parse(text.trim()).map_err(|_| invalid())?;
+    if !schemes.contains(&parsed.scheme()) || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid());
+    }
+    Ok(parsed)
 }
 
 /// An `endpointUrl`: an absolute http(s) URL with a host and no credentials in it.

@@ -58,6 +58,14 @@ pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), Des
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid());
     }
+    check_host(&parsed, allow_private).await
+}
+
+/// The same rule for the host of a URL of any scheme (a message bus's `nats://` or
+/// `amqp://` URL): it is, or resolves to, public addresses only.
+pub async fn check_host(parsed: &url::Url, allow_private: bool) -> Result<(), DestinationError> {
+    let url = parsed.as_str();
+    let invalid = || DestinationError::InvalidUrl(url.to_owned());
     let host = parsed.host().ok_or_else(invalid)?;
     if allow_private {
         return Ok(());

@@ -24,9 +24,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::destination::BoxFuture;
 use super::guard::GuardedConnector;
 pub use super::guard::{DestinationError, check_destination};
-use super::{AttemptResult, Attempted, Payload};
+use super::{Admission, AttemptResult, Attempted, Batch, Payload, Prepared, Refusal, Sink, Sinks};
+use crate::model::Format;
 
 /// How much of a destination's answer is kept in the delivery log.
 const RESPONSE_SNIPPET_BYTES: usize = 1024;
@@ -150,6 +155,81 @@ pub fn generate_ed25519() -> (String, String) {
         format!("whsk_{}", BASE64.encode(seed)),
         format!("whpk_{}", BASE64.encode(key.verifying_key().as_bytes())),
     )
+}
+
+/// An HTTP endpoint that receives each event as a signed POST.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDestination {
+    pub url: String,
+}
+
+impl Sink for WebhookDestination {
+    fn validate(&self) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn admit<'a>(&'a self, admission: &'a Admission<'a>) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            check_destination(&self.url, admission.sinks.config().allow_private)
+                .await
+                .map_err(|error| Refusal {
+                    code: "destination_refused",
+                    field: Some("url"),
+                    message: error.to_string(),
+                })
+        })
+    }
+
+    fn prepare(&self, sinks: &Arc<Sinks>, _account: &str) -> Result<Arc<dyn Prepared>, String> {
+        let url =
+            parse_url(&self.url).ok_or_else(|| format!("{:?} is not a usable URL", self.url))?;
+        Ok(Arc::new(PreparedWebhook {
+            url,
+            sink: sinks.webhooks().clone(),
+        }))
+    }
+
+    fn takes(&self, _format: Format) -> bool {
+        true
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.url)
+    }
+}
+
+/// A webhook destination's parsed URL, with the shared client.
+struct PreparedWebhook {
+    url: Uri,
+    sink: WebhookSink,
+}
+
+impl Prepared for PreparedWebhook {
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// An endpoint is not asked at creation (the validation handshake is the consent
+    /// check, on request).
+    fn healthcheck(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn send<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Vec<Attempted>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(batch.events.len());
+            for event in batch.events {
+                let request = WebhookRequest {
+                    url: &self.url,
+                    id: &event.id,
+                    sequence: event.seq,
+                    payload: Payload::new(batch.format, event),
+                };
+                results.push(self.sink.send(batch.signer, request).await);
+            }
+            results
+        })
+    }
 }
 
 /// A webhook URL as the client takes it, or `None` when it is not one.

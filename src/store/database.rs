@@ -26,6 +26,7 @@ use crate::model::{
     ApiKey, KeyOwner, Millis, NewSubscription, StoredEvent, Subscription, SubscriptionKind,
     TokenVerification,
 };
+use crate::sinks::destination::StoredDestination;
 
 /// Which events of an account one subscription wants (see
 /// [`Database::wanted_events_after`]).
@@ -911,7 +912,7 @@ impl Database {
             )
             .bind(&subscription.id)
             .bind(&subscription.account)
-            .bind(to_json(&subscription.destination))
+            .bind(StoredDestination::to_json(&subscription.destination))
             .bind(to_json(&subscription.filter.events))
             .bind(to_json(&subscription.filter.topics))
             .bind(subscription.format.as_str())
@@ -964,16 +965,24 @@ impl Database {
             .collect()
     }
 
-    /// Every subscription of every kind and account.
-    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>> {
+    /// Every subscription of every kind and account that can be read, and why the others
+    /// cannot (a row written by a newer version, or damaged): one unreadable row must not
+    /// keep the others from being delivered.
+    pub async fn all_subscriptions(&self) -> Result<(Vec<Subscription>, Vec<StoreError>)> {
         let rows: Vec<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT * FROM subscriptions ORDER BY created_at, id"
         )
         .fetch_all(pool)
         .await?);
-        rows.into_iter()
-            .map(|row| open_subscription(row, &self.sealer))
-            .collect()
+        let mut readable = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for row in rows {
+            match open_subscription(row, &self.sealer) {
+                Ok(subscription) => readable.push(subscription),
+                Err(error) => unreadable.push(error),
+            }
+        }
+        Ok((readable, unreadable))
     }
 
     /// How many job callbacks of the account are live (not expired by `now`), over all

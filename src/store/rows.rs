@@ -13,6 +13,7 @@ use crate::model::{
     PreviousSecret, Scope, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
     Transform,
 };
+use crate::sinks::destination::StoredDestination;
 
 #[derive(FromRow)]
 pub(super) struct EventRow {
@@ -85,7 +86,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
     fn try_from(row: SubscriptionRow) -> Result<Subscription> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("subscription {}: {what}", row.id));
         let destination: Destination =
-            serde_json::from_str(&row.destination).map_err(|_| corrupt("destination"))?;
+            StoredDestination::parse(&row.destination).map_err(|_| corrupt("destination"))?;
         let events: Vec<String> =
             serde_json::from_str(&row.events).map_err(|_| corrupt("events"))?;
         let topics: Vec<String> =

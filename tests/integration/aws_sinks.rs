@@ -631,7 +631,15 @@ async fn a_deleted_stream_fails_visibly_and_nothing_is_lost_once_it_is_back() {
             .unwrap();
     };
     create().await;
-    let app = app_with(&moto).await;
+    // A missing stream is retried on the slow pace, here shrunk to a second.
+    let env = moto.env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push((
+        "REELAY_RETRY_SCHEDULE",
+        "100ms,100ms,100ms,100ms,100ms,100ms",
+    ));
+    env.push(("REELAY_SLOW_RETRY", "1s"));
+    let app = TestApp::start_with(&env).await;
     let (id, _) = app
         .subscribe(
             "vimond",
@@ -673,6 +681,22 @@ async fn a_deleted_stream_fails_visibly_and_nothing_is_lost_once_it_is_back() {
     .await;
     let error = log["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("ResourceNotFound"), "{log}");
+    assert!(error.contains("retried at most every 1s"), "{log}");
+    // On the fast schedule (100 ms) all six retries would be spent in well under a
+    // second; on the slow pace an event has had at most two attempts by then.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, log) = app.get(&path).await;
+    let first = log["attempts"][0]["eventId"].clone();
+    let attempts_of_first = log["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|attempt| attempt["eventId"] == first)
+        .count();
+    assert!(
+        attempts_of_first <= 2,
+        "{attempts_of_first} attempts: {log}"
+    );
 
     // Back: the retries deliver all 40, and nothing is lost.
     create().await;

@@ -17,6 +17,7 @@ mod durability;
 mod entities;
 mod keys;
 mod limits;
+mod nats_sink;
 mod postgres_outage;
 mod publish;
 mod resync;

@@ -223,3 +223,74 @@ async fn deleting_another_accounts_subscription_id_changes_nothing() {
     })
     .await;
 }
+
+/// A stored subscription the server cannot read (a row of a newer version, or damaged)
+/// is skipped and reported at start; the server starts and the others are delivered.
+#[tokio::test]
+async fn an_unreadable_stored_subscription_is_skipped_and_reported_at_start() {
+    use std::time::Duration;
+
+    use crate::app::eventually;
+    use crate::support::receiver::Receiver;
+
+    // SQLite on purpose, whatever the suite runs on: it starts every worker from the
+    // stored rows in one pass.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("reelay.db");
+    let database = format!("sqlite://{}", file.display());
+    let mut app = TestApp::start_on(database, &[], dir).await;
+    let receiver = Receiver::start().await;
+    let (kept, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/kept",
+            json!({"events": ["asset-updated"]}),
+            &[],
+        )
+        .await;
+    let (broken, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/broken",
+            json!({"events": ["asset-updated"]}),
+            &[],
+        )
+        .await;
+    app.kill().await;
+    {
+        let db = rusqlite::Connection::open(&file).expect("open the SQLite file");
+        let changed = db
+            .execute(
+                "UPDATE subscriptions SET destination = ?1 WHERE id = ?2",
+                (r#"{"version":"99","type":"webhook","where":"?"}"#, &broken),
+            )
+            .expect("update");
+        assert_eq!(changed, 1);
+    }
+    app.kill_and_restart().await;
+    let (status, answer) = app
+        .post(
+            "/v1/accounts/vimond/events",
+            &crate::publish::asset_event("asset-updated", "after-restart").to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    eventually(
+        Duration::from_secs(15),
+        "the readable subscription delivers",
+        || async {
+            let got = receiver.deliveries("/kept").await;
+            got.iter()
+                .any(|d| d.webhook_id.as_deref() == Some("after-restart"))
+                .then_some(())
+        },
+    )
+    .await;
+    let logs = app.logs();
+    assert!(
+        logs.contains("cannot be read") && logs.contains(&broken),
+        "the start reports the unreadable row by id: {logs}"
+    );
+    assert!(!logs.contains(&format!("subscription {kept}: destination")));
+    assert!(receiver.deliveries("/broken").await.is_empty());
+}
