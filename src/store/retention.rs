@@ -659,10 +659,12 @@ pub async fn run_retention(
     let mut state = RetentionState::default();
     loop {
         let started = Instant::now();
-        match db
-            .retention_pass(&policy, &mut state, crate::model::now_millis())
-            .await
-        {
+        // A pass stops at shutdown wherever it is: a batch not committed is rolled back.
+        let pass = tokio::select! {
+            _ = stop.cancelled() => return,
+            pass = db.retention_pass(&policy, &mut state, crate::model::now_millis()) => pass,
+        };
+        match pass {
             Ok(report) => {
                 metrics::histogram!("reelay_retention_pass_seconds")
                     .record(started.elapsed().as_secs_f64());
