@@ -8,8 +8,9 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::events::Traffic;
 use super::moto::Moto;
-use super::{Bench, bench_event, closed_loop};
+use super::{Bench, closed_loop};
 
 #[derive(Debug, Clone, Copy)]
 pub enum AwsSink {
@@ -72,7 +73,7 @@ impl Bench {
         let id = self
             .subscribe_to(
                 sink.name(),
-                json!({"destination": destination, "events": [super::BENCH_EVENT]}),
+                json!({"destination": destination, "events": [Traffic::Player.event_name()]}),
             )
             .await?;
         self.split(sink.name()).await?;
@@ -81,7 +82,7 @@ impl Bench {
         let started = Instant::now();
         let label = format!("deliver to {}", sink.name());
         closed_loop(&label, events, self.concurrency, move |n| {
-            publish(bench_event(n).to_string())
+            publish(Traffic::Player.event(n).to_string())
         })
         .await?;
         // Deliveries are counted by the server (saved every 50 ms).

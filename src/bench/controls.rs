@@ -5,9 +5,10 @@
 
 use serde_json::{Value, json};
 
+use super::Bench;
+use super::events::Traffic;
 use super::receiver::Expectation;
 use super::report::DeliveryResult;
-use super::{BENCH_EVENT, Bench};
 
 /// How many subscriptions each phase delivers to, as the plain row.
 const SUBSCRIPTIONS: usize = 10;
@@ -15,8 +16,8 @@ const SUBSCRIPTIONS: usize = 10;
 /// A filter of four conditions that every bench event passes.
 pub(super) fn filter() -> Value {
     json!({"filter": {
-        "eventName": BENCH_EVENT,
-        "assetId": {"$gte": 0, "$lt": 10_000},
+        "eventName": Traffic::Player.event_name(),
+        "assetId": {"$gte": 800_000, "$lt": 810_000},
         "userId": {"$prefix": "user-"},
         "progress.duration": {"$in": [1_800, 3_600]}
     }})
@@ -41,7 +42,7 @@ impl Bench {
         self.receiver.expect(Some(expectation.clone()));
         for i in 0..SUBSCRIPTIONS {
             let mut body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url),
-                                  "events": [BENCH_EVENT]});
+                                  "events": [Traffic::Player.event_name()]});
             for (key, value) in controls.as_object().into_iter().flatten() {
                 body[key] = value.clone();
             }
@@ -49,7 +50,13 @@ impl Bench {
         }
         let subscriptions_per_node = self.split(account).await?;
         let label = format!("deliver to {SUBSCRIPTIONS} subscriptions ({account})");
-        self.measure_delivery(account, &label, expectation, subscriptions_per_node)
-            .await
+        self.measure_delivery(
+            account,
+            &label,
+            expectation,
+            subscriptions_per_node,
+            Traffic::Player,
+        )
+        .await
     }
 }

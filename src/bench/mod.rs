@@ -7,8 +7,10 @@
 //! delivery. The many-tenants phase measures the hot subscription again while thousands
 //! of idle subscriptions in other accounts are present.
 
+mod accounts;
 mod aws;
 mod controls;
+mod events;
 pub mod moto;
 mod postgres;
 mod receiver;
@@ -28,6 +30,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use aws::AwsSink;
+use events::Traffic;
 use moto::Moto;
 use postgres::{ScratchDatabase, Watcher};
 use receiver::{Expectation, Receiver};
@@ -78,8 +81,9 @@ pub struct BenchConfig {
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
-    /// one, ten, filter, transform, latency, resync, kinesis, sns, retention. The raw
-    /// limit always runs; the retention phase runs only when named.
+    /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, latency,
+    /// latency-changes, accounts, resync, kinesis, sns, retention. The raw limit always
+    /// runs; the retention phase runs only when named.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Run the many-tenants phase last: create this many idle subscriptions, each in an
@@ -88,6 +92,10 @@ pub struct BenchConfig {
     /// with them present, and the server's memory and CPU with them while idle.
     #[arg(long)]
     pub idle_subscriptions: Option<usize>,
+    /// Accounts of the many-publishers phase: each has one subscription, and all of them
+    /// publish at once; default 1,000 (20 with --quick).
+    #[arg(long)]
+    pub publishing_accounts: Option<usize>,
     /// The retention phase's `--retention`: its server removes events older than this.
     #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
     pub retention_window: Duration,
@@ -109,9 +117,12 @@ struct Sizes {
     latency_seconds: u64,
     aws: usize,
     resync: usize,
+    accounts: usize,
 }
 
 const LATENCY_RATE: u64 = 1_000;
+/// Requests of the latency phase in flight at once, at most.
+const LATENCY_IN_FLIGHT: usize = 256;
 /// How long the many-tenants phase watches the idle server's CPU.
 const TENANTS_IDLE_WATCH: Duration = Duration::from_secs(3);
 const BATCH: usize = 100;
@@ -145,6 +156,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             latency_seconds: 2,
             aws: 2_000,
             resync: config.resync_entities.unwrap_or(2_000),
+            accounts: config.publishing_accounts.unwrap_or(20),
         }
     } else {
         Sizes {
@@ -156,6 +168,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             latency_seconds: 10,
             aws: 20_000,
             resync: config.resync_entities.unwrap_or(100_000),
+            accounts: config.publishing_accounts.unwrap_or(1_000),
         }
     };
     let moto = match config.aws {
@@ -288,22 +301,43 @@ async fn measure(
     report.raw = bench.raw_limit(sizes.raw).await?;
     if runs("single") {
         report.publish_single = bench
-            .publish_single("single", sizes.single, bench_event)
+            .publish_single("single", sizes.single, Traffic::Player)
             .await?;
     }
     if runs("changes") {
         report.publish_video_changes = bench
-            .publish_single("changes", sizes.single, video_change_event)
+            .publish_single("changes", sizes.single, Traffic::VideoChange)
             .await?;
     }
     if runs("batch") {
-        report.publish_batch = bench.publish_batches(sizes.batches).await?;
+        report.publish_batch = bench
+            .publish_batches("batch", sizes.batches, Traffic::Player)
+            .await?;
+    }
+    if runs("batch-changes") {
+        report.publish_batch_changes = bench
+            .publish_batches("batch-changes", sizes.batches, Traffic::VideoChange)
+            .await?;
     }
     if runs("one") {
-        report.delivery_one = bench.delivery("one", sizes.delivery_one, 1).await?;
+        report.delivery_one = bench
+            .delivery("one", sizes.delivery_one, 1, Traffic::Player)
+            .await?;
+    }
+    if runs("one-changes") {
+        report.delivery_one_changes = bench
+            .delivery("one-changes", sizes.delivery_one, 1, Traffic::VideoChange)
+            .await?;
     }
     if runs("ten") {
-        report.delivery_ten = bench.delivery("ten", sizes.delivery_ten, 10).await?;
+        report.delivery_ten = bench
+            .delivery("ten", sizes.delivery_ten, 10, Traffic::Player)
+            .await?;
+    }
+    if runs("ten-changes") {
+        report.delivery_ten_changes = bench
+            .delivery("ten-changes", sizes.delivery_ten, 10, Traffic::VideoChange)
+            .await?;
     }
     if runs("filter") {
         report.delivery_filter = Some(
@@ -320,7 +354,25 @@ async fn measure(
         );
     }
     if runs("latency") {
-        report.latency = bench.latency(sizes.latency_seconds).await?;
+        report.latency = bench
+            .latency_in("latency", sizes.latency_seconds, Traffic::Player)
+            .await?;
+    }
+    if runs("latency-changes") {
+        report.latency_changes = bench
+            .latency_in(
+                "latency-changes",
+                sizes.latency_seconds,
+                Traffic::VideoChange,
+            )
+            .await?;
+    }
+    if runs("accounts") {
+        report.accounts = Some(
+            bench
+                .publishing_accounts(sizes.accounts, sizes.delivery_one)
+                .await?,
+        );
     }
     if runs("resync") {
         report.resync = Some(bench.resync(sizes.resync).await?);
@@ -431,38 +483,6 @@ fn spawn_progress(
     })
 }
 
-/// The event of every phase: a player's progress report (seed 001), the kind of event a
-/// video platform publishes most of. It derives nothing ([`video_change_event`] does).
-const BENCH_EVENT: &str = "player_log_event";
-
-fn bench_event(n: usize) -> serde_json::Value {
-    json!({
-        "eventName": BENCH_EVENT, "originator": "reelay-bench", "versions": ["1.0"],
-        "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("b-{n}"), "assetId": n % 10_000,
-        "userId": format!("user-{}", n % 5_000), "progress": {"position": n % 3_600, "duration": 3_600}
-    })
-}
-
-/// A catalog entity's state: asset `n` created. Its id is `b-<n>`, so the receiver counts
-/// its resync delivery (`b-<n>.<resync id>`) as event `n`.
-fn catalog_event(n: usize) -> serde_json::Value {
-    json!({
-        "eventName": "asset-created", "originator": "reelay-bench", "versions": ["1.0"],
-        "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("b-{n}"), "assetId": n,
-        "metadata": {"title": "Bench asset", "n": n}
-    })
-}
-
-/// An event that changes a video: Reelay appends a `video-change` (with the video's next
-/// version) in the same commit, so each costs two log rows and a version update.
-fn video_change_event(n: usize) -> serde_json::Value {
-    json!({
-        "eventName": "asset-updated", "originator": "reelay-bench", "versions": ["1.0"],
-        "timestamp": "2024-06-07T14:27:16.035Z", "guid": format!("v-{n}"), "assetId": n % 10_000,
-        "metadata": {"title": "Bench asset", "n": n}
-    })
-}
-
 impl Bench {
     fn account(&self, phase: &str) -> String {
         format!("{}-{phase}", self.run)
@@ -471,7 +491,7 @@ impl Bench {
     async fn raw_limit(&self, total: usize) -> anyhow::Result<ThroughputResult> {
         let http = self.http.clone();
         let url = format!("{}/raw", self.receiver_url);
-        let body = bench_event(0).to_string();
+        let body = Traffic::Player.event(0).to_string();
         let (elapsed, latencies) = closed_loop(
             "raw POSTs to the receiver",
             total,
@@ -548,7 +568,7 @@ impl Bench {
         &self,
         phase: &str,
         total: usize,
-        event: fn(usize) -> serde_json::Value,
+        traffic: Traffic,
     ) -> anyhow::Result<ThroughputResult> {
         let publish = self.publisher(phase);
         let watch = self.server.watch();
@@ -556,7 +576,7 @@ impl Bench {
             &format!("publish, single events ({phase})"),
             total,
             self.concurrency,
-            move |n| publish(event(n).to_string()),
+            move |n| publish(traffic.event(n).to_string()),
         )
         .await?;
         Ok(ThroughputResult::new(
@@ -567,17 +587,19 @@ impl Bench {
         ))
     }
 
-    async fn publish_batches(&self, batches: usize) -> anyhow::Result<ThroughputResult> {
-        let publish = self.publisher("batch");
+    async fn publish_batches(
+        &self,
+        phase: &str,
+        batches: usize,
+        traffic: Traffic,
+    ) -> anyhow::Result<ThroughputResult> {
+        let publish = self.publisher(phase);
         let watch = self.server.watch();
         let (elapsed, latencies) = closed_loop(
-            "publish, batches of 100",
+            &format!("publish, batches of 100 ({phase})"),
             batches,
             self.concurrency.min(16),
-            move |n| {
-                let events: Vec<_> = (n * BATCH..(n + 1) * BATCH).map(bench_event).collect();
-                publish(serde_json::Value::Array(events).to_string())
-            },
+            move |n| publish(traffic.batch(n * BATCH..(n + 1) * BATCH)),
         )
         .await?;
         Ok(ThroughputResult::new(
@@ -614,15 +636,20 @@ impl Bench {
             .context("no id in the answer")
     }
 
-    /// Subscribes the receiver's `/hook/{i}` paths to the bench event, `subscriptions`
+    /// Subscribes the receiver's `/hook/{i}` paths to the phase's event, `subscriptions`
     /// times; returns how many of them each node delivers (with PostgreSQL, once the
     /// nodes have split all subscriptions between them).
-    async fn subscribe(&self, account: &str, subscriptions: usize) -> anyhow::Result<Vec<u64>> {
+    async fn subscribe(
+        &self,
+        account: &str,
+        subscriptions: usize,
+        traffic: Traffic,
+    ) -> anyhow::Result<Vec<u64>> {
         for i in 0..subscriptions {
             let endpoint = format!("{}/hook/{i}", self.receiver_url);
             self.subscribe_to(
                 account,
-                json!({"endpoint": endpoint, "events": [BENCH_EVENT]}),
+                json!({"endpoint": endpoint, "events": [traffic.event_name()]}),
             )
             .await?;
         }
@@ -669,13 +696,20 @@ impl Bench {
         account: &str,
         events: usize,
         subscriptions: usize,
+        traffic: Traffic,
     ) -> anyhow::Result<DeliveryResult> {
         let expectation = Expectation::new(events, subscriptions);
         self.receiver.expect(Some(expectation.clone()));
-        let subscriptions_per_node = self.subscribe(account, subscriptions).await?;
-        let label = format!("deliver to {subscriptions} subscription(s)");
-        self.measure_delivery(account, &label, expectation, subscriptions_per_node)
-            .await
+        let subscriptions_per_node = self.subscribe(account, subscriptions, traffic).await?;
+        let label = format!("deliver to {subscriptions} subscription(s) ({account})");
+        self.measure_delivery(
+            account,
+            &label,
+            expectation,
+            subscriptions_per_node,
+            traffic,
+        )
+        .await
     }
 
     /// Publishes the expected events to `account`, whose subscriptions are in place, and
@@ -686,13 +720,14 @@ impl Bench {
         label: &str,
         expectation: Arc<Expectation>,
         subscriptions_per_node: Vec<u64>,
+        traffic: Traffic,
     ) -> anyhow::Result<DeliveryResult> {
         let (events, subscriptions) = (expectation.events, expectation.subscriptions);
         let publish = self.publisher(account);
         let watch = self.server.watch();
         let started = self.receiver.now();
         let (publish_elapsed, _) = closed_loop(label, events, self.concurrency, move |n| {
-            publish(bench_event(n).to_string())
+            publish(traffic.event(n).to_string())
         })
         .await?;
         self.drain(label, &expectation).await;
@@ -720,17 +755,18 @@ impl Bench {
         })
     }
 
-    async fn latency(&self, seconds: u64) -> anyhow::Result<LatencyResult> {
-        self.latency_in("latency", seconds).await
-    }
-
     /// Publishes to one subscription of `account` at [`LATENCY_RATE`] for `seconds`, and
     /// measures each event's publish→arrival time.
-    async fn latency_in(&self, account: &str, seconds: u64) -> anyhow::Result<LatencyResult> {
+    async fn latency_in(
+        &self,
+        account: &str,
+        seconds: u64,
+        traffic: Traffic,
+    ) -> anyhow::Result<LatencyResult> {
         let events = (LATENCY_RATE * seconds) as usize;
         let expectation = Expectation::new(events, 1);
         self.receiver.expect(Some(expectation.clone()));
-        self.subscribe(account, 1).await?;
+        self.subscribe(account, 1, traffic).await?;
         let publish = self.publisher(account);
         let watch = self.server.watch();
         let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
@@ -740,6 +776,9 @@ impl Bench {
             events,
             done.clone(),
         );
+        // A client's connection pool: a server that stalls makes requests wait for one
+        // (and the wait counts), rather than opening a connection per request.
+        let permits = Arc::new(tokio::sync::Semaphore::new(LATENCY_IN_FLIGHT));
         let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / LATENCY_RATE));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut requests = Vec::with_capacity(events);
@@ -751,9 +790,12 @@ impl Bench {
                 done.clone(),
                 self.receiver.clone(),
             );
+            let permits = permits.clone();
             requests.push(tokio::spawn(async move {
+                // Timed from when it was due, so waiting for a connection counts.
                 sent[n].store(receiver.now(), Ordering::Relaxed);
-                let result = publish(bench_event(n).to_string()).await;
+                let _permit = permits.acquire_owned().await?;
+                let result = publish(traffic.event(n).to_string()).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 result
             }));
@@ -798,7 +840,7 @@ impl Bench {
             8,
             move |n| {
                 let events: Vec<_> = (n * BATCH..((n + 1) * BATCH).min(entities))
-                    .map(catalog_event)
+                    .map(events::catalog_event)
                     .collect();
                 publish(serde_json::Value::Array(events).to_string())
             },
@@ -873,7 +915,7 @@ impl Bench {
         );
         let (token, run) = (self.server.token().to_owned(), self.run.clone());
         let body =
-            json!({"endpoint": format!("{}/idle", self.receiver_url), "events": [BENCH_EVENT]})
+            json!({"endpoint": format!("{}/idle", self.receiver_url), "events": [Traffic::Player.event_name()]})
                 .to_string();
         let (created_in, _) = closed_loop(
             &format!("tenants: creating {idle} idle subscriptions"),
@@ -909,9 +951,11 @@ impl Bench {
         let watch = self.server.watch();
         tokio::time::sleep(TENANTS_IDLE_WATCH).await;
         let idle_resources = watch.finish(0);
-        let delivery = self.delivery("tenants-one", sizes.delivery_one, 1).await?;
+        let delivery = self
+            .delivery("tenants-one", sizes.delivery_one, 1, Traffic::Player)
+            .await?;
         let latency = self
-            .latency_in("tenants-latency", sizes.latency_seconds)
+            .latency_in("tenants-latency", sizes.latency_seconds, Traffic::Player)
             .await?;
         Ok(report::TenantsResult {
             idle_subscriptions: idle,
@@ -932,7 +976,7 @@ impl Bench {
         let expectation = Expectation::new(events, 1);
         expectation.down.store(true, Ordering::Relaxed);
         self.receiver.expect(Some(expectation.clone()));
-        self.subscribe("outage", 1).await?;
+        self.subscribe("outage", 1, Traffic::Player).await?;
         let publish = self.publisher("outage");
         let watch = self.server.watch();
         let batches = events.div_ceil(BATCH);
@@ -940,12 +984,7 @@ impl Bench {
             "outage: publish while receiver is down",
             batches,
             8,
-            move |n| {
-                let events: Vec<_> = (n * BATCH..((n + 1) * BATCH).min(events))
-                    .map(bench_event)
-                    .collect();
-                publish(serde_json::Value::Array(events).to_string())
-            },
+            move |n| publish(Traffic::Player.batch(n * BATCH..((n + 1) * BATCH).min(events))),
         )
         .await?;
         let down = watch.finish(0);

@@ -115,8 +115,9 @@ impl Receiver {
     }
 }
 
-/// Event ids are `b-<number>` (a resync delivery's: `b-<number>.<resync id>`); anything
-/// else is counted as a stray delivery.
+/// Event ids are the bench's UUIDs, which carry the event's number (a resync delivery's:
+/// `<uuid>.<resync id>`, see [`super::events::event_number`]); any other id counts only in
+/// the total.
 async fn arrive(
     State(receiver): State<Receiver>,
     Path(subscription): Path<usize>,
@@ -137,9 +138,7 @@ async fn arrive(
     let event = headers
         .get("webhook-id")
         .and_then(|id| id.to_str().ok())
-        .and_then(|id| id.strip_prefix("b-"))
-        .and_then(|n| n.split('.').next())
-        .and_then(|n| n.parse::<usize>().ok());
+        .and_then(super::events::event_number);
     if let Some(event) =
         event.filter(|&e| e < expectation.events && subscription < expectation.subscriptions)
     {

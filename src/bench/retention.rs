@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use super::events::Traffic;
 use super::server::{BenchServer, Storage};
 
 /// Events per publish request.
@@ -98,7 +99,7 @@ async fn measure(
     let created = http
         .post(format!("{base}/v1/accounts/{account}/subscriptions"))
         .bearer_auth(&token)
-        .json(&json!({"endpoint": format!("{receiver_url}/raw"), "events": [super::BENCH_EVENT]}))
+        .json(&json!({"endpoint": format!("{receiver_url}/raw"), "events": [Traffic::Player.event_name()]}))
         .send()
         .await?;
     anyhow::ensure!(
@@ -156,7 +157,7 @@ async fn measure(
             late += 1;
             continue;
         };
-        let events: Vec<_> = (n..n + BATCH).map(super::bench_event).collect();
+        let events = Traffic::Player.batch(n..n + BATCH);
         n += BATCH;
         let (http, url, token, latencies) = (
             http.clone(),
@@ -169,7 +170,8 @@ async fn measure(
             let response = http
                 .post(&url)
                 .bearer_auth(&token)
-                .json(&events)
+                .header("content-type", "application/json")
+                .body(events)
                 .send()
                 .await?;
             anyhow::ensure!(

@@ -58,6 +58,19 @@ pub(super) struct ProbePermit {
     breaker: Arc<Breaker>,
 }
 
+/// What [`Breaker::admit`] lets a delivery path do.
+#[derive(Debug)]
+pub(super) enum Admission {
+    /// The endpoint is up: calls start as the caller's own limits allow.
+    Open,
+    /// The endpoint is down and this call is its probe: one event, holding the slot
+    /// until the permit is dropped.
+    Probe(ProbePermit),
+    /// The endpoint is down and nothing may start now: the next probe may go at
+    /// `next_at`, or, while `probing`, once the probe under way is over.
+    Closed { next_at: Instant, probing: bool },
+}
+
 impl Drop for ProbePermit {
     fn drop(&mut self) {
         self.breaker.lock().in_flight = false;
@@ -92,6 +105,30 @@ impl Breaker {
         Some(ProbePermit {
             breaker: self.clone(),
         })
+    }
+
+    /// Whether a delivery call to an endpoint with `consecutive_failures` may start now,
+    /// for every path alike (first attempts, retries, resync copies). While it is down,
+    /// only a caller that `may_probe` can take the probe slot.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        consecutive_failures: u32,
+        schedule: &RetrySchedule,
+        may_probe: bool,
+    ) -> Admission {
+        if !is_open(consecutive_failures) {
+            return Admission::Open;
+        }
+        let probe = may_probe
+            .then(|| self.try_probe(probe_interval(schedule, consecutive_failures)))
+            .flatten();
+        match probe {
+            Some(permit) => Admission::Probe(permit),
+            None => {
+                let (next_at, probing) = self.next_probe();
+                Admission::Closed { next_at, probing }
+            }
+        }
     }
 
     /// The earliest the next probe may start (in the past when it may start now), and
@@ -178,5 +215,122 @@ mod tests {
         assert!(breaker.try_probe(interval).is_none());
         drop(second);
         assert!(breaker.try_probe(interval).is_some());
+    }
+
+    fn probe(admission: Admission) -> ProbePermit {
+        match admission {
+            Admission::Probe(permit) => permit,
+            other => panic!("expected a probe, got {other:?}"),
+        }
+    }
+
+    fn closed(admission: &Admission) -> bool {
+        matches!(admission, Admission::Closed { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_is_open_below_the_threshold_for_every_path() {
+        let breaker = Breaker::new();
+        let schedule = schedule();
+        for failures in [0, 1, BREAKER_THRESHOLD - 1] {
+            assert!(matches!(
+                breaker.admit(failures, &schedule, true),
+                Admission::Open
+            ));
+            assert!(matches!(
+                breaker.admit(failures, &schedule, false),
+                Admission::Open
+            ));
+        }
+        // Open costs no probe slot.
+        assert!(!breaker.next_probe().1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_that_may_not_probe_waits_while_the_endpoint_is_down() {
+        let breaker = Breaker::new();
+        let schedule = schedule();
+        // A resync run, or a worker with calls of its own under way.
+        let admission = breaker.admit(BREAKER_THRESHOLD, &schedule, false);
+        assert!(matches!(
+            admission,
+            Admission::Closed { probing: false, next_at } if next_at <= Instant::now()
+        ));
+        // It did not use the slot: a path that may probe still can.
+        let _permit = probe(breaker.admit(BREAKER_THRESHOLD, &schedule, true));
+    }
+
+    /// An outage as the engine sees it: each attempt's result goes through the policy,
+    /// which moves the endpoint on; the breaker admits from that.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_opens_the_breaker_probes_are_spaced_by_the_schedule_and_a_success_closes_it()
+    {
+        use super::super::policy::{self, Endpoint, Policy};
+        use crate::sinks::AttemptResult;
+
+        let schedule = schedule();
+        let policy = Policy {
+            schedule: &schedule,
+            disable_after: Duration::from_secs(3_600),
+        };
+        let failed = AttemptResult::Failed {
+            error: "HTTP 503".into(),
+            retry_after: None,
+        };
+        let breaker = Breaker::new();
+        let mut endpoint = Endpoint::default();
+        let attempt = |endpoint: &mut Endpoint, result: &AttemptResult| {
+            let decision = policy::decide(result, 1, *endpoint, policy, 0, 1.0);
+            *endpoint = decision.endpoint;
+        };
+        // Deliveries flow until the threshold of failures in a row.
+        for _ in 0..BREAKER_THRESHOLD {
+            assert!(matches!(
+                breaker.admit(endpoint.consecutive_failures, &schedule, true),
+                Admission::Open
+            ));
+            attempt(&mut endpoint, &failed);
+        }
+        // Down: the first probe goes at once, and nothing else meanwhile.
+        let start = Instant::now();
+        let first = probe(breaker.admit(endpoint.consecutive_failures, &schedule, true));
+        assert!(matches!(
+            breaker.admit(endpoint.consecutive_failures, &schedule, true),
+            Admission::Closed { probing: true, .. }
+        ));
+        attempt(&mut endpoint, &failed);
+        drop(first);
+        // Each failed probe waits longer for the next, along the schedule: 1 s after
+        // the first, then 2 s, 3 s, 4 s, then 5 s (the cap) however long it lasts.
+        let mut at = start;
+        for wait in [1, 2, 3, 4, 5, 5, 5] {
+            let wait = Duration::from_secs(wait);
+            let admission = breaker.admit(endpoint.consecutive_failures, &schedule, true);
+            assert!(
+                matches!(admission, Admission::Closed { next_at, probing: false } if next_at == at + wait),
+                "{admission:?}"
+            );
+            tokio::time::advance(at + wait - Instant::now() - Duration::from_millis(1)).await;
+            assert!(closed(&breaker.admit(
+                endpoint.consecutive_failures,
+                &schedule,
+                true
+            )));
+            tokio::time::advance(Duration::from_millis(1)).await;
+            at = Instant::now();
+            let permit = probe(breaker.admit(endpoint.consecutive_failures, &schedule, true));
+            attempt(&mut endpoint, &failed);
+            drop(permit);
+        }
+        // The endpoint is back: the next probe succeeds and every path is let through.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let permit = probe(breaker.admit(endpoint.consecutive_failures, &schedule, true));
+        attempt(&mut endpoint, &AttemptResult::Delivered);
+        drop(permit);
+        assert_eq!(endpoint, Endpoint::default());
+        assert!(matches!(
+            breaker.admit(endpoint.consecutive_failures, &schedule, false),
+            Admission::Open
+        ));
     }
 }

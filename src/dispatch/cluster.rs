@@ -11,9 +11,11 @@
 //! a channel so every node looks at once rather than at its next renewal.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::PgListener;
+// Tokio's clock (the system's monotonic clock, except in tests with paused time).
+use tokio::time::Instant;
 
 use super::Dispatcher;
 use crate::model::now_millis;
@@ -56,15 +58,13 @@ impl Leases {
     pub(super) async fn run(self) {
         let cancel = self.dispatcher.shared.cancel.clone();
         let mut listener: Option<PgListener> = None;
-        let mut renewed = Instant::now();
+        let mut clock = LeaseClock::new(self.ttl);
         loop {
-            self.stop_if_expired(renewed).await;
-            // A pass started before the leases ran out may end after: it counts from
-            // its start.
+            self.stop_if_expired(&clock).await;
             let started = Instant::now();
             let passed = match self.pass().await {
                 Ok(()) => {
-                    renewed = started;
+                    clock.renewed(started);
                     true
                 }
                 Err(error) => {
@@ -72,7 +72,7 @@ impl Leases {
                     false
                 }
             };
-            self.stop_if_expired(renewed).await;
+            self.stop_if_expired(&clock).await;
             // Without the database, trying to listen only waits out the pool's timeout
             // again: the next pass that works tries.
             if listener.is_none() && passed {
@@ -84,13 +84,7 @@ impl Leases {
                     None => std::future::pending().await,
                 }
             };
-            // Wake up when the leases run out, too, if that comes before the next pass.
-            let now = tokio::time::Instant::now();
-            let expiry = tokio::time::Instant::from_std(renewed + self.ttl);
-            let wake = match now + self.ttl / 3 {
-                next_pass if expiry > now => next_pass.min(expiry),
-                next_pass => next_pass,
-            };
+            let wake = clock.next_wake();
             let message = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(wake) => None,
@@ -123,8 +117,8 @@ impl Leases {
     /// Once this node's leases have run out unrenewed (the database is unreachable),
     /// another node may have taken its subscriptions over: it stops delivering them. The
     /// next pass that works takes back what is still free.
-    async fn stop_if_expired(&self, renewed: Instant) {
-        if renewed.elapsed() >= self.ttl && !self.dispatcher.running().is_empty() {
+    async fn stop_if_expired(&self, clock: &LeaseClock) {
+        if clock.expired() && !self.dispatcher.running().is_empty() {
             tracing::warn!(
                 node = self.cluster.node(),
                 "leases ran out: stopping every worker"
@@ -181,28 +175,30 @@ impl Leases {
             }
         }
         let total = self.cluster.enabled_count().await?;
-        let share = usize::try_from((total + live - 1) / live).unwrap_or(usize::MAX);
-        if enabled.len() > share {
-            // The most recently created go: the oldest stay where they are.
-            for subscription in enabled.split_off(share) {
-                self.dispatcher.hand_over(&subscription.id).await;
-                self.cluster.release(&subscription.id).await?;
-                tracing::info!(subscription = %subscription.id, "handed over to another node");
+        match rebalance(enabled.len(), share(total, live)) {
+            Rebalance::Keep => {}
+            Rebalance::HandOver { keep } => {
+                // The most recently created go: the oldest stay where they are.
+                for subscription in enabled.split_off(keep) {
+                    self.dispatcher.hand_over(&subscription.id).await;
+                    self.cluster.release(&subscription.id).await?;
+                    tracing::info!(subscription = %subscription.id, "handed over to another node");
+                }
+                self.cluster.notify(CHANGED).await?;
             }
-            self.cluster.notify(CHANGED).await?;
-        } else if enabled.len() < share {
-            let wanted = i64::try_from(share - enabled.len()).unwrap_or(i64::MAX);
-            let claimed = self.cluster.claim(now, now + ttl, wanted).await?;
-            if !claimed.is_empty() {
-                let claimed: HashSet<String> = claimed.into_iter().collect();
-                tracing::info!(count = claimed.len(), "took subscriptions over");
-                enabled.extend(
-                    self.cluster
-                        .held_subscriptions()
-                        .await?
-                        .into_iter()
-                        .filter(|s| claimed.contains(&s.id)),
-                );
+            Rebalance::Take { wanted } => {
+                let claimed = self.cluster.claim(now, now + ttl, wanted).await?;
+                if !claimed.is_empty() {
+                    let claimed: HashSet<String> = claimed.into_iter().collect();
+                    tracing::info!(count = claimed.len(), "took subscriptions over");
+                    enabled.extend(
+                        self.cluster
+                            .held_subscriptions()
+                            .await?
+                            .into_iter()
+                            .filter(|s| claimed.contains(&s.id)),
+                    );
+                }
             }
         }
         for subscription in enabled {
@@ -215,5 +211,144 @@ impl Leases {
             }
         }
         Ok(())
+    }
+}
+
+/// When this node's leases were last renewed, so when they run out and when the next
+/// pass is due.
+#[derive(Debug)]
+struct LeaseClock {
+    renewed: Instant,
+    ttl: Duration,
+}
+
+impl LeaseClock {
+    /// Leases just taken (or none yet: nothing runs before the first pass).
+    fn new(ttl: Duration) -> LeaseClock {
+        LeaseClock {
+            renewed: Instant::now(),
+            ttl,
+        }
+    }
+
+    /// A pass that began at `started` renewed the leases. One started before they ran
+    /// out may end after: they last from its start, not its end.
+    fn renewed(&mut self, started: Instant) {
+        self.renewed = started;
+    }
+
+    /// Whether the leases have run out unrenewed: another node may hold them now.
+    fn expired(&self) -> bool {
+        self.renewed.elapsed() >= self.ttl
+    }
+
+    /// When to run the next pass: a third of the lease's life from now, or when the
+    /// leases run out if that comes first (so the node stops its workers in time).
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let expiry = self.renewed + self.ttl;
+        let next_pass = now + self.ttl / 3;
+        match expiry > now {
+            true => next_pass.min(expiry),
+            false => next_pass,
+        }
+    }
+}
+
+/// This node's share of `total` enabled subscriptions among `live` nodes: rounded up, so
+/// every subscription has a node.
+fn share(total: i64, live: i64) -> usize {
+    let live = live.max(1);
+    usize::try_from((total.max(0) + live - 1) / live).unwrap_or(usize::MAX)
+}
+
+/// What a node holding `held` subscriptions does to reach its `share`.
+#[derive(Debug, PartialEq, Eq)]
+enum Rebalance {
+    Keep,
+    /// Over its share: hand over all but the first `keep` (the oldest).
+    HandOver {
+        keep: usize,
+    },
+    /// Under its share: take up to `wanted` that nobody holds.
+    Take {
+        wanted: i64,
+    },
+}
+
+fn rebalance(held: usize, share: usize) -> Rebalance {
+    match held.cmp(&share) {
+        std::cmp::Ordering::Equal => Rebalance::Keep,
+        std::cmp::Ordering::Greater => Rebalance::HandOver { keep: share },
+        std::cmp::Ordering::Less => Rebalance::Take {
+            wanted: i64::try_from(share - held).unwrap_or(i64::MAX),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_come_every_third_of_the_lease_life() {
+        let clock = LeaseClock::new(TTL);
+        assert!(!clock.expired());
+        assert_eq!(clock.next_wake(), Instant::now() + TTL / 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unrenewed_leases_run_out_after_their_life_and_stop_the_node_in_time() {
+        let mut clock = LeaseClock::new(TTL);
+        let renewed_at = Instant::now();
+        clock.renewed(renewed_at);
+        // Passes fail (the database is unreachable): the node wakes at the expiry even
+        // when the next regular pass would come later.
+        tokio::time::advance(TTL - Duration::from_secs(2)).await;
+        assert!(!clock.expired());
+        assert_eq!(clock.next_wake(), renewed_at + TTL);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(clock.expired(), "another node may take the leases over now");
+        // Past the expiry it keeps trying at the regular pace.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(clock.next_wake(), Instant::now() + TTL / 3);
+        // A pass that works renews them.
+        clock.renewed(Instant::now());
+        assert!(!clock.expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_pass_renews_from_its_start() {
+        let mut clock = LeaseClock::new(TTL);
+        tokio::time::advance(TTL - Duration::from_secs(1)).await;
+        let started = Instant::now();
+        // The pass takes 10 s: the leases it renewed last from when it began.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        clock.renewed(started);
+        assert!(!clock.expired());
+        tokio::time::advance(TTL - Duration::from_secs(10)).await;
+        assert!(clock.expired());
+    }
+
+    #[test]
+    fn each_node_takes_its_share_rounded_up() {
+        assert_eq!(share(10, 3), 4);
+        assert_eq!(share(9, 3), 3);
+        assert_eq!(share(0, 3), 0);
+        // No live node counted yet (this one's heartbeat is being written): all of it.
+        assert_eq!(share(7, 0), 7);
+    }
+
+    #[test]
+    fn a_node_over_its_share_hands_the_newest_over_and_one_under_takes() {
+        assert_eq!(rebalance(4, 4), Rebalance::Keep);
+        assert_eq!(rebalance(7, 4), Rebalance::HandOver { keep: 4 });
+        assert_eq!(rebalance(1, 4), Rebalance::Take { wanted: 3 });
+        // A third node joined: 10 subscriptions, 3 nodes.
+        let share = share(10, 3);
+        assert_eq!(rebalance(5, share), Rebalance::HandOver { keep: 4 });
+        assert_eq!(rebalance(0, share), Rebalance::Take { wanted: 4 });
     }
 }

@@ -14,9 +14,15 @@
 //! A full resync of a subscription (catalog mirroring) has a `resync` runner of its own
 //! beside the worker: it sends the latest event of each live entity through the same
 //! sink, signer and retry set, and stops with the worker.
+//!
+//! The worker, the retry scheduler and the resync runner deliver through one `engine`:
+//! the same admission (the endpoint's `breaker`), the same call to the sink, the same
+//! decision (`policy::decide`, pure, giving a [`policy::AttemptOutcome`]) and the same
+//! record of it in their progress reports.
 
 mod breaker;
 mod cluster;
+mod engine;
 mod feed;
 pub mod policy;
 mod resync;
@@ -34,13 +40,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RetrySchedule;
-use crate::model::{AwsOptions, Destination, DisabledReason, Millis, StoredEvent, Subscription};
+use crate::model::{AwsOptions, Destination, Millis, StoredEvent, Subscription};
 use crate::sinks::aws::{AwsResource, AwsSinks, AwsTarget, Outgoing};
 use crate::sinks::webhook::{
     ClientError, SecretError, Signer, WebhookRequest, WebhookSink, parse_url,
 };
 use crate::sinks::{AttemptResult, Attempted, Payload};
-use crate::store::{Cluster, Health, ResyncRun, Store, StoreError};
+use crate::store::{Cluster, ResyncRun, Store, StoreError};
 
 /// Dispatch settings, taken from the server configuration.
 #[derive(Debug, Clone)]
@@ -218,35 +224,6 @@ impl Target {
 
     fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
-    }
-
-    /// Updates the endpoint's health after an attempt; says whether the subscription
-    /// has now failed for too long.
-    fn note(
-        &self,
-        result: &AttemptResult,
-        now: Millis,
-        disable_after: Duration,
-    ) -> (Option<Health>, Option<DisabledReason>) {
-        // A poisoned lock only means another task panicked mid-update of a timestamp.
-        let mut failing_since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
-        match result {
-            AttemptResult::Delivered => {
-                *failing_since = None;
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                (Some(Health::Succeeded { at: now }), None)
-            }
-            // Nothing reached the destination: it says nothing about its health.
-            AttemptResult::Rejected { .. } => (None, None),
-            _ => {
-                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                let since = *failing_since.get_or_insert(now);
-                (
-                    Some(Health::Failed { at: since }),
-                    policy::failing_too_long(Some(since), now, disable_after),
-                )
-            }
-        }
     }
 }
 

@@ -19,14 +19,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{BREAKER_THRESHOLD, FLUSH_EVERY, record_first_attempt};
+use super::breaker::Admission;
+use super::engine::{self, Call, Called, Delivery, Report};
+use super::worker::FLUSH_EVERY;
 use super::{Dispatcher, Target};
 use crate::model::{StoredEvent, now_millis};
-use crate::sinks::Attempted;
 use crate::sinks::resync::resync_copy;
 use crate::store::{PageSize, Progress, ResyncPosition, ResyncProgress, ResyncRun, StoreError};
 
@@ -46,9 +46,6 @@ struct Page {
     entities: u64,
 }
 
-/// A delivery call's results, with the page each event belongs to.
-type Sent = Vec<(u64, Arc<StoredEvent>, Attempted)>;
-
 pub(super) struct Runner {
     dispatcher: Dispatcher,
     target: Arc<Target>,
@@ -61,11 +58,12 @@ pub(super) struct Runner {
     pages: VecDeque<Page>,
     /// Copies read and not yet started, with their page.
     pending: VecDeque<(u64, Arc<StoredEvent>)>,
-    in_flight: FuturesUnordered<BoxFuture<'static, Sent>>,
+    /// Delivery calls under way, each with the page of each of its events.
+    in_flight: FuturesUnordered<Call<Vec<u64>>>,
     /// What the store knows once the next report is committed.
     sent: u64,
     position: Option<ResyncPosition>,
-    report: Progress,
+    report: Report,
     /// Whether `sent` or `position` moved since the last report.
     moved: bool,
 }
@@ -77,10 +75,7 @@ impl Runner {
         run: ResyncRun,
         cancel: CancellationToken,
     ) -> Runner {
-        let report = Progress {
-            subscription_id: run.subscription_id.clone(),
-            ..Progress::default()
-        };
+        let report = Report::new(&run.subscription_id);
         Runner {
             reading: run.position.clone(),
             position: run.position.clone(),
@@ -125,33 +120,35 @@ impl Runner {
                 self.complete().await;
                 return;
             }
-            // While the endpoint is down the run waits: the worker's probes and the
-            // retries tell when it is back, and its entities wait in the store, not in
-            // the retry set.
-            let endpoint_down = self.target.consecutive_failures() >= BREAKER_THRESHOLD;
-            while !endpoint_down && self.in_flight.len() < max_in_flight && !self.pending.is_empty()
+            // While the endpoint is down the run waits (it does not probe): the worker's
+            // probes and the retries tell when it is back, and its entities wait in the
+            // store, not in the retry set.
+            let schedule = &self.dispatcher.config().retry_schedule;
+            if !self.pending.is_empty()
+                && let Admission::Open = self.target.admit(schedule, false)
             {
-                let size = batch_size.min(self.pending.len());
-                let batch: Vec<_> = self.pending.drain(..size).collect();
-                self.start(batch);
+                while self.in_flight.len() < max_in_flight && !self.pending.is_empty() {
+                    let size = batch_size.min(self.pending.len());
+                    let (pages, events): (Vec<u64>, Vec<_>) = self.pending.drain(..size).unzip();
+                    let call = engine::call(&self.dispatcher, &self.target, events, pages, None);
+                    self.in_flight.push(call);
+                }
             }
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
-                Some(results) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.finished(results);
+                Some(called) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finished(called);
                 }
                 _ = flush.tick() => self.flush().await,
             }
         }
         // Stopped (subscription deleted or disabled, or shutdown): what is done is saved;
         // deliveries in flight are sent again when the run resumes.
-        let disabled = self.report.disable.is_some();
+        let disabled = self.report.disables();
         self.flush().await;
         if disabled {
-            if let Err(error) = self.dispatcher.store().flush().await {
-                tracing::error!(%error, %subscription, "saving the disabling failed");
-            }
+            self.dispatcher.commit_disabling(&subscription).await;
             self.dispatcher.stop_worker_of(&self.target);
         }
     }
@@ -218,33 +215,19 @@ impl Runner {
         types.get(at + 1).cloned()
     }
 
-    fn start(&mut self, batch: Vec<(u64, Arc<StoredEvent>)>) {
-        let dispatcher = self.dispatcher.clone();
-        let target = self.target.clone();
-        self.in_flight.push(Box::pin(async move {
-            let events: Vec<_> = batch.iter().map(|(_, event)| event.clone()).collect();
-            let attempted = dispatcher.attempt_batch(&target, &events).await;
-            batch
-                .into_iter()
-                .zip(attempted)
-                .map(|((page, event), attempted)| (page, event, attempted))
-                .collect()
-        }));
-    }
-
     /// Records the outcome of first attempts, as a worker does, and moves the position
     /// past the pages now done.
-    fn finished(&mut self, results: Sent) {
-        for (page, event, attempted) in results {
-            let outcome = record_first_attempt(
-                &self.dispatcher,
-                &self.target,
-                &mut self.report,
-                &event,
-                Some(&self.run.id),
-                &attempted,
-            );
-            if outcome.disabled {
+    fn finished(&mut self, called: Called<Vec<u64>>) {
+        for (page, (event, attempted)) in called.tag.into_iter().zip(called.results) {
+            let delivery = Delivery {
+                event: &event,
+                resync_id: Some(&self.run.id),
+                attempt: 1,
+            };
+            let recorded = self
+                .report
+                .record(&self.dispatcher, &self.target, delivery, &attempted);
+            if recorded.disabled {
                 // This run stops now; the worker once the disabling is committed (see
                 // `run`), so nothing starts it again from the old state meanwhile.
                 self.cancel.cancel();
@@ -271,13 +254,7 @@ impl Runner {
     }
 
     async fn flush(&mut self) {
-        let report = &self.report;
-        if !self.moved
-            && report.delivered == 0
-            && report.attempts.is_empty()
-            && report.retries.is_empty()
-            && report.disable.is_none()
-        {
+        if !self.moved && self.report.is_empty() {
             return;
         }
         let progress = self.take_report(None);
@@ -291,21 +268,13 @@ impl Runner {
 
     /// The report so far, with the run's position (and its end, if `completed_at`).
     fn take_report(&mut self, completed_at: Option<i64>) -> Progress {
-        Progress {
-            subscription_id: self.report.subscription_id.clone(),
-            cursor: None,
-            delivered: std::mem::take(&mut self.report.delivered),
-            attempts: std::mem::take(&mut self.report.attempts),
-            retries: std::mem::take(&mut self.report.retries),
-            health: self.report.health.take(),
-            disable: self.report.disable.take(),
-            resync: Some(Box::new(ResyncProgress {
-                id: self.run.id.clone(),
-                sent: self.sent,
-                position: self.position.clone(),
-                completed_at,
-            })),
-        }
+        let resync = ResyncProgress {
+            id: self.run.id.clone(),
+            sent: self.sent,
+            position: self.position.clone(),
+            completed_at,
+        };
+        self.report.take(None, Some(resync))
     }
 
     /// Every entity was sent: the run ends, in the same commit as its last retries.

@@ -16,12 +16,12 @@ use std::time::Duration;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::breaker::{self, ProbePermit};
-use super::worker::attempt_record;
-use super::{Dispatcher, Target, policy};
+use super::breaker::{Admission, ProbePermit};
+use super::engine::{Delivery, Report};
+use super::{Dispatcher, Target};
 use crate::model::{Millis, now_millis};
 use crate::sinks::resync::resync_copy;
-use crate::store::{DueRetry, Progress, RetryState, RetryUpdate, StoreError};
+use crate::store::{DueRetry, Progress, StoreError};
 
 /// Retries in flight at once, in all.
 const MAX_IN_FLIGHT: usize = 128;
@@ -176,21 +176,22 @@ impl Scheduler {
                     .await;
                 continue;
             };
-            let mut probe = None;
-            let failures = target.consecutive_failures();
-            if breaker::is_open(failures) {
-                let interval =
-                    breaker::probe_interval(&self.dispatcher.config().retry_schedule, failures);
-                probe = target.breaker.try_probe(interval);
+            let schedule = &self.dispatcher.config().retry_schedule;
+            let admission = target.admit(schedule, true);
+            if !matches!(admission, Admission::Open)
+                && postponed.insert(retry.subscription_id.clone())
+            {
                 // The endpoint is down: its other retries wait for the next probe.
-                if postponed.insert(retry.subscription_id.clone()) {
-                    self.postpone(&target).await;
-                }
-                if probe.is_none() {
+                self.postpone(&target).await;
+            }
+            let probe = match admission {
+                Admission::Open => None,
+                Admission::Probe(permit) => Some(permit),
+                Admission::Closed { .. } => {
                     self.unclaim(&retry, next_probe_millis(&target)).await;
                     continue;
                 }
-            }
+            };
             *self
                 .in_flight
                 .entry(retry.subscription_id.clone())
@@ -236,9 +237,7 @@ impl Scheduler {
         if disabled {
             // Its worker stops once the disabling is committed, so nothing starts it
             // again from the old state meanwhile.
-            if let Err(error) = store.flush().await {
-                tracing::error!(%error, subscription = %id, "saving the disabling failed");
-            }
+            self.dispatcher.commit_disabling(&id).await;
             self.dispatcher.remove(&id);
         }
     }
@@ -328,61 +327,19 @@ async fn attempt_once(
     };
     let attempt = retry.attempts + 1;
     let attempted = dispatcher.attempt(target, &event).await;
-    let now = now_millis();
-    let config = dispatcher.config();
-    let verdict = policy::decide(
-        &attempted.result,
+    let delivery = Delivery {
+        event: &event,
+        resync_id: retry.resync_id.as_deref(),
         attempt,
-        &config.retry_schedule,
-        now,
-        policy::jitter(),
-    );
-    let (health, too_long) = target.note(&attempted.result, now, config.disable_after);
-    match &verdict.retry {
-        RetryState::Delivered => {
-            tracing::info!(subscription = target.id(), event = %event.id, attempt, "delivered on retry")
-        }
-        RetryState::Scheduled {
-            next_attempt_at, ..
-        } => dispatcher.shared.retry_wake.at(*next_attempt_at),
-        RetryState::Dead { .. } => {
-            tracing::warn!(subscription = target.id(), event = %event.id, attempt, "retries used up; dead-lettered")
-        }
-    }
+    };
+    let mut report = Report::new(&retry.subscription_id);
+    let recorded = report.record(dispatcher, target, delivery, &attempted);
     // An in-order subscription waits for this retry before its next delivery.
     if target.subscription.in_order()
         && retry.resync_id.is_none()
-        && !matches!(verdict.retry, RetryState::Scheduled { .. })
+        && recorded.outcome.retry_at().is_none()
     {
         dispatcher.retry_resolved(target.id(), event.seq).await;
     }
-    let disable = verdict.disable.clone().or(too_long);
-    if let Some(reason) = &disable {
-        tracing::warn!(
-            subscription = target.id(),
-            reason = reason.message(),
-            "subscription disabled"
-        );
-    }
-    Some(Progress {
-        subscription_id: retry.subscription_id.clone(),
-        cursor: None,
-        delivered: 0,
-        attempts: vec![attempt_record(
-            &event,
-            retry.resync_id.as_deref(),
-            attempt,
-            now,
-            &attempted,
-            &verdict.retry,
-        )],
-        retries: vec![RetryUpdate {
-            seq: event.seq,
-            resync_id: retry.resync_id.clone(),
-            state: verdict.retry,
-        }],
-        health,
-        disable,
-        resync: None,
-    })
+    Some(report.take(None, None))
 }
