@@ -893,6 +893,40 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_may_keep_its_events_for_a_retention_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extra.json");
+        std::fs::write(
+            &path,
+            r#"{"topics": [{"name": "player-events", "retention": "1d"}]}"#,
+        )
+        .unwrap();
+        let retentions = Catalog::from_file(&path).unwrap().topic_retentions();
+        assert_eq!(
+            retentions,
+            HashMap::from([(
+                "player-events".to_owned(),
+                std::time::Duration::from_secs(86_400)
+            )])
+        );
+        assert!(Catalog::builtin().topic_retentions().is_empty());
+        for refused in ["soon", "0s"] {
+            std::fs::write(
+                &path,
+                format!(r#"{{"topics": [{{"name": "player-events", "retention": "{refused}"}}]}}"#),
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    Catalog::from_file(&path),
+                    Err(CatalogError::Retention { .. })
+                ),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn an_operator_file_adds_types_and_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("extra.json");

@@ -106,7 +106,9 @@ impl ApiError {
     /// `after` (a query's, or the position a replay goes on after) is before the
     /// account's retention mark `mark`: events after it are gone.
     pub fn check_retained(after: i64, mark: i64) -> Result<(), ApiError> {
-        if after >= mark {
+        // Mark 0: nothing was ever removed, and any `after` (even below 0) starts at the
+        // beginning of a complete log.
+        if after >= mark || mark == 0 {
             return Ok(());
         }
         Err(ApiError::BeforeRetention {
@@ -273,5 +275,24 @@ impl IntoResponse for ApiError {
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_position_before_what_retention_removed_is_refused() {
+        // Nothing removed yet: any position starts a complete log, even one below 0.
+        assert!(ApiError::check_retained(-5, 0).is_ok());
+        assert!(ApiError::check_retained(0, 0).is_ok());
+        assert!(ApiError::check_retained(100, 100).is_ok());
+        match ApiError::check_retained(99, 100) {
+            Err(ApiError::BeforeRetention {
+                oldest_sequence, ..
+            }) => assert_eq!(oldest_sequence, 101),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -17,10 +17,11 @@
 //!
 //! The pass reads the log in small batches of positions and removes each batch in its own
 //! short transaction, pausing between them, so the log writer never waits long for the
-//! database. Ordinary passes go on from where the last one stopped (only what has newly
-//! aged); a full sweep from the start of the log, at start and every `FULL_SWEEP_EVERY`
-//! passes, looks again at what was held back (a subscription that caught up, an entity
-//! that has a newer event, a topic with a longer retention).
+//! database. Ordinary passes go on from where the last one stopped (what has newly aged,
+//! and what they held back for a subscription a little behind); a full sweep from the
+//! start of the log, at start and every `FULL_SWEEP_EVERY` passes, looks again at
+//! everything kept (a subscription that was down and caught up, an entity that has a
+//! newer event, a topic with a longer retention).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -31,12 +32,18 @@ use super::database::Pool;
 use super::{Database, Result, postgres, sqlite};
 use crate::model::{EventFilter, Millis};
 
-/// Positions read (and at most removed) per batch.
-const BATCH: u32 = 500;
+/// Positions read (and at most removed) per batch: a delete of this many rows is a
+/// millisecond or two of the write lock.
+const BATCH: u32 = 1_000;
 /// The pause between two batches: the log writer's commits go first.
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
 /// Every this many passes, one looks at the whole log again (see the module's notes).
 const FULL_SWEEP_EVERY: u64 = 30;
+/// An ordinary pass goes on from the first event it held back for a subscription or a
+/// retry (a subscription a little behind catches up within seconds), unless that is
+/// more than this many positions back: a subscription that is down leaves its events
+/// to the full sweeps, so that each pass does not read them all again.
+const RESCAN_AT_MOST: i64 = 20_000;
 /// Attempt records or dead letters removed per statement.
 const RECORD_BATCH: u32 = 1_000;
 
@@ -504,7 +511,7 @@ impl Database {
         let mut report = PassReport::default();
         let head = self.head().await?;
         // Keep the count of the log up: in full at a full sweep, else what was added.
-        let full = state.passes % FULL_SWEEP_EVERY == 0;
+        let full = state.passes.is_multiple_of(FULL_SWEEP_EVERY);
         state.passes += 1;
         report.full_sweep = full;
         match state.counted_upto {
@@ -533,6 +540,7 @@ impl Database {
             } else {
                 state.resume
             };
+            let mut first_held = None;
             loop {
                 let batch = self.retention_candidates(after, head, BATCH).await?;
                 let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
@@ -565,7 +573,10 @@ impl Database {
                             }
                         }
                         Verdict::EntityHead => report.kept_entities += 1,
-                        Verdict::Retrying | Verdict::Undelivered => report.held += 1,
+                        Verdict::Retrying | Verdict::Undelivered => {
+                            report.held += 1;
+                            first_held.get_or_insert(event.seq);
+                        }
                         Verdict::Remove | Verdict::RemoveTombstone => {
                             if verdict == Verdict::RemoveTombstone {
                                 tombstones.push(event.seq);
@@ -589,7 +600,10 @@ impl Database {
                 }
                 tokio::time::sleep(BATCH_PAUSE).await;
             }
-            state.resume = after;
+            state.resume = match first_held {
+                Some(held) if after - held <= RESCAN_AT_MOST => held - 1,
+                _ => after,
+            };
             state.bytes -= i64::try_from(report.removed_bytes).unwrap_or(0);
         }
         let records_before = now.saturating_sub(millis(policy.attempt_retention));
@@ -645,10 +659,12 @@ pub async fn run_retention(
     let mut state = RetentionState::default();
     loop {
         let started = Instant::now();
-        match db
-            .retention_pass(&policy, &mut state, crate::model::now_millis())
-            .await
-        {
+        // A pass stops at shutdown wherever it is: a batch not committed is rolled back.
+        let pass = tokio::select! {
+            _ = stop.cancelled() => return,
+            pass = db.retention_pass(&policy, &mut state, crate::model::now_millis()) => pass,
+        };
+        match pass {
             Ok(report) => {
                 metrics::histogram!("reelay_retention_pass_seconds")
                     .record(started.elapsed().as_secs_f64());

@@ -159,6 +159,8 @@ pub(super) async fn use_incremental_vacuum(pool: &SqlitePool) -> Result<bool> {
 const FREE_PAGES_KEPT_PERCENT: i64 = 10;
 /// Pages given back per step: each step is a short write transaction.
 const VACUUM_STEP_PAGES: i64 = 1_024;
+/// Steps per retention pass (16 MB of 2 KB pages).
+const VACUUM_STEPS_PER_PASS: usize = 8;
 
 /// Gives the free pages that retention left back to the file system, a step at a time
 /// with pauses (each step holds the write lock briefly), down to a reserve for the
@@ -167,7 +169,8 @@ pub(super) async fn reclaim_space(pool: &SqlitePool) -> Result<()> {
     if !incremental_vacuum(pool).await? {
         return Ok(());
     }
-    for _ in 0..10_000 {
+    // A bounded share per pass: what is left goes at the next one.
+    for _ in 0..VACUUM_STEPS_PER_PASS {
         let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
             .fetch_one(pool)
             .await?;

@@ -496,3 +496,58 @@ async fn a_full_disk_refuses_publishes_loses_nothing_acknowledged_and_recovers()
     )
     .await;
 }
+
+/// A SQLite database made before incremental auto-vacuum (SQLite's default: none) is
+/// switched by `reelay migrate`, once, and the server then runs on it.
+#[tokio::test]
+async fn migrate_switches_an_older_sqlite_database_to_incremental_vacuum() {
+    use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("reelay.db");
+    let database = format!("sqlite://{}", path.display());
+    let auto_vacuum = |database: String| async move {
+        let pool = sqlx::SqlitePool::connect(&database).await.expect("open");
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&pool)
+            .await
+            .expect("auto_vacuum");
+        pool.close().await;
+        mode
+    };
+    let old = sqlx::SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .auto_vacuum(SqliteAutoVacuum::None)
+            .journal_mode(SqliteJournalMode::Wal),
+    )
+    .await
+    .expect("create");
+    sqlx::query("CREATE TABLE older (x TEXT)")
+        .execute(&old)
+        .await
+        .expect("a table");
+    old.close().await;
+    assert_eq!(auto_vacuum(database.clone()).await, 0);
+
+    let migrate = || async {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_reelay"))
+            .args(["migrate", "--database", &database])
+            .output()
+            .await
+            .expect("run reelay migrate")
+    };
+    let done = migrate().await;
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains("gives the space of removed events back"),
+        "{done:?}"
+    );
+    assert_eq!(auto_vacuum(database.clone()).await, 2, "incremental");
+    // Once is enough.
+    let again = migrate().await;
+    assert!(again.status.success(), "{again:?}");
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("gives the space"));
+    let app = TestApp::start_on(database.clone(), &[], dir).await;
+    assert_eq!(app.get("/v1/catalog").await.0, 200);
+}
