@@ -330,6 +330,7 @@ mod tests {
             },
             payload_filter: None,
             transform: None,
+            rate_limit: None,
             format: Format::Native,
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             public_key: None,
