@@ -24,6 +24,7 @@ mod breaker;
 mod cluster;
 mod engine;
 mod feed;
+mod pace;
 pub mod policy;
 mod resync;
 mod retry;
@@ -136,6 +137,8 @@ pub(crate) struct Target {
     consecutive_failures: AtomicU32,
     /// While the endpoint is down: one probe at a time, from the worker or the retries.
     breaker: Arc<breaker::Breaker>,
+    /// Its rate limit and any pause its endpoint asked for, for every delivery path.
+    pace: pace::Pace,
 }
 
 /// A destination parsed once, not at every delivery.
@@ -185,7 +188,9 @@ impl Target {
         };
         let signer = RwLock::new(Arc::new(signer_of(&subscription)?));
         let failing_since = Mutex::new(subscription.failing_since);
+        let pace = pace::Pace::new(subscription.rate_limit);
         Ok(Target {
+            pace,
             subscription,
             destination,
             signer,
@@ -759,9 +764,9 @@ impl Dispatcher {
         for attempted in &attempted {
             match attempted.result {
                 AttemptResult::Delivered => metrics.delivered.increment(1),
-                AttemptResult::Failed { .. } | AttemptResult::Rejected { .. } => {
-                    metrics.failed.increment(1)
-                }
+                AttemptResult::Failed { .. }
+                | AttemptResult::Throttled { .. }
+                | AttemptResult::Rejected { .. } => metrics.failed.increment(1),
                 AttemptResult::Gone => metrics.gone.increment(1),
             }
             metrics.latency.record(attempted.latency.as_secs_f64());

@@ -370,7 +370,12 @@ async fn ask_consent(
             })?;
             let origin = &state.webhook_origin;
             let rate = rate_limit.map(|limit| limit.per_second);
-            match state.dispatcher.webhooks().handshake(&uri, origin, rate).await {
+            match state
+                .dispatcher
+                .webhooks()
+                .handshake(&uri, origin, rate)
+                .await
+            {
                 Ok(granted) => {
                     tracing::info!(%account, %origin, allowed_rate = granted.allowed_rate.as_deref(), "validation handshake: the endpoint consents");
                     Ok(granted.allowed_per_second())

@@ -78,6 +78,13 @@ pub enum AttemptResult {
         error: String,
         retry_after: Option<Duration>,
     },
+    /// The destination asked to be sent less (HTTP 429): retried like a failure, but it
+    /// says nothing bad of the endpoint's health (it never counts toward disabling) and
+    /// pauses the subscription's deliveries for `retry_after` (or a second).
+    Throttled {
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// The destination said it is gone for good (HTTP 410): stop sending to it.
     Gone,
     /// The delivery cannot be made, whatever the destination does (the subscription's
