@@ -598,6 +598,13 @@ fn rate_limit(given: Option<&Value>) -> Result<Option<RateLimit>, ApiError> {
     let Some(value) = given else {
         return Ok(None);
     };
+    if !value.is_object() {
+        return Err(field_error(
+            "invalid_rate_limit",
+            "rateLimit",
+            "rateLimit must be an object: {\"perSecond\": n, \"burst\": m}",
+        ));
+    }
     RateLimit::parse(value).map(Some).map_err(|error| {
         field_error(
             "invalid_rate_limit",
