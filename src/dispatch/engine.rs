@@ -5,7 +5,8 @@
 //!
 //! One delivery goes through four steps, each shared:
 //! 1. admission: whether a call may start now ([`Target::admit`]: the endpoint's breaker,
-//!    one probe at a time while it is down);
+//!    one probe at a time while it is down; then the subscription's pace, its
+//!    `rateLimit` and any `429` pause, [`super::pace`]);
 //! 2. the call through the subscription's sink ([`call`], over
 //!    [`Dispatcher::attempt_batch`]);
 //! 3. the decision: what the result means for the delivery and the subscription, a pure
@@ -14,8 +15,9 @@
 //! 4. the record: the outcome into the path's progress [`Report`], committed with its
 //!    cursor or resync position so neither passes a failure not yet in the retry set.
 //!
-//! A new delivery mode (in order per entity, rate limited) is a new gate in step 1 or a
-//! new caller of these steps, and holds for first attempts, retries and resyncs alike.
+//! A new delivery mode (in order per entity) is a new gate in step 1 or a new caller of
+//! these steps, and holds for first attempts, retries and resyncs alike, as the rate
+//! limit does.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

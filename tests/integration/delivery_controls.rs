@@ -725,13 +725,26 @@ async fn the_openapi_document_shows_the_controls() {
         .await;
     assert_eq!(status, 200);
     let schemas = &spec["components"]["schemas"];
-    for member in ["filter", "transform"] {
+    for member in ["filter", "transform", "rateLimit"] {
         let request = &schemas["SubscriptionIn"]["properties"][member];
         assert!(request.is_object(), "SubscriptionIn.{member}: {request}");
-        assert!(request["description"].is_string(), "{request}");
+        // utoipa writes the description of a member that refers to a schema beside
+        // its `$ref`.
+        assert!(
+            request.to_string().contains(r#""description":"#),
+            "{request}"
+        );
         assert!(schemas["SubscriptionOut"]["properties"][member].is_object());
     }
     assert!(schemas["EventType"]["properties"]["schema"].is_object());
+    // The limit is closed, and its members are bounded as the API checks them.
+    let limit = &schemas["RateLimit"];
+    assert_eq!(limit["additionalProperties"], false, "{limit}");
+    assert_eq!(limit["required"], json!(["perSecond", "burst"]), "{limit}");
+    for member in ["perSecond", "burst"] {
+        assert_eq!(limit["properties"][member]["minimum"], 1, "{limit}");
+        assert_eq!(limit["properties"][member]["maximum"], 10000, "{limit}");
+    }
 }
 
 /// `count` asset events with guids `<prefix>-<n>`, published in requests of 50.
@@ -829,14 +842,15 @@ async fn retries_keep_to_the_rate_limit_too() {
         .subscribe_receiver(
             &receiver,
             "/retried",
-            json!({"events": ["asset-updated"], "rateLimit": {"perSecond": 5, "burst": 1}}),
+            json!({"events": ["asset-updated"], "rateLimit": {"perSecond": 5, "burst": 6}}),
             &script,
         )
         .await;
     publish_assets(&app, "retried", 6).await;
     let times = arrivals(&receiver, "/retried", 12, Duration::from_secs(60)).await;
-    // Unlimited, the twelve would come within a second; at 5/s they take 2.2 s.
-    assert_paced(&times, 5.0, 1, 0.25);
+    // The burst lets the six first attempts go at once; their retries, due together
+    // 200 ms later, wait for tokens: 1.2 s at 5/s (unlimited, all within half a second).
+    assert_paced(&times, 5.0, 6, 0.25);
     let deliveries = receiver.deliveries("/retried").await;
     let failed = deliveries.iter().filter(|d| d.status == Some(500)).count();
     assert_eq!(failed, 6, "six first attempts failed and were retried");
