@@ -504,7 +504,7 @@ impl Database {
         let mut report = PassReport::default();
         let head = self.head().await?;
         // Keep the count of the log up: in full at a full sweep, else what was added.
-        let full = state.passes % FULL_SWEEP_EVERY == 0;
+        let full = state.passes.is_multiple_of(FULL_SWEEP_EVERY);
         state.passes += 1;
         report.full_sweep = full;
         match state.counted_upto {
