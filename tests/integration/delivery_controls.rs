@@ -957,3 +957,39 @@ async fn the_validation_handshake_asks_for_the_rate_and_takes_the_allowed_one() 
         json!({"perSecond": 10, "burst": 5})
     );
 }
+
+#[tokio::test]
+async fn a_full_resync_keeps_to_the_rate_limit() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    const ASSETS: usize = 20;
+    let created: Vec<Value> = (0..ASSETS)
+        .map(|n| asset("asset-created", &format!("rl-{n}"), json!(n), None))
+        .collect();
+    publish(&app, &created).await;
+    let (status, created) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"endpoint": receiver.url("/copies"), "topics": ["asset-operations"],
+                    "resync": true, "rateLimit": {"perSecond": 10, "burst": 2}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    receiver
+        .hook("/copies", created["secret"].as_str().unwrap(), &[])
+        .await;
+    let times = arrivals(&receiver, "/copies", ASSETS, Duration::from_secs(60)).await;
+    // Twenty copies at 10/s after a burst of 2: 1.8 s at the least (unlimited: at once).
+    assert_paced(&times, 10.0, 2, 0.25);
+    let bodies: Vec<Value> = receiver
+        .deliveries("/copies")
+        .await
+        .iter()
+        .map(|d| serde_json::from_str(&d.body).unwrap())
+        .collect();
+    assert!(
+        bodies.iter().all(|b| b["resyncType"] == "full"),
+        "{bodies:?}"
+    );
+}
