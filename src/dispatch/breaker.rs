@@ -69,6 +69,9 @@ pub(super) enum Admission {
     /// The endpoint is down and nothing may start now: the next probe may go at
     /// `next_at`, or, while `probing`, once the probe under way is over.
     Closed { next_at: Instant, probing: bool },
+    /// The endpoint is up but the subscription's pace (its rate limit, or a pause its
+    /// endpoint asked for with `429`) lets nothing start before `next_at`.
+    Paced { next_at: Instant },
 }
 
 impl Drop for ProbePermit {

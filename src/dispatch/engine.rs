@@ -5,7 +5,8 @@
 //!
 //! One delivery goes through four steps, each shared:
 //! 1. admission: whether a call may start now ([`Target::admit`]: the endpoint's breaker,
-//!    one probe at a time while it is down);
+//!    one probe at a time while it is down; then the subscription's pace, its
+//!    `rateLimit` and any `429` pause, [`super::pace`]);
 //! 2. the call through the subscription's sink ([`call`], over
 //!    [`Dispatcher::attempt_batch`]);
 //! 3. the decision: what the result means for the delivery and the subscription, a pure
@@ -14,8 +15,9 @@
 //! 4. the record: the outcome into the path's progress [`Report`], committed with its
 //!    cursor or resync position so neither passes a failure not yet in the retry set.
 //!
-//! A new delivery mode (in order per entity, rate limited) is a new gate in step 1 or a
-//! new caller of these steps, and holds for first attempts, retries and resyncs alike.
+//! A new delivery mode (in order per entity) is a new gate in step 1 or a new caller of
+//! these steps, and holds for first attempts, retries and resyncs alike, as the rate
+//! limit does.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -61,10 +63,28 @@ pub(super) fn call<T: Send + 'static>(
 }
 
 impl Target {
-    /// Whether a delivery call may start now (see [`super::breaker::Breaker::admit`]).
-    pub(super) fn admit(&self, schedule: &RetrySchedule, may_probe: bool) -> Admission {
-        self.breaker
-            .admit(self.consecutive_failures(), schedule, may_probe)
+    /// Whether a delivery call carrying `events` may start now: the endpoint's breaker
+    /// (see [`super::breaker::Breaker::admit`]), then the subscription's pace (its rate
+    /// limit, a `429`'s pause: [`super::pace`]). An admitted call has taken its tokens.
+    pub(super) fn admit(
+        &self,
+        schedule: &RetrySchedule,
+        may_probe: bool,
+        events: usize,
+    ) -> Admission {
+        if let Some(next_at) = self.pace.wait() {
+            return Admission::Paced { next_at };
+        }
+        let admission = self
+            .breaker
+            .admit(self.consecutive_failures(), schedule, may_probe);
+        match &admission {
+            Admission::Open => self.pace.take(events),
+            // A probe is one event, whatever the caller could carry.
+            Admission::Probe(_) => self.pace.take(1),
+            Admission::Closed { .. } | Admission::Paced { .. } => {}
+        }
+        admission
     }
 
     /// Decides what an attempt's result means and moves the endpoint's state on. Under
@@ -87,6 +107,11 @@ impl Target {
             disable_after: config.disable_after,
         };
         let decision = policy::decide(result, attempt, before, policy, now, policy::jitter());
+        if let AttemptResult::Throttled { retry_after, .. } = result {
+            // The endpoint asked for less: every path pauses, then goes on at its pace.
+            let pause = retry_after.unwrap_or(super::pace::THROTTLED_PAUSE);
+            self.pace.hold(tokio::time::Instant::now() + pause);
+        }
         *failing_since = decision.endpoint.failing_since;
         // Written only here, under the lock; read without it (the breaker's check).
         self.consecutive_failures
@@ -267,9 +292,9 @@ fn attempt_record(
         outcome: outcome.record_name(),
         status: attempted.status,
         error: match &attempted.result {
-            AttemptResult::Failed { error, .. } | AttemptResult::Rejected { error } => {
-                Some(error.clone())
-            }
+            AttemptResult::Failed { error, .. }
+            | AttemptResult::Throttled { error, .. }
+            | AttemptResult::Rejected { error } => Some(error.clone()),
             AttemptResult::Gone => Some(policy::GONE.to_owned()),
             AttemptResult::Delivered => None,
         },
@@ -313,11 +338,14 @@ mod tests {
         }
     }
 
-    fn target() -> Target {
-        let sinks = Arc::new(
+    fn sinks() -> Arc<crate::sinks::Sinks> {
+        Arc::new(
             crate::sinks::Sinks::new(crate::sinks::SinkConfig::new(Duration::from_secs(10), true))
                 .expect("a webhook client"),
-        );
+        )
+    }
+
+    fn target() -> Target {
         Target::new(
             Subscription {
                 id: "sub_1".into(),
@@ -332,6 +360,7 @@ mod tests {
                 },
                 payload_filter: None,
                 transform: None,
+                rate_limit: None,
                 format: Format::Native,
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
                 public_key: None,
@@ -344,7 +373,7 @@ mod tests {
                 last_success_at: None,
                 delivered: 0,
             },
-            &sinks,
+            &sinks(),
         )
         .expect("a usable subscription")
     }
@@ -368,6 +397,7 @@ mod tests {
             status: match &result {
                 AttemptResult::Delivered => Some(200),
                 AttemptResult::Failed { .. } => Some(503),
+                AttemptResult::Throttled { .. } => Some(429),
                 AttemptResult::Gone => Some(410),
                 AttemptResult::Rejected { .. } => None,
             },
@@ -533,30 +563,84 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_every_path_for_its_retry_after_without_a_failure() {
+        let (config, wake, target) = (config(), wake(), target());
+        let schedule = &config.retry_schedule;
+        let mut report = Report::new(target.id());
+        let event = event(21);
+        let throttled = attempted(AttemptResult::Throttled {
+            error: "HTTP 429 Too Many Requests".into(),
+            retry_after: Some(Duration::from_secs(2)),
+        });
+        let recorded = report.record_at(&config, &wake, &target, first(&event), &throttled, NOW);
+        assert!(recorded.outcome.retry_at().is_some());
+        assert_eq!(target.consecutive_failures(), 0);
+        let paused_until = tokio::time::Instant::now() + Duration::from_secs(2);
+        for may_probe in [true, false] {
+            match target.admit(schedule, may_probe, 1) {
+                Admission::Paced { next_at } => assert_eq!(next_at, paused_until),
+                other => panic!("expected a pause, got {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(matches!(target.admit(schedule, false, 1), Admission::Open));
+        assert_eq!(report.take(None, None).health, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_target_admits_its_burst_then_paces_every_path() {
+        let config = config();
+        let schedule = &config.retry_schedule;
+        let mut subscription = target().subscription;
+        subscription.rate_limit = Some(crate::model::RateLimit {
+            per_second: 20,
+            burst: 5,
+        });
+        let target = Target::new(subscription, &sinks()).expect("a usable subscription");
+        for _ in 0..5 {
+            assert!(matches!(target.admit(schedule, false, 1), Admission::Open));
+        }
+        // The worker, a retry and a resync run alike wait for the next token.
+        let next = tokio::time::Instant::now() + Duration::from_millis(50);
+        for may_probe in [true, false] {
+            match target.admit(schedule, may_probe, 1) {
+                Admission::Paced { next_at } => assert_eq!(next_at, next),
+                other => panic!("expected a pace, got {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(target.admit(schedule, true, 1), Admission::Open));
+        assert!(matches!(
+            target.admit(schedule, true, 1),
+            Admission::Paced { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failures_recorded_by_any_path_open_the_breaker_for_all_of_them() {
         let (config, wake, target) = (config(), wake(), target());
         let schedule = &config.retry_schedule;
         let mut report = Report::new(target.id());
         for seq in 0..i64::from(super::super::breaker::BREAKER_THRESHOLD) {
-            assert!(matches!(target.admit(schedule, false), Admission::Open));
+            assert!(matches!(target.admit(schedule, false, 1), Admission::Open));
             let event = event(seq);
             report.record_at(&config, &wake, &target, first(&event), &failed(), NOW);
         }
         // A resync (which does not probe) waits; a worker or a retry probes, one at a time.
         assert!(matches!(
-            target.admit(schedule, false),
+            target.admit(schedule, false, 1),
             Admission::Closed { .. }
         ));
-        let probe = target.admit(schedule, true);
+        let probe = target.admit(schedule, true, 1);
         assert!(matches!(probe, Admission::Probe(_)));
         assert!(matches!(
-            target.admit(schedule, true),
+            target.admit(schedule, true, 1),
             Admission::Closed { probing: true, .. }
         ));
         let event = event(100);
         let ok = attempted(AttemptResult::Delivered);
         report.record_at(&config, &wake, &target, first(&event), &ok, NOW);
         drop(probe);
-        assert!(matches!(target.admit(schedule, false), Admission::Open));
+        assert!(matches!(target.admit(schedule, false, 1), Admission::Open));
     }
 }

@@ -24,6 +24,7 @@ mod breaker;
 mod cluster;
 mod engine;
 mod feed;
+mod pace;
 pub mod policy;
 mod resync;
 mod retry;
@@ -126,6 +127,8 @@ pub(crate) struct Target {
     consecutive_failures: AtomicU32,
     /// While the endpoint is down: one probe at a time, from the worker or the retries.
     breaker: Arc<breaker::Breaker>,
+    /// Its rate limit and any pause its endpoint asked for, for every delivery path.
+    pace: pace::Pace,
 }
 
 /// The signer of a subscription's deliveries: its secret, and during a rotation's
@@ -154,7 +157,9 @@ impl Target {
             })?;
         let signer = RwLock::new(Arc::new(signer_of(&subscription)?));
         let failing_since = Mutex::new(subscription.failing_since);
+        let pace = pace::Pace::new(subscription.rate_limit);
         Ok(Target {
+            pace,
             subscription,
             destination,
             signer,
@@ -701,7 +706,9 @@ impl Dispatcher {
                     metrics.delivered.increment(1);
                     stats.delivered(account, event.received_at, now);
                 }
-                AttemptResult::Failed { .. } | AttemptResult::Rejected { .. } => {
+                AttemptResult::Failed { .. }
+                | AttemptResult::Throttled { .. }
+                | AttemptResult::Rejected { .. } => {
                     metrics.failed.increment(1);
                     stats.failed(account, now);
                 }

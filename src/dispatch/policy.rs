@@ -138,6 +138,14 @@ pub fn decide(
         AttemptResult::Failed { error, retry_after } => {
             failed(retry_or_dead(error.clone(), *retry_after), None)
         }
+        // The endpoint is there and answering: it asked for less, which is no failure of
+        // its health (the subscription's pace slows instead: see the engine).
+        AttemptResult::Throttled { error, retry_after } => Decision {
+            outcome: retry_or_dead(error.clone(), *retry_after),
+            disable: None,
+            endpoint,
+            health: None,
+        },
         // Nothing reached the destination: it says nothing about its health.
         AttemptResult::Rejected { error } => Decision {
             outcome: AttemptOutcome::Rejected {
@@ -209,6 +217,32 @@ mod tests {
 
     fn healthy() -> Endpoint {
         Endpoint::default()
+    }
+
+    #[test]
+    fn a_429_is_retried_after_its_retry_after_and_never_counts_toward_disabling() {
+        let schedule = schedule();
+        // Failing for longer than the window already: a 429 still does not disable.
+        let failing = Endpoint {
+            failing_since: Some(0),
+            consecutive_failures: 3,
+        };
+        let throttled = AttemptResult::Throttled {
+            error: "HTTP 429 Too Many Requests".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        let now = 1_000_000;
+        let decision = decide(&throttled, 1, failing, policy(&schedule), now, 1.0);
+        assert_eq!(
+            decision.outcome,
+            AttemptOutcome::Retry {
+                at: now + 30_000,
+                reason: "HTTP 429 Too Many Requests".into()
+            }
+        );
+        assert_eq!(decision.disable, None);
+        assert_eq!(decision.endpoint, failing);
+        assert_eq!(decision.health, None);
     }
 
     #[test]

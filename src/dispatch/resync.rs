@@ -123,15 +123,25 @@ impl Runner {
             // While the endpoint is down the run waits (it does not probe): the worker's
             // probes and the retries tell when it is back, and its entities wait in the
             // store, not in the retry set.
+            // Its copies keep to the subscription's pace too (its rate limit, a 429's
+            // pause): it looks again when the next call may start.
             let schedule = &self.dispatcher.config().retry_schedule;
-            if !self.pending.is_empty()
-                && let Admission::Open = self.target.admit(schedule, false)
-            {
-                while self.in_flight.len() < max_in_flight && !self.pending.is_empty() {
-                    let size = batch_size.min(self.pending.len());
-                    let (pages, events): (Vec<u64>, Vec<_>) = self.pending.drain(..size).unzip();
-                    let call = engine::call(&self.dispatcher, &self.target, events, pages, None);
-                    self.in_flight.push(call);
+            let mut paced_until = None;
+            while self.in_flight.len() < max_in_flight && !self.pending.is_empty() {
+                let size = batch_size.min(self.pending.len());
+                match self.target.admit(schedule, false, size) {
+                    Admission::Open => {
+                        let (pages, events): (Vec<u64>, Vec<_>) =
+                            self.pending.drain(..size).unzip();
+                        let call =
+                            engine::call(&self.dispatcher, &self.target, events, pages, None);
+                        self.in_flight.push(call);
+                    }
+                    Admission::Paced { next_at } => {
+                        paced_until = Some(next_at);
+                        break;
+                    }
+                    Admission::Probe(_) | Admission::Closed { .. } => break,
                 }
             }
             tokio::select! {
@@ -141,6 +151,7 @@ impl Runner {
                     self.finished(called);
                 }
                 _ = flush.tick() => self.flush().await,
+                _ = sleep_until_some(paced_until), if paced_until.is_some() => {}
             }
         }
         // Stopped (subscription deleted or disabled, or shutdown): what is done is saved;
@@ -289,5 +300,13 @@ impl Runner {
                 tracing::error!(%error, subscription = self.target.id(), resync = %self.run.id, "saving the end of a resync failed; it resumes at the next start")
             }
         }
+    }
+}
+
+/// Completes at `at`, or never.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -167,6 +167,8 @@ impl Scheduler {
         let filled = due.len() >= free;
         tracing::debug!(claimed = due.len(), free, "retries claimed");
         let mut postponed = HashSet::new();
+        // Per subscription: retries given back in this claim because of its pace.
+        let mut paced: HashMap<String, u32> = HashMap::new();
         for retry in due {
             let Some(target) = self.dispatcher.target(&retry.subscription_id) else {
                 // Deleted or disabled meanwhile (the entry waits in the store), or not
@@ -178,7 +180,22 @@ impl Scheduler {
                 continue;
             };
             let schedule = &self.dispatcher.config().retry_schedule;
-            let admission = target.admit(schedule, true);
+            let admission = target.admit(schedule, true, 1);
+            if let Admission::Paced { next_at } = admission {
+                // Over its rate limit (or paused by a 429): given back, spaced by the
+                // rate, and the scheduler wakes for the first.
+                let count = paced.entry(retry.subscription_id.clone()).or_default();
+                let spacing = target
+                    .subscription
+                    .rate_limit
+                    .map_or(0, |limit| 1_000 / i64::from(limit.per_second));
+                let wait = next_at.saturating_duration_since(Instant::now());
+                let at = now_millis().saturating_add(millis(wait)) + i64::from(*count) * spacing;
+                *count += 1;
+                self.unclaim(&retry, at).await;
+                self.dispatcher.shared.retry_wake.at(at);
+                continue;
+            }
             if !matches!(admission, Admission::Open)
                 && postponed.insert(retry.subscription_id.clone())
             {
@@ -188,7 +205,7 @@ impl Scheduler {
             let probe = match admission {
                 Admission::Open => None,
                 Admission::Probe(permit) => Some(permit),
-                Admission::Closed { .. } => {
+                Admission::Closed { .. } | Admission::Paced { .. } => {
                     self.unclaim(&retry, next_probe_millis(&target)).await;
                     continue;
                 }

@@ -130,30 +130,43 @@ impl Worker {
             // an outage of hours costs one failed attempt per probe, not one per event.
             // It probes only when none of its own calls is under way; without one, it
             // looks again when a probe may go.
+            // A rate limited subscription (or one whose endpoint answered 429) starts a
+            // call only with a token: the rest wait in the log, and it looks again when
+            // the next token is there.
             let mut probe_at = None;
-            if self.waiting_for.is_none() && !self.pending.is_empty() {
-                let schedule = &self.dispatcher.config().retry_schedule;
-                match self.target.admit(schedule, self.in_flight.is_empty()) {
-                    Admission::Open => {
-                        while self.in_flight.len() < max_in_flight && !self.pending.is_empty() {
-                            let size = batch_size.min(self.pending.len());
+            if self.waiting_for.is_none() {
+                let dispatcher = self.dispatcher.clone();
+                let schedule = &dispatcher.config().retry_schedule;
+                while self.in_flight.len() < max_in_flight && !self.pending.is_empty() {
+                    let size = batch_size.min(self.pending.len());
+                    match self.target.admit(schedule, self.in_flight.is_empty(), size) {
+                        Admission::Open => {
                             let batch: Vec<_> = self.pending.drain(..size).collect();
                             self.start(batch, None);
                         }
+                        // A probe is one event, whatever the sink could carry.
+                        Admission::Probe(permit) => {
+                            let batch: Vec<_> = self.pending.drain(..1).collect();
+                            self.start(batch, Some(permit));
+                            break;
+                        }
+                        Admission::Closed { next_at, probing } => {
+                            if self.in_flight.is_empty() {
+                                probe_at = Some(match probing {
+                                    // Its end is not announced: look a little later.
+                                    true => {
+                                        next_at.max(tokio::time::Instant::now() + PROBE_BUSY_POLL)
+                                    }
+                                    false => next_at,
+                                });
+                            }
+                            break;
+                        }
+                        Admission::Paced { next_at } => {
+                            probe_at = Some(next_at);
+                            break;
+                        }
                     }
-                    // A probe is one event, whatever the sink could carry.
-                    Admission::Probe(permit) => {
-                        let batch: Vec<_> = self.pending.drain(..1).collect();
-                        self.start(batch, Some(permit));
-                    }
-                    Admission::Closed { next_at, probing } if self.in_flight.is_empty() => {
-                        probe_at = Some(match probing {
-                            // Its end is not announced: look a little later.
-                            true => next_at.max(tokio::time::Instant::now() + PROBE_BUSY_POLL),
-                            false => next_at,
-                        });
-                    }
-                    Admission::Closed { .. } => {}
                 }
             }
             tokio::select! {

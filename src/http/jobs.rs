@@ -180,6 +180,7 @@ pub async fn register(
             },
             payload_filter: None,
             transform: None,
+            rate_limit: None,
             format: Format::Native,
             secret: generate_secret(),
             public_key: None,

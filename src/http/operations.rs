@@ -306,9 +306,9 @@ pub async fn test_event(
         .map_err(|error| ApiError::unprocessable("invalid_subscription", error.to_string()))?;
     let error = match &attempted.result {
         AttemptResult::Delivered => None,
-        AttemptResult::Failed { error, .. } | AttemptResult::Rejected { error } => {
-            Some(error.clone())
-        }
+        AttemptResult::Failed { error, .. }
+        | AttemptResult::Throttled { error, .. }
+        | AttemptResult::Rejected { error } => Some(error.clone()),
         AttemptResult::Gone => Some("the destination answered 410 Gone".to_owned()),
     };
     Ok(Json(TestEventOut {

@@ -2,10 +2,10 @@
 //! API key, so one key's flood of publishes is refused with `429` while every other key's
 //! publishes go on. The admin token is a key of its own.
 //!
-//! A small bucket of our own rather than a crate: the cost of a request is its number of
-//! events (not one), a batch larger than the burst must still pass on a full bucket, and
-//! the state is one map behind a mutex held for a few arithmetic operations (never across
-//! an `.await`).
+//! The bucket is [`TokenBucket`], the one subscriptions' delivery rate limits use too: the
+//! cost of a request is its number of events (not one), a batch larger than the burst
+//! must still pass on a full bucket, and the state is one map behind a mutex held for a
+//! few arithmetic operations (never across an `.await`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +16,7 @@ use axum::http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use crate::model::TokenBucket;
 
 /// Keys tracked before the full buckets (which hold nothing worth keeping) are dropped.
 const PRUNE_AT: usize = 10_000;
@@ -26,15 +27,7 @@ pub struct PublishRate {
     rate: f64,
     /// The bucket's size, in events.
     burst: f64,
-    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Events that may be published now; below zero after a batch larger than what was
-    /// left (the key then waits until the debt is paid back).
-    tokens: f64,
-    at: Instant,
+    buckets: Mutex<HashMap<[u8; 32], TokenBucket>>,
 }
 
 impl PublishRate {
@@ -69,31 +62,12 @@ impl PublishRate {
     fn take(&self, key: [u8; 32], events: usize, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= PRUNE_AT {
-            buckets.retain(|_, bucket| self.refilled(*bucket, now) < self.burst);
+            buckets.retain(|_, bucket| !bucket.is_full(now));
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let tokens = self.refilled(*bucket, now);
-        let events = events as f64;
-        // A batch larger than the whole burst passes on a full bucket (and leaves it in
-        // debt) rather than being refused for ever.
-        let needed = events.min(self.burst);
-        if tokens >= needed {
-            *bucket = Bucket {
-                tokens: tokens - events,
-                at: now,
-            };
-            return Ok(());
-        }
-        *bucket = Bucket { tokens, at: now };
-        Err(Duration::from_secs_f64((needed - tokens) / self.rate))
-    }
-
-    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        (bucket.tokens + elapsed * self.rate).min(self.burst)
+        buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::full(self.rate, self.burst, now))
+            .take(events as f64, now)
     }
 }
 

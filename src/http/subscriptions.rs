@@ -23,8 +23,8 @@ use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
 use crate::model::Scope;
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, NewSubscription, PayloadFilter, Subscription,
-    SubscriptionKind, Transform, now_millis,
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, PayloadFilter, RateLimit,
+    Subscription, SubscriptionKind, Transform, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
 use crate::sinks::webhook::{generate_ed25519, generate_secret};
@@ -81,6 +81,13 @@ pub struct SubscriptionIn {
     /// that delivery with the reason.
     #[schema(example = "{asset: .assetId, event: .eventName}")]
     pub transform: Option<String>,
+    /// At most `perSecond` deliveries a second, `burst` at once, for first attempts,
+    /// retries and resync copies alike (whole numbers from 1 to 10000; 422
+    /// `invalid_rate_limit` otherwise). Events beyond it wait in the log. With
+    /// `validationHandshake`, sent as `WebHook-Request-Rate`, and lowered to the
+    /// endpoint's `WebHook-Allowed-Rate`.
+    #[serde(rename = "rateLimit")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A creation request, read and checked.
@@ -97,6 +104,7 @@ struct Creation {
     ed25519: bool,
     payload_filter: Option<PayloadFilter>,
     transform: Option<Transform>,
+    rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -123,6 +131,9 @@ pub struct SubscriptionOut {
     /// The jq program applied to each event, as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transform: Option<String>,
+    /// The delivery rate limit (after the validation handshake's `WebHook-Allowed-Rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     pub format: Format,
     /// The signing secret; only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +194,7 @@ impl SubscriptionOut {
             topics: subscription.filter.topics,
             filter: subscription.payload_filter.map(|f| f.source().clone()),
             transform: subscription.transform.map(|t| t.source().to_owned()),
+            rate_limit: subscription.rate_limit,
             format: subscription.format,
             secret,
             public_key: subscription.public_key,
@@ -236,6 +248,7 @@ pub async fn create(
         ed25519,
         payload_filter,
         transform,
+        mut rate_limit,
     } = parse_request(&state, &body)?;
     // A webhook URL comes as `endpoint` (Brightcove) or as `destination.url`.
     let given = match serde_json::from_slice::<Value>(&body) {
@@ -245,7 +258,20 @@ pub async fn create(
     super::destinations::check(&state, &caller, &account, &destination, given, check).await?;
     // Before taking the lock below: a slow endpoint must not hold up other creations.
     if validation_handshake {
-        ask_consent(&state, &account, &destination).await?;
+        let allowed = ask_consent(&state, &account, &destination, rate_limit).await?;
+        // The endpoint's word on the rate wins when it is lower (or there was none).
+        if let Some(allowed) = allowed {
+            rate_limit = Some(match rate_limit {
+                Some(limit) => RateLimit {
+                    per_second: limit.per_second.min(allowed),
+                    burst: limit.burst,
+                },
+                None => RateLimit {
+                    per_second: allowed,
+                    burst: allowed,
+                },
+            });
+        }
     }
 
     let (secret, public_key) = match ed25519 {
@@ -263,6 +289,7 @@ pub async fn create(
         filter,
         payload_filter,
         transform,
+        rate_limit,
         format,
         secret,
         public_key,
@@ -314,19 +341,23 @@ pub async fn create(
 }
 
 /// The CloudEvents webhook validation handshake: the endpoint must consent to receive
-/// events from this server's origin.
+/// events from this server's origin. Asks for the subscription's rate, if it has one;
+/// gives the endpoint's `WebHook-Allowed-Rate` (requests a minute) as deliveries a
+/// second, when it sent a usable one.
 async fn ask_consent(
     state: &AppState,
     account: &str,
     destination: &Destination,
-) -> Result<(), ApiError> {
+    rate_limit: Option<RateLimit>,
+) -> Result<Option<u32>, ApiError> {
     match destination.endpoint() {
         Some(url) => {
             let origin = &state.webhook_origin;
-            match state.dispatcher.sinks().handshake(url, origin).await {
+            let rate = rate_limit.map(|limit| limit.per_second);
+            match state.dispatcher.sinks().handshake(url, origin, rate).await {
                 Ok(granted) => {
                     tracing::info!(%account, %origin, allowed_rate = granted.allowed_rate.as_deref(), "validation handshake: the endpoint consents");
-                    Ok(())
+                    Ok(granted.allowed_per_second())
                 }
                 Err(error) => {
                     tracing::info!(%account, %origin, %error, "validation handshake: no consent");
@@ -532,6 +563,28 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         ed25519,
         payload_filter: payload_filter(given("filter"))?,
         transform: transform(given("transform"))?,
+        rate_limit: rate_limit(given("rateLimit"))?,
+    })
+}
+
+/// The `rateLimit` member: 422 `invalid_rate_limit` naming the member at fault.
+fn rate_limit(given: Option<&Value>) -> Result<Option<RateLimit>, ApiError> {
+    let Some(value) = given else {
+        return Ok(None);
+    };
+    if !value.is_object() {
+        return Err(field_error(
+            "invalid_rate_limit",
+            "rateLimit",
+            "rateLimit must be an object: {\"perSecond\": n, \"burst\": m}",
+        ));
+    }
+    RateLimit::parse(value).map(Some).map_err(|error| {
+        field_error(
+            "invalid_rate_limit",
+            &format!("rateLimit.{}", error.member),
+            &error.to_string(),
+        )
     })
 }
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Millis, PayloadFilter, StoredEvent, Transform};
+use super::{Millis, PayloadFilter, RateLimit, StoredEvent, Transform};
 
 /// Where deliveries go: the closed set of destinations is the sinks' own
 /// ([`crate::sinks::destination`]).
@@ -123,6 +123,8 @@ pub struct NewSubscription {
     pub payload_filter: Option<PayloadFilter>,
     /// A jq program applied to the event document before it is written (`"transform"`).
     pub transform: Option<Transform>,
+    /// Deliveries a second at most (`"rateLimit"`), for every delivery path.
+    pub rate_limit: Option<RateLimit>,
     pub format: Format,
     /// Standard Webhooks signing secret, `whsec_<base64>` (HMAC), or for ed25519
     /// signatures the secret key `whsk_<base64>`.
@@ -148,6 +150,7 @@ pub struct Subscription {
     pub filter: EventFilter,
     pub payload_filter: Option<PayloadFilter>,
     pub transform: Option<Transform>,
+    pub rate_limit: Option<RateLimit>,
     pub format: Format,
     pub secret: String,
     /// For ed25519 signatures: the public key (`whpk_…`) of `secret`.
@@ -218,6 +221,7 @@ mod tests {
             },
             payload_filter: payload_filter.map(|f| PayloadFilter::compile(&f).unwrap()),
             transform: None,
+            rate_limit: None,
             format: Format::Native,
             secret: String::new(),
             public_key: None,

@@ -6,9 +6,11 @@
 //! the spec says a status code alone is no consent, as many servers answer `OPTIONS`
 //! to everything.
 //!
-//! Reelay asks for no rate (`WebHook-Request-Rate`): it does not throttle deliveries per
-//! subscription, so it would promise what it does not keep; a `WebHook-Allowed-Rate` in
-//! the answer is reported, not enforced. Consent by callback (`WebHook-Request-Callback`)
+//! A subscription with a `rateLimit` asks for its rate (`WebHook-Request-Rate`, in
+//! requests a minute as the spec counts); a `WebHook-Allowed-Rate` in the answer lowers
+//! the subscription's limit to it (or gives one to a subscription without), which the
+//! dispatcher enforces. Rates are kept in whole deliveries a second: an allowed rate
+//! below 60 a minute becomes one a second. Consent by callback (`WebHook-Request-Callback`)
 //! is not offered: the subscription is created or refused within its request.
 
 use http_body_util::Full;
@@ -16,10 +18,12 @@ use hyper::header::{HeaderValue, USER_AGENT};
 use hyper::{Method, Request, Uri};
 
 use super::webhook::{CLIENT_NAME, WebhookSink, read_snippet, root_cause};
+use crate::model::MAX_RATE;
 
 const REQUEST_ORIGIN: &str = "webhook-request-origin";
 const ALLOWED_ORIGIN: &str = "webhook-allowed-origin";
 const ALLOWED_RATE: &str = "webhook-allowed-rate";
+const REQUEST_RATE: &str = "webhook-request-rate";
 
 /// The endpoint's consent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +32,16 @@ pub struct Granted {
     pub allowed_origin: String,
     /// `WebHook-Allowed-Rate`, as the endpoint wrote it, when it sent one.
     pub allowed_rate: Option<String>,
+}
+
+impl Granted {
+    /// The allowed rate in whole deliveries a second (at least one, at most
+    /// [`MAX_RATE`]), when the endpoint sent a number of requests a minute; `*` or
+    /// anything else sets no limit.
+    pub fn allowed_per_second(&self) -> Option<u32> {
+        let per_minute: u64 = self.allowed_rate.as_deref()?.parse().ok()?;
+        Some((per_minute / 60).clamp(1, u64::from(MAX_RATE)) as u32)
+    }
 }
 
 /// Why the endpoint did not consent.
@@ -51,9 +65,16 @@ pub enum HandshakeError {
 
 impl WebhookSink {
     /// Asks `url` whether it accepts events from `origin` (a DNS name that identifies
-    /// this Reelay). Through the deliveries' client, so the same address rules apply.
-    pub async fn handshake(&self, url: &Uri, origin: &str) -> Result<Granted, HandshakeError> {
-        let attempt = tokio::time::timeout(self.timeout(), self.ask(url, origin)).await;
+    /// this Reelay), at `per_second` deliveries a second when given. Through the
+    /// deliveries' client, so the same address rules apply.
+    pub async fn handshake(
+        &self,
+        url: &Uri,
+        origin: &str,
+        per_second: Option<u32>,
+    ) -> Result<Granted, HandshakeError> {
+        let ask = self.ask(url, origin, per_second);
+        let attempt = tokio::time::timeout(self.timeout(), ask).await;
         let (status, allowed_origin, allowed_rate) = match attempt {
             Ok(answer) => answer?,
             Err(_) => return Err(HandshakeError::Unanswered("timed out".into())),
@@ -82,15 +103,20 @@ impl WebhookSink {
         &self,
         url: &Uri,
         origin: &str,
+        per_second: Option<u32>,
     ) -> Result<(hyper::StatusCode, Option<String>, Option<String>), HandshakeError> {
         let origin = HeaderValue::from_str(origin).map_err(|_| {
             HandshakeError::Unanswered(format!("{origin:?} cannot be a header value"))
         })?;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::OPTIONS)
             .uri(url.clone())
             .header(USER_AGENT, HeaderValue::from_static(CLIENT_NAME))
-            .header(REQUEST_ORIGIN, origin)
+            .header(REQUEST_ORIGIN, origin);
+        if let Some(per_second) = per_second {
+            request = request.header(REQUEST_RATE, u64::from(per_second) * 60);
+        }
+        let request = request
             .body(Full::default())
             .map_err(|error| HandshakeError::Unanswered(format!("request failed: {error}")))?;
         let response = self.request(request).await.map_err(|error| {
@@ -161,7 +187,7 @@ mod tests {
                 .into_boxed_str(),
             );
             let (url, served) = endpoint(answer).await;
-            let granted = sink().handshake(&url, "events.example.com").await;
+            let granted = sink().handshake(&url, "events.example.com", Some(20)).await;
             assert_eq!(
                 granted,
                 Ok(Granted {
@@ -169,6 +195,8 @@ mod tests {
                     allowed_rate: Some("120".into())
                 })
             );
+            // 120 requests a minute: two a second.
+            assert_eq!(granted.unwrap().allowed_per_second(), Some(2));
             let request = served.await.unwrap().to_ascii_lowercase();
             assert!(
                 request.starts_with("options /hook http/1.1\r\n"),
@@ -178,7 +206,28 @@ mod tests {
                 request.contains("webhook-request-origin: events.example.com\r\n"),
                 "{request}"
             );
+            // 20 a second, asked for as the spec counts: a minute's worth.
+            assert!(
+                request.contains("webhook-request-rate: 1200\r\n"),
+                "{request}"
+            );
         }
+    }
+
+    #[test]
+    fn an_allowed_rate_is_whole_deliveries_a_second() {
+        let granted = |rate: Option<&str>| Granted {
+            allowed_origin: "*".into(),
+            allowed_rate: rate.map(str::to_owned),
+        };
+        assert_eq!(granted(Some("600")).allowed_per_second(), Some(10));
+        assert_eq!(granted(Some("30")).allowed_per_second(), Some(1));
+        assert_eq!(granted(Some("*")).allowed_per_second(), None);
+        assert_eq!(granted(None).allowed_per_second(), None);
+        assert_eq!(
+            granted(Some("999999999")).allowed_per_second(),
+            Some(MAX_RATE)
+        );
     }
 
     #[tokio::test]
@@ -192,7 +241,7 @@ mod tests {
             "HTTP/1.1 405 Method Not Allowed\r\nWebHook-Allowed-Origin: *\r\ncontent-length: 0\r\n\r\n",
         ] {
             let (url, _served) = endpoint(answer).await;
-            let refused = sink().handshake(&url, "events.example.com").await;
+            let refused = sink().handshake(&url, "events.example.com", None).await;
             assert!(
                 matches!(refused, Err(HandshakeError::Refused { .. })),
                 "{answer}: {refused:?}"
@@ -211,7 +260,7 @@ mod tests {
         let by_name: Uri = format!("http://localhost:{}/hook", url.port_u16().unwrap())
             .parse()
             .unwrap();
-        match sink.handshake(&by_name, "reelay").await {
+        match sink.handshake(&by_name, "reelay", None).await {
             Err(HandshakeError::Unanswered(reason)) => {
                 assert!(reason.contains("no public address"), "{reason}")
             }

@@ -173,13 +173,14 @@ impl Sinks {
         &self,
         endpoint: &str,
         origin: &str,
+        per_second: Option<u32>,
     ) -> Result<handshake::Granted, handshake::HandshakeError> {
         let Some(uri) = webhook::parse_url(endpoint) else {
             return Err(handshake::HandshakeError::Unanswered(format!(
                 "{endpoint:?} is not a usable URL"
             )));
         };
-        self.webhooks.handshake(&uri, origin).await
+        self.webhooks.handshake(&uri, origin, per_second).await
     }
 }
 
@@ -237,6 +238,13 @@ pub enum AttemptResult {
     Delivered,
     /// Failed in a way worth retrying; `retry_after` is the destination's own request.
     Failed {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// The destination asked to be sent less (HTTP 429): retried like a failure, but it
+    /// says nothing bad of the endpoint's health (it never counts toward disabling) and
+    /// pauses the subscription's deliveries for `retry_after` (or a second).
+    Throttled {
         error: String,
         retry_after: Option<Duration>,
     },

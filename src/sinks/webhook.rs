@@ -528,6 +528,11 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> AttemptRes
         AttemptResult::Delivered
     } else if status == StatusCode::GONE {
         AttemptResult::Gone
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        AttemptResult::Throttled {
+            error: format!("HTTP {status}"),
+            retry_after,
+        }
     } else {
         AttemptResult::Failed {
             error: format!("HTTP {status}"),
@@ -649,7 +654,14 @@ mod tests {
             AttemptResult::Delivered
         );
         assert_eq!(classify(StatusCode::GONE, None), AttemptResult::Gone);
-        for status in [400, 404, 408, 429, 500, 502, 503] {
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(2))),
+            AttemptResult::Throttled {
+                error: "HTTP 429 Too Many Requests".into(),
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+        for status in [400, 404, 408, 500, 502, 503] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(matches!(
                 classify(status, None),
@@ -726,7 +738,10 @@ mod tests {
             AttemptResult::Failed { error, .. } => {
                 assert!(!error.contains("refused:"), "{error}")
             }
-            AttemptResult::Delivered | AttemptResult::Gone | AttemptResult::Rejected { .. } => {}
+            AttemptResult::Delivered
+            | AttemptResult::Gone
+            | AttemptResult::Throttled { .. }
+            | AttemptResult::Rejected { .. } => {}
         }
     }
 }

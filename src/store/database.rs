@@ -907,8 +907,8 @@ impl Database {
             sqlx::query(
                 "INSERT INTO subscriptions (id, account, destination, events, topics, format, \
                  secret, created_at, cursor, job_id, expires_at, public_key, payload_filter, \
-                 transform) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 transform, rate_limit) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(&subscription.id)
             .bind(&subscription.account)
@@ -929,6 +929,7 @@ impl Database {
                     .map(|f| to_json(f.source())),
             )
             .bind(subscription.transform.as_ref().map(|t| t.source()))
+            .bind(subscription.rate_limit.as_ref().map(to_json))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

@@ -68,6 +68,7 @@ pub(super) struct SubscriptionRow {
     expires_at: Option<i64>,
     payload_filter: Option<String>,
     transform: Option<String>,
+    rate_limit: Option<String>,
 }
 
 /// A stored subscription with its secrets decrypted.
@@ -110,6 +111,10 @@ impl TryFrom<SubscriptionRow> for Subscription {
         };
         // Compiled at its first run: reading a subscription stays cheap.
         let transform = row.transform.map(Transform::stored);
+        let rate_limit = match &row.rate_limit {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).map_err(|_| corrupt("rate_limit"))?),
+        };
         Ok(Subscription {
             id: row.id,
             account: row.account,
@@ -118,6 +123,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             filter: EventFilter { events, topics },
             payload_filter,
             transform,
+            rate_limit,
             format,
             secret: row.secret,
             public_key: row.public_key,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::app::{TestApp, eventually};
 use crate::support::moto::Moto;
-use crate::support::receiver::Receiver;
+use crate::support::receiver::{HandshakeAnswer, Receiver, Response};
 
 /// Assets in the set, on the web: what the filter of these tests lets through.
 const FILTER: &str = r#"{"platforms": {"$contains": "web"}, "assetId": {"$in": [1, 3, 5, "7"]}}"#;
@@ -725,11 +725,271 @@ async fn the_openapi_document_shows_the_controls() {
         .await;
     assert_eq!(status, 200);
     let schemas = &spec["components"]["schemas"];
-    for member in ["filter", "transform"] {
+    for member in ["filter", "transform", "rateLimit"] {
         let request = &schemas["SubscriptionIn"]["properties"][member];
         assert!(request.is_object(), "SubscriptionIn.{member}: {request}");
-        assert!(request["description"].is_string(), "{request}");
+        // utoipa writes the description of a member that refers to a schema beside
+        // its `$ref`.
+        assert!(
+            request.to_string().contains(r#""description":"#),
+            "{request}"
+        );
         assert!(schemas["SubscriptionOut"]["properties"][member].is_object());
     }
     assert!(schemas["EventType"]["properties"]["schema"].is_object());
+    // The limit is closed, and its members are bounded as the API checks them.
+    let limit = &schemas["RateLimit"];
+    assert_eq!(limit["additionalProperties"], false, "{limit}");
+    assert_eq!(limit["required"], json!(["perSecond", "burst"]), "{limit}");
+    for member in ["perSecond", "burst"] {
+        assert_eq!(limit["properties"][member]["minimum"], 1, "{limit}");
+        assert_eq!(limit["properties"][member]["maximum"], 10000, "{limit}");
+    }
+}
+
+/// `count` asset events with guids `<prefix>-<n>`, published in requests of 50.
+async fn publish_assets(app: &TestApp, prefix: &str, count: usize) {
+    let events: Vec<Value> = (0..count)
+        .map(|n| asset("asset-updated", &format!("{prefix}-{n}"), json!(n), None))
+        .collect();
+    for chunk in events.chunks(50) {
+        publish(app, chunk).await;
+    }
+}
+
+/// Waits until `path` has received at least `count` deliveries; their arrival times.
+async fn arrivals(receiver: &Receiver, path: &str, count: usize, within: Duration) -> Vec<f64> {
+    let what = format!("{count} deliveries at {path}");
+    let deliveries = eventually(within, &what, || async {
+        let deliveries = receiver.deliveries(path).await;
+        (deliveries.len() >= count).then_some(deliveries)
+    })
+    .await;
+    let mut times: Vec<f64> = deliveries.iter().map(|d| d.at).collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+/// No stretch of arrivals is denser than `per_second` with bursts of `burst` allows:
+/// `k` arrivals take at least `(k - burst) / per_second`, less `slack` seconds for the
+/// network and a loaded machine.
+fn assert_paced(times: &[f64], per_second: f64, burst: usize, slack: f64) {
+    for i in 0..times.len() {
+        for j in i + burst..times.len() {
+            let k = j - i + 1;
+            let least = (k - burst) as f64 / per_second - slack;
+            let took = times[j] - times[i];
+            assert!(
+                took >= least,
+                "arrivals {i}..={j} ({k}) took {took:.3}s, the limit allows no less than {least:.3}s: {times:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limited_subscription_is_paced_while_an_unlimited_one_is_not_slowed() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (limited, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/limited",
+            json!({"events": ["asset-updated"], "rateLimit": {"perSecond": 20, "burst": 5}}),
+            &[],
+        )
+        .await;
+    app.subscribe_receiver(
+        &receiver,
+        "/free",
+        json!({"events": ["asset-updated"]}),
+        &[],
+    )
+    .await;
+    let shown = subscription(&app, &limited).await;
+    assert_eq!(
+        shown["rateLimit"],
+        json!({"perSecond": 20, "burst": 5}),
+        "{shown}"
+    );
+
+    const EVENTS: usize = 100;
+    publish_assets(&app, "paced", EVENTS).await;
+    let limited_at = arrivals(&receiver, "/limited", EVENTS, Duration::from_secs(60)).await;
+    let free_at = arrivals(&receiver, "/free", EVENTS, Duration::from_secs(60)).await;
+    // 100 events at 20/s after a burst of 5: 4.75 s at the least.
+    let limited_span = limited_at[EVENTS - 1] - limited_at[0];
+    assert!(limited_span >= 4.0, "{limited_span:.3}s: {limited_at:?}");
+    assert_paced(&limited_at, 20.0, 5, 0.25);
+    // The account's other subscription got them at once, long before.
+    let free_done = free_at[EVENTS - 1];
+    assert!(
+        free_done < limited_at[EVENTS - 1] - 2.0,
+        "the unlimited subscription finished at {free_done:.3}, the limited one at {:.3}",
+        limited_at[EVENTS - 1]
+    );
+}
+
+#[tokio::test]
+async fn retries_keep_to_the_rate_limit_too() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    // The first six deliveries fail: each event is retried (200 ms later by the tests'
+    // schedule), and the retries share the limit with the first attempts.
+    let mut script = vec![Response::status(500); 6];
+    script.push(Response::status(200));
+    let (id, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/retried",
+            json!({"events": ["asset-updated"], "rateLimit": {"perSecond": 5, "burst": 6}}),
+            &script,
+        )
+        .await;
+    publish_assets(&app, "retried", 6).await;
+    let times = arrivals(&receiver, "/retried", 12, Duration::from_secs(60)).await;
+    // The burst lets the six first attempts go at once; their retries, due together
+    // 200 ms later, wait for tokens: 1.2 s at 5/s (unlimited, all within half a second).
+    assert_paced(&times, 5.0, 6, 0.25);
+    let deliveries = receiver.deliveries("/retried").await;
+    let failed = deliveries.iter().filter(|d| d.status == Some(500)).count();
+    assert_eq!(failed, 6, "six first attempts failed and were retried");
+    until_caught_up(&app, &id).await;
+    let delivered: BTreeSet<String> = deliveries
+        .iter()
+        .filter(|d| d.status == Some(200))
+        .map(|d| serde_json::from_str::<Value>(&d.body).unwrap()["guid"].to_string())
+        .collect();
+    assert_eq!(delivered.len(), 6, "every event arrived once retried");
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_subscription_for_its_retry_after_and_does_not_count_as_failing() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let script = [Response::retry_after(429, "2"), Response::status(200)];
+    let (id, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/busy",
+            json!({"events": ["asset-updated"]}),
+            &script,
+        )
+        .await;
+    publish_assets(&app, "first", 1).await;
+    let first = arrivals(&receiver, "/busy", 1, Duration::from_secs(30)).await[0];
+    publish_assets(&app, "later", 4).await;
+    // The retry of the first and the four new events: none before the pause is over.
+    let times = arrivals(&receiver, "/busy", 6, Duration::from_secs(30)).await;
+    for at in &times[1..] {
+        assert!(
+            at - first >= 1.8,
+            "a delivery {:.3}s after the 429 that asked for 2s: {times:?}",
+            at - first
+        );
+    }
+    let shown = subscription(&app, &id).await;
+    assert_eq!(shown["status"], "enabled", "{shown}");
+    assert!(shown.get("failingSince").is_none(), "{shown}");
+}
+
+#[tokio::test]
+async fn bad_rate_limits_are_refused_and_nothing_is_stored() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    for (limit, field) in [
+        (json!({"perSecond": 0, "burst": 5}), "rateLimit.perSecond"),
+        (json!({"perSecond": -1, "burst": 5}), "rateLimit.perSecond"),
+        (json!({"perSecond": 1.5, "burst": 5}), "rateLimit.perSecond"),
+        (
+            json!({"perSecond": 100_000_000, "burst": 5}),
+            "rateLimit.perSecond",
+        ),
+        (json!({"perSecond": 20, "burst": 0}), "rateLimit.burst"),
+        (json!({"perSecond": 20}), "rateLimit.burst"),
+        (
+            json!({"perSecond": 20, "burst": 5, "jitter": 1}),
+            "rateLimit.jitter",
+        ),
+        (json!(20), "rateLimit"),
+    ] {
+        let body = json!({"endpoint": receiver.url("/bad"), "events": ["asset-updated"],
+                          "rateLimit": limit});
+        let (status, answer) = app
+            .post("/v1/accounts/vimond/subscriptions", &body.to_string())
+            .await;
+        assert_eq!(status, 422, "{limit}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{limit}: {answer}");
+    }
+    let (status, list) = app.get("/v1/accounts/vimond/subscriptions").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list, json!([]), "nothing stored");
+}
+
+#[tokio::test]
+async fn the_validation_handshake_asks_for_the_rate_and_takes_the_allowed_one() {
+    let app =
+        TestApp::start_with(&[("REELAY_PUBLIC_URL", "https://events.example.test/reelay/")]).await;
+    let receiver = Receiver::start().await;
+    receiver
+        .handshake(
+            "/hs",
+            HandshakeAnswer {
+                status: 200,
+                allowed_origin: Some("*".to_owned()),
+                // Requests a minute: ten a second.
+                allowed_rate: Some("600".to_owned()),
+            },
+        )
+        .await;
+    let body = json!({"endpoint": receiver.url("/hs"), "events": ["asset-updated"],
+                      "validationHandshake": true,
+                      "rateLimit": {"perSecond": 20, "burst": 5}});
+    let (status, created) = app
+        .post("/v1/accounts/vimond/subscriptions", &body.to_string())
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let asked = receiver.handshakes("/hs").await;
+    assert_eq!(asked[0].headers["webhook-request-rate"], "1200");
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(
+        subscription(&app, id).await["rateLimit"],
+        json!({"perSecond": 10, "burst": 5})
+    );
+}
+
+#[tokio::test]
+async fn a_full_resync_keeps_to_the_rate_limit() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    const ASSETS: usize = 20;
+    let created: Vec<Value> = (0..ASSETS)
+        .map(|n| asset("asset-created", &format!("rl-{n}"), json!(n), None))
+        .collect();
+    publish(&app, &created).await;
+    let (status, created) = app
+        .post(
+            "/v1/accounts/vimond/subscriptions",
+            &json!({"endpoint": receiver.url("/copies"), "topics": ["asset-operations"],
+                    "resync": true, "rateLimit": {"perSecond": 10, "burst": 2}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    receiver
+        .hook("/copies", created["secret"].as_str().unwrap(), &[])
+        .await;
+    let times = arrivals(&receiver, "/copies", ASSETS, Duration::from_secs(60)).await;
+    // Twenty copies at 10/s after a burst of 2: 1.8 s at the least (unlimited: at once).
+    assert_paced(&times, 10.0, 2, 0.25);
+    let bodies: Vec<Value> = receiver
+        .deliveries("/copies")
+        .await
+        .iter()
+        .map(|d| serde_json::from_str(&d.body).unwrap())
+        .collect();
+    assert!(
+        bodies.iter().all(|b| b["resyncType"] == "full"),
+        "{bodies:?}"
+    );
 }
