@@ -28,6 +28,12 @@ pub const TIME_LIMIT: Duration = Duration::from_millis(500);
 pub const MAX_OUTPUT: usize = 1024 * 1024;
 /// Programs running at once (one worker process each).
 const MAX_WORKERS: usize = 4;
+/// How long a new worker process may take to start (exec, load) before its first
+/// request: outside [`TIME_LIMIT`], which is the program's own time, so a loaded
+/// machine's slow process start does not fail a delivery.
+const STARTUP_LIMIT: Duration = Duration::from_secs(10);
+/// The byte a worker writes once it is ready for requests.
+const READY: u8 = 0xA5;
 /// The stack of the thread a worker runs programs on: jaq recurses as deep as the
 /// program and the document nest (reserved, touched only as used).
 const STACK_BYTES: usize = 32 * 1024 * 1024;
@@ -77,9 +83,19 @@ impl Transformer {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut worker = match idle {
             Some(worker) => worker,
-            None => self.spawn().map_err(|error| {
-                TransformError::Failed(format!("cannot start a transform worker: {error}"))
-            })?,
+            None => {
+                let mut worker = self.spawn().map_err(|error| {
+                    TransformError::Failed(format!("cannot start a transform worker: {error}"))
+                })?;
+                match tokio::time::timeout(STARTUP_LIMIT, worker.stdout.read_u8()).await {
+                    Ok(Ok(READY)) => worker,
+                    _ => {
+                        return Err(TransformError::Failed(format!(
+                            "a transform worker did not start within {STARTUP_LIMIT:?}"
+                        )));
+                    }
+                }
+            }
         };
         let request = encode(transform.source().as_bytes(), event.body.bytes());
         let run = async {
@@ -154,11 +170,16 @@ fn encode(program: &[u8], document: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `reelay transform-worker`: answers requests on standard input until it closes. Each
+/// `reelay transform-worker`: says it is ready ([`READY`]), then answers requests on
+/// standard input until it closes. Each
 /// answer is a status byte (0: the output follows; 1: a [`TransformError`] as JSON), a
 /// length and the bytes. Programs run on a thread with a large stack; a program that
 /// overflows even that aborts this process, and the server sees the delivery fail.
 pub fn worker_main() -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&[READY])?;
+    stdout.flush()?;
+    drop(stdout);
     let runner = std::thread::Builder::new()
         .name("transform".to_owned())
         .stack_size(STACK_BYTES)
