@@ -7,7 +7,8 @@ local account = os.getenv("ACCOUNT") or "crosscheck"
 local token = os.getenv("TOKEN") or ""
 local threads = {}
 local counter = 0
-local thread_id = 0
+-- thread_id is a global each thread gets from setup() (a local here would shadow it, and
+-- both threads would send the same guids, which Reelay rightly de-duplicates).
 
 function setup(thread)
   thread:set("thread_id", #threads + 1)
