@@ -4,8 +4,6 @@
 //! tenants share the server's speed or each pays for the others.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -106,28 +104,8 @@ impl Bench {
         let started = self.receiver.now();
         let label = format!("accounts: {accounts} accounts publishing");
         let (publish_elapsed, _) = closed_loop(&label, total, self.concurrency, publish).await?;
-        self.drain(&label, &expectation).await;
-        let (distinct, duplicates, missing) = expectation.tally();
-        let elapsed = Duration::from_nanos(
-            expectation
-                .last_arrival
-                .load(Ordering::Relaxed)
-                .saturating_sub(started),
-        );
-        let resources = watch.finish(distinct);
-        self.receiver.expect(None);
-        Ok(DeliveryResult {
-            events: total,
-            subscriptions: accounts,
-            deliveries: distinct,
-            duplicates,
-            missing,
-            seconds: elapsed.as_secs_f64(),
-            per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
-            publish_per_second: total as f64 / publish_elapsed.as_secs_f64(),
-            ratio_to_raw: 0.0,
-            subscriptions_per_node: Vec::new(),
-            resources,
-        })
+        Ok(self
+            .delivery_result(&label, &expectation, total, watch, started, publish_elapsed)
+            .await)
     }
 }

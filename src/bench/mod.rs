@@ -734,7 +734,7 @@ impl Bench {
         subscriptions_per_node: Vec<u64>,
         traffic: Traffic,
     ) -> anyhow::Result<DeliveryResult> {
-        let (events, subscriptions) = (expectation.events, expectation.subscriptions);
+        let events = expectation.events;
         let publish = self.publisher(account);
         let watch = self.server.watch();
         let started = self.receiver.now();
@@ -742,7 +742,24 @@ impl Bench {
             publish(traffic.event(n).to_string())
         })
         .await?;
-        self.drain(label, &expectation).await;
+        Ok(self
+            .delivery_result(label, &expectation, events, watch, started, publish_elapsed)
+            .await
+            .with_split(subscriptions_per_node))
+    }
+
+    /// Waits for the phase's arrivals, then tallies them: `events` published in
+    /// `publish_elapsed`, timed from `started` (receiver clock) to the last arrival.
+    pub(super) async fn delivery_result(
+        &self,
+        label: &str,
+        expectation: &Expectation,
+        events: usize,
+        watch: server::Watch,
+        started: u64,
+        publish_elapsed: Duration,
+    ) -> DeliveryResult {
+        self.drain(label, expectation).await;
         let (distinct, duplicates, missing) = expectation.tally();
         let elapsed = Duration::from_nanos(
             expectation
@@ -752,9 +769,9 @@ impl Bench {
         );
         let resources = watch.finish(distinct);
         self.receiver.expect(None);
-        Ok(DeliveryResult {
+        DeliveryResult {
             events,
-            subscriptions,
+            subscriptions: expectation.subscriptions,
             deliveries: distinct,
             duplicates,
             missing,
@@ -762,9 +779,9 @@ impl Bench {
             per_second: distinct as f64 / elapsed.as_secs_f64().max(1e-9),
             publish_per_second: events as f64 / publish_elapsed.as_secs_f64(),
             ratio_to_raw: 0.0,
-            subscriptions_per_node,
+            subscriptions_per_node: Vec::new(),
             resources,
-        })
+        }
     }
 
     /// Publishes to one subscription of `account` at [`LATENCY_RATE`] for `seconds`, and

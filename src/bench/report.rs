@@ -60,6 +60,16 @@ pub struct DeliveryResult {
     pub resources: PhaseResources,
 }
 
+impl DeliveryResult {
+    /// With how many of the phase's subscriptions each node delivered.
+    pub fn with_split(self, subscriptions_per_node: Vec<u64>) -> DeliveryResult {
+        DeliveryResult {
+            subscriptions_per_node,
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct LatencyResult {
     pub rate_per_second: u64,
