@@ -24,9 +24,10 @@
 //!    subscription may ask its endpoint for consent first ([`sinks::handshake`]).
 //!
 //! [`config`] holds the settings of all of this; [`model`] the plain types they share;
-//! [`server`] wires the parts together and stops them in order; [`mod@bench`] measures it all.
+//! [`server`] wires the parts together and stops them in order. The benchmark is a binary
+//! of its own (`src/bin/reelay-bench/`, run as `reelay bench`), so the library and the
+//! server do not carry it.
 
-pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod dispatch;

@@ -34,12 +34,45 @@ enum Command {
     Migrate(MigrateConfig),
     /// Follow an account's events as they are committed (one JSON line each).
     Tail(reelay::tail::TailConfig),
-    /// Measure throughput, latency and memory on this machine.
-    Bench(reelay::bench::BenchConfig),
+    /// Measure throughput, latency and memory on this machine (runs the `reelay-bench`
+    /// binary built beside this one; `reelay bench --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Internal: runs subscriptions' transforms for a server, over standard input and
     /// output (the server starts these itself).
     #[command(hide = true)]
     TransformWorker,
+}
+
+/// `reelay bench …` runs `reelay-bench …` from the same directory in this process's place,
+/// so the load generator lives outside the server binary and library.
+fn run_bench(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    let bench = std::env::current_exe()?
+        .with_file_name(format!("reelay-bench{}", std::env::consts::EXE_SUFFIX));
+    if !bench.exists() {
+        anyhow::bail!(
+            "`reelay bench` runs the reelay-bench binary, and there is none at {}: build both \
+             binaries with `cargo build --release` (not `cargo run`, which builds one)",
+            bench.display()
+        );
+    }
+    let mut command = std::process::Command::new(&bench);
+    command.args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // exec returns only on failure.
+        let error = command.exec();
+        Err(anyhow::Error::new(error).context(format!("starting {}", bench.display())))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = command.status()?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
 }
 
 #[tokio::main]
@@ -56,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             reelay::server::run(*config, listener, shutdown_signal()).await?;
         }
-        Command::Bench(config) => reelay::bench::run(config).await?,
+        Command::Bench { args } => run_bench(args)?,
         Command::Tail(config) => reelay::tail::run(config).await?,
         Command::TransformWorker => reelay::sinks::transform::worker_main()?,
         Command::Migrate(config) => {

@@ -1,3 +1,7 @@
-//! `moto_server` for the tests: the benchmark's own helper ([`reelay::bench::moto`]).
+//! `moto_server` for the tests: the benchmark's own helper, the same file compiled into
+//! the test binary (the bench is a binary of its own, so the library does not carry it).
 
-pub use reelay::bench::moto::{Moto, REGION};
+#[path = "../../src/bin/reelay-bench/moto.rs"]
+mod launcher;
+
+pub use launcher::{Moto, REGION};

@@ -171,7 +171,7 @@ async fn start_node(
     short_retries: bool,
     env: &[(&'static str, String)],
 ) -> anyhow::Result<Node> {
-    let mut command = Command::new(std::env::current_exe()?);
+    let mut command = Command::new(reelay_binary()?);
     command
         .arg("serve")
         .env("REELAY_LISTEN", "127.0.0.1:0")
@@ -262,4 +262,22 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let user: f64 = fields.get(11)?.parse().ok()?;
     let system: f64 = fields.get(12)?.parse().ok()?;
     Some((user + system) / 100.0)
+}
+
+/// The `reelay` binary the bench starts: `REELAY_BIN` when set, else the one built beside
+/// this binary (cargo puts both in the same target directory).
+fn reelay_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("REELAY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let path =
+        std::env::current_exe()?.with_file_name(format!("reelay{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        anyhow::bail!(
+            "the bench starts the reelay server binary, and there is none at {} (build both: \
+             `cargo build --release`, or set REELAY_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
 }

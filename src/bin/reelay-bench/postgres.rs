@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 
-use crate::model::now_millis;
+use reelay::model::now_millis;
 
 /// A database of its own for one bench run, on the server the user named.
 pub struct ScratchDatabase {

@@ -1,4 +1,6 @@
-//! `reelay bench`: measures a Reelay server on this machine. It starts a server on a
+//! `reelay-bench` (run as `reelay bench`): measures a Reelay server on this machine. It is a
+//! binary of its own, outside the library, so the server does not ship its load generator;
+//! it drives the `reelay` binary beside it. It starts a server on a
 //! scratch embedded database, or `--nodes` servers sharing a scratch database on a
 //! PostgreSQL server (`--database`), or uses a running one (`--url`); starts its own
 //! webhook receiver, and reports the raw HTTP limit of the same run next to publish
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use clap::Args;
+use clap::{Args, Parser};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,34 @@ use report::{
     DeliveryResult, LatencyResult, PhaseResources, Report, ResyncResult, ThroughputResult,
 };
 use server::{BenchServer, Storage};
+
+// glibc's allocator took a sixth of the server's CPU under load (perf); the load generator
+// uses the same allocator as the server it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "reelay bench",
+    version,
+    about = "Measure a Reelay server's throughput, latency and memory on this machine"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: BenchConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    run(Cli::parse().config).await
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchConfig {
@@ -102,7 +132,7 @@ pub struct BenchConfig {
     #[arg(long)]
     pub publishing_accounts: Option<usize>,
     /// The retention phase's `--retention`: its server removes events older than this.
-    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = reelay::config::parse_duration)]
     pub retention_window: Duration,
     /// How many retention windows the retention phase publishes for.
     #[arg(long, default_value_t = 4)]
@@ -137,7 +167,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         bail!("--nodes must be at least 1");
     }
     if let Some(database) = &config.database
-        && crate::store::Backend::of(database) != crate::store::Backend::Postgres
+        && reelay::store::Backend::of(database) != reelay::store::Backend::Postgres
     {
         bail!(
             "--database takes a PostgreSQL server (postgres://…); without it the bench uses \
@@ -750,7 +780,7 @@ impl Bench {
 
     /// Waits for the phase's arrivals, then tallies them: `events` published in
     /// `publish_elapsed`, timed from `started` (receiver clock) to the last arrival.
-    pub(super) async fn delivery_result(
+    pub(crate) async fn delivery_result(
         &self,
         label: &str,
         expectation: &Expectation,
