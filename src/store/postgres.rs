@@ -222,10 +222,10 @@ pub(super) async fn commit_group(
                 None => None,
                 Some((video, seq)) => {
                     let version: i64 = sqlx::query_scalar(statements::NEXT_VIDEO_VERSION.postgres)
-                    .bind(&row.event.account)
-                    .bind(video)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                        .bind(&row.event.account)
+                        .bind(video)
+                        .fetch_one(&mut *tx)
+                        .await?;
                     let change = derivation.video_change(&row.event, video, version, *seq);
                     changes.push(change.clone());
                     Some(change)
@@ -264,17 +264,17 @@ async fn insert_events<'a>(
         return Ok(HashSet::new());
     }
     let stored: Vec<i64> = sqlx::query_scalar(statements::INSERT_EVENTS)
-    .bind(columns.seq)
-    .bind(columns.account)
-    .bind(columns.event_id)
-    .bind(columns.name)
-    .bind(columns.topic)
-    .bind(columns.entity_key)
-    .bind(columns.occurred_at)
-    .bind(columns.received_at)
-    .bind(columns.body)
-    .fetch_all(&mut **tx)
-    .await?;
+        .bind(columns.seq)
+        .bind(columns.account)
+        .bind(columns.event_id)
+        .bind(columns.name)
+        .bind(columns.topic)
+        .bind(columns.entity_key)
+        .bind(columns.occurred_at)
+        .bind(columns.received_at)
+        .bind(columns.body)
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(stored.into_iter().collect())
 }
 
@@ -337,13 +337,13 @@ async fn set_entities(
         deleted.push(i64::from(d));
     }
     sqlx::query(statements::SET_ENTITIES)
-    .bind(account)
-    .bind(entity_type)
-    .bind(id)
-    .bind(seq)
-    .bind(deleted)
-    .execute(&mut **tx)
-    .await?;
+        .bind(account)
+        .bind(entity_type)
+        .bind(id)
+        .bind(seq)
+        .bind(deleted)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -364,14 +364,14 @@ async fn apply_progress(
     // The lease is checked by the statement that moves the cursor (one round trip, not
     // two): the rest of the report is applied only if it moved.
     let held: Option<String> = sqlx::query_scalar(statements::SAVE_HELD_PROGRESS)
-    .bind(report.cursor)
-    .bind(report.delivered as i64)
-    .bind(succeeded)
-    .bind(failed)
-    .bind(id)
-    .bind(node)
-    .fetch_optional(&mut **tx)
-    .await?;
+        .bind(report.cursor)
+        .bind(report.delivered as i64)
+        .bind(succeeded)
+        .bind(failed)
+        .bind(id)
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?;
     if held.is_none() {
         tracing::warn!(
             subscription = id,
@@ -381,31 +381,31 @@ async fn apply_progress(
     }
     for attempt in &report.attempts {
         sqlx::query(statements::INSERT_ATTEMPT.postgres)
-        .bind(id)
-        .bind(attempt.seq)
-        .bind(&attempt.event_id)
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.at)
-        .bind(attempt.outcome)
-        .bind(attempt.status.map(i64::from))
-        .bind(&attempt.error)
-        .bind(attempt.latency_ms)
-        .bind(&attempt.response)
-        .bind(attempt.next_attempt_at)
-        .bind(&attempt.resync_id)
-        .execute(&mut **tx)
-        .await?;
+            .bind(id)
+            .bind(attempt.seq)
+            .bind(&attempt.event_id)
+            .bind(i64::from(attempt.attempt))
+            .bind(attempt.at)
+            .bind(attempt.outcome)
+            .bind(attempt.status.map(i64::from))
+            .bind(&attempt.error)
+            .bind(attempt.latency_ms)
+            .bind(&attempt.response)
+            .bind(attempt.next_attempt_at)
+            .bind(&attempt.resync_id)
+            .execute(&mut **tx)
+            .await?;
     }
     for update in &report.retries {
         let resync_id = resync_key(update.resync_id.as_deref());
         match &update.state {
             RetryState::Delivered => {
                 sqlx::query(statements::DELETE_RETRY.postgres)
-                .bind(id)
-                .bind(update.seq)
-                .bind(resync_id)
-                .execute(&mut **tx)
-                .await?;
+                    .bind(id)
+                    .bind(update.seq)
+                    .bind(resync_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
             RetryState::Scheduled {
                 attempts,
@@ -413,47 +413,47 @@ async fn apply_progress(
                 error,
             } => {
                 sqlx::query(statements::SCHEDULE_RETRY.postgres)
-                .bind(id)
-                .bind(update.seq)
-                .bind(i64::from(*attempts))
-                .bind(next_attempt_at)
-                .bind(error)
-                .bind(resync_id)
-                .execute(&mut **tx)
-                .await?;
+                    .bind(id)
+                    .bind(update.seq)
+                    .bind(i64::from(*attempts))
+                    .bind(next_attempt_at)
+                    .bind(error)
+                    .bind(resync_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
             RetryState::Dead { attempts, error } => {
                 sqlx::query(statements::BURY_RETRY.postgres)
-                .bind(id)
-                .bind(update.seq)
-                .bind(i64::from(*attempts))
-                .bind(crate::model::now_millis())
-                .bind(error)
-                .bind(resync_id)
-                .execute(&mut **tx)
-                .await?;
+                    .bind(id)
+                    .bind(update.seq)
+                    .bind(i64::from(*attempts))
+                    .bind(crate::model::now_millis())
+                    .bind(error)
+                    .bind(resync_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
     }
     if let Some(resync) = &report.resync {
         let (position_type, position_id) = resync_position(resync);
         sqlx::query(statements::SAVE_RESYNC.postgres)
-        .bind(resync.sent as i64)
-        .bind(position_type)
-        .bind(position_id)
-        .bind(resync.completed_at)
-        .bind(&resync.id)
-        .execute(&mut **tx)
-        .await?;
+            .bind(resync.sent as i64)
+            .bind(position_type)
+            .bind(position_id)
+            .bind(resync.completed_at)
+            .bind(&resync.id)
+            .execute(&mut **tx)
+            .await?;
     }
     if let Some(reason) = &report.disable {
         sqlx::query(statements::DISABLE_SUBSCRIPTION.postgres)
-        .bind(reason.code())
-        .bind(reason.message())
-        .bind(crate::model::now_millis())
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+            .bind(reason.code())
+            .bind(reason.message())
+            .bind(crate::model::now_millis())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

@@ -382,13 +382,14 @@ impl LogConnection {
                     }
                 };
                 if let Some(entity) = &row.entity {
-                    tx.prepare_cached(statements::SET_ENTITY)?.execute(rusqlite::params![
-                        row.event.account,
-                        entity.entity_type,
-                        entity.id,
-                        row.event.seq,
-                        entity.deleted,
-                    ])?;
+                    tx.prepare_cached(statements::SET_ENTITY)?
+                        .execute(rusqlite::params![
+                            row.event.account,
+                            entity.entity_type,
+                            entity.id,
+                            row.event.seq,
+                            entity.deleted,
+                        ])?;
                 }
                 written.push(Written::Stored { video_change });
             }
@@ -461,7 +462,14 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
                 error,
             } => {
                 tx.prepare_cached(statements::SCHEDULE_RETRY.sqlite)?
-                    .execute(params![id, update.seq, attempts, next_attempt_at, error, resync_id])?;
+                    .execute(params![
+                        id,
+                        update.seq,
+                        attempts,
+                        next_attempt_at,
+                        error,
+                        resync_id
+                    ])?;
             }
             RetryState::Dead { attempts, error } => {
                 let now = crate::model::now_millis();

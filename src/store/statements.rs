@@ -171,9 +171,8 @@ pub(super) const INSERT_ATTEMPT: Statement = statement!(
 );
 
 /// Delivered: the event leaves the subscription's retry set (if it was there).
-pub(super) const DELETE_RETRY: Statement = statement!(
-    "DELETE FROM retries WHERE subscription_id = $1 AND seq = $2 AND resync_id = $3"
-);
+pub(super) const DELETE_RETRY: Statement =
+    statement!("DELETE FROM retries WHERE subscription_id = $1 AND seq = $2 AND resync_id = $3");
 
 /// Failed: tried again at `$4` (a dead letter retried by hand becomes pending again).
 pub(super) const SCHEDULE_RETRY: Statement = statement!(
@@ -215,7 +214,11 @@ mod tests {
             "DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2 AND resync_id = ?3"
         );
         // `$4` twice, and two-digit numbers: each one rewritten in place.
-        assert!(BURY_RETRY.sqlite.contains("VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6)"));
+        assert!(
+            BURY_RETRY
+                .sqlite
+                .contains("VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6)")
+        );
         assert!(INSERT_ATTEMPT.sqlite.contains("?10, ?11, ?12)"));
         for statement in [
             NEXT_VIDEO_VERSION,

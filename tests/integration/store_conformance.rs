@@ -287,7 +287,10 @@ async fn appended_events_read_back_in_order_as_published() {
     assert!(log.windows(2).all(|w| w[0].seq < w[1].seq), "in log order");
     assert_eq!(log.last().map(|e| e.seq), Some(head));
     for stored in first.iter().chain(&one).chain(&two) {
-        let read = log.iter().find(|e| e.seq == stored.seq).expect("in the log");
+        let read = log
+            .iter()
+            .find(|e| e.seq == stored.seq)
+            .expect("in the log");
         assert_eq!(read, stored.as_ref(), "read back as it was committed");
         assert!(read.received_at >= before && read.received_at <= now_millis());
         assert_eq!(read.occurred_at, 1_700_000_000_000);
@@ -304,7 +307,10 @@ async fn appended_events_read_back_in_order_as_published() {
     assert_eq!(ids.len(), 5, "{ids:?}");
     assert!(!ids.contains(&"a-1") && !ids.contains(&"o-1"), "{ids:?}");
     assert_eq!(
-        db.event_by_id(ACCOUNT, "b-2").await.expect("by id").as_ref(),
+        db.event_by_id(ACCOUNT, "b-2")
+            .await
+            .expect("by id")
+            .as_ref(),
         Some(one[1].as_ref())
     );
     assert_eq!(db.event_by_id(ACCOUNT, "o-1").await.expect("by id"), None);
@@ -405,7 +411,12 @@ async fn progress_moves_the_cursor_and_keeps_the_count_and_the_health() {
     .await;
     let sub = s.subscription("sub").await;
     assert_eq!(
-        (sub.cursor, sub.delivered, sub.last_success_at, sub.failing_since),
+        (
+            sub.cursor,
+            sub.delivered,
+            sub.last_success_at,
+            sub.failing_since
+        ),
         (events[1].seq, 2, Some(at), None)
     );
     // Failures: the run of failures starts at the first; no cursor keeps the cursor.
@@ -420,7 +431,12 @@ async fn progress_moves_the_cursor_and_keeps_the_count_and_the_health() {
     }
     let sub = s.subscription("sub").await;
     assert_eq!(
-        (sub.cursor, sub.delivered, sub.last_success_at, sub.failing_since),
+        (
+            sub.cursor,
+            sub.delivered,
+            sub.last_success_at,
+            sub.failing_since
+        ),
         (events[1].seq, 4, Some(at), Some(at + 10))
     );
     s.report(Progress {
@@ -430,7 +446,10 @@ async fn progress_moves_the_cursor_and_keeps_the_count_and_the_health() {
     })
     .await;
     let sub = s.subscription("sub").await;
-    assert_eq!((sub.last_success_at, sub.failing_since), (Some(at + 30), None));
+    assert_eq!(
+        (sub.last_success_at, sub.failing_since),
+        (Some(at + 30), None)
+    );
 
     // A resync run's position is saved with the report.
     let run = ResyncRun {
@@ -448,7 +467,13 @@ async fn progress_moves_the_cursor_and_keeps_the_count_and_the_health() {
         started_at: at,
         completed_at: None,
     };
-    assert!(s.store.db().insert_resync_run(&run).await.expect("insert run"));
+    assert!(
+        s.store
+            .db()
+            .insert_resync_run(&run)
+            .await
+            .expect("insert run")
+    );
     let position = ResyncPosition {
         entity_type: "asset".into(),
         after_id: "42".into(),
@@ -519,8 +544,18 @@ async fn the_last_report_of_a_deleted_subscription_is_dropped() {
     })
     .await;
     let db = s.store.db();
-    assert!(db.retries_of_event(events[0].seq).await.expect("retries").is_empty());
-    assert!(db.attempts_of_event(events[0].seq).await.expect("attempts").is_empty());
+    assert!(
+        db.retries_of_event(events[0].seq)
+            .await
+            .expect("retries")
+            .is_empty()
+    );
+    assert!(
+        db.attempts_of_event(events[0].seq)
+            .await
+            .expect("attempts")
+            .is_empty()
+    );
     assert_eq!(db.pending_retry_count().await.expect("count"), 0);
 }
 
@@ -551,7 +586,11 @@ async fn the_retry_set_schedules_claims_buries_and_clears() {
         (seq, "r-1", 1)
     );
     assert_eq!(
-        (entry.next_attempt_at, entry.last_error.as_str(), entry.dead_at),
+        (
+            entry.next_attempt_at,
+            entry.last_error.as_str(),
+            entry.dead_at
+        ),
         (now - 1_000, "HTTP 500", None)
     );
     assert_eq!(db.pending_retry_count().await.expect("count"), 1);
@@ -567,7 +606,11 @@ async fn the_retry_set_schedules_claims_buries_and_clears() {
         .expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(
-        (claimed[0].subscription_id.as_str(), claimed[0].seq, claimed[0].attempts),
+        (
+            claimed[0].subscription_id.as_str(),
+            claimed[0].seq,
+            claimed[0].attempts
+        ),
         ("sub", seq, 1)
     );
     assert_eq!(claimed[0].resync_id, None);
@@ -581,7 +624,9 @@ async fn the_retry_set_schedules_claims_buries_and_clears() {
         now + 30_000
     );
     // A subscription's share: with one in flight and a share of one, nothing is taken.
-    db.unclaim_retry(&claimed[0], now - 500).await.expect("unclaim");
+    db.unclaim_retry(&claimed[0], now - 500)
+        .await
+        .expect("unclaim");
     let busy = HashMap::from([("sub".to_owned(), 1)]);
     let none = db
         .claim_due_retries(now, now + 30_000, 10, 1, &busy)
@@ -602,8 +647,14 @@ async fn the_retry_set_schedules_claims_buries_and_clears() {
     let dead = &db.list_retries("sub", 10).await.expect("list")[0];
     assert_eq!((dead.attempts, dead.last_error.as_str()), (3, "HTTP 503"));
     assert!(dead.dead_at.is_some());
-    assert_eq!(db.retry_counts(Some(ACCOUNT)).await.expect("counts"), (0, 1));
-    assert_eq!(db.retry_counts(Some("other")).await.expect("counts"), (0, 0));
+    assert_eq!(
+        db.retry_counts(Some(ACCOUNT)).await.expect("counts"),
+        (0, 1)
+    );
+    assert_eq!(
+        db.retry_counts(Some("other")).await.expect("counts"),
+        (0, 0)
+    );
     assert!(
         db.claim_due_retries(now + DAY, now + DAY, 10, 10, &HashMap::new())
             .await
@@ -612,7 +663,10 @@ async fn the_retry_set_schedules_claims_buries_and_clears() {
     );
     // Retried by hand: pending again.
     assert_eq!(db.redeliver("sub", None, now).await.expect("redeliver"), 1);
-    assert_eq!(db.retry_counts(Some(ACCOUNT)).await.expect("counts"), (1, 0));
+    assert_eq!(
+        db.retry_counts(Some(ACCOUNT)).await.expect("counts"),
+        (1, 0)
+    );
 
     // A resync's delivery of the same event is an entry of its own.
     s.report(Progress {
@@ -642,7 +696,10 @@ async fn the_retry_set_schedules_claims_buries_and_clears() {
     let entries = db.list_retries("sub", 10).await.expect("list");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].resync_id.as_deref(), Some("run-1"));
-    assert_eq!(db.retry_counts(Some(ACCOUNT)).await.expect("counts"), (1, 0));
+    assert_eq!(
+        db.retry_counts(Some(ACCOUNT)).await.expect("counts"),
+        (1, 0)
+    );
 }
 
 #[tokio::test]
@@ -696,7 +753,8 @@ async fn retention_removes_what_was_delivered_and_keeps_what_a_lagging_subscript
     let s = Scratch::open().await;
     // `current` takes every player event; `lagging` wants playback events and has
     // received none; `gone` wants the quiet topic, and was disabled long enough ago.
-    s.subscribe(ACCOUNT, "current", topics(&["player"]), 0).await;
+    s.subscribe(ACCOUNT, "current", topics(&["player"]), 0)
+        .await;
     s.subscribe(ACCOUNT, "lagging", names(&["playback"]), 0)
         .await;
     s.subscribe(ACCOUNT, "gone", topics(&["quiet"]), 0).await;
@@ -870,10 +928,7 @@ async fn retried_events_stay_and_attempt_records_have_their_own_retention() {
         .collect();
     assert_eq!(records, [recent]);
     let retries = db.list_retries("sub", 10).await.expect("retries");
-    assert_eq!(
-        retries.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        [pending]
-    );
+    assert_eq!(retries.iter().map(|r| r.seq).collect::<Vec<_>>(), [pending]);
     // Its dead letter gone, the event goes at the next pass; the pending one stays.
     retention_pass(&s, 2).await;
     assert_eq!(s.ids(ACCOUNT).await, set(&["pending", "head"]));
