@@ -733,10 +733,8 @@ async fn attempt_records_read_back_newest_first() {
         .list_attempts("sub", Some(listed[1].id), 10)
         .await
         .expect("older");
-    assert_eq!(
-        older.iter().map(|a| a.record.clone()).collect::<Vec<_>>(),
-        [first.clone()]
-    );
+    let older: Vec<&AttemptRecord> = older.iter().map(|a| &a.record).collect();
+    assert_eq!(older, [&first]);
     // One event's incremental deliveries, oldest first.
     let of_event = db.attempts_of_event(seq).await.expect("of event");
     assert_eq!(
