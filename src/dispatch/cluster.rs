@@ -43,6 +43,9 @@ pub(super) struct Leases {
     dispatcher: Dispatcher,
     cluster: Cluster,
     ttl: Duration,
+    /// The unreadable subscriptions this node has reported (each once, not at every
+    /// pass).
+    reported: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Leases {
@@ -52,6 +55,7 @@ impl Leases {
             dispatcher,
             cluster,
             ttl,
+            reported: Default::default(),
         }
     }
 
@@ -149,6 +153,21 @@ impl Leases {
         }
     }
 
+    /// The subscriptions this node holds that can be read. The others are skipped (one
+    /// unreadable row must not stop this node's deliveries) and reported once each.
+    async fn held_subscriptions(&self) -> Result<Vec<crate::model::Subscription>, StoreError> {
+        let (readable, unreadable) = self.cluster.held_subscriptions().await?;
+        let new: Vec<StoreError> = {
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            unreadable
+                .into_iter()
+                .filter(|error| reported.insert(error.to_string()))
+                .collect()
+        };
+        super::report_unreadable(&new);
+        Ok(readable)
+    }
+
     /// Renews this node's leases, stops what it no longer holds, hands over or takes
     /// subscriptions to reach its share, and starts the workers it lacks.
     async fn pass(&self) -> Result<(), StoreError> {
@@ -165,7 +184,7 @@ impl Leases {
             }
         }
         let mut enabled = Vec::new();
-        for subscription in self.cluster.held_subscriptions().await? {
+        for subscription in self.held_subscriptions().await? {
             if subscription.disabled.is_some() {
                 // Its worker stopped when it was disabled; whoever enables it takes it.
                 self.dispatcher.remove(&subscription.id);
@@ -192,8 +211,7 @@ impl Leases {
                     let claimed: HashSet<String> = claimed.into_iter().collect();
                     tracing::info!(count = claimed.len(), "took subscriptions over");
                     enabled.extend(
-                        self.cluster
-                            .held_subscriptions()
+                        self.held_subscriptions()
                             .await?
                             .into_iter()
                             .filter(|s| claimed.contains(&s.id)),

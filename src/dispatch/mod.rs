@@ -276,15 +276,7 @@ impl Dispatcher {
             // One process: every enabled subscription is its own.
             None => {
                 let (subscriptions, unreadable) = store.db().all_subscriptions().await?;
-                for error in &unreadable {
-                    tracing::error!(%error, "a stored subscription cannot be read; it is skipped (nothing is delivered to it)");
-                }
-                if !unreadable.is_empty() {
-                    eprintln!(
-                        "reelay: {} stored subscription(s) cannot be read and are skipped; the log names them",
-                        unreadable.len()
-                    );
-                }
+                report_unreadable(&unreadable);
                 for subscription in subscriptions {
                     if subscription.disabled.is_some() {
                         continue;
@@ -743,5 +735,19 @@ impl Dispatcher {
     ) -> Result<Attempted, DispatchError> {
         let target = Target::new(subscription, &self.shared.sinks)?;
         Ok(self.attempt(&target, &Arc::new(event)).await)
+    }
+}
+
+/// Says which stored subscriptions cannot be read (a row of a newer version, or
+/// damaged): they are skipped, and the others delivered.
+fn report_unreadable(unreadable: &[StoreError]) {
+    for error in unreadable {
+        tracing::error!(%error, "a stored subscription cannot be read; it is skipped (nothing is delivered to it)");
+    }
+    if !unreadable.is_empty() {
+        eprintln!(
+            "reelay: {} stored subscription(s) cannot be read and are skipped; the log names them",
+            unreadable.len()
+        );
     }
 }

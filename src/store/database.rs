@@ -15,7 +15,7 @@ use sqlx::sqlite::SqlitePool;
 use super::rows::{
     AttemptRow, DueRetryRow, EntityRow, EventAttemptRow, EventRow, KeyRow, LiveEntityCountRow,
     ResyncRunRow, RetryRow, SubscriptionRow, TokenVerificationRow, key_list, open_subscription,
-    resync_from_key, resync_key, resync_position, to_json,
+    open_subscriptions, resync_from_key, resync_key, resync_position, to_json,
 };
 use super::{
     AccountSummary, DueRetry, EntityState, EventQuery, EventRetry, LiveEntityCount, PortalLink,
@@ -975,15 +975,7 @@ impl Database {
         )
         .fetch_all(pool)
         .await?);
-        let mut readable = Vec::with_capacity(rows.len());
-        let mut unreadable = Vec::new();
-        for row in rows {
-            match open_subscription(row, &self.sealer) {
-                Ok(subscription) => readable.push(subscription),
-                Err(error) => unreadable.push(error),
-            }
-        }
-        Ok((readable, unreadable))
+        Ok(open_subscriptions(rows, &self.sealer))
     }
 
     /// How many job callbacks of the account are live (not expired by `now`), over all

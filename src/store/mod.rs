@@ -5,7 +5,9 @@
 //! Writes that sit on the hot path (appending events, recording delivery progress) go
 //! through one writer thread (`writer`) that commits whatever has queued up in a single
 //! transaction: concurrent publishers share one fsync (group commit). Everything else is
-//! a plain query on the connection pool (`database`).
+//! a plain query on the connection pool (`database`). Both are written once for both
+//! backends: the writer's statements in `statements`, the pool's in `database` and
+//! `retention`.
 //!
 //! Two backends: an embedded SQLite file (the default; one process) and PostgreSQL
 //! (several processes may share it: see `postgres`).
@@ -28,6 +30,7 @@ mod retention;
 mod rows;
 mod sealing;
 mod sqlite;
+mod statements;
 mod writer;
 
 use std::sync::Arc;

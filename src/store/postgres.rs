@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::database::{ClaimLimits, PageSize, STATEMENT_TIMEOUT};
 use super::derive::Derivation;
 use super::rows::{DueRetryRow, resync_key, resync_position};
+use super::statements;
 use super::writer::{LogRow, Written};
 use super::{CommittedBatch, Database, Health, Progress, Result, RetryState, StoreError};
 use crate::config::Durability;
@@ -220,15 +221,11 @@ pub(super) async fn commit_group(
             let video_change = match &row.video_change {
                 None => None,
                 Some((video, seq)) => {
-                    let version: i64 = sqlx::query_scalar(
-                        "INSERT INTO video_versions (account, video, version) VALUES ($1, $2, 1) \
-                         ON CONFLICT (account, video) DO UPDATE \
-                         SET version = video_versions.version + 1 RETURNING version",
-                    )
-                    .bind(&row.event.account)
-                    .bind(video)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let version: i64 = sqlx::query_scalar(statements::NEXT_VIDEO_VERSION.postgres)
+                        .bind(&row.event.account)
+                        .bind(video)
+                        .fetch_one(&mut *tx)
+                        .await?;
                     let change = derivation.video_change(&row.event, video, version, *seq);
                     changes.push(change.clone());
                     Some(change)
@@ -266,24 +263,18 @@ async fn insert_events<'a>(
     if columns.seq.is_empty() {
         return Ok(HashSet::new());
     }
-    let stored: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO events (seq, account, event_id, name, topic, entity_key, occurred_at, \
-         received_at, body) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
-         ON CONFLICT (account, event_id) DO NOTHING RETURNING seq",
-    )
-    .bind(columns.seq)
-    .bind(columns.account)
-    .bind(columns.event_id)
-    .bind(columns.name)
-    .bind(columns.topic)
-    .bind(columns.entity_key)
-    .bind(columns.occurred_at)
-    .bind(columns.received_at)
-    .bind(columns.body)
-    .fetch_all(&mut **tx)
-    .await?;
+    let stored: Vec<i64> = sqlx::query_scalar(statements::INSERT_EVENTS)
+        .bind(columns.seq)
+        .bind(columns.account)
+        .bind(columns.event_id)
+        .bind(columns.name)
+        .bind(columns.topic)
+        .bind(columns.entity_key)
+        .bind(columns.occurred_at)
+        .bind(columns.received_at)
+        .bind(columns.body)
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(stored.into_iter().collect())
 }
 
@@ -345,19 +336,14 @@ async fn set_entities(
         seq.push(s);
         deleted.push(i64::from(d));
     }
-    sqlx::query(
-        "INSERT INTO entities (account, type, id, seq, deleted) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
-         ON CONFLICT (account, type, id) DO UPDATE SET seq = excluded.seq, \
-         deleted = excluded.deleted WHERE excluded.seq > entities.seq",
-    )
-    .bind(account)
-    .bind(entity_type)
-    .bind(id)
-    .bind(seq)
-    .bind(deleted)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(statements::SET_ENTITIES)
+        .bind(account)
+        .bind(entity_type)
+        .bind(id)
+        .bind(seq)
+        .bind(deleted)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -377,24 +363,15 @@ async fn apply_progress(
     };
     // The lease is checked by the statement that moves the cursor (one round trip, not
     // two): the rest of the report is applied only if it moved.
-    let held: Option<i64> = sqlx::query_scalar(
-        "UPDATE subscriptions SET cursor = COALESCE($1, cursor), delivered = delivered + $2, \
-         last_success_at = COALESCE($3, last_success_at), \
-         failing_since = CASE WHEN $3::bigint IS NOT NULL THEN NULL \
-                              WHEN $4::bigint IS NOT NULL THEN COALESCE(failing_since, $4) \
-                              ELSE failing_since END \
-         WHERE id = $5 AND EXISTS (SELECT 1 FROM subscription_leases \
-                                   WHERE subscription_id = $5 AND node_id = $6) \
-         RETURNING 1::bigint",
-    )
-    .bind(report.cursor)
-    .bind(report.delivered as i64)
-    .bind(succeeded)
-    .bind(failed)
-    .bind(id)
-    .bind(node)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let held: Option<String> = sqlx::query_scalar(statements::SAVE_HELD_PROGRESS)
+        .bind(report.cursor)
+        .bind(report.delivered as i64)
+        .bind(succeeded)
+        .bind(failed)
+        .bind(id)
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?;
     if held.is_none() {
         tracing::warn!(
             subscription = id,
@@ -403,101 +380,80 @@ async fn apply_progress(
         return Ok(());
     }
     for attempt in &report.attempts {
-        sqlx::query(
-            "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
-             error, latency_ms, response, next_attempt_at, resync_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(id)
-        .bind(attempt.seq)
-        .bind(&attempt.event_id)
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.at)
-        .bind(attempt.outcome)
-        .bind(attempt.status.map(i64::from))
-        .bind(&attempt.error)
-        .bind(attempt.latency_ms)
-        .bind(&attempt.response)
-        .bind(attempt.next_attempt_at)
-        .bind(&attempt.resync_id)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(statements::INSERT_ATTEMPT.postgres)
+            .bind(id)
+            .bind(attempt.seq)
+            .bind(&attempt.event_id)
+            .bind(i64::from(attempt.attempt))
+            .bind(attempt.at)
+            .bind(attempt.outcome)
+            .bind(attempt.status.map(i64::from))
+            .bind(&attempt.error)
+            .bind(attempt.latency_ms)
+            .bind(&attempt.response)
+            .bind(attempt.next_attempt_at)
+            .bind(&attempt.resync_id)
+            .execute(&mut **tx)
+            .await?;
     }
     for update in &report.retries {
         let resync_id = resync_key(update.resync_id.as_deref());
         match &update.state {
             RetryState::Delivered => {
-                sqlx::query(
-                    "DELETE FROM retries WHERE subscription_id = $1 AND seq = $2 AND resync_id = $3",
-                )
-                .bind(id)
-                .bind(update.seq)
-                .bind(resync_id)
-                .execute(&mut **tx)
-                .await?;
+                sqlx::query(statements::DELETE_RETRY.postgres)
+                    .bind(id)
+                    .bind(update.seq)
+                    .bind(resync_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
             RetryState::Scheduled {
                 attempts,
                 next_attempt_at,
                 error,
             } => {
-                sqlx::query(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, resync_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
-                     attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
-                     last_error = excluded.last_error, dead_at = NULL",
-                )
-                .bind(id)
-                .bind(update.seq)
-                .bind(i64::from(*attempts))
-                .bind(next_attempt_at)
-                .bind(error)
-                .bind(resync_id)
-                .execute(&mut **tx)
-                .await?;
+                sqlx::query(statements::SCHEDULE_RETRY.postgres)
+                    .bind(id)
+                    .bind(update.seq)
+                    .bind(i64::from(*attempts))
+                    .bind(next_attempt_at)
+                    .bind(error)
+                    .bind(resync_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
             RetryState::Dead { attempts, error } => {
-                sqlx::query(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at, resync_id) \
-                     VALUES ($1, $2, $3, $4, $5, $4, $6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
-                     attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
-                )
-                .bind(id)
-                .bind(update.seq)
-                .bind(i64::from(*attempts))
-                .bind(crate::model::now_millis())
-                .bind(error)
-                .bind(resync_id)
-                .execute(&mut **tx)
-                .await?;
+                sqlx::query(statements::BURY_RETRY.postgres)
+                    .bind(id)
+                    .bind(update.seq)
+                    .bind(i64::from(*attempts))
+                    .bind(crate::model::now_millis())
+                    .bind(error)
+                    .bind(resync_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
     }
     if let Some(resync) = &report.resync {
         let (position_type, position_id) = resync_position(resync);
-        sqlx::query(
-            "UPDATE resync_runs SET sent = $1, position_type = $2, position_id = $3, \
-             completed_at = $4 WHERE id = $5",
-        )
-        .bind(resync.sent as i64)
-        .bind(position_type)
-        .bind(position_id)
-        .bind(resync.completed_at)
-        .bind(&resync.id)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(statements::SAVE_RESYNC.postgres)
+            .bind(resync.sent as i64)
+            .bind(position_type)
+            .bind(position_id)
+            .bind(resync.completed_at)
+            .bind(&resync.id)
+            .execute(&mut **tx)
+            .await?;
     }
     if let Some(reason) = &report.disable {
-        sqlx::query(
-            "UPDATE subscriptions SET disabled_code = $1, disabled_message = $2, disabled_at = $3 \
-             WHERE id = $4 AND disabled_at IS NULL",
-        )
-        .bind(reason.code())
-        .bind(reason.message())
-        .bind(crate::model::now_millis())
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(statements::DISABLE_SUBSCRIPTION.postgres)
+            .bind(reason.code())
+            .bind(reason.message())
+            .bind(crate::model::now_millis())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -726,8 +682,14 @@ impl Cluster {
         .await?)
     }
 
-    /// The subscriptions this node holds.
-    pub async fn held_subscriptions(&self) -> Result<Vec<crate::model::Subscription>> {
+    /// The subscriptions this node holds that can be read, and why the others cannot (a
+    /// row written by a newer version, or damaged), as [`Database::all_subscriptions`]
+    /// answers for SQLite: one unreadable row must not keep the others from being
+    /// delivered. The lease on an unreadable one stays where it is (another node could
+    /// not read it either).
+    pub async fn held_subscriptions(
+        &self,
+    ) -> Result<(Vec<crate::model::Subscription>, Vec<StoreError>)> {
         let rows: Vec<super::rows::SubscriptionRow> = sqlx::query_as(
             "SELECT s.* FROM subscriptions s \
              JOIN subscription_leases l ON l.subscription_id = s.id \
@@ -736,9 +698,7 @@ impl Cluster {
         .bind(&self.node)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| super::rows::open_subscription(row, &self.sealer))
-            .collect()
+        Ok(super::rows::open_subscriptions(rows, &self.sealer))
     }
 
     /// How many subscriptions are to be delivered (enabled), by all nodes together.

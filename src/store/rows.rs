@@ -71,6 +71,22 @@ pub(super) struct SubscriptionRow {
     rate_limit: Option<String>,
 }
 
+/// The rows that can be read as subscriptions, and why the others cannot.
+pub(super) fn open_subscriptions(
+    rows: Vec<SubscriptionRow>,
+    sealer: &Sealer,
+) -> (Vec<Subscription>, Vec<StoreError>) {
+    let mut readable = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in rows {
+        match open_subscription(row, sealer) {
+            Ok(subscription) => readable.push(subscription),
+            Err(error) => unreadable.push(error),
+        }
+    }
+    (readable, unreadable)
+}
+
 /// A stored subscription with its secrets decrypted.
 pub(super) fn open_subscription(row: SubscriptionRow, sealer: &Sealer) -> Result<Subscription> {
     let mut subscription = Subscription::try_from(row)?;

@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use super::database::ClaimLimits;
 use super::derive::Derivation;
 use super::rows::{DueRetryRow, resync_key, resync_position};
+use super::statements;
 use super::writer::{LogRow, Written};
 use super::{Health, Progress, Result, RetryState, StoreError};
 use crate::config::Durability;
@@ -323,20 +324,6 @@ pub(super) fn log_connection(
 /// trips, not SQLite, were most of a commit's time. Everything else uses the pool.
 pub(super) struct LogConnection(rusqlite::Connection);
 
-const INSERT_EVENT: &str = "INSERT INTO events (seq, account, event_id, name, topic, entity_key, \
-     occurred_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-     ON CONFLICT (account, event_id) DO NOTHING";
-
-/// An entity's latest state: the event with the highest sequence number wins.
-const SET_ENTITY: &str = "INSERT INTO entities (account, type, id, seq, deleted) \
-     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (account, type, id) DO UPDATE SET \
-     seq = excluded.seq, deleted = excluded.deleted WHERE excluded.seq > entities.seq";
-
-/// The video's next version, in one statement: 1 for a video never seen.
-const NEXT_VIDEO_VERSION: &str = "INSERT INTO video_versions (account, video, version) \
-     VALUES (?1, ?2, 1) ON CONFLICT (account, video) DO UPDATE SET version = version + 1 \
-     RETURNING version";
-
 fn insert_event(insert: &mut rusqlite::CachedStatement<'_>, event: &StoredEvent) -> Result<bool> {
     let changed = insert.execute(rusqlite::params![
         event.seq,
@@ -370,7 +357,7 @@ impl LogConnection {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut written = Vec::with_capacity(rows.len());
         {
-            let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+            let mut insert = tx.prepare_cached(statements::INSERT_EVENT)?;
             for row in rows {
                 if !insert_event(&mut insert, &row.event)? {
                     written.push(Written::Duplicate);
@@ -380,7 +367,7 @@ impl LogConnection {
                     None => None,
                     Some((video, seq)) => {
                         let version: i64 = tx
-                            .prepare_cached(NEXT_VIDEO_VERSION)?
+                            .prepare_cached(statements::NEXT_VIDEO_VERSION.sqlite)?
                             .query_row(rusqlite::params![row.event.account, video], |r| r.get(0))?;
                         let change = derivation.video_change(&row.event, video, version, *seq);
                         // Its id is fresh and random: a conflict means the log is not
@@ -395,13 +382,14 @@ impl LogConnection {
                     }
                 };
                 if let Some(entity) = &row.entity {
-                    tx.prepare_cached(SET_ENTITY)?.execute(rusqlite::params![
-                        row.event.account,
-                        entity.entity_type,
-                        entity.id,
-                        row.event.seq,
-                        entity.deleted,
-                    ])?;
+                    tx.prepare_cached(statements::SET_ENTITY)?
+                        .execute(rusqlite::params![
+                            row.event.account,
+                            entity.entity_type,
+                            entity.id,
+                            row.event.seq,
+                            entity.deleted,
+                        ])?;
                 }
                 written.push(Written::Stored { video_change });
             }
@@ -414,23 +402,36 @@ impl LogConnection {
     }
 }
 
+/// Applies one dispatcher's progress report (the statements both backends run:
+/// [`statements`]).
 fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<()> {
-    use rusqlite::params;
+    use rusqlite::{OptionalExtension, params};
     let id = report.subscription_id.as_str();
+    let (succeeded, failed) = match report.health {
+        Some(Health::Succeeded { at }) => (Some(at), None),
+        Some(Health::Failed { at }) => (None, Some(at)),
+        None => (None, None),
+    };
+    let saved: Option<String> = tx
+        .prepare_cached(statements::SAVE_PROGRESS)?
+        .query_row(
+            params![
+                report.cursor,
+                report.delivered as i64,
+                succeeded,
+                failed,
+                id
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
     // A worker's last report can arrive after its subscription was deleted: drop it, or
     // its retries would outlive the subscription.
-    let exists = tx
-        .prepare_cached("SELECT 1 FROM subscriptions WHERE id = ?1")?
-        .exists(params![id])?;
-    if !exists {
+    if saved.is_none() {
         return Ok(());
     }
     if !report.attempts.is_empty() {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO attempts (subscription_id, seq, event_id, attempt, at, outcome, status, \
-             error, latency_ms, response, next_attempt_at, resync_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
+        let mut insert = tx.prepare_cached(statements::INSERT_ATTEMPT.sqlite)?;
         for attempt in &report.attempts {
             insert.execute(params![
                 id,
@@ -452,82 +453,50 @@ fn apply_progress(tx: &rusqlite::Transaction<'_>, report: &Progress) -> Result<(
         let resync_id = resync_key(update.resync_id.as_deref());
         match &update.state {
             RetryState::Delivered => {
-                tx.prepare_cached(
-                    "DELETE FROM retries WHERE subscription_id = ?1 AND seq = ?2 AND resync_id = ?3",
-                )?
-                .execute(params![id, update.seq, resync_id])?;
+                tx.prepare_cached(statements::DELETE_RETRY.sqlite)?
+                    .execute(params![id, update.seq, resync_id])?;
             }
             RetryState::Scheduled {
                 attempts,
                 next_attempt_at,
                 error,
             } => {
-                tx.prepare_cached(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, resync_id) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
-                     attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
-                     last_error = excluded.last_error, dead_at = NULL",
-                )?
-                .execute(params![id, update.seq, attempts, next_attempt_at, error, resync_id])?;
+                tx.prepare_cached(statements::SCHEDULE_RETRY.sqlite)?
+                    .execute(params![
+                        id,
+                        update.seq,
+                        attempts,
+                        next_attempt_at,
+                        error,
+                        resync_id
+                    ])?;
             }
             RetryState::Dead { attempts, error } => {
                 let now = crate::model::now_millis();
-                tx.prepare_cached(
-                    "INSERT INTO retries (subscription_id, seq, attempts, next_attempt_at, last_error, dead_at, resync_id) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6) ON CONFLICT (subscription_id, seq, resync_id) DO UPDATE SET \
-                     attempts = excluded.attempts, last_error = excluded.last_error, dead_at = excluded.dead_at",
-                )?
-                .execute(params![id, update.seq, attempts, now, error, resync_id])?;
+                tx.prepare_cached(statements::BURY_RETRY.sqlite)?
+                    .execute(params![id, update.seq, attempts, now, error, resync_id])?;
             }
         }
     }
-    let (succeeded, failed) = match report.health {
-        Some(Health::Succeeded { at }) => (Some(at), None),
-        Some(Health::Failed { at }) => (None, Some(at)),
-        None => (None, None),
-    };
-    // One statement for the cursor, the count and the health: this runs for every
-    // subscription at every flush.
-    tx.prepare_cached(
-        "UPDATE subscriptions SET cursor = COALESCE(?1, cursor), delivered = delivered + ?2, \
-         last_success_at = COALESCE(?3, last_success_at), \
-         failing_since = CASE WHEN ?3 IS NOT NULL THEN NULL \
-                              WHEN ?4 IS NOT NULL THEN COALESCE(failing_since, ?4) \
-                              ELSE failing_since END \
-         WHERE id = ?5",
-    )?
-    .execute(params![
-        report.cursor,
-        report.delivered as i64,
-        succeeded,
-        failed,
-        id
-    ])?;
     if let Some(resync) = &report.resync {
         let (position_type, position_id) = resync_position(resync);
-        tx.prepare_cached(
-            "UPDATE resync_runs SET sent = ?1, position_type = ?2, position_id = ?3, \
-             completed_at = ?4 WHERE id = ?5",
-        )?
-        .execute(params![
-            resync.sent as i64,
-            position_type,
-            position_id,
-            resync.completed_at,
-            resync.id
-        ])?;
+        tx.prepare_cached(statements::SAVE_RESYNC.sqlite)?
+            .execute(params![
+                resync.sent as i64,
+                position_type,
+                position_id,
+                resync.completed_at,
+                resync.id
+            ])?;
     }
     if let Some(reason) = &report.disable {
-        tx.prepare_cached(
-            "UPDATE subscriptions SET disabled_code = ?1, disabled_message = ?2, disabled_at = ?3 \
-             WHERE id = ?4 AND disabled_at IS NULL",
-        )?
-        .execute(params![
-            reason.code(),
-            reason.message(),
-            crate::model::now_millis(),
-            id
-        ])?;
+        tx.prepare_cached(statements::DISABLE_SUBSCRIPTION.sqlite)?
+            .execute(params![
+                reason.code(),
+                reason.message(),
+                crate::model::now_millis(),
+                id
+            ])?;
     }
     Ok(())
 }

@@ -103,6 +103,36 @@ impl TestApp {
         bytes
     }
 
+    /// Runs one statement on the server's database, whichever backend it is (`$n`
+    /// placeholders, text values); returns how many rows it changed. For tests that
+    /// damage what is stored.
+    pub async fn execute(&self, sql: &str, values: &[&str]) -> u64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.database.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(&self.database)
+                .await
+                .expect("connect");
+            let mut query = sqlx::query(sql);
+            for value in values {
+                query = query.bind(*value);
+            }
+            let changed = query.execute(&pool).await.expect("execute").rows_affected();
+            pool.close().await;
+            changed
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.database)
+                .await
+                .expect("open");
+            let mut query = sqlx::query(sql);
+            for value in values {
+                query = query.bind(*value);
+            }
+            let changed = query.execute(&pool).await.expect("execute").rows_affected();
+            pool.close().await;
+            changed
+        }
+    }
+
     /// The server's log so far (set `REELAY_LOG` in `start_with` for more of it).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -22,6 +22,7 @@ mod postgres_outage;
 mod publish;
 mod resync;
 mod retention;
+mod store_conformance;
 mod strict_bodies;
 mod subscriptions;
 mod tenant_safety;

@@ -225,7 +225,10 @@ async fn deleting_another_accounts_subscription_id_changes_nothing() {
 }
 
 /// A stored subscription the server cannot read (a row of a newer version, or damaged)
-/// is skipped and reported at start; the server starts and the others are delivered.
+/// is skipped and reported at start; the server starts and the others are delivered. On
+/// whichever backend the suite runs: SQLite starts every worker from the stored rows in
+/// one pass, PostgreSQL from the rows of the subscriptions the node holds, at each of
+/// its lease passes.
 #[tokio::test]
 async fn an_unreadable_stored_subscription_is_skipped_and_reported_at_start() {
     use std::time::Duration;
@@ -233,12 +236,7 @@ async fn an_unreadable_stored_subscription_is_skipped_and_reported_at_start() {
     use crate::app::eventually;
     use crate::support::receiver::Receiver;
 
-    // SQLite on purpose, whatever the suite runs on: it starts every worker from the
-    // stored rows in one pass.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("reelay.db");
-    let database = format!("sqlite://{}", file.display());
-    let mut app = TestApp::start_on(database, &[], dir).await;
+    let mut app = TestApp::start().await;
     let receiver = Receiver::start().await;
     let (kept, _) = app
         .subscribe_receiver(
@@ -257,16 +255,13 @@ async fn an_unreadable_stored_subscription_is_skipped_and_reported_at_start() {
         )
         .await;
     app.kill().await;
-    {
-        let db = rusqlite::Connection::open(&file).expect("open the SQLite file");
-        let changed = db
-            .execute(
-                "UPDATE subscriptions SET destination = ?1 WHERE id = ?2",
-                (r#"{"version":"99","type":"webhook","where":"?"}"#, &broken),
-            )
-            .expect("update");
-        assert_eq!(changed, 1);
-    }
+    let changed = app
+        .execute(
+            "UPDATE subscriptions SET destination = $1 WHERE id = $2",
+            &[r#"{"version":"99","type":"webhook","where":"?"}"#, &broken],
+        )
+        .await;
+    assert_eq!(changed, 1);
     app.kill_and_restart().await;
     let (status, answer) = app
         .post(
@@ -292,5 +287,10 @@ async fn an_unreadable_stored_subscription_is_skipped_and_reported_at_start() {
         "the start reports the unreadable row by id: {logs}"
     );
     assert!(!logs.contains(&format!("subscription {kept}: destination")));
+    assert_eq!(
+        logs.matches("cannot be read; it is skipped").count(),
+        1,
+        "reported once: {logs}"
+    );
     assert!(receiver.deliveries("/broken").await.is_empty());
 }
