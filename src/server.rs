@@ -115,6 +115,7 @@ pub async fn run(
             shutdown_grace: Duration::from_secs(5),
             lease_ttl: config.lease_ttl,
             max_page_bytes: config.max_page_bytes,
+            metrics: config.metrics.scope(),
         },
         Arc::new(sinks),
         cancel.clone(),

@@ -54,6 +54,14 @@ impl Feed {
         self.seen
     }
 
+    /// Whether everything the router has handed on is read: nothing the subscription
+    /// wants waits in the log for this feed (what is committed next reaches the inbox).
+    pub(super) fn caught_up(&self) -> bool {
+        self.attached
+            .as_ref()
+            .is_some_and(|attached| self.seen >= attached.routed)
+    }
+
     /// Starts again after `cursor` (a replay).
     pub(super) fn rewind(&mut self, cursor: i64) {
         self.detach();
