@@ -27,18 +27,23 @@ pub(super) struct Standing {
     oldest_received_at: AtomicI64,
     /// Every event up to here is delivered or in the retry set.
     position: AtomicI64,
-    /// Nothing the subscription wants waits in the log for it.
-    caught_up: AtomicBool,
+    /// Nothing the subscription wants waits in the log for it: set by its feed, which
+    /// knows (the worker's loop does not run while its feed waits for a commit).
+    caught_up: Arc<AtomicBool>,
 }
 
 impl Standing {
-    pub(super) fn show(&self, oldest: Option<(i64, Millis)>, position: i64, caught_up: bool) {
+    pub(super) fn show(&self, oldest: Option<(i64, Millis)>, position: i64) {
         let (seq, received_at) = oldest.unwrap_or((0, 0));
         self.oldest_seq.store(seq, Ordering::Relaxed);
         self.oldest_received_at
             .store(received_at, Ordering::Relaxed);
         self.position.store(position, Ordering::Relaxed);
-        self.caught_up.store(caught_up, Ordering::Relaxed);
+    }
+
+    /// The flag the subscription's feed sets while it has read everything routed.
+    pub(super) fn caught_up_flag(&self) -> Arc<AtomicBool> {
+        self.caught_up.clone()
     }
 
     /// Log positions between the subscription's oldest undelivered event and `head`
@@ -336,16 +341,19 @@ mod tests {
     #[test]
     fn the_lag_counts_from_the_oldest_undelivered_event_or_the_position() {
         let standing = Standing::default();
-        standing.show(Some((91, 5)), 90, true);
+        let caught_up = standing.caught_up_flag();
+        caught_up.store(true, Ordering::Relaxed);
+        standing.show(Some((91, 5)), 90);
         assert_eq!(standing.lag(100), 10);
         assert_eq!(standing.oldest_received_at(), Some(5));
         // Nothing held, caught up: an idle subscription is not behind, whatever its
         // saved position.
-        standing.show(None, 3, true);
+        standing.show(None, 3);
         assert_eq!(standing.lag(100), 0);
         assert_eq!(standing.oldest_received_at(), None);
         // Reading the log to catch up: behind by its position.
-        standing.show(None, 60, false);
+        caught_up.store(false, Ordering::Relaxed);
+        standing.show(None, 60);
         assert_eq!(standing.lag(100), 40);
     }
 

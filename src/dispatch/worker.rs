@@ -78,6 +78,7 @@ impl Worker {
             cursor,
             INBOX_EVENTS.max(2 * max_in_flight * batch_size),
             dispatcher.config().max_page_bytes,
+            target.standing.caught_up_flag(),
         );
         let report = Report::new(target.id());
         Worker {
@@ -298,7 +299,6 @@ impl Worker {
         self.target.standing.show(
             oldest.map(|(&seq, &received_at)| (seq, received_at)),
             self.watermark(),
-            self.feed.caught_up(),
         );
     }
 
