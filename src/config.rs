@@ -122,6 +122,10 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
     pub disable_after: Duration,
 
+    /// Which subscriptions and accounts get metric series of their own.
+    #[command(flatten)]
+    pub metrics: crate::metrics_scope::MetricsConfig,
+
     /// Most subscriptions one account may have for a single event name or topic.
     #[arg(long, env = "REELAY_MAX_SUBSCRIPTIONS_PER_EVENT", default_value_t = 10)]
     pub max_subscriptions_per_event: usize,

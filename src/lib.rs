@@ -23,7 +23,8 @@
 //!    back to [`dispatch`], which records it and schedules a retry when it failed. A
 //!    subscription may ask its endpoint for consent first ([`sinks::handshake`]).
 //!
-//! [`config`] holds the settings of all of this; [`model`] the plain types they share;
+//! [`config`] holds the settings of all of this ([`metrics_scope`]: which accounts and
+//! subscriptions get metric series of their own); [`model`] the plain types they share;
 //! [`server`] wires the parts together and stops them in order. The benchmark is a binary
 //! of its own (`src/bin/reelay-bench/`, run as `reelay bench`), so the library and the
 //! server do not carry it.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod dispatch;
 pub mod http;
 pub mod ingest;
+pub mod metrics_scope;
 pub mod model;
 pub mod server;
 pub mod sinks;

@@ -47,6 +47,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Installed first: the store's writer and dispatch take metric handles at start.
+    let metrics = metrics_handle();
     let catalog = match &config.catalog {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::builtin(),
@@ -88,8 +90,6 @@ pub async fn run(
 
     let user_tokens = Arc::new(UserTokens::open(store.clone()).await?);
 
-    // Installed before dispatch starts, which takes its metric handles at start.
-    let metrics = metrics_handle();
     let cancel = CancellationToken::new();
     let dispatch_tasks = TaskTracker::new();
     let sinks = Sinks::new(SinkConfig {
@@ -115,6 +115,7 @@ pub async fn run(
             shutdown_grace: Duration::from_secs(5),
             lease_ttl: config.lease_ttl,
             max_page_bytes: config.max_page_bytes,
+            metrics: config.metrics.scope(),
         },
         Arc::new(sinks),
         cancel.clone(),

@@ -185,21 +185,29 @@ impl Report {
         let report = &mut self.progress;
         report.health = decision.health.or(report.health.take());
         let subscription = target.id();
+        let account = target.subscription.account.as_str();
         match &decision.outcome {
             AttemptOutcome::Delivered if attempt == 1 => {}
             AttemptOutcome::Delivered => {
-                tracing::info!(subscription, event = %event.id, attempt, "delivered on retry")
+                tracing::info!(account, subscription, event = %event.id, attempt, "delivered on retry")
             }
-            AttemptOutcome::Retry { at, .. } => {
+            AttemptOutcome::Retry { at, reason } => {
                 wake.at(*at);
-                tracing::debug!(subscription, event = %event.id, attempt, "delivery failed; retry scheduled");
+                tracing::debug!(account, subscription, event = %event.id, attempt, status = attempted.status, error = %reason, "delivery failed; retry scheduled");
             }
-            AttemptOutcome::Dead { .. } if attempt > 1 => {
-                tracing::warn!(subscription, event = %event.id, attempt, "retries used up; dead-lettered")
+            AttemptOutcome::Dead { reason } if attempt > 1 => {
+                tracing::warn!(account, subscription, event = %event.id, attempt, status = attempted.status, error = %reason, "retries used up; dead-lettered")
             }
-            AttemptOutcome::Dead { .. } | AttemptOutcome::Rejected { .. } => {
-                tracing::debug!(subscription, event = %event.id, attempt, "delivery dead-lettered")
+            AttemptOutcome::Dead { reason } | AttemptOutcome::Rejected { reason } => {
+                tracing::debug!(account, subscription, event = %event.id, attempt, error = %reason, "delivery dead-lettered")
             }
+        }
+        if matches!(
+            decision.outcome,
+            AttemptOutcome::Dead { .. } | AttemptOutcome::Rejected { .. }
+        ) {
+            // Rare: a lookup of the handle each time costs nothing that matters.
+            metrics::counter!("reelay_dead_letters_total").increment(1);
         }
         if attempt == 1 && decision.outcome == AttemptOutcome::Delivered {
             // The common case costs a counter, not a row.
@@ -217,6 +225,7 @@ impl Report {
         let disabled = decision.disable.is_some();
         if let Some(reason) = decision.disable {
             tracing::warn!(
+                account,
                 subscription,
                 reason = reason.message(),
                 "subscription disabled"
@@ -328,6 +337,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(30),
             max_page_bytes: 1 << 20,
+            metrics: crate::metrics_scope::MetricsScope::default(),
         }
     }
 

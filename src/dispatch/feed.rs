@@ -3,6 +3,7 @@
 //! that it wants) when the worker starts behind or fell behind.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::router::{Attached, Router, Wants};
 use crate::model::StoredEvent;
@@ -24,6 +25,9 @@ pub(super) struct Feed {
     attached: Option<Attached>,
     /// What one catch-up read may hold.
     page: PageSize,
+    /// Set while everything routed is read and the feed waits for its inbox (for the
+    /// metrics' lag: `gauges`).
+    caught_up: Arc<AtomicBool>,
 }
 
 impl Feed {
@@ -35,6 +39,7 @@ impl Feed {
         cursor: i64,
         capacity: usize,
         page_bytes: usize,
+        caught_up: Arc<AtomicBool>,
     ) -> Feed {
         Feed {
             store,
@@ -47,6 +52,7 @@ impl Feed {
                 rows: CATCH_UP_PAGE,
                 bytes: page_bytes,
             },
+            caught_up,
         }
     }
 
@@ -58,6 +64,7 @@ impl Feed {
     pub(super) fn rewind(&mut self, cursor: i64) {
         self.detach();
         self.seen = cursor;
+        self.caught_up.store(false, Ordering::Relaxed);
     }
 
     /// Before the worker stops: moves the position to where the log is, when nothing is
@@ -89,6 +96,7 @@ impl Feed {
                 continue;
             };
             if self.seen < attached.routed {
+                self.caught_up.store(false, Ordering::Relaxed);
                 let upto = attached.routed;
                 let wanted = WantedEvents {
                     account: &self.wants.account,
@@ -118,6 +126,7 @@ impl Feed {
                 }
                 return page.into_iter().map(Arc::new).collect();
             }
+            self.caught_up.store(true, Ordering::Relaxed);
             let taken = attached.inbox.take().await;
             // The inbox may hold events the log read returned already.
             let seen = self.seen;
@@ -131,6 +140,7 @@ impl Feed {
                 // It overflowed (the worker did not keep up): the router dropped it, and
                 // the rest is read from the log.
                 self.attached = None;
+                self.caught_up.store(false, Ordering::Relaxed);
             }
             return events;
         }

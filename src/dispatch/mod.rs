@@ -24,11 +24,13 @@ mod breaker;
 mod cluster;
 mod engine;
 mod feed;
+mod gauges;
 mod pace;
 pub mod policy;
 mod resync;
 mod retry;
 mod router;
+mod status_class;
 mod worker;
 
 use std::collections::HashMap;
@@ -60,6 +62,9 @@ pub struct DispatchConfig {
     pub lease_ttl: Duration,
     /// The byte bound of a page read from the log or the entities (`--max-page-bytes`).
     pub max_page_bytes: usize,
+    /// Which subscriptions and accounts get metric series of their own, and how often
+    /// the per-subscription figures are computed.
+    pub metrics: crate::metrics_scope::MetricsScope,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,8 @@ struct Shared {
     retry_wake: RetryWake,
     /// The counters over time of the console's charts.
     stats: Arc<crate::stats::Stats>,
+    /// The per-subscription series of the last metrics pass (`gauges`), as text.
+    subscription_series: Mutex<Arc<str>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -129,6 +136,8 @@ pub(crate) struct Target {
     breaker: Arc<breaker::Breaker>,
     /// Its rate limit and any pause its endpoint asked for, for every delivery path.
     pace: pace::Pace,
+    /// Where its worker stands, as the metrics pass reads it.
+    standing: gauges::Standing,
 }
 
 /// The signer of a subscription's deliveries: its secret, and during a rotation's
@@ -166,6 +175,7 @@ impl Target {
             failing_since,
             consecutive_failures: AtomicU32::new(0),
             breaker: breaker::Breaker::new(),
+            standing: gauges::Standing::default(),
         })
     }
 
@@ -204,17 +214,60 @@ struct DeliveryMetrics {
     failed: metrics::Counter,
     gone: metrics::Counter,
     latency: metrics::Histogram,
+    /// `reelay_delivery_attempts_total{class, outcome}`, by class, then outcome
+    /// (delivered, failed, gone).
+    attempts: Vec<[metrics::Counter; 3]>,
+    /// Which accounts get series of their own.
+    scope: crate::metrics_scope::MetricsScope,
 }
 
 impl DeliveryMetrics {
-    fn new() -> DeliveryMetrics {
+    fn new(scope: crate::metrics_scope::MetricsScope) -> DeliveryMetrics {
         let outcome =
             |name: &'static str| metrics::counter!("reelay_deliveries_total", "outcome" => name);
+        let attempt = |class: &'static str, outcome: &'static str| metrics::counter!("reelay_delivery_attempts_total", "class" => class, "outcome" => outcome);
+        // Shown at 0 from the start, so an alert on its rate has a series to watch.
+        metrics::counter!("reelay_dead_letters_total").increment(0);
         DeliveryMetrics {
             delivered: outcome("delivered"),
             failed: outcome("failed"),
             gone: outcome("gone"),
             latency: metrics::histogram!("reelay_delivery_latency_seconds"),
+            attempts: status_class::StatusClass::ALL
+                .iter()
+                .map(|class| {
+                    let class = class.label();
+                    [
+                        attempt(class, "delivered"),
+                        attempt(class, "failed"),
+                        attempt(class, "gone"),
+                    ]
+                })
+                .collect(),
+            scope,
+        }
+    }
+
+    /// Counts one attempt by its class (and for an opted-in account, in its own series).
+    fn attempted(&self, account: &str, attempted: &Attempted) {
+        let class = status_class::StatusClass::of(attempted);
+        let outcome = status_class::outcome_label(&attempted.result);
+        let column = match outcome {
+            "delivered" => 0,
+            "failed" => 1,
+            _ => 2,
+        };
+        if let Some(counters) = self.attempts.get(class.index()) {
+            counters[column].increment(1);
+        }
+        if self.scope.covers(account) {
+            metrics::counter!(
+                "reelay_account_delivery_attempts_total",
+                "account" => account.to_owned(),
+                "class" => class.label(),
+                "outcome" => outcome
+            )
+            .increment(1);
         }
     }
 }
@@ -251,7 +304,7 @@ impl Dispatcher {
                 store: store.clone(),
                 sinks,
                 transformer: crate::sinks::transform::Transformer::new(),
-                metrics: DeliveryMetrics::new(),
+                metrics: DeliveryMetrics::new(config.metrics.clone()),
                 config,
                 workers: Mutex::new(HashMap::new()),
                 router: router.clone(),
@@ -262,6 +315,7 @@ impl Dispatcher {
                     notify: Notify::new(),
                 },
                 stats: Arc::new(crate::stats::Stats::new()),
+                subscription_series: Mutex::new(Arc::from("")),
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
             }),
@@ -295,6 +349,10 @@ impl Dispatcher {
         }
         let scheduler = retry::Scheduler::new(dispatcher.clone());
         dispatcher.shared.tasks.spawn(scheduler.run());
+        dispatcher
+            .shared
+            .tasks
+            .spawn(gauges::run(dispatcher.clone()));
         Ok(dispatcher)
     }
 
@@ -643,7 +701,7 @@ impl Dispatcher {
                 for event in events {
                     let result = self.shared.transformer.apply(transform, event).await;
                     if let Err(error) = &result {
-                        tracing::info!(subscription = target.id(), event = %event.id, %error, "transform failed; dead-lettered");
+                        tracing::info!(account = %target.subscription.account, subscription = target.id(), event = %event.id, %error, "transform failed; dead-lettered");
                     }
                     prepared.push(result.map_err(|error| error.to_string()));
                 }
@@ -710,6 +768,7 @@ impl Dispatcher {
                 }
             }
             metrics.latency.record(attempted.latency.as_secs_f64());
+            metrics.attempted(account, attempted);
         }
         attempted
     }

@@ -1,7 +1,7 @@
 //! The worker of one subscription: follows the log from the subscription's cursor and
 //! delivers every matching event, several at a time.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use super::engine::{self, Call, Called, Delivery, Report};
 use super::feed::Feed;
 use super::router::Wants;
 use super::{Dispatcher, Target};
-use crate::model::{StoredEvent, now_millis};
+use crate::model::{Millis, StoredEvent, now_millis};
 use crate::sinks::Attempted;
 
 /// Commands from the API and the retry scheduler to a running worker.
@@ -52,7 +52,9 @@ pub(super) struct Worker {
     pending: VecDeque<Arc<StoredEvent>>,
     /// Delivery calls under way: one event each for a webhook, a batch for AWS sinks.
     in_flight: FuturesUnordered<Call<()>>,
-    in_flight_seqs: BTreeSet<i64>,
+    /// The events of the calls under way: their position, and when each was committed
+    /// (for the metrics' oldest undelivered event).
+    in_flight_seqs: BTreeMap<i64, Millis>,
     report: Report,
     saved_cursor: i64,
     /// In-order subscriptions only: the event whose retry must be over before the next
@@ -76,6 +78,7 @@ impl Worker {
             cursor,
             INBOX_EVENTS.max(2 * max_in_flight * batch_size),
             dispatcher.config().max_page_bytes,
+            target.standing.caught_up_flag(),
         );
         let report = Report::new(target.id());
         Worker {
@@ -86,7 +89,7 @@ impl Worker {
             feed,
             pending: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
-            in_flight_seqs: BTreeSet::new(),
+            in_flight_seqs: BTreeMap::new(),
             report,
             saved_cursor: cursor,
             waiting_for: None,
@@ -169,6 +172,7 @@ impl Worker {
                     }
                 }
             }
+            self.show_standing();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -224,7 +228,7 @@ impl Worker {
     /// Starts one delivery call; a probe holds the breaker's slot until it is over.
     fn start(&mut self, batch: Vec<Arc<StoredEvent>>, probe: Option<ProbePermit>) {
         self.in_flight_seqs
-            .extend(batch.iter().map(|event| event.seq));
+            .extend(batch.iter().map(|event| (event.seq, event.received_at)));
         let call = engine::call(&self.dispatcher, &self.target, batch, (), probe);
         self.in_flight.push(call);
     }
@@ -272,12 +276,30 @@ impl Worker {
 
     /// Every event at or below this has been delivered or put in the retry set.
     fn watermark(&self) -> i64 {
-        let in_flight = self.in_flight_seqs.first().map(|seq| seq - 1);
+        let in_flight = self.in_flight_seqs.keys().next().map(|seq| seq - 1);
         let pending = self.pending.front().map(|event| event.seq - 1);
         [in_flight, pending]
             .into_iter()
             .flatten()
             .fold(self.feed.seen(), i64::min)
+    }
+
+    /// Tells the metrics pass where this worker stands: a few stores per wake-up (not
+    /// per event), read every `--metrics-interval`.
+    fn show_standing(&self) {
+        let in_flight = self.in_flight_seqs.iter().next();
+        let pending = self
+            .pending
+            .front()
+            .map(|event| (&event.seq, &event.received_at));
+        let oldest = match (in_flight, pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.target.standing.show(
+            oldest.map(|(&seq, &received_at)| (seq, received_at)),
+            self.watermark(),
+        );
     }
 
     /// Whether a flush would save anything.

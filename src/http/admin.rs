@@ -50,14 +50,14 @@ pub async fn healthz(State(state): State<AppState>) -> axum::response::Response 
     }
 }
 
-/// Prometheus metrics: events published, deliveries by outcome, delivery latency, retry
-/// queue depth.
+/// Prometheus metrics: publishes and refusals, deliveries by outcome and status class,
+/// delivery latency, lag and the retry set (server-wide, and for the top subscriptions
+/// only: see the README's "Metrics and logs"), storage.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    text.push_str(&state.dispatcher.subscription_metrics());
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Topics and event types, with their fields and entity keys.

@@ -103,7 +103,11 @@ pub async fn receive(
         .filter(|a| matches!(a, Appended::Stored(_)))
         .count();
     metrics::counter!("reelay_events_published_total").increment(stored as u64);
-    tracing::debug!(%account, ?mode, events = appended.len(), stored, "cloudevents received");
+    if state.dispatcher.metrics_scope().covers(&account) {
+        metrics::counter!("reelay_account_events_published_total", "account" => account.clone())
+            .increment(stored as u64);
+    }
+    tracing::debug!(%account, ?mode, events = ?ids, stored, "cloudevents received");
 
     let answer = ReceivedEvent {
         specversion: "1.0".into(),

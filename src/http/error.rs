@@ -193,6 +193,10 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// The code of an error answer, kept in the response's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// The error body: `{"error": {"code", "message", "index"?, "field"?}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -264,6 +268,8 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (status, Json(ErrorBody { error: detail })).into_response();
+        // For the metrics of refused publishes (`publish_metrics`), without parsing the body.
+        response.extensions_mut().insert(ErrorCode(code));
         if let Some(allow) = allow {
             response
                 .headers_mut()

@@ -95,11 +95,16 @@ pub(super) async fn append(
         .filter(|a| matches!(a, Appended::Stored(_)))
         .count();
     metrics::counter!("reelay_events_published_total").increment(stored as u64);
+    if state.dispatcher.metrics_scope().covers(&account) {
+        metrics::counter!("reelay_account_events_published_total", "account" => account.clone())
+            .increment(stored as u64);
+    }
     state
         .dispatcher
         .stats()
         .published(&account, stored as u64, crate::model::now_millis());
-    let ids = appended.iter().map(|a| a.id().to_owned()).collect();
+    let ids: Vec<String> = appended.iter().map(|a| a.id().to_owned()).collect();
+    tracing::debug!(account, stored, duplicates = count - stored, events = ?ids, "events published");
     Ok(PublishOut {
         ids,
         stored,

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod openapi;
 pub mod operations;
 pub mod portal;
+pub mod publish_metrics;
 pub mod rate_limit;
 pub mod resync;
 pub mod signing;
@@ -81,5 +82,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_request_bytes))
         .layer(axum::middleware::map_response(limits::json_too_large))
+        // Outermost: it sees every refusal, the body limits' too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            publish_metrics::count_refusals,
+        ))
         .with_state(state)
 }

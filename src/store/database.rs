@@ -169,6 +169,20 @@ impl Backend {
 }
 
 /// The database, for reads and for writes off the hot path. Cheap to clone.
+/// One subscription's side of the retry set (see [`Database::retry_set_by_subscription`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySetCount {
+    pub subscription_id: String,
+    /// Deliveries waiting for a retry.
+    pub waiting: i64,
+    /// Of those, the ones due now.
+    pub due: i64,
+    /// Dead letters kept.
+    pub dead: i64,
+    /// When the oldest waiting event was committed (`None`: nothing waits).
+    pub oldest_received_at: Option<Millis>,
+}
+
 #[derive(Clone)]
 pub struct Database {
     pub(super) pool: Pool,
@@ -1247,6 +1261,52 @@ impl Database {
         )
         .fetch_one(pool)
         .await?))
+    }
+
+    /// The retry set per subscription, for the metrics: waiting entries, those due at
+    /// `now`, dead letters, and when the oldest waiting event was committed. One grouped
+    /// read per metrics pass, whatever the number of subscriptions.
+    pub async fn retry_set_by_subscription(&self, now: Millis) -> Result<Vec<RetrySetCount>> {
+        let rows: Vec<(String, i64, i64, i64, Option<i64>)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT r.subscription_id, \
+                        COUNT(CASE WHEN r.dead_at IS NULL THEN 1 END), \
+                        COUNT(CASE WHEN r.dead_at IS NULL AND r.next_attempt_at <= $1 THEN 1 END), \
+                        COUNT(CASE WHEN r.dead_at IS NOT NULL THEN 1 END), \
+                        MIN(CASE WHEN r.dead_at IS NULL THEN e.received_at END) \
+                 FROM retries r LEFT JOIN events e ON e.seq = r.seq \
+                 GROUP BY r.subscription_id",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(subscription_id, waiting, due, dead, oldest_received_at)| RetrySetCount {
+                    subscription_id,
+                    waiting,
+                    due,
+                    dead,
+                    oldest_received_at,
+                },
+            )
+            .collect())
+    }
+
+    /// With SQLite: the database file (the metrics report the free space of its disk).
+    pub async fn database_file(&self) -> Result<Option<std::path::PathBuf>> {
+        let Pool::Sqlite(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let files: Vec<(i64, String, String)> = sqlx::query_as("PRAGMA database_list")
+            .fetch_all(pool)
+            .await?;
+        Ok(files
+            .into_iter()
+            .find(|(_, name, file)| name == "main" && !file.is_empty())
+            .map(|(_, _, file)| std::path::PathBuf::from(file)))
     }
 
     /// Attempt records of a subscription, newest first.

@@ -25,6 +25,7 @@ macro_rules! on_pool {
 
 mod database;
 mod derive;
+pub mod disk;
 mod postgres;
 mod retention;
 mod rows;
@@ -42,7 +43,7 @@ use crate::config::Durability;
 pub use crate::model::KeyOwner;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
-pub use database::{Backend, Database, PageSize, WantedEvents};
+pub use database::{Backend, Database, PageSize, RetrySetCount, WantedEvents};
 pub use derive::Derivation;
 pub use postgres::Cluster;
 pub use retention::{PassReport, RetentionPolicy, RetentionState, run_retention};

@@ -173,6 +173,8 @@ impl Writer {
         if let Some(reason) = unusable_head(head_seq) {
             writer.halt(reason);
         }
+        // Shown at 0 from the start, so an alert on its rate has a series to watch.
+        metrics::counter!("reelay_commit_errors_total").increment(0);
         writer
     }
 
@@ -360,6 +362,7 @@ impl Writer {
                 if let StoreError::LogHalted(reason) = &error {
                     self.halt(reason.clone());
                 }
+                metrics::counter!("reelay_commit_errors_total").increment(1);
                 tracing::error!(%error, "group commit failed; its publishers get an error");
                 // Nothing was stored: the positions handed out above are free again.
                 self.next_seq = after + 1;

@@ -17,6 +17,7 @@ mod durability;
 mod entities;
 mod keys;
 mod limits;
+mod metrics;
 mod nats_sink;
 mod postgres_outage;
 mod publish;
