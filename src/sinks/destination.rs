@@ -152,6 +152,8 @@ destinations! {
     Sqs(super::aws::SqsDestination) = "sqs",
     /// A NATS JetStream stream, through a subject it captures.
     Nats(super::nats::NatsDestination) = "nats",
+    /// A RabbitMQ exchange (AMQP 0-9-1, publisher confirms, persistent messages).
+    Amqp(super::amqp::AmqpDestination) = "amqp",
 }
 
 impl Destination {

@@ -9,6 +9,7 @@
 //! destination (check it, prepare its client, send).
 
 pub mod address;
+pub mod amqp;
 pub mod aws;
 pub mod aws_policy;
 pub mod bus;

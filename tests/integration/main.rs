@@ -2,6 +2,7 @@
 //! database), and a real webhook receiver that checks every signature with the
 //! `standardwebhooks` Python package.
 
+mod amqp_sink;
 mod app;
 mod auth;
 mod aws_sinks;
