@@ -15,6 +15,7 @@ pub mod aws_policy;
 pub mod bus;
 pub mod cloudevents;
 pub mod destination;
+pub mod eventbridge;
 pub mod guard;
 pub mod handshake;
 pub mod nats;

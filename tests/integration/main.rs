@@ -16,6 +16,7 @@ mod delivery_formats;
 mod destination_guard;
 mod durability;
 mod entities;
+mod eventbridge_sink;
 mod keys;
 mod limits;
 mod nats_sink;
