@@ -199,7 +199,7 @@ pub struct Report {
     pub retention: Option<super::retention::RetentionResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
-    /// Delivery to a JetStream stream (`--nats`).
+    /// Delivery to a JetStream stream (`--nats`) and a RabbitMQ exchange (`--amqp`).
     pub buses: Vec<super::nats::BusResult>,
     pub peak_rss_mb: Option<f64>,
 }
@@ -409,7 +409,7 @@ impl Report {
                 "",
             );
             row(
-                "  messages on the stream / events",
+                &format!("  messages on the {} / events", bus.held_in),
                 format!("{} / {}", bus.stored, bus.events),
                 "",
             );
