@@ -402,8 +402,14 @@ impl Report {
         for bus in &self.buses {
             row(
                 &format!(
-                    "deliveries/s to {} (acked), {} events",
-                    bus.sink, bus.events
+                    "deliveries/s to {} ({}), {} events",
+                    bus.sink,
+                    if bus.held_in == "queue" {
+                        "confirmed"
+                    } else {
+                        "acked"
+                    },
+                    bus.events
                 ),
                 format!("{:.0}/s", bus.per_second),
                 "",
