@@ -73,6 +73,17 @@ pub struct ServeConfig {
     #[arg(long = "allow-nats-url", env = "REELAY_ALLOW_NATS_URLS", value_delimiter = ',', value_parser = parse_nats_url)]
     pub allow_nats_urls: Vec<url::Url>,
 
+    /// The RabbitMQ broker of `amqp` destinations that give no `url`
+    /// (`amqp://user:password@host:port/vhost`).
+    #[arg(long, env = "REELAY_AMQP_URL", value_parser = parse_amqp_url)]
+    pub amqp_url: Option<url::Url>,
+
+    /// URLs an account key may give as an `amqp` destination's `url`: prefixes (same
+    /// scheme, host and port), repeated or comma-separated. The admin token may give any.
+    /// Default: none.
+    #[arg(long = "allow-amqp-url", env = "REELAY_ALLOW_AMQP_URLS", value_delimiter = ',', value_parser = parse_amqp_url)]
+    pub allow_amqp_urls: Vec<url::Url>,
+
     /// Regions an account key may give as an AWS destination's `region`: patterns where
     /// `*` matches anything (`eu-*`, `*`), repeated or comma-separated. Default: none.
     #[arg(
@@ -336,18 +347,31 @@ impl ServeConfig {
         &self,
     ) -> std::collections::HashMap<&'static str, crate::sinks::aws_policy::UrlPolicy> {
         use crate::sinks::aws_policy::UrlPolicy;
-        std::collections::HashMap::from([(
-            "nats",
-            UrlPolicy {
-                default: self.nats_url.clone(),
-                allowed: self.allow_nats_urls.clone(),
-            },
-        )])
+        std::collections::HashMap::from([
+            (
+                "nats",
+                UrlPolicy {
+                    default: self.nats_url.clone(),
+                    allowed: self.allow_nats_urls.clone(),
+                },
+            ),
+            (
+                "amqp",
+                UrlPolicy {
+                    default: self.amqp_url.clone(),
+                    allowed: self.allow_amqp_urls.clone(),
+                },
+            ),
+        ])
     }
 }
 
 fn parse_nats_url(text: &str) -> Result<url::Url, String> {
     crate::sinks::aws_policy::parse_bus_url(text, &["nats", "tls"])
+}
+
+fn parse_amqp_url(text: &str) -> Result<url::Url, String> {
+    crate::sinks::aws_policy::parse_bus_url(text, &["amqp", "amqps"])
 }
 
 fn parse_endpoint_prefix(text: &str) -> Result<url::Url, String> {

@@ -156,29 +156,7 @@ impl<T: AwsDestination> Sink for T {
     }
 
     fn admit<'a>(&'a self, admission: &'a Admission<'a>) -> BoxFuture<'a, Result<(), Refusal>> {
-        Box::pin(async move {
-            let options = self.options();
-            let config = admission.sinks.config();
-            config
-                .aws_policy
-                .check(options, admission.by_admin)
-                .map_err(|error| Refusal {
-                    code: error.code(),
-                    field: Some(error.field()),
-                    message: error.to_string(),
-                })?;
-            // Before any request: the healthcheck would otherwise connect to it.
-            if let Some(endpoint) = &options.endpoint_url {
-                check_destination(endpoint, config.allow_private)
-                    .await
-                    .map_err(|error| Refusal {
-                        code: "destination_refused",
-                        field: Some("endpointUrl"),
-                        message: error.to_string(),
-                    })?;
-            }
-            Ok(())
-        })
+        Box::pin(admit_options(self.options(), admission))
     }
 
     fn prepare(&self, sinks: &Arc<Sinks>, account: &str) -> Result<Arc<dyn Prepared>, String> {
@@ -191,6 +169,34 @@ impl<T: AwsDestination> Sink for T {
             client: tokio::sync::OnceCell::new(),
         }))
     }
+}
+
+/// The operator's rules on an AWS destination's overrides (the allowlists for account
+/// keys, the private-address rule for its own endpoint): every AWS sink's `admit`.
+pub(crate) async fn admit_options(
+    options: &AwsOptions,
+    admission: &Admission<'_>,
+) -> Result<(), Refusal> {
+    let config = admission.sinks.config();
+    config
+        .aws_policy
+        .check(options, admission.by_admin)
+        .map_err(|error| Refusal {
+            code: error.code(),
+            field: Some(error.field()),
+            message: error.to_string(),
+        })?;
+    // Before any request: the healthcheck would otherwise connect to it.
+    if let Some(endpoint) = &options.endpoint_url {
+        check_destination(endpoint, config.allow_private)
+            .await
+            .map_err(|error| Refusal {
+                code: "destination_refused",
+                field: Some("endpointUrl"),
+                message: error.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// An AWS destination's client, made at the first delivery (loading the AWS
@@ -320,7 +326,12 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn transient(message: impl Into<String>) -> Failure {
+    /// What the tenant reads.
+    pub(crate) fn message(&self) -> String {
+        self.message.clone()
+    }
+
+    pub(crate) fn transient(message: impl Into<String>) -> Failure {
         Failure {
             message: message.into(),
             kind: AwsFailureKind::Transient,
@@ -335,14 +346,14 @@ impl Failure {
     }
 
     /// A failed entry of a batch answer, by its code.
-    fn entry(code: &str, message: &str) -> Failure {
+    pub(crate) fn entry(code: &str, message: &str) -> Failure {
         Failure {
             message: format!("{code}: {message}"),
             kind: classify(Some(code), None),
         }
     }
 
-    fn into_result(self, slow_retry: Duration) -> AttemptResult {
+    pub(crate) fn into_result(self, slow_retry: Duration) -> AttemptResult {
         match self.kind {
             AwsFailureKind::Transient => AttemptResult::Failed {
                 error: self.message,
@@ -486,7 +497,14 @@ impl AwsSinks {
         }
     }
 
-    async fn config(&self, options: &AwsOptions, account: &str) -> SdkConfig {
+    /// The least wait before retrying a misconfigured destination.
+    pub fn slow_retry(&self) -> Duration {
+        self.slow_retry
+    }
+
+    /// The SDK configuration of a destination with `options` for `account` (loaded once
+    /// per distinct set), for any AWS service's client.
+    pub(crate) async fn config(&self, options: &AwsOptions, account: &str) -> SdkConfig {
         let key = ConfigKey {
             options: options.clone(),
             external_id: options.role_arn.as_ref().map(|_| external_id(account)),
@@ -913,7 +931,7 @@ fn hex_sha256(value: &str) -> String {
 /// An SDK error as one line a tenant may read: the service's code and message when it
 /// answered, else what kind of failure it was, without the connector's internals or
 /// the addresses it tried (those go to the server's log); classified by [`classify`].
-fn describe<E>(error: aws_sdk_kinesis::error::SdkError<E, HttpResponse>) -> Failure
+pub(crate) fn describe<E>(error: aws_sdk_kinesis::error::SdkError<E, HttpResponse>) -> Failure
 where
     E: std::error::Error + aws_sdk_kinesis::error::ProvideErrorMetadata + Send + Sync + 'static,
 {

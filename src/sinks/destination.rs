@@ -152,6 +152,10 @@ destinations! {
     Sqs(super::aws::SqsDestination) = "sqs",
     /// A NATS JetStream stream, through a subject it captures.
     Nats(super::nats::NatsDestination) = "nats",
+    /// A RabbitMQ exchange (AMQP 0-9-1, publisher confirms, persistent messages).
+    Amqp(super::amqp::AmqpDestination) = "amqp",
+    /// An Amazon EventBridge event bus (PutEvents, 10 events a call).
+    EventBridge(super::eventbridge::EventBridgeDestination) = "eventbridge",
 }
 
 impl Destination {

@@ -9,11 +9,13 @@
 //! destination (check it, prepare its client, send).
 
 pub mod address;
+pub mod amqp;
 pub mod aws;
 pub mod aws_policy;
 pub mod bus;
 pub mod cloudevents;
 pub mod destination;
+pub mod eventbridge;
 pub mod guard;
 pub mod handshake;
 pub mod nats;

@@ -2,6 +2,7 @@
 //! database), and a real webhook receiver that checks every signature with the
 //! `standardwebhooks` Python package.
 
+mod amqp_sink;
 mod app;
 mod auth;
 mod aws_sinks;
@@ -15,6 +16,7 @@ mod delivery_formats;
 mod destination_guard;
 mod durability;
 mod entities;
+mod eventbridge_sink;
 mod keys;
 mod limits;
 mod metrics;

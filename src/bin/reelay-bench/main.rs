@@ -10,6 +10,7 @@
 //! of idle subscriptions in other accounts are present.
 
 mod accounts;
+mod amqp;
 mod aws;
 mod controls;
 mod events;
@@ -111,13 +112,17 @@ pub struct BenchConfig {
     /// (`nats://127.0.0.1:4222`): events/s acknowledged by the stream.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Also measure delivery to an exchange on this RabbitMQ broker
+    /// (`amqp://guest:guest@127.0.0.1:5672/%2f`): events/s confirmed by the broker.
+    #[arg(long)]
+    pub amqp: Option<String>,
     /// Catalog entities of the resync phase (a full resync to one webhook); default
     /// 100,000 (2,000 with --quick).
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
     /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, latency,
-    /// latency-changes, accounts, resync, kinesis, sns, nats, retention. The raw limit
+    /// latency-changes, accounts, resync, kinesis, sns, nats, amqp, retention. The raw limit
     /// always runs; the retention phase runs only when named.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -427,6 +432,13 @@ async fn measure(
         report
             .buses
             .push(bench.nats_delivery(url, sizes.aws).await?);
+    }
+    if let Some(url) = &config.amqp
+        && runs("amqp")
+    {
+        report
+            .buses
+            .push(bench.amqp_delivery(url, sizes.aws).await?);
     }
     if let Some(events) = config.outage_events {
         report.outage = Some(bench.outage(events).await?);

@@ -16,9 +16,11 @@ use super::{Bench, closed_loop};
 #[derive(Debug, Default, Serialize)]
 pub struct BusResult {
     pub sink: &'static str,
+    /// What holds the messages: a stream, a queue.
+    pub held_in: &'static str,
     pub events: usize,
     pub delivered: u64,
-    /// Messages on the stream afterwards.
+    /// Messages on the stream (or queue) afterwards.
     pub stored: u64,
     /// From the first publish to the last delivery.
     pub seconds: f64,
@@ -80,6 +82,7 @@ impl Bench {
         context.delete_stream(&name).await?;
         Ok(BusResult {
             sink: phase,
+            held_in: "stream",
             events,
             delivered,
             stored,

@@ -199,7 +199,7 @@ pub struct Report {
     pub retention: Option<super::retention::RetentionResult>,
     /// Delivery to Kinesis and SNS through moto (`--aws`).
     pub aws: Vec<super::aws::AwsResult>,
-    /// Delivery to a JetStream stream (`--nats`).
+    /// Delivery to a JetStream stream (`--nats`) and a RabbitMQ exchange (`--amqp`).
     pub buses: Vec<super::nats::BusResult>,
     pub peak_rss_mb: Option<f64>,
 }
@@ -402,14 +402,20 @@ impl Report {
         for bus in &self.buses {
             row(
                 &format!(
-                    "deliveries/s to {} (acked), {} events",
-                    bus.sink, bus.events
+                    "deliveries/s to {} ({}), {} events",
+                    bus.sink,
+                    if bus.held_in == "queue" {
+                        "confirmed"
+                    } else {
+                        "acked"
+                    },
+                    bus.events
                 ),
                 format!("{:.0}/s", bus.per_second),
                 "",
             );
             row(
-                "  messages on the stream / events",
+                &format!("  messages on the {} / events", bus.held_in),
                 format!("{} / {}", bus.stored, bus.events),
                 "",
             );
