@@ -24,6 +24,7 @@ mod breaker;
 mod cluster;
 mod engine;
 mod feed;
+mod order;
 mod pace;
 pub mod policy;
 mod resync;
