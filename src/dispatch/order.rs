@@ -54,6 +54,8 @@ pub(super) struct EntityOrder {
     waiting: BTreeSet<i64>,
     /// Released (their entity is free for them), to be read from the log and started.
     due: VecDeque<i64>,
+    /// How many deliveries wait in the retry set (of every entity).
+    retries: usize,
     parked_max: usize,
 }
 
@@ -64,17 +66,16 @@ impl EntityOrder {
             owners: HashMap::new(),
             waiting: BTreeSet::new(),
             due: VecDeque::new(),
+            retries: 0,
             parked_max,
         }
     }
 
     /// A delivery found in the retry set (at the start): its entity waits for it.
     pub(super) fn retrying(&mut self, seq: i64, key: String) {
-        self.holds
-            .entry(key.clone())
-            .or_default()
-            .retries
-            .insert(seq);
+        if self.holds.entry(key.clone()).or_default().retries.insert(seq) {
+            self.retries += 1;
+        }
         self.owners.insert(seq, key);
     }
 
@@ -129,8 +130,8 @@ impl EntityOrder {
             if hold.live == Some(seq) {
                 hold.live = None;
             }
-            if retrying {
-                hold.retries.insert(seq);
+            if retrying && hold.retries.insert(seq) {
+                self.retries += 1;
             }
         }
         if !retrying {
@@ -148,6 +149,7 @@ impl EntityOrder {
             return;
         };
         if hold.retries.remove(&seq) {
+            self.retries -= 1;
             self.owners.remove(&seq);
             self.release(&key);
         }
@@ -155,7 +157,7 @@ impl EntityOrder {
 
     /// Whether some entity waits for the retry set.
     pub(super) fn has_retries(&self) -> bool {
-        self.holds.values().any(|hold| !hold.retries.is_empty())
+        self.retries > 0
     }
 
     /// The retry set as it is now (`pending`): retries no longer in it are over (a word

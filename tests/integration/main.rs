@@ -18,6 +18,7 @@ mod entities;
 mod keys;
 mod limits;
 mod nats_sink;
+mod ordering;
 mod postgres_outage;
 mod publish;
 mod resync;
