@@ -73,7 +73,13 @@ impl EntityOrder {
 
     /// A delivery found in the retry set (at the start): its entity waits for it.
     pub(super) fn retrying(&mut self, seq: i64, key: String) {
-        if self.holds.entry(key.clone()).or_default().retries.insert(seq) {
+        if self
+            .holds
+            .entry(key.clone())
+            .or_default()
+            .retries
+            .insert(seq)
+        {
             self.retries += 1;
         }
         self.owners.insert(seq, key);

@@ -305,9 +305,7 @@ impl Worker {
         let schedule = &dispatcher.config().retry_schedule;
         while self.in_flight.len() < max_in_flight {
             if self.ready.is_empty() {
-                let Some(event) = self.pending.pop_front() else {
-                    return None;
-                };
+                let event = self.pending.pop_front()?;
                 let order = self.order.as_mut()?;
                 match order.admit(&event) {
                     Admit::Go => self.ready.push_back(event),
