@@ -371,6 +371,7 @@ mod tests {
                 payload_filter: None,
                 transform: None,
                 rate_limit: None,
+                ordering: crate::model::Ordering::None,
                 format: Format::Native,
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
                 public_key: None,

@@ -25,6 +25,7 @@ mod cluster;
 mod engine;
 mod feed;
 mod gauges;
+mod order;
 mod pace;
 pub mod policy;
 mod resync;

@@ -352,8 +352,9 @@ async fn attempt_once(
     };
     let mut report = Report::new(&retry.subscription_id);
     let recorded = report.record(dispatcher, target, delivery, &attempted);
-    // An in-order subscription waits for this retry before its next delivery.
-    if target.subscription.in_order()
+    // An in-order subscription (or one ordered per entity) waits for this retry before
+    // its next delivery (of that entity).
+    if target.subscription.waits_for_retries()
         && retry.resync_id.is_none()
         && recorded.outcome.retry_at().is_none()
     {

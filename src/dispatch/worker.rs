@@ -1,7 +1,7 @@
 //! The worker of one subscription: follows the log from the subscription's cursor and
 //! delivers every matching event, several at a time.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::breaker::{Admission, ProbePermit};
 use super::engine::{self, Call, Called, Delivery, Report};
 use super::feed::Feed;
+use super::order::{self, Admit, EntityOrder};
 use super::router::Wants;
 use super::{Dispatcher, Target};
 use crate::model::{Millis, StoredEvent, now_millis};
@@ -60,6 +61,10 @@ pub(super) struct Worker {
     /// In-order subscriptions only: the event whose retry must be over before the next
     /// delivery starts.
     waiting_for: Option<i64>,
+    /// Subscriptions ordered per entity only: which events may go next.
+    order: Option<EntityOrder>,
+    /// Ordered per entity: admitted events (their entity's turn), not started yet.
+    ready: VecDeque<Arc<StoredEvent>>,
 }
 
 impl Worker {
@@ -81,6 +86,11 @@ impl Worker {
             target.standing.caught_up_flag(),
         );
         let report = Report::new(target.id());
+        let order = target
+            .subscription
+            .ordering
+            .by_entity()
+            .then(|| EntityOrder::new(order::PARKED_MAX));
         Worker {
             dispatcher,
             target,
@@ -93,6 +103,8 @@ impl Worker {
             report,
             saved_cursor: cursor,
             waiting_for: None,
+            order,
+            ready: VecDeque::new(),
         }
     }
 
@@ -105,6 +117,14 @@ impl Worker {
         if in_order {
             // A retry left from before a restart still comes first.
             self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
+        }
+        if let Some(order) = &mut self.order {
+            // The retries left from before a restart hold their entities back.
+            for (seq, key) in pending_retry_entities(&self.dispatcher, self.target.id()).await {
+                if let Some(key) = key {
+                    order.retrying(seq, key);
+                }
+            }
         }
         let mut recheck = tokio::time::interval_at(
             tokio::time::Instant::now() + RECHECK_WAITING,
@@ -137,7 +157,10 @@ impl Worker {
             // call only with a token: the rest wait in the log, and it looks again when
             // the next token is there.
             let mut probe_at = None;
-            if self.waiting_for.is_none() {
+            if self.order.is_some() {
+                self.read_due(max_in_flight).await;
+                probe_at = self.start_ordered(max_in_flight);
+            } else if self.waiting_for.is_none() {
                 let dispatcher = self.dispatcher.clone();
                 let schedule = &dispatcher.config().retry_schedule;
                 while self.in_flight.len() < max_in_flight && !self.pending.is_empty() {
@@ -188,7 +211,7 @@ impl Worker {
                         self.flush().await;
                     }
                 }
-                events = self.feed.next(), if self.pending.len() < read_ahead => {
+                events = self.feed.next(), if self.pending.len() < read_ahead && !self.order.as_ref().is_some_and(EntityOrder::full) => {
                     let subscription = &self.target.subscription;
                     self.pending.extend(events.into_iter().filter(|event| subscription.wants(event)));
                 }
@@ -197,11 +220,22 @@ impl Worker {
                     self.flush().await;
                 }
                 _ = sleep_until_some(probe_at), if probe_at.is_some() => {}
-                _ = recheck.tick(), if self.waiting_for.is_some() => {
+                _ = recheck.tick(), if self.waiting_for.is_some() || self.order.as_ref().is_some_and(EntityOrder::has_retries) => {
                     // Everything this worker reported is committed before the look.
                     self.flush().await;
                     if self.dispatcher.store().flush().await.is_ok() {
-                        self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
+                        if self.order.is_some() {
+                            let pending: HashSet<i64> = pending_retry_entities(&self.dispatcher, self.target.id())
+                                .await
+                                .into_iter()
+                                .map(|(seq, _)| seq)
+                                .collect();
+                            if let Some(order) = &mut self.order {
+                                order.reconcile(&pending);
+                            }
+                        } else {
+                            self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
+                        }
                     }
                 }
                 _ = sleep_until_some(expires) => {
@@ -233,6 +267,88 @@ impl Worker {
         self.in_flight.push(call);
     }
 
+    /// Ordered per entity: reads the due events (their entity's turn came while they
+    /// were parked) from the log again, as many as there are free slots.
+    async fn read_due(&mut self, max_in_flight: usize) {
+        let Some(order) = &mut self.order else {
+            return;
+        };
+        while order.has_due() {
+            let room = max_in_flight.saturating_sub(self.in_flight.len() + self.ready.len());
+            if room == 0 {
+                return;
+            }
+            let seqs = order.take_due(room);
+            let events = match self.dispatcher.store().db().events_by_seqs(&seqs).await {
+                Ok(events) => events,
+                Err(error) => {
+                    // Read again at the next turn of the loop.
+                    tracing::error!(%error, subscription = self.target.id(), "reading parked events failed");
+                    for seq in seqs.into_iter().rev() {
+                        order.push_due_front(seq);
+                    }
+                    return;
+                }
+            };
+            let mut found = events.into_iter().map(Arc::new).peekable();
+            for seq in seqs {
+                match found.next_if(|event| event.seq == seq) {
+                    Some(event) => self.ready.push_back(event),
+                    // Gone from the log (retention): over, and its entity goes on.
+                    None => order.finished(seq, false),
+                }
+            }
+        }
+    }
+
+    /// Ordered per entity: starts what may go, the due events first, then the events
+    /// read from the log whose entity is free (the others are parked). Returns when to
+    /// look again, if admission said so.
+    fn start_ordered(&mut self, max_in_flight: usize) -> Option<tokio::time::Instant> {
+        let dispatcher = self.dispatcher.clone();
+        let schedule = &dispatcher.config().retry_schedule;
+        while self.in_flight.len() < max_in_flight {
+            if self.ready.is_empty() {
+                let event = self.pending.pop_front()?;
+                let order = self.order.as_mut()?;
+                match order.admit(&event) {
+                    Admit::Go => self.ready.push_back(event),
+                    Admit::Park | Admit::Skip => continue,
+                }
+            }
+            match self.target.admit(schedule, self.in_flight.is_empty(), 1) {
+                Admission::Open => {
+                    let event = self.ready.pop_front()?;
+                    self.started_ordered(event.seq);
+                    self.start(vec![event], None);
+                }
+                Admission::Probe(permit) => {
+                    let event = self.ready.pop_front()?;
+                    self.started_ordered(event.seq);
+                    self.start(vec![event], Some(permit));
+                    return None;
+                }
+                Admission::Closed { next_at, probing } => {
+                    if !self.in_flight.is_empty() {
+                        return None;
+                    }
+                    return Some(match probing {
+                        true => next_at.max(tokio::time::Instant::now() + PROBE_BUSY_POLL),
+                        false => next_at,
+                    });
+                }
+                Admission::Paced { next_at } => return Some(next_at),
+            }
+        }
+        None
+    }
+
+    fn started_ordered(&mut self, seq: i64) {
+        if let Some(order) = &mut self.order {
+            order.started(seq);
+        }
+    }
+
     fn command(&mut self, command: Control) {
         match command {
             Control::Rewind(cursor) => {
@@ -242,10 +358,18 @@ impl Worker {
                 let cursor = cursor.min(self.dispatcher.store().head());
                 // In-flight deliveries finish; everything after `cursor` is read again.
                 self.pending.clear();
+                self.ready.clear();
+                if let Some(order) = &mut self.order {
+                    let in_flight = &self.in_flight_seqs;
+                    order.rewind(|seq| in_flight.contains_key(&seq));
+                }
                 self.feed.rewind(cursor);
                 self.saved_cursor = i64::MAX; // force the next flush to save the cursor
             }
             Control::Resolved(seq) => {
+                if let Some(order) = &mut self.order {
+                    order.resolved(seq);
+                }
                 if self.waiting_for == Some(seq) {
                     self.waiting_for = None;
                 }
@@ -264,6 +388,11 @@ impl Worker {
         let recorded = self
             .report
             .record(&self.dispatcher, &self.target, delivery, attempted);
+        if let Some(order) = &mut self.order {
+            // Delivered or dead: the entity's next event goes; in the retry set: it
+            // waits for the retry to be over.
+            order.finished(event.seq, recorded.outcome.retry_at().is_some());
+        }
         if recorded.outcome.retry_at().is_some() && self.target.subscription.in_order() {
             // The next delivery waits until the retry set has delivered this one or
             // given up on it: the receiver sees the events in order.
@@ -278,7 +407,14 @@ impl Worker {
     fn watermark(&self) -> i64 {
         let in_flight = self.in_flight_seqs.keys().next().map(|seq| seq - 1);
         let pending = self.pending.front().map(|event| event.seq - 1);
-        [in_flight, pending]
+        // Ordered per entity: parked, due and admitted events are not delivered yet.
+        let parked = self
+            .order
+            .as_ref()
+            .and_then(EntityOrder::first_waiting)
+            .map(|seq| seq - 1);
+        let ready = self.ready.iter().map(|event| event.seq - 1).min();
+        [in_flight, pending, parked, ready]
             .into_iter()
             .flatten()
             .fold(self.feed.seen(), i64::min)
@@ -344,6 +480,10 @@ impl Worker {
 fn limits(dispatcher: &Dispatcher, target: &Target) -> (usize, usize) {
     match target.subscription.in_order() {
         true => (1, 1),
+        // Ordered per entity: one event a call, each its entity's turn.
+        false if target.subscription.ordering.by_entity() => {
+            (target.max_in_flight(dispatcher.config().max_in_flight), 1)
+        }
         false => (
             target.max_in_flight(dispatcher.config().max_in_flight),
             target.batch_size(),
@@ -358,6 +498,17 @@ async fn pending_retry(dispatcher: &Dispatcher, id: &str) -> Option<i64> {
         Err(error) => {
             tracing::error!(%error, subscription = id, "reading pending retries failed");
             None
+        }
+    }
+}
+
+/// A subscription's incremental deliveries in the retry set, with their entity keys.
+async fn pending_retry_entities(dispatcher: &Dispatcher, id: &str) -> Vec<(i64, Option<String>)> {
+    match dispatcher.store().db().pending_retry_entities(id).await {
+        Ok(pending) => pending,
+        Err(error) => {
+            tracing::error!(%error, subscription = id, "reading pending retries failed");
+            Vec::new()
         }
     }
 }

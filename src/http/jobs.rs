@@ -181,6 +181,7 @@ pub async fn register(
             payload_filter: None,
             transform: None,
             rate_limit: None,
+            ordering: crate::model::Ordering::None,
             format: Format::Native,
             secret: generate_secret(),
             public_key: None,

@@ -23,8 +23,8 @@ use super::error::{ApiError, ErrorBody};
 use super::resync::{self, ResyncOut};
 use crate::model::Scope;
 use crate::model::{
-    Destination, DisabledReason, EventFilter, Format, NewSubscription, PayloadFilter, RateLimit,
-    Subscription, SubscriptionKind, Transform, now_millis,
+    Destination, DisabledReason, EventFilter, Format, NewSubscription, Ordering, PayloadFilter,
+    RateLimit, Subscription, SubscriptionKind, Transform, now_millis,
 };
 use crate::sinks::handshake::HandshakeError;
 use crate::sinks::webhook::{generate_ed25519, generate_secret};
@@ -88,6 +88,13 @@ pub struct SubscriptionIn {
     /// endpoint's `WebHook-Allowed-Rate`.
     #[serde(rename = "rateLimit")]
     pub rate_limit: Option<RateLimit>,
+    /// `entity` (webhooks only): the events of one entity key (one video, one asset, one
+    /// job) are delivered one at a time in log order, each once the one before it is
+    /// delivered or dead-lettered, while different entities go in parallel up to
+    /// `--max-in-flight`. `none` (default): no order, as fast as possible. 422
+    /// `invalid_ordering` otherwise.
+    #[schema(example = "entity")]
+    pub ordering: Option<Ordering>,
 }
 
 /// A creation request, read and checked.
@@ -105,6 +112,7 @@ struct Creation {
     payload_filter: Option<PayloadFilter>,
     transform: Option<Transform>,
     rate_limit: Option<RateLimit>,
+    ordering: Ordering,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -134,6 +142,10 @@ pub struct SubscriptionOut {
     /// The delivery rate limit (after the validation handshake's `WebHook-Allowed-Rate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// `entity` when deliveries are ordered per entity (absent: no order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "entity")]
+    pub ordering: Option<Ordering>,
     pub format: Format,
     /// The signing secret; only in the answer to the creation.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,6 +207,10 @@ impl SubscriptionOut {
             filter: subscription.payload_filter.map(|f| f.source().clone()),
             transform: subscription.transform.map(|t| t.source().to_owned()),
             rate_limit: subscription.rate_limit,
+            ordering: subscription
+                .ordering
+                .by_entity()
+                .then_some(subscription.ordering),
             format: subscription.format,
             secret,
             public_key: subscription.public_key,
@@ -249,6 +265,7 @@ pub async fn create(
         payload_filter,
         transform,
         mut rate_limit,
+        ordering,
     } = parse_request(&state, &body)?;
     // A webhook URL comes as `endpoint` (Brightcove) or as `destination.url`.
     let given = match serde_json::from_slice::<Value>(&body) {
@@ -290,6 +307,7 @@ pub async fn create(
         payload_filter,
         transform,
         rate_limit,
+        ordering,
         format,
         secret,
         public_key,
@@ -548,6 +566,7 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
             ),
         ));
     }
+    let ordering = ordering(given("ordering"), &destination)?;
     let mut filter = EventFilter { events, topics };
     filter.events.sort();
     filter.events.dedup();
@@ -564,7 +583,46 @@ fn parse_request(state: &AppState, body: &[u8]) -> Result<Creation, ApiError> {
         payload_filter: payload_filter(given("filter"))?,
         transform: transform(given("transform"))?,
         rate_limit: rate_limit(given("rateLimit"))?,
+        ordering,
     })
+}
+
+/// The `ordering` member: `none` or `entity`, and `entity` for webhooks only (422
+/// `invalid_ordering`).
+fn ordering(given: Option<&Value>, destination: &Destination) -> Result<Ordering, ApiError> {
+    let names = || {
+        Ordering::ALL
+            .map(|o| format!("{:?}", o.as_str()))
+            .join(" or ")
+    };
+    let ordering = match given {
+        None => Ordering::None,
+        Some(Value::String(name)) => Ordering::parse(name).ok_or_else(|| {
+            field_error(
+                "invalid_ordering",
+                "ordering",
+                &format!("{name:?} is not an ordering: {}", names()),
+            )
+        })?,
+        Some(_) => {
+            return Err(field_error(
+                "invalid_ordering",
+                "ordering",
+                &format!("ordering must be a string: {}", names()),
+            ));
+        }
+    };
+    if ordering.by_entity() && destination.endpoint().is_none() {
+        return Err(field_error(
+            "invalid_ordering",
+            "ordering",
+            &format!(
+                "\"ordering\": \"entity\" is for webhook destinations, not {}",
+                destination.kind()
+            ),
+        ));
+    }
+    Ok(ordering)
 }
 
 /// The `rateLimit` member: 422 `invalid_rate_limit` naming the member at fault.

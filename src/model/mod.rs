@@ -4,6 +4,7 @@
 mod event;
 mod filter;
 mod key;
+mod ordering;
 mod rate_limit;
 mod subscription;
 mod token_verification;
@@ -12,6 +13,7 @@ mod transform;
 pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
 pub use filter::{FilterError, PayloadFilter};
 pub use key::{ApiKey, KeyOwner, Scope};
+pub use ordering::Ordering;
 pub use rate_limit::{MAX_RATE, RateLimit, RateLimitError, TokenBucket};
 pub use subscription::{
     AwsOptions, Destination, DisabledReason, EventFilter, Format, NewSubscription, PreviousSecret,

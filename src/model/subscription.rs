@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Millis, PayloadFilter, RateLimit, StoredEvent, Transform};
+use super::{Millis, Ordering, PayloadFilter, RateLimit, StoredEvent, Transform};
 
 /// Where deliveries go: the closed set of destinations is the sinks' own
 /// ([`crate::sinks::destination`]).
@@ -125,6 +125,8 @@ pub struct NewSubscription {
     pub transform: Option<Transform>,
     /// Deliveries a second at most (`"rateLimit"`), for every delivery path.
     pub rate_limit: Option<RateLimit>,
+    /// Per-entity order of deliveries (`"ordering"`, webhooks only).
+    pub ordering: Ordering,
     pub format: Format,
     /// Standard Webhooks signing secret, `whsec_<base64>` (HMAC), or for ed25519
     /// signatures the secret key `whsk_<base64>`.
@@ -151,6 +153,7 @@ pub struct Subscription {
     pub payload_filter: Option<PayloadFilter>,
     pub transform: Option<Transform>,
     pub rate_limit: Option<RateLimit>,
+    pub ordering: Ordering,
     pub format: Format,
     pub secret: String,
     /// For ed25519 signatures: the public key (`whpk_…`) of `secret`.
@@ -196,6 +199,13 @@ impl Subscription {
         matches!(self.kind, SubscriptionKind::JobCallback { .. })
     }
 
+    /// Whether its worker must hear when a retry is over (delivered or dead): an
+    /// in-order subscription, or one ordered per entity, holds later events back until
+    /// then.
+    pub fn waits_for_retries(&self) -> bool {
+        self.in_order() || self.ordering.by_entity()
+    }
+
     /// When it stops and is removed, if it does.
     pub fn expires_at(&self) -> Option<Millis> {
         match self.kind {
@@ -222,6 +232,7 @@ mod tests {
             payload_filter: payload_filter.map(|f| PayloadFilter::compile(&f).unwrap()),
             transform: None,
             rate_limit: None,
+            ordering: Ordering::None,
             format: Format::Native,
             secret: String::new(),
             public_key: None,

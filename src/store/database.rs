@@ -921,8 +921,8 @@ impl Database {
             sqlx::query(
                 "INSERT INTO subscriptions (id, account, destination, events, topics, format, \
                  secret, created_at, cursor, job_id, expires_at, public_key, payload_filter, \
-                 transform, rate_limit) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 transform, rate_limit, ordering) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             )
             .bind(&subscription.id)
             .bind(&subscription.account)
@@ -944,6 +944,12 @@ impl Database {
             )
             .bind(subscription.transform.as_ref().map(|t| t.source()))
             .bind(subscription.rate_limit.as_ref().map(to_json))
+            .bind(
+                subscription
+                    .ordering
+                    .by_entity()
+                    .then_some(subscription.ordering.as_str()),
+            )
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -1049,6 +1055,40 @@ impl Database {
             tx.commit().await?;
             Ok(ids)
         })
+    }
+
+    /// The incremental deliveries of a subscription that wait for a retry (not dead),
+    /// each with its event's entity key: an ordered subscription holds those entities'
+    /// later events back (after a restart too).
+    pub async fn pending_retry_entities(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Vec<(i64, Option<String>)>> {
+        Ok(on_pool!(self, |pool| sqlx::query_as(
+            "SELECT r.seq, e.entity_key FROM retries r JOIN events e ON e.seq = r.seq \
+             WHERE r.subscription_id = $1 AND r.dead_at IS NULL AND r.resync_id = '' \
+             ORDER BY r.seq",
+        )
+        .bind(subscription_id)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The events with these sequence numbers, in log order (those still in the log).
+    pub async fn events_by_seqs(&self, seqs: &[i64]) -> Result<Vec<StoredEvent>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EventRow> = on_pool!(self, |pool| {
+            let mut select = QueryBuilder::new(events_where!("seq IN ("));
+            let mut list = select.separated(", ");
+            for seq in seqs {
+                list.push_bind(*seq);
+            }
+            select.push(") ORDER BY seq");
+            select.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
     /// The earliest delivery of a subscription that waits for a retry (not dead).

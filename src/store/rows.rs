@@ -9,7 +9,7 @@ use super::{
     RetryEntry, Sealer, StoreError, StoredAttempt,
 };
 use crate::model::{
-    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, PayloadFilter,
+    ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, Ordering, PayloadFilter,
     PreviousSecret, Scope, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
     Transform,
 };
@@ -69,6 +69,7 @@ pub(super) struct SubscriptionRow {
     payload_filter: Option<String>,
     transform: Option<String>,
     rate_limit: Option<String>,
+    ordering: Option<String>,
 }
 
 /// The rows that can be read as subscriptions, and why the others cannot.
@@ -131,6 +132,10 @@ impl TryFrom<SubscriptionRow> for Subscription {
             None => None,
             Some(text) => Some(serde_json::from_str(text).map_err(|_| corrupt("rate_limit"))?),
         };
+        let ordering = match &row.ordering {
+            None => Ordering::None,
+            Some(name) => Ordering::parse(name).ok_or_else(|| corrupt("ordering"))?,
+        };
         Ok(Subscription {
             id: row.id,
             account: row.account,
@@ -140,6 +145,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             payload_filter,
             transform,
             rate_limit,
+            ordering,
             format,
             secret: row.secret,
             public_key: row.public_key,

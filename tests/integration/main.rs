@@ -21,6 +21,7 @@ mod keys;
 mod limits;
 mod metrics;
 mod nats_sink;
+mod ordering;
 mod postgres_outage;
 mod publish;
 mod resync;

@@ -105,6 +105,7 @@ impl Scratch {
             payload_filter: None,
             transform: None,
             rate_limit: None,
+            ordering: reelay::model::Ordering::None,
             format: Format::Native,
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             public_key: None,

@@ -13,7 +13,7 @@ as told.
 Deliveries: POST to any path outside /_control/. Control API (JSON):
     POST /_control/hooks    {"path": "/a", "secret": "whsec_...",
                              "responses": [{"status": 500}, {"status": 429, "retry_after": "2"}],
-                             "delay_ms": 0,
+                             "delay_ms": 0, "delay_ms_max": 0,
                              "secrets": ["whsec_old", "whsec_new"],
                              "public_key": "whpk_...",
                              "handshake": {"status": 200, "allowed_origin": "*",
@@ -21,7 +21,10 @@ Deliveries: POST to any path outside /_control/. Control API (JSON):
                             sets what is given of a path's secret, script (the last response
                             repeats; none: 200) and handshake answer (none: 405, as a server
                             that does not take part; "allowed_origin": "echo" repeats the
-                            request's origin). Recorded deliveries are kept.
+                            request's origin). Recorded deliveries are kept. With
+                            "delay_ms_max", each delivery waits a random time from 0 to
+                            that many milliseconds instead of "delay_ms" (recorded as the
+                            delivery's "delay_ms").
     GET  /_control/received[?path=/a]   {"deliveries": [...], "handshakes": [...]} in
                             arrival order
     POST /_control/reset    forgets everything
@@ -40,6 +43,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import re
 import sys
 import threading
@@ -197,7 +201,7 @@ class Handler(BaseHTTPRequestHandler):
             spec = json.loads(body or b"{}")
             with lock:
                 hook = hooks.setdefault(spec["path"], new_hook())
-                for key in ("secret", "delay_ms", "handshake", "secrets", "public_key"):
+                for key in ("secret", "delay_ms", "delay_ms_max", "handshake", "secrets", "public_key"):
                     if key in spec:
                         hook[key] = spec[key]
                 if "responses" in spec:
@@ -233,7 +237,11 @@ class Handler(BaseHTTPRequestHandler):
             changed = bytes([body[0] ^ 1]) + body[1:] if body else b"x"
             tampered = verify_ed25519(hook["public_key"], changed, headers)
         cloudevent, cloudevent_error = read_cloudevent(headers, body)
+        delay_ms = hook["delay_ms"] if hook else 0
+        if hook and hook.get("delay_ms_max"):
+            delay_ms = random.uniform(0, hook["delay_ms_max"])
         record = {
+            "delay_ms": delay_ms,
             "verified_each": each,
             "ed25519_verified": ed25519,
             "ed25519_tampered_verified": tampered,
@@ -253,8 +261,8 @@ class Handler(BaseHTTPRequestHandler):
         }
         with lock:
             deliveries.append(record)
-        if hook and hook["delay_ms"]:
-            time.sleep(hook["delay_ms"] / 1000)
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
         extra = {}
         if response.get("retry_after") is not None:
             extra["Retry-After"] = str(response["retry_after"])

@@ -52,6 +52,9 @@ pub struct Delivery {
     pub body_base64: String,
     /// Arrival time, seconds since the epoch.
     pub at: f64,
+    /// How long the receiver waited before answering, in milliseconds.
+    #[serde(default)]
+    pub delay_ms: f64,
     /// The status the receiver answered.
     #[serde(default)]
     pub status: Option<u16>,
@@ -175,6 +178,19 @@ impl Receiver {
         self.http
             .post(self.url("/_control/hooks"))
             .json(&json!({"path": path, "delay_ms": delay_ms}))
+            .send()
+            .await
+            .expect("set delay")
+            .error_for_status()
+            .expect("delay set");
+    }
+
+    /// Makes `path` wait a random time from 0 to `max_ms` before answering each delivery
+    /// (each delivery's `delay_ms` says how long).
+    pub async fn random_delay(&self, path: &str, max_ms: u64) {
+        self.http
+            .post(self.url("/_control/hooks"))
+            .json(&json!({"path": path, "delay_ms_max": max_ms}))
             .send()
             .await
             .expect("set delay")

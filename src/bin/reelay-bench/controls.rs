@@ -1,5 +1,6 @@
 //! The delivery controls' phases (issue 19): deliveries to 10 subscriptions that each
-//! filter the payload, and to 10 that each transform it, for the rows beside the plain
+//! filter the payload, to 10 that each transform it, and to 10 that each deliver in
+//! order per entity (over 1,000 entities), for the rows beside the plain
 //! "10 subscriptions" one. Every event passes the filter, so the rows compare the same
 //! number of deliveries: the difference is the cost of the controls.
 
@@ -29,6 +30,14 @@ pub(super) fn transform() -> Value {
         "{id: .guid, asset: .assetId, user: .userId, position: .progress.position, source: \"bench\"}"})
 }
 
+/// How many entities (assets) the ordered phase's events belong to.
+pub(super) const ORDERED_ENTITIES: usize = 1_000;
+
+/// Deliveries one at a time per entity, entities in parallel.
+pub(super) fn ordering() -> Value {
+    json!({"ordering": "entity"})
+}
+
 impl Bench {
     /// Like the plain delivery phase, with `controls` (members of the subscription body)
     /// on each of the 10 subscriptions.
@@ -37,12 +46,13 @@ impl Bench {
         account: &str,
         events: usize,
         controls: Value,
+        traffic: Traffic,
     ) -> anyhow::Result<DeliveryResult> {
         let expectation = Expectation::new(events, SUBSCRIPTIONS);
         self.receiver.expect(Some(expectation.clone()));
         for i in 0..SUBSCRIPTIONS {
             let mut body = json!({"endpoint": format!("{}/hook/{i}", self.receiver_url),
-                                  "events": [Traffic::Player.event_name()]});
+                                  "events": [traffic.event_name()]});
             for (key, value) in controls.as_object().into_iter().flatten() {
                 body[key] = value.clone();
             }
@@ -55,7 +65,7 @@ impl Bench {
             &label,
             expectation,
             subscriptions_per_node,
-            Traffic::Player,
+            traffic,
         )
         .await
     }

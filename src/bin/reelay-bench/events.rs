@@ -17,12 +17,14 @@ pub enum Traffic {
     Player,
     /// `asset-updated` (seed 000): an editor changed a video's metadata.
     VideoChange,
+    /// `player_log_event` on this many assets (entities) only, in turn.
+    Entities(usize),
 }
 
 impl Traffic {
     pub fn event_name(self) -> &'static str {
         match self {
-            Traffic::Player => "player_log_event",
+            Traffic::Player | Traffic::Entities(_) => "player_log_event",
             Traffic::VideoChange => "asset-updated",
         }
     }
@@ -32,6 +34,11 @@ impl Traffic {
         match self {
             Traffic::Player => player_event(n),
             Traffic::VideoChange => video_change_event(n),
+            Traffic::Entities(count) => {
+                let mut event = player_event(n);
+                event["assetId"] = json!(800_000 + n % count.max(1));
+                event
+            }
         }
     }
 

@@ -121,7 +121,7 @@ pub struct BenchConfig {
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
-    /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, latency,
+    /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, ordering, latency,
     /// latency-changes, accounts, resync, kinesis, sns, nats, amqp, retention. The raw limit
     /// always runs; the retention phase runs only when named.
     #[arg(long, value_delimiter = ',')]
@@ -382,14 +382,36 @@ async fn measure(
     if runs("filter") {
         report.delivery_filter = Some(
             bench
-                .controlled_delivery("filter", sizes.delivery_ten, controls::filter())
+                .controlled_delivery(
+                    "filter",
+                    sizes.delivery_ten,
+                    controls::filter(),
+                    Traffic::Player,
+                )
                 .await?,
         );
     }
     if runs("transform") {
         report.delivery_transform = Some(
             bench
-                .controlled_delivery("transform", sizes.delivery_ten, controls::transform())
+                .controlled_delivery(
+                    "transform",
+                    sizes.delivery_ten,
+                    controls::transform(),
+                    Traffic::Player,
+                )
+                .await?,
+        );
+    }
+    if runs("ordering") {
+        report.delivery_ordering = Some(
+            bench
+                .controlled_delivery(
+                    "ordering",
+                    sizes.delivery_ten,
+                    controls::ordering(),
+                    Traffic::Entities(controls::ORDERED_ENTITIES),
+                )
                 .await?,
         );
     }

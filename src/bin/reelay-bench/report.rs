@@ -186,6 +186,9 @@ pub struct Report {
     /// 10 subscriptions, each with a jq transform.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_transform: Option<DeliveryResult>,
+    /// 10 subscriptions, each with `"ordering": "entity"`, over 1,000 entities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_ordering: Option<DeliveryResult>,
     pub latency: LatencyResult,
     pub latency_changes: LatencyResult,
     /// Many accounts publishing at once, one subscription each.
@@ -305,6 +308,7 @@ impl Report {
             [
                 &self.delivery_filter,
                 &self.delivery_transform,
+                &self.delivery_ordering,
                 &self.accounts,
             ]
             .into_iter()
@@ -423,6 +427,10 @@ impl Report {
         for (name, result) in [
             ("  with a filter on each", &self.delivery_filter),
             ("  with a transform on each", &self.delivery_transform),
+            (
+                "  ordered per entity (1,000 entities)",
+                &self.delivery_ordering,
+            ),
         ] {
             if let Some(result) = result {
                 row(
