@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::router::{Attached, Router, Wants};
+use super::router::{Attached, Router, Wake, Wants};
 use crate::model::StoredEvent;
 use crate::store::{PageSize, Store, WantedEvents};
 
@@ -24,6 +24,8 @@ pub(super) struct Feed {
     attached: Option<Attached>,
     /// What one catch-up read may hold.
     page: PageSize,
+    /// Told when the router puts something in the inbox (wakes a sleeping worker).
+    waker: Option<Arc<dyn Wake>>,
 }
 
 impl Feed {
@@ -35,8 +37,10 @@ impl Feed {
         cursor: i64,
         capacity: usize,
         page_bytes: usize,
+        waker: Option<Arc<dyn Wake>>,
     ) -> Feed {
         Feed {
+            waker,
             store,
             router,
             wants,
@@ -52,6 +56,23 @@ impl Feed {
 
     pub(super) fn seen(&self) -> i64 {
         self.seen
+    }
+
+    /// Whether everything it wants comes through the inbox now (none of the log is left
+    /// to read), and the inbox is empty: nothing to do until the router puts something
+    /// there.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.attached.as_ref().is_some_and(|attached| {
+            self.seen >= attached.routed && !attached.inbox.changed()
+        })
+    }
+
+    /// Whether the router put something in the inbox since the last take (or the
+    /// feed has no inbox).
+    pub(super) fn has_news(&self) -> bool {
+        self.attached
+            .as_ref()
+            .is_none_or(|attached| attached.inbox.changed())
     }
 
     /// Starts again after `cursor` (a replay).
@@ -85,7 +106,11 @@ impl Feed {
             let Some(attached) = &self.attached else {
                 // Attached first, then the log is read up to the router's position: what
                 // is committed after it reaches the inbox meanwhile.
-                self.attached = Some(self.router.attach(&self.wants, self.capacity));
+                self.attached = Some(self.router.attach(
+                    &self.wants,
+                    self.capacity,
+                    self.waker.clone(),
+                ));
                 continue;
             };
             if self.seen < attached.routed {
