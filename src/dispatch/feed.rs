@@ -62,9 +62,9 @@ impl Feed {
     /// to read), and the inbox is empty: nothing to do until the router puts something
     /// there.
     pub(super) fn is_quiet(&self) -> bool {
-        self.attached.as_ref().is_some_and(|attached| {
-            self.seen >= attached.routed && !attached.inbox.changed()
-        })
+        self.attached
+            .as_ref()
+            .is_some_and(|attached| self.seen >= attached.routed && !attached.inbox.changed())
     }
 
     /// Whether the router put something in the inbox since the last take (or the

@@ -720,12 +720,14 @@ impl Cluster {
     /// [`Cluster::heartbeat`] renews). One missing from the answer was taken over (or
     /// deleted).
     pub async fn renew(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT subscription_id FROM subscription_leases WHERE node_id = $1",
+        Ok(
+            sqlx::query_scalar(
+                "SELECT subscription_id FROM subscription_leases WHERE node_id = $1",
+            )
+            .bind(&self.node)
+            .fetch_all(&self.pool)
+            .await?,
         )
-        .bind(&self.node)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Of the subscriptions this node holds, those that are disabled.

@@ -965,7 +965,11 @@ impl Bench {
 
     /// The many-tenants phase: `idle` subscriptions in as many other accounts, then the
     /// hot subscription's deliveries and latency with them present.
-    async fn tenants(&mut self, sizes: &Sizes, idle: usize) -> anyhow::Result<report::TenantsResult> {
+    async fn tenants(
+        &mut self,
+        sizes: &Sizes,
+        idle: usize,
+    ) -> anyhow::Result<report::TenantsResult> {
         let http = self.http.clone();
         let urls: Arc<Vec<String>> = Arc::new(
             (0..self.server.nodes())
