@@ -86,12 +86,12 @@ impl Slot {
     /// Puts the worker to sleep, unless something came for it meanwhile (then it is
     /// handed back to go on). Under the slot's lock, so a put in its inbox or a command
     /// either is seen here or finds it asleep and wakes it.
-    fn sleep(&self, worker: Worker) -> Result<(), Worker> {
+    fn sleep(&self, worker: Box<Worker>) -> Result<(), Box<Worker>> {
         let mut state = self.lock();
         if worker.cancel.is_cancelled() || !worker.control.is_empty() || worker.feed.has_news() {
             return Err(worker);
         }
-        *state = SlotState::Asleep(Box::new(worker));
+        *state = SlotState::Asleep(worker);
         Ok(())
     }
 
@@ -224,9 +224,9 @@ impl Worker {
             match self.deliver().await {
                 Stop::Idle => {
                     let slot = self.slot.clone();
-                    match slot.sleep(self) {
+                    match slot.sleep(Box::new(self)) {
                         Ok(()) => return,
-                        Err(worker) => self = worker,
+                        Err(worker) => self = *worker,
                     }
                 }
                 Stop::End { expired } => break expired,
