@@ -1,7 +1,8 @@
 //! Several nodes on one PostgreSQL database: which subscriptions this node delivers.
 //!
 //! Each node holds leases on its share of the enabled subscriptions (all of them divided
-//! by the live nodes, rounded up) and renews them every third of the lease's life. A
+//! by the live nodes, rounded up) and renews them every third of the lease's life, all
+//! at once: a lease lasts as long as its node's own, one row per node. A
 //! node over its share hands the extra ones over: it stops their workers, waits until
 //! their progress is committed, and only then gives the lease up, so the next holder
 //! starts from a cursor that nothing after it was sent from (no delivery twice). A node
@@ -153,10 +154,13 @@ impl Leases {
         }
     }
 
-    /// The subscriptions this node holds that can be read. The others are skipped (one
+    /// These subscriptions, those this node holds and can read. The others are skipped (one
     /// unreadable row must not stop this node's deliveries) and reported once each.
-    async fn held_subscriptions(&self) -> Result<Vec<crate::model::Subscription>, StoreError> {
-        let (readable, unreadable) = self.cluster.held_subscriptions().await?;
+    async fn held_subscriptions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<crate::model::Subscription>, StoreError> {
+        let (readable, unreadable) = self.cluster.held_subscriptions(ids).await?;
         let new: Vec<StoreError> = {
             let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
             unreadable
@@ -174,8 +178,10 @@ impl Leases {
         let _leasing = self.dispatcher.shared.leasing.lock().await;
         let now = now_millis();
         let ttl = self.dispatcher.lease_ttl_millis();
+        // The heartbeat renews every lease of this node in one row: the upkeep of its
+        // leases costs the same for ten subscriptions as for a hundred thousand.
         let live = self.cluster.heartbeat(now, ttl).await?.max(1);
-        let held: HashSet<String> = self.cluster.renew(now + ttl).await?.into_iter().collect();
+        let held: HashSet<String> = self.cluster.renew().await?.into_iter().collect();
         // Taken over by another node (this one was too slow to renew) or deleted.
         for id in self.dispatcher.running() {
             if !held.contains(&id) {
@@ -183,44 +189,46 @@ impl Leases {
                 self.dispatcher.remove(&id);
             }
         }
-        let mut enabled = Vec::new();
-        for subscription in self.held_subscriptions().await? {
-            if subscription.disabled.is_some() {
-                // Its worker stopped when it was disabled; whoever enables it takes it.
-                self.dispatcher.remove(&subscription.id);
-                self.cluster.release(&subscription.id).await?;
-            } else {
-                enabled.push(subscription);
-            }
+        let mut enabled = held;
+        for id in self.cluster.held_disabled().await? {
+            // Its worker stopped when it was disabled; whoever enables it takes it.
+            self.dispatcher.remove(&id);
+            self.cluster.release(&id).await?;
+            enabled.remove(&id);
         }
         let total = self.cluster.enabled_count().await?;
         match rebalance(enabled.len(), share(total, live)) {
             Rebalance::Keep => {}
             Rebalance::HandOver { keep } => {
                 // The most recently created go: the oldest stay where they are.
-                for subscription in enabled.split_off(keep) {
-                    self.dispatcher.hand_over(&subscription.id).await;
-                    self.cluster.release(&subscription.id).await?;
-                    tracing::info!(subscription = %subscription.id, "handed over to another node");
+                for id in self.cluster.held_newest(keep).await? {
+                    self.dispatcher.hand_over(&id).await;
+                    self.cluster.release(&id).await?;
+                    enabled.remove(&id);
+                    tracing::info!(subscription = %id, "handed over to another node");
                 }
                 self.cluster.notify(CHANGED).await?;
             }
             Rebalance::Take { wanted } => {
                 let claimed = self.cluster.claim(now, now + ttl, wanted).await?;
                 if !claimed.is_empty() {
-                    let claimed: HashSet<String> = claimed.into_iter().collect();
                     tracing::info!(count = claimed.len(), "took subscriptions over");
-                    enabled.extend(
-                        self.held_subscriptions()
-                            .await?
-                            .into_iter()
-                            .filter(|s| claimed.contains(&s.id)),
-                    );
+                    enabled.extend(claimed);
                 }
             }
         }
-        for subscription in enabled {
-            if self.dispatcher.is_running(&subscription.id) {
+        // Only those without a worker here are read (all of them at the first pass, a
+        // few after): a pass reads no subscription it runs already.
+        let missing: Vec<String> = enabled
+            .into_iter()
+            .filter(|id| !self.dispatcher.is_running(id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let subscriptions = self.held_subscriptions(&missing).await?;
+        for subscription in subscriptions {
+            if subscription.disabled.is_some() || self.dispatcher.is_running(&subscription.id) {
                 continue;
             }
             let id = subscription.id.clone();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::router::{Attached, Router, Wants};
+use super::router::{Attached, Router, Wake, Wants};
 use crate::model::StoredEvent;
 use crate::store::{PageSize, Store, WantedEvents};
 
@@ -28,6 +28,16 @@ pub(super) struct Feed {
     /// Set while everything routed is read and the feed waits for its inbox (for the
     /// metrics' lag: `gauges`).
     caught_up: Arc<AtomicBool>,
+    /// Told when the router puts something in the inbox (wakes a sleeping worker).
+    waker: Option<Arc<dyn Wake>>,
+}
+
+/// Whom a feed tells about what it does.
+pub(super) struct Signals {
+    /// Set while it waits for its inbox with everything routed read (the metrics' lag).
+    pub caught_up: Arc<AtomicBool>,
+    /// Woken when the router puts something in the inbox (a sleeping worker).
+    pub waker: Option<Arc<dyn Wake>>,
 }
 
 impl Feed {
@@ -39,9 +49,11 @@ impl Feed {
         cursor: i64,
         capacity: usize,
         page_bytes: usize,
-        caught_up: Arc<AtomicBool>,
+        signals: Signals,
     ) -> Feed {
+        let Signals { caught_up, waker } = signals;
         Feed {
+            waker,
             store,
             router,
             wants,
@@ -58,6 +70,23 @@ impl Feed {
 
     pub(super) fn seen(&self) -> i64 {
         self.seen
+    }
+
+    /// Whether everything it wants comes through the inbox now (none of the log is left
+    /// to read), and the inbox is empty: nothing to do until the router puts something
+    /// there.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.attached
+            .as_ref()
+            .is_some_and(|attached| self.seen >= attached.routed && !attached.inbox.changed())
+    }
+
+    /// Whether the router put something in the inbox since the last take (or the
+    /// feed has no inbox).
+    pub(super) fn has_news(&self) -> bool {
+        self.attached
+            .as_ref()
+            .is_none_or(|attached| attached.inbox.changed())
     }
 
     /// Starts again after `cursor` (a replay).
@@ -92,7 +121,11 @@ impl Feed {
             let Some(attached) = &self.attached else {
                 // Attached first, then the log is read up to the router's position: what
                 // is committed after it reaches the inbox meanwhile.
-                self.attached = Some(self.router.attach(&self.wants, self.capacity));
+                self.attached = Some(self.router.attach(
+                    &self.wants,
+                    self.capacity,
+                    self.waker.clone(),
+                ));
                 continue;
             };
             if self.seen < attached.routed {

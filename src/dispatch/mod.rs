@@ -1,6 +1,7 @@
 //! Dispatch: from the committed log to the sinks.
 //!
-//! Every enabled subscription has one `worker` that follows the log with its own cursor.
+//! Every enabled subscription has one `worker` that follows the log with its own cursor;
+//! one with nothing to do sleeps (no task) until the router brings it something.
 //! The `router` looks up who wants each committed event (by account, then event name or
 //! topic, a job's callbacks by job) and puts it in those workers' inboxes only, so an
 //! idle subscription costs memory, not work per event. A worker takes its events from
@@ -112,12 +113,20 @@ struct Shared {
     tasks: TaskTracker,
 }
 
+impl WorkerHandle {
+    /// Stops the worker: a running one at its next step, a sleeping one at once.
+    fn stop(&self) {
+        self.cancel.cancel();
+        self.slot.discard();
+    }
+}
+
 struct WorkerHandle {
     target: Arc<Target>,
     cancel: CancellationToken,
     control: mpsc::Sender<worker::Control>,
-    /// Ends when the worker has stopped and queued its last progress report.
-    finished: tokio::task::JoinHandle<()>,
+    /// Its task, or the worker itself while it sleeps.
+    slot: Arc<worker::Slot>,
     /// The resync run whose runner goes beside this worker, if any.
     resync: Mutex<Option<String>>,
 }
@@ -398,18 +407,26 @@ impl Dispatcher {
         let target = Arc::new(Target::new(subscription, &self.shared.sinks)?);
         let cancel = self.shared.cancel.child_token();
         let (control, commands) = mpsc::channel(8);
-        let worker = worker::Worker::new(self.clone(), target.clone(), cancel.clone(), commands);
+        let slot = worker::Slot::new(self.shared.tasks.clone());
+        let worker = worker::Worker::new(
+            self.clone(),
+            target.clone(),
+            cancel.clone(),
+            commands,
+            slot.clone(),
+        );
+        slot.start(worker);
         let handle = WorkerHandle {
             target,
             cancel,
             control,
-            finished: self.shared.tasks.spawn(worker.run()),
+            slot,
             resync: Mutex::new(None),
         };
         let id = handle.target.id().to_owned();
         let previous = self.workers().insert(id.clone(), handle);
         if let Some(previous) = previous {
-            previous.cancel.cancel();
+            previous.stop();
         }
         // Its retries (if it was disabled and is enabled again) may be due now.
         self.shared.retry_wake.at(crate::model::now_millis());
@@ -490,14 +507,16 @@ impl Dispatcher {
             .is_some_and(|handle| Arc::ptr_eq(&handle.target, target))
             && let Some(handle) = workers.remove(target.id())
         {
-            handle.cancel.cancel();
+            drop(workers);
+            handle.stop();
         }
     }
 
     /// Stops this node's worker for a subscription (deleted, disabled, or taken over).
     pub fn remove(&self, id: &str) {
-        if let Some(handle) = self.workers().remove(id) {
-            handle.cancel.cancel();
+        let removed = self.workers().remove(id);
+        if let Some(handle) = removed {
+            handle.stop();
         }
     }
 
@@ -509,7 +528,7 @@ impl Dispatcher {
             return;
         };
         handle.cancel.cancel();
-        let _ = handle.finished.await;
+        handle.slot.stopped().await;
         if let Err(error) = self.store().flush().await {
             tracing::warn!(%error, subscription = id, "saving progress before a hand-over failed");
         }
@@ -522,7 +541,7 @@ impl Dispatcher {
             handle.cancel.cancel();
         }
         for handle in handles {
-            let _ = handle.finished.await;
+            handle.slot.stopped().await;
         }
     }
 
@@ -622,9 +641,17 @@ impl Dispatcher {
     }
 
     async fn control(&self, id: &str, command: worker::Control) -> bool {
-        let control = self.workers().get(id).map(|handle| handle.control.clone());
+        let control = self
+            .workers()
+            .get(id)
+            .map(|handle| (handle.control.clone(), handle.slot.clone()));
         match control {
-            Some(control) => control.send(command).await.is_ok(),
+            Some((control, slot)) => {
+                let sent = control.send(command).await.is_ok();
+                // A sleeping worker starts again to act on it.
+                router::Wake::wake(&*slot);
+                sent
+            }
             None => false,
         }
     }

@@ -57,12 +57,19 @@ impl Wants {
     }
 }
 
+/// Told when something is put in an inbox: starts the task of a worker that sleeps
+/// (idle, without a task of its own).
+pub(super) trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
 /// Where the router puts a subscription's events, and the worker takes them from.
 pub(super) struct Inbox {
     state: Mutex<InboxState>,
     notify: Notify,
     /// At most this many events wait here; one more detaches the subscription.
     capacity: usize,
+    waker: Option<Arc<dyn Wake>>,
 }
 
 struct InboxState {
@@ -85,8 +92,9 @@ pub(super) struct Taken {
 }
 
 impl Inbox {
-    fn new(upto: i64, capacity: usize) -> Inbox {
+    fn new(upto: i64, capacity: usize, waker: Option<Arc<dyn Wake>>) -> Inbox {
         Inbox {
+            waker,
             state: Mutex::new(InboxState {
                 events: VecDeque::new(),
                 upto,
@@ -124,7 +132,15 @@ impl Inbox {
             fits
         };
         self.notify.notify_one();
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
         fits
+    }
+
+    /// Whether something was put here since the last take.
+    pub(super) fn changed(&self) -> bool {
+        self.lock().changed
     }
 
     /// What was put here since the last take, if anything.
@@ -332,12 +348,18 @@ impl Router {
 
     /// Attaches a subscription: every event it wants committed after the returned
     /// `routed` position goes to the returned inbox, which holds at most `capacity`.
-    pub(super) fn attach(&self, wants: &Wants, capacity: usize) -> Attached {
+    /// `waker` is told of each put.
+    pub(super) fn attach(
+        &self,
+        wants: &Wants,
+        capacity: usize,
+        waker: Option<Arc<dyn Wake>>,
+    ) -> Attached {
         let mut routing = self.lock();
         let routing = &mut *routing;
         let id = routing.next_id;
         routing.next_id += 1;
-        let inbox = Arc::new(Inbox::new(routing.routed, capacity));
+        let inbox = Arc::new(Inbox::new(routing.routed, capacity, waker));
         routing.index.add(id, wants.clone(), inbox.clone());
         Attached {
             id,
@@ -521,7 +543,7 @@ mod tests {
     }
 
     fn inbox() -> Arc<Inbox> {
-        Arc::new(Inbox::new(0, 16))
+        Arc::new(Inbox::new(0, 16, None))
     }
 
     #[test]
@@ -610,9 +632,9 @@ mod tests {
     #[test]
     fn a_batch_reaches_only_the_inboxes_that_want_its_events() {
         let router = Router::new(0);
-        let hot = router.attach(&wants("a", &["asset-updated"], &[], None), 16);
-        let idle = router.attach(&wants("b", &["asset-updated"], &[], None), 16);
-        let other = router.attach(&wants("a", &["asset-deleted"], &[], None), 16);
+        let hot = router.attach(&wants("a", &["asset-updated"], &[], None), 16, None);
+        let idle = router.attach(&wants("b", &["asset-updated"], &[], None), 16, None);
+        let other = router.attach(&wants("a", &["asset-deleted"], &[], None), 16, None);
         router.route(&batch(
             0,
             vec![
@@ -638,7 +660,7 @@ mod tests {
     #[test]
     fn a_full_inbox_is_detached_and_keeps_what_it_holds() {
         let router = Router::new(0);
-        let slow = router.attach(&wants("a", &["asset-updated"], &[], None), 2);
+        let slow = router.attach(&wants("a", &["asset-updated"], &[], None), 2, None);
         let updated = |seq| event(seq, "a", "asset-updated", "assets", None);
         router.route(&batch(0, vec![updated(1), updated(2)]));
         router.route(&batch(2, vec![updated(3)]));
@@ -653,7 +675,7 @@ mod tests {
     #[test]
     fn every_subscription_of_an_account_learns_the_position_now_and_then() {
         let router = Router::new(0);
-        let quiet = router.attach(&wants("a", &["asset-deleted"], &[], None), 16);
+        let quiet = router.attach(&wants("a", &["asset-deleted"], &[], None), 16, None);
         let mut seq = 0;
         for _ in 0..NUDGE_EVERY - 1 {
             seq += 1;

@@ -1,20 +1,28 @@
 //! The worker of one subscription: follows the log from the subscription's cursor and
 //! delivers every matching event, several at a time.
+//!
+//! A worker with nothing to do for [`SLEEP_AFTER`] (nothing in flight, waiting or
+//! unsaved, and none of the log left to read) sleeps: its task ends and the worker
+//! waits in its [`Slot`], without a task or a timer, until the router puts something in
+//! its inbox or a command comes. So an idle subscription costs a little memory and no
+//! task.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::breaker::{Admission, ProbePermit};
 use super::engine::{self, Call, Called, Delivery, Report};
-use super::feed::Feed;
+use super::feed::{Feed, Signals};
 use super::order::{self, Admit, EntityOrder};
-use super::router::Wants;
+use super::router::{Wake, Wants};
 use super::{Dispatcher, Target};
 use crate::model::{Millis, StoredEvent, now_millis};
 use crate::sinks::Attempted;
@@ -42,6 +50,111 @@ const INBOX_EVENTS: usize = 1_024;
 const RECHECK_WAITING: Duration = Duration::from_secs(5);
 /// While another probe (a retry's) is under way, how often to look whether it is over.
 const PROBE_BUSY_POLL: Duration = Duration::from_millis(250);
+/// A worker with nothing to do for this long sleeps (its task ends) until it has.
+pub(super) const SLEEP_AFTER: Duration = Duration::from_secs(5);
+
+/// Where a worker is: its task, or while it sleeps, the worker itself (no task).
+pub(super) struct Slot {
+    state: Mutex<SlotState>,
+    tasks: TaskTracker,
+}
+
+enum SlotState {
+    /// Its task runs, or ran (the handle of its last run, if any).
+    Awake(Option<JoinHandle<()>>),
+    Asleep(Box<Worker>),
+}
+
+impl Slot {
+    pub(super) fn new(tasks: TaskTracker) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState::Awake(None)),
+            tasks,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // A poisoned lock only means a panic between two plain assignments.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the worker's task.
+    pub(super) fn start(&self, worker: Worker) {
+        let mut state = self.lock();
+        *state = SlotState::Awake(Some(self.tasks.spawn(worker.run())));
+    }
+
+    /// Puts the worker to sleep, unless something came for it meanwhile (then it is
+    /// handed back to go on). Under the slot's lock, so a put in its inbox or a command
+    /// either is seen here or finds it asleep and wakes it.
+    fn sleep(&self, worker: Box<Worker>) -> Result<(), Box<Worker>> {
+        let mut state = self.lock();
+        if worker.cancel.is_cancelled() || !worker.control.is_empty() || worker.feed.has_news() {
+            return Err(worker);
+        }
+        *state = SlotState::Asleep(worker);
+        Ok(())
+    }
+
+    /// The sleeping worker, taken out (it is dropped by the caller, outside the lock:
+    /// its feed leaves the router).
+    fn take_sleeping(&self) -> Option<Box<Worker>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, SlotState::Awake(None)) {
+            SlotState::Asleep(worker) => Some(worker),
+            awake => {
+                *state = awake;
+                None
+            }
+        }
+    }
+
+    /// After its token was cancelled: forgets a sleeping worker (it has nothing unsaved).
+    pub(super) fn discard(&self) {
+        drop(self.take_sleeping());
+    }
+
+    /// After its token was cancelled: waits until the worker has stopped and queued its
+    /// last progress report (a sleeping one has nothing unsaved).
+    pub(super) async fn stopped(&self) {
+        self.discard();
+        let handle = match &mut *self.lock() {
+            SlotState::Awake(handle) => handle.take(),
+            SlotState::Asleep(_) => None,
+        };
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}
+
+impl Wake for Slot {
+    fn wake(&self) {
+        let mut state = self.lock();
+        if !matches!(*state, SlotState::Asleep(_)) {
+            return;
+        }
+        let SlotState::Asleep(worker) = std::mem::replace(&mut *state, SlotState::Awake(None))
+        else {
+            return;
+        };
+        if worker.cancel.is_cancelled() {
+            // Dropped in a task of its own: its feed leaves the router, which may be
+            // routing (and holding its lock) right now.
+            self.tasks.spawn(async move { drop(worker) });
+            return;
+        }
+        *state = SlotState::Awake(Some(self.tasks.spawn(worker.run())));
+    }
+}
+
+/// Why a worker's delivery loop ended.
+enum Stop {
+    /// Nothing to do: it may sleep.
+    Idle,
+    /// Cancelled, disabled, or (a job's callback) expired.
+    End { expired: bool },
+}
 
 pub(super) struct Worker {
     dispatcher: Dispatcher,
@@ -65,6 +178,10 @@ pub(super) struct Worker {
     order: Option<EntityOrder>,
     /// Ordered per entity: admitted events (their entity's turn), not started yet.
     ready: VecDeque<Arc<StoredEvent>>,
+    /// Where it sleeps when it has nothing to do.
+    slot: Arc<Slot>,
+    /// Whether it ran before (woken from sleep).
+    woken: bool,
 }
 
 impl Worker {
@@ -73,6 +190,7 @@ impl Worker {
         target: Arc<Target>,
         cancel: CancellationToken,
         control: mpsc::Receiver<Control>,
+        slot: Arc<Slot>,
     ) -> Worker {
         let cursor = target.subscription.cursor;
         let (max_in_flight, batch_size) = limits(&dispatcher, &target);
@@ -83,7 +201,10 @@ impl Worker {
             cursor,
             INBOX_EVENTS.max(2 * max_in_flight * batch_size),
             dispatcher.config().max_page_bytes,
-            target.standing.caught_up_flag(),
+            Signals {
+                caught_up: target.standing.caught_up_flag(),
+                waker: Some(slot.clone() as Arc<dyn Wake>),
+            },
         );
         let report = Report::new(target.id());
         let order = target
@@ -105,27 +226,71 @@ impl Worker {
             waiting_for: None,
             order,
             ready: VecDeque::new(),
+            slot,
+            woken: false,
         }
     }
 
     pub(super) async fn run(mut self) {
+        if !self.woken {
+            if self.target.subscription.in_order() {
+                // A retry left from before a restart still comes first.
+                self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
+            }
+            if let Some(order) = &mut self.order {
+                // The retries left from before a restart hold their entities back.
+                for (seq, key) in pending_retry_entities(&self.dispatcher, self.target.id()).await {
+                    if let Some(key) = key {
+                        order.retrying(seq, key);
+                    }
+                }
+            }
+        }
+        self.woken = true;
+        let expired = loop {
+            match self.deliver().await {
+                Stop::Idle => {
+                    let slot = self.slot.clone();
+                    match slot.sleep(Box::new(self)) {
+                        Ok(()) => return,
+                        Err(worker) => self = *worker,
+                    }
+                }
+                Stop::End { expired } => break expired,
+            }
+        };
+        self.finish_in_flight().await;
+        // The position of a subscription that skipped its account's events is saved, so
+        // a restart or the next node reads less of the log.
+        self.feed.settle();
+        let disabled = self.report.disables();
+        self.flush().await;
+        if disabled {
+            self.dispatcher.commit_disabling(self.target.id()).await;
+            self.dispatcher.stop_worker_of(&self.target);
+        }
+        if expired {
+            self.dispatcher.expire(&self.target).await;
+        }
+    }
+
+    /// Whether nothing is left to do until the router or a command brings something.
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+            && self.in_flight.is_empty()
+            && self.waiting_for.is_none()
+            && self.feed.is_quiet()
+            && !self.has_progress()
+    }
+
+    /// Delivers until cancelled, disabled or expired, or until it has had nothing to do
+    /// for [`SLEEP_AFTER`].
+    async fn deliver(&mut self) -> Stop {
         let subscription = &self.target.subscription;
         let in_order = subscription.in_order();
         let (max_in_flight, batch_size) = limits(&self.dispatcher, &self.target);
         // Events read ahead of the calls that will carry them.
         let read_ahead = max_in_flight * batch_size;
-        if in_order {
-            // A retry left from before a restart still comes first.
-            self.waiting_for = pending_retry(&self.dispatcher, self.target.id()).await;
-        }
-        if let Some(order) = &mut self.order {
-            // The retries left from before a restart hold their entities back.
-            for (seq, key) in pending_retry_entities(&self.dispatcher, self.target.id()).await {
-                if let Some(key) = key {
-                    order.retrying(seq, key);
-                }
-            }
-        }
         let mut recheck = tokio::time::interval_at(
             tokio::time::Instant::now() + RECHECK_WAITING,
             RECHECK_WAITING,
@@ -134,12 +299,18 @@ impl Worker {
             let left = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
-        let mut expired = false;
+        // In-order subscriptions, those ordered per entity (their parked events and
+        // retries are in memory) and jobs' callbacks (whose expiry is a timer) keep their
+        // task.
+        let may_sleep = !in_order && self.order.is_none() && expires.is_none();
         // Armed only while there is progress to save: an idle worker has no timer that
         // wakes it.
         let flush = tokio::time::sleep(FLUSH_EVERY);
         tokio::pin!(flush);
         let mut flush_armed = false;
+        let drowsy = tokio::time::sleep(SLEEP_AFTER);
+        tokio::pin!(drowsy);
+        let mut drowsy_armed = false;
         loop {
             if !flush_armed && self.has_progress() {
                 flush
@@ -196,9 +367,16 @@ impl Worker {
                 }
             }
             self.show_standing();
+            let idle = may_sleep && probe_at.is_none() && !flush_armed && self.is_idle();
+            if idle && !drowsy_armed {
+                drowsy
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + SLEEP_AFTER);
+            }
+            drowsy_armed = idle;
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = self.cancel.cancelled() => return Stop::End { expired: false },
                 Some(command) = self.control.recv() => self.command(command),
                 Some(Called { results, .. }) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     for (event, attempted) in results {
@@ -238,24 +416,17 @@ impl Worker {
                         }
                     }
                 }
-                _ = sleep_until_some(expires) => {
-                    expired = true;
-                    break;
+                _ = sleep_until_some(expires) => return Stop::End { expired: true },
+                _ = &mut drowsy, if drowsy_armed => {
+                    drowsy_armed = false;
+                    // Its position is saved first (as at a stop), so a restart reads less.
+                    self.feed.settle();
+                    self.flush().await;
+                    if self.is_idle() {
+                        return Stop::Idle;
+                    }
                 }
             }
-        }
-        self.finish_in_flight().await;
-        // The position of a subscription that skipped its account's events is saved, so
-        // a restart or the next node reads less of the log.
-        self.feed.settle();
-        let disabled = self.report.disables();
-        self.flush().await;
-        if disabled {
-            self.dispatcher.commit_disabling(self.target.id()).await;
-            self.dispatcher.stop_worker_of(&self.target);
-        }
-        if expired {
-            self.dispatcher.expire(&self.target).await;
         }
     }
 

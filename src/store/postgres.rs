@@ -645,16 +645,19 @@ impl Cluster {
         &self.node
     }
 
-    /// Says this node is alive; returns how many nodes are (heard from within `ttl`).
-    /// Nodes silent for ten times that are forgotten.
+    /// Says this node is alive and extends its leases to `now + ttl` (one row, however
+    /// many subscriptions it holds); returns how many nodes are alive (heard from within
+    /// `ttl`). Nodes silent for ten times that are forgotten.
     pub async fn heartbeat(&self, now: Millis, ttl: Millis) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            "INSERT INTO nodes (id, started_at, heartbeat_at, lease_until) VALUES ($1, $2, $2, $3) \
+             ON CONFLICT (id) DO UPDATE \
+             SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
         )
         .bind(&self.node)
         .bind(now)
+        .bind(now.saturating_add(ttl))
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
@@ -669,33 +672,63 @@ impl Cluster {
         Ok(live)
     }
 
-    /// Extends every lease this node holds to `until`; returns the subscriptions it
-    /// holds. One missing from the answer was taken over (or deleted).
-    pub async fn renew(&self, until: Millis) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "UPDATE subscription_leases SET lease_until = $1 WHERE node_id = $2 \
-             RETURNING subscription_id",
+    /// The subscriptions this node holds (its leases last as long as its own, which
+    /// [`Cluster::heartbeat`] renews). One missing from the answer was taken over (or
+    /// deleted).
+    pub async fn renew(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT subscription_id FROM subscription_leases WHERE node_id = $1",
+            )
+            .bind(&self.node)
+            .fetch_all(&self.pool)
+            .await?,
         )
-        .bind(until)
+    }
+
+    /// Of the subscriptions this node holds, those that are disabled.
+    pub async fn held_disabled(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT l.subscription_id FROM subscription_leases l \
+             JOIN subscriptions s ON s.id = l.subscription_id \
+             WHERE l.node_id = $1 AND s.disabled_at IS NOT NULL",
+        )
         .bind(&self.node)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// The subscriptions this node holds that can be read, and why the others cannot (a
-    /// row written by a newer version, or damaged), as [`Database::all_subscriptions`]
-    /// answers for SQLite: one unreadable row must not keep the others from being
-    /// delivered. The lease on an unreadable one stays where it is (another node could
-    /// not read it either).
+    /// The enabled subscriptions this node holds after the oldest `keep` (by creation):
+    /// those it hands over when it holds more than its share.
+    pub async fn held_newest(&self, keep: usize) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.id FROM subscriptions s \
+             JOIN subscription_leases l ON l.subscription_id = s.id \
+             WHERE l.node_id = $1 AND s.disabled_at IS NULL \
+             ORDER BY s.created_at, s.id OFFSET $2",
+        )
+        .bind(&self.node)
+        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// These subscriptions, read in one query (those still held by this node), oldest
+    /// first, and why the others cannot be read (a row written by a newer version, or
+    /// damaged), as [`Database::all_subscriptions`] answers for SQLite: one unreadable row
+    /// must not keep the others from being delivered. The lease on an unreadable one stays
+    /// where it is (another node could not read it either).
     pub async fn held_subscriptions(
         &self,
+        ids: &[String],
     ) -> Result<(Vec<crate::model::Subscription>, Vec<StoreError>)> {
         let rows: Vec<super::rows::SubscriptionRow> = sqlx::query_as(
             "SELECT s.* FROM subscriptions s \
              JOIN subscription_leases l ON l.subscription_id = s.id \
-             WHERE l.node_id = $1 ORDER BY s.created_at, s.id",
+             WHERE l.node_id = $1 AND s.id = ANY($2) ORDER BY s.created_at, s.id",
         )
         .bind(&self.node)
+        .bind(ids)
         .fetch_all(&self.pool)
         .await?;
         Ok(super::rows::open_subscriptions(rows, &self.sealer))
@@ -710,19 +743,21 @@ impl Cluster {
         )
     }
 
-    /// Takes up to `limit` enabled subscriptions that no node holds, or whose lease ran
-    /// out by `now`. Two nodes claiming the same one: the row lock lets one win, and the
-    /// other's condition no longer holds when it gets the row.
+    /// Takes up to `limit` enabled subscriptions that no node holds, or whose node's
+    /// lease ran out by `now`. Two nodes claiming the same one: the row lock lets one
+    /// win, and the other's condition no longer holds when it gets the row.
     pub async fn claim(&self, now: Millis, until: Millis, limit: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "INSERT INTO subscription_leases (subscription_id, node_id, lease_until) \
              SELECT s.id, $1, $2 FROM subscriptions s \
              LEFT JOIN subscription_leases l ON l.subscription_id = s.id \
-             WHERE s.disabled_at IS NULL AND (l.subscription_id IS NULL OR l.lease_until < $3) \
+             WHERE s.disabled_at IS NULL AND (l.subscription_id IS NULL OR NOT EXISTS \
+               (SELECT 1 FROM nodes n WHERE n.id = l.node_id AND n.lease_until >= $3)) \
              ORDER BY s.created_at, s.id LIMIT $4 \
              ON CONFLICT (subscription_id) DO UPDATE \
              SET node_id = excluded.node_id, lease_until = excluded.lease_until \
-             WHERE subscription_leases.lease_until < $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM nodes n \
+               WHERE n.id = subscription_leases.node_id AND n.lease_until >= $3) \
              RETURNING subscription_id",
         )
         .bind(&self.node)
@@ -740,7 +775,8 @@ impl Cluster {
              VALUES ($1, $2, $3) \
              ON CONFLICT (subscription_id) DO UPDATE \
              SET node_id = excluded.node_id, lease_until = excluded.lease_until \
-             WHERE subscription_leases.lease_until < $4 OR subscription_leases.node_id = $2 \
+             WHERE subscription_leases.node_id = $2 OR NOT EXISTS (SELECT 1 FROM nodes n \
+               WHERE n.id = subscription_leases.node_id AND n.lease_until >= $4) \
              RETURNING subscription_id",
         )
         .bind(id)
@@ -755,7 +791,8 @@ impl Cluster {
     /// The node whose lease on a subscription is live at `now`, if any.
     pub async fn holder(&self, id: &str, now: Millis) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT node_id FROM subscription_leases WHERE subscription_id = $1 AND lease_until >= $2",
+            "SELECT l.node_id FROM subscription_leases l JOIN nodes n ON n.id = l.node_id \
+             WHERE l.subscription_id = $1 AND n.lease_until >= $2",
         )
         .bind(id)
         .bind(now)

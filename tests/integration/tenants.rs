@@ -126,3 +126,72 @@ async fn idle_subscriptions_in_other_accounts_get_nothing_and_the_hot_one_gets_e
     assert!(receiver.deliveries("/other-event").await.is_empty());
     assert!(receiver.deliveries("/other-topic").await.is_empty());
 }
+
+/// Longer than a worker's idle time before it sleeps (its task ends until the router or
+/// a command brings it something).
+const ASLEEP: Duration = Duration::from_millis(6_500);
+
+#[tokio::test]
+async fn a_subscription_idle_long_enough_to_sleep_still_gets_new_events_and_replays() {
+    let app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let (id, _) = app
+        .subscribe_receiver(
+            &receiver,
+            "/dozy",
+            json!({"events": ["asset-updated"]}),
+            &[],
+        )
+        .await;
+    let publish = |guid: &'static str| {
+        let app = &app;
+        async move {
+            let (status, answer) = app
+                .post(
+                    "/v1/accounts/vimond/events",
+                    &asset_event("asset-updated", guid).to_string(),
+                )
+                .await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    };
+    let arrived = |count: usize| {
+        let receiver = &receiver;
+        async move {
+            eventually(Duration::from_secs(30), "the deliveries", || async {
+                let got = receiver.deliveries("/dozy").await;
+                (got.len() >= count).then_some(got)
+            })
+            .await
+        }
+    };
+    publish("d-1").await;
+    arrived(1).await;
+    // Asleep: the next event wakes it.
+    tokio::time::sleep(ASLEEP).await;
+    publish("d-2").await;
+    let got = arrived(2).await;
+    assert_eq!(got[1].webhook_id.as_deref(), Some("d-2"));
+    // Asleep again: a replay wakes it and everything after the sequence comes again.
+    tokio::time::sleep(ASLEEP).await;
+    let first = app.stored_events("vimond").await[0]["sequence"]
+        .as_i64()
+        .expect("sequence");
+    let (status, answer) = app
+        .post(
+            &format!("/v1/accounts/vimond/subscriptions/{id}/replay"),
+            &json!({"fromSequence": first}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let got = arrived(4).await;
+    let mut replayed: Vec<String> = got[2..]
+        .iter()
+        .filter_map(|d| d.webhook_id.clone())
+        .collect();
+    replayed.sort();
+    assert_eq!(replayed, vec!["d-1", "d-2"]);
+    // Nothing more: each event once per delivery and once per replay.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.deliveries("/dozy").await.len(), 4);
+}

@@ -310,7 +310,7 @@ async fn measure(
         }
         None => None,
     };
-    let bench = Bench {
+    let mut bench = Bench {
         run: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(config.concurrency * 2)
@@ -999,7 +999,11 @@ impl Bench {
 
     /// The many-tenants phase: `idle` subscriptions in as many other accounts, then the
     /// hot subscription's deliveries and latency with them present.
-    async fn tenants(&self, sizes: &Sizes, idle: usize) -> anyhow::Result<report::TenantsResult> {
+    async fn tenants(
+        &mut self,
+        sizes: &Sizes,
+        idle: usize,
+    ) -> anyhow::Result<report::TenantsResult> {
         let http = self.http.clone();
         let urls: Arc<Vec<String>> = Arc::new(
             (0..self.server.nodes())
@@ -1041,27 +1045,83 @@ impl Bench {
         .await?;
         // Idle: what they cost while nothing is published.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let watch = self.server.watch();
-        tokio::time::sleep(TENANTS_IDLE_WATCH).await;
-        let idle_resources = watch.finish(0);
+        let (idle_rss_mb, idle_cpu_cores, database) = self.idle_watch().await?;
         let delivery = self
             .delivery("tenants-one", sizes.delivery_one, 1, Traffic::Player)
             .await?;
         let latency = self
             .latency_in("tenants-latency", sizes.latency_seconds, Traffic::Player)
             .await?;
+        let after_traffic_rss_mb = self.server.rss_mb();
+        // Start-up with them: the server (every node) is killed and started again on the
+        // same database, and timed until it serves (answers /healthz, accepts a publish).
+        let restart = match self.server.restartable() {
+            true => Some(self.restart_with_them().await?),
+            false => None,
+        };
         Ok(report::TenantsResult {
             idle_subscriptions: idle,
             create_seconds: created_in.as_secs_f64(),
-            idle_rss_mb: self.server.rss_mb(),
-            idle_cpu_cores: idle_resources
-                .cpu_seconds
-                .map(|cpu| cpu / TENANTS_IDLE_WATCH.as_secs_f64()),
+            idle_rss_mb,
+            idle_cpu_cores,
+            database,
+            after_traffic_rss_mb,
+            restart,
             delivery,
             latency,
             ratio_to_without: None,
             latency_p99_without_ms: None,
             deliveries_to_idle: self.receiver.idle_deliveries(),
+        })
+    }
+
+    /// The servers' memory, CPU and (on PostgreSQL) database work while nothing is
+    /// published, over [`TENANTS_IDLE_WATCH`].
+    async fn idle_watch(
+        &self,
+    ) -> anyhow::Result<(Option<f64>, Option<f64>, Option<report::IdleDatabase>)> {
+        let before = match &self.watcher {
+            Some(watcher) => Some(watcher.lock().await.activity().await?),
+            None => None,
+        };
+        let watch = self.server.watch();
+        let started = Instant::now();
+        tokio::time::sleep(TENANTS_IDLE_WATCH).await;
+        let resources = watch.finish(0);
+        let seconds = started.elapsed().as_secs_f64();
+        let database = match (&self.watcher, before) {
+            (Some(watcher), Some(before)) => {
+                // The statistics reach pg_stat_* within a second of each transaction.
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                let after = watcher.lock().await.activity().await?;
+                Some(after.since(&before, seconds))
+            }
+            _ => None,
+        };
+        Ok((
+            self.server.rss_mb(),
+            resources.cpu_seconds.map(|cpu| cpu / seconds),
+            database,
+        ))
+    }
+
+    /// Restarts the servers with every subscription in place and times them until they
+    /// serve, then watches them idle again.
+    async fn restart_with_them(&mut self) -> anyhow::Result<report::RestartResult> {
+        let restarted = self.server.restart(&self.http).await?;
+        let began = Instant::now();
+        let publish = self.publisher("restart");
+        publish(Traffic::Player.batch(0..1)).await?;
+        let first_publish = began.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (idle_rss_mb, idle_cpu_cores, database) = self.idle_watch().await?;
+        Ok(report::RestartResult {
+            listening_seconds: restarted.listening.as_secs_f64(),
+            healthy_seconds: restarted.healthy.as_secs_f64(),
+            first_publish_seconds: (restarted.healthy + first_publish).as_secs_f64(),
+            idle_rss_mb,
+            idle_cpu_cores,
+            database,
         })
     }
 

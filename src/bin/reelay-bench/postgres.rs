@@ -78,6 +78,23 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// Counters of the database's work, from its statistics views.
+pub struct Activity {
+    transactions: i64,
+    lease_rows: i64,
+}
+
+impl Activity {
+    /// The work per second from `before` to this, over `seconds`.
+    pub fn since(&self, before: &Activity, seconds: f64) -> super::report::IdleDatabase {
+        let per_second = |now: i64, then: i64| (now - then).max(0) as f64 / seconds.max(1e-9);
+        super::report::IdleDatabase {
+            transactions_per_second: per_second(self.transactions, before.transactions),
+            lease_rows_per_second: per_second(self.lease_rows, before.lease_rows),
+        }
+    }
+}
+
 /// The scratch database as the bench watches it, on a connection of its own.
 pub struct Watcher {
     connection: PgConnection,
@@ -87,6 +104,27 @@ impl Watcher {
     pub async fn connect(url: &str) -> anyhow::Result<Watcher> {
         Ok(Watcher {
             connection: PgConnection::connect(url).await?,
+        })
+    }
+
+    /// The database's work so far: committed transactions, and rows written to the
+    /// lease tables (`nodes`, `subscription_leases`).
+    pub async fn activity(&mut self) -> anyhow::Result<Activity> {
+        let (transactions,): (i64,) = sqlx::query_as(
+            "SELECT (xact_commit + xact_rollback)::BIGINT FROM pg_stat_database \
+             WHERE datname = current_database()",
+        )
+        .fetch_one(&mut self.connection)
+        .await?;
+        let (lease_rows,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::BIGINT \
+             FROM pg_stat_user_tables WHERE relname IN ('nodes', 'subscription_leases')",
+        )
+        .fetch_one(&mut self.connection)
+        .await?;
+        Ok(Activity {
+            transactions,
+            lease_rows,
         })
     }
 
@@ -123,8 +161,9 @@ impl Watcher {
         loop {
             let rows: Vec<(Option<String>, String, i64)> = sqlx::query_as(
                 "SELECT l.node_id, s.account, COUNT(*) FROM subscriptions s \
-                 LEFT JOIN subscription_leases l \
-                   ON l.subscription_id = s.id AND l.lease_until >= $1 \
+                 LEFT JOIN (subscription_leases l JOIN nodes n \
+                   ON n.id = l.node_id AND n.lease_until >= $1) \
+                   ON l.subscription_id = s.id \
                  WHERE s.disabled_at IS NULL GROUP BY l.node_id, s.account",
             )
             .bind(now_millis())

@@ -145,10 +145,16 @@ pub struct TenantsResult {
     pub idle_subscriptions: usize,
     /// Creating them through the API.
     pub create_seconds: f64,
-    /// The server's memory with them, after the phase.
+    /// The server's memory with them, idle, before any traffic of the phase.
     pub idle_rss_mb: Option<f64>,
     /// Cores the server kept busy while idle with them (CPU seconds per second).
     pub idle_cpu_cores: Option<f64>,
+    /// On PostgreSQL: the database's work while the servers idled with them.
+    pub database: Option<IdleDatabase>,
+    /// The server's memory after the phase's traffic.
+    pub after_traffic_rss_mb: Option<f64>,
+    /// The server started again with them in place (servers the bench started).
+    pub restart: Option<RestartResult>,
     pub delivery: DeliveryResult,
     pub latency: LatencyResult,
     /// The hot deliveries/s over the same measure without them (`delivery_one`), when
@@ -157,6 +163,45 @@ pub struct TenantsResult {
     pub latency_p99_without_ms: Option<f64>,
     /// Deliveries that reached an idle subscription: each one is a routing error.
     pub deliveries_to_idle: u64,
+}
+
+/// The database's work per second while the servers idle (PostgreSQL).
+#[derive(Debug, Default, Serialize)]
+pub struct IdleDatabase {
+    /// Transactions committed or rolled back (pg_stat_database), by every client.
+    pub transactions_per_second: f64,
+    /// Rows inserted, updated or deleted in the lease tables (`nodes`,
+    /// `subscription_leases`): the lease upkeep.
+    pub lease_rows_per_second: f64,
+}
+
+/// The many-tenants phase's restart: every node killed and started again with the idle
+/// subscriptions in place.
+#[derive(Debug, Default, Serialize)]
+pub struct RestartResult {
+    /// From the start of the process until it said it listens (the slowest node).
+    pub listening_seconds: f64,
+    /// Until `/healthz` answered 200.
+    pub healthy_seconds: f64,
+    /// Until a publish was accepted (after `/healthz` answered).
+    pub first_publish_seconds: f64,
+    /// Memory and CPU while idle after the restart.
+    pub idle_rss_mb: Option<f64>,
+    pub idle_cpu_cores: Option<f64>,
+    pub database: Option<IdleDatabase>,
+}
+
+fn idle_database(database: &Option<IdleDatabase>) -> String {
+    database.as_ref().map_or("n/a".to_owned(), |db| {
+        format!(
+            "{:.1} transactions/s, {:.0} lease rows written/s",
+            db.transactions_per_second, db.lease_rows_per_second
+        )
+    })
+}
+
+fn cores(cores: Option<f64>) -> String {
+    cores.map_or("n/a".to_owned(), |c| format!("{:.1}% core", c * 100.0))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -630,12 +675,45 @@ impl Report {
                 format!(
                     "{} / {}",
                     mb(tenants.idle_rss_mb),
-                    tenants
-                        .idle_cpu_cores
-                        .map_or("n/a".to_owned(), |c| format!("{:.1}% core", c * 100.0))
+                    cores(tenants.idle_cpu_cores)
                 ),
                 "<= 150 MB (10k)",
             );
+            if tenants.database.is_some() {
+                row(
+                    "  database work while idle with them",
+                    idle_database(&tenants.database),
+                    "lease upkeep small",
+                );
+            }
+            if let Some(restart) = &tenants.restart {
+                row(
+                    &format!("  start with {n} subscriptions: /healthz / publish"),
+                    format!(
+                        "{:.1} s / {:.1} s (listening {:.1} s)",
+                        restart.healthy_seconds,
+                        restart.first_publish_seconds,
+                        restart.listening_seconds
+                    ),
+                    "<= 10 s (100k)",
+                );
+                row(
+                    "  after the restart: idle RSS / idle CPU",
+                    format!(
+                        "{} / {}",
+                        mb(restart.idle_rss_mb),
+                        cores(restart.idle_cpu_cores)
+                    ),
+                    "<= 400 MB (100k)",
+                );
+                if restart.database.is_some() {
+                    row(
+                        "  after the restart: database work while idle",
+                        idle_database(&restart.database),
+                        "",
+                    );
+                }
+            }
             row(
                 "  deliveries/s, the hot subscription",
                 format!("{:.0}/s", tenants.delivery.per_second),

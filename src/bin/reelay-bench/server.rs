@@ -25,6 +25,25 @@ struct Node {
     url: String,
     pid: Option<u32>,
     child: Option<Child>,
+    /// How it was started, to start it again (none for a running server given by URL).
+    start: Option<NodeStart>,
+}
+
+/// What `reelay serve` is started with.
+#[derive(Clone)]
+struct NodeStart {
+    database: String,
+    node: Option<String>,
+    short_retries: bool,
+    env: Vec<(&'static str, String)>,
+}
+
+/// How long a restarted server took to serve again.
+pub struct Restarted {
+    /// Until it printed that it listens.
+    pub listening: Duration,
+    /// Until `/healthz` answered 200.
+    pub healthy: Duration,
 }
 
 /// Where the started servers keep their data.
@@ -49,6 +68,7 @@ impl BenchServer {
                 url,
                 pid: None,
                 child: None,
+                start: None,
             }],
             token,
             scratch: None,
@@ -89,7 +109,13 @@ impl BenchServer {
         };
         // One after the other: the first one creates the schema.
         for (database, node) in databases {
-            let started = start_node(&server.token, &database, node, short_retries, &env).await;
+            let start = NodeStart {
+                database,
+                node,
+                short_retries,
+                env: env.clone(),
+            };
+            let started = start_node(&server.token, start).await;
             match started {
                 Ok(node) => server.nodes.push(node),
                 Err(error) => {
@@ -104,6 +130,11 @@ impl BenchServer {
     /// The base URL of node `n` modulo the number of nodes: requests spread round-robin.
     pub fn url(&self, n: usize) -> &str {
         &self.nodes[n % self.nodes.len()].url
+    }
+
+    /// Whether the bench started the servers (and can start them again).
+    pub fn restartable(&self) -> bool {
+        self.nodes.iter().all(|node| node.start.is_some())
     }
 
     pub fn nodes(&self) -> usize {
@@ -150,6 +181,43 @@ impl BenchServer {
         }
     }
 
+    /// Stops every node (SIGKILL) and starts it again on the same database, one after
+    /// the other; returns the slowest node's time from its start until it listened, and
+    /// until `/healthz` answered. Only for servers the bench started.
+    pub async fn restart(&mut self, http: &reqwest::Client) -> anyhow::Result<Restarted> {
+        let mut slowest = Restarted {
+            listening: Duration::ZERO,
+            healthy: Duration::ZERO,
+        };
+        for node in &mut self.nodes {
+            let start = node
+                .start
+                .clone()
+                .context("a server given by URL is not restarted")?;
+            if let Some(child) = &mut node.child {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            let began = std::time::Instant::now();
+            *node = start_node(&self.token, start).await?;
+            let listening = began.elapsed();
+            loop {
+                let answered = http.get(format!("{}/healthz", node.url)).send().await;
+                if answered.is_ok_and(|response| response.status().is_success()) {
+                    break;
+                }
+                anyhow::ensure!(
+                    began.elapsed() < Duration::from_secs(120),
+                    "the restarted server did not answer /healthz within 120 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            slowest.listening = slowest.listening.max(listening);
+            slowest.healthy = slowest.healthy.max(began.elapsed());
+        }
+        Ok(slowest)
+    }
+
     pub async fn stop(mut self) {
         for node in &mut self.nodes {
             if let Some(child) = &mut node.child {
@@ -164,13 +232,14 @@ impl BenchServer {
 }
 
 /// Starts one `reelay serve` and waits until it listens.
-async fn start_node(
-    token: &str,
-    database: &str,
-    node: Option<String>,
-    short_retries: bool,
-    env: &[(&'static str, String)],
-) -> anyhow::Result<Node> {
+async fn start_node(token: &str, start: NodeStart) -> anyhow::Result<Node> {
+    let NodeStart {
+        database,
+        node,
+        short_retries,
+        env,
+    } = &start;
+    let short_retries = *short_retries;
     let mut command = Command::new(reelay_binary()?);
     command
         .arg("serve")
@@ -194,7 +263,8 @@ async fn start_node(
     }
     let mut child = command.spawn().context("starting reelay serve")?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
+    // A server with many subscriptions loads them all before it listens.
+    let url = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await? {
             if let Some(url) = line.strip_prefix("reelay listening on ") {
                 return Ok(url.to_owned());
@@ -203,12 +273,13 @@ async fn start_node(
         anyhow::bail!("reelay serve exited before listening")
     })
     .await
-    .context("reelay serve did not start within 30s")??;
+    .context("reelay serve did not start within 120 s")??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Node {
         url,
         pid: child.id(),
         child: Some(child),
+        start: Some(start),
     })
 }
 
