@@ -7,6 +7,7 @@ mod key;
 mod rate_limit;
 mod subscription;
 mod token_verification;
+mod trace;
 mod transform;
 
 pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
@@ -18,6 +19,7 @@ pub use subscription::{
     Subscription, SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
+pub use trace::TraceContext;
 pub use transform::{Transform, TransformError};
 
 /// Milliseconds since the Unix epoch: the one clock unit stored and compared everywhere.

@@ -268,9 +268,10 @@ async fn insert_events<'a>(
     }
     let stored: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO events (seq, account, event_id, name, topic, entity_key, occurred_at, \
-         received_at, body) \
+         received_at, body, traceparent, tracestate) \
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], \
+                              $10::text[], $11::text[]) \
          ON CONFLICT (account, event_id) DO NOTHING RETURNING seq",
     )
     .bind(columns.seq)
@@ -282,6 +283,8 @@ async fn insert_events<'a>(
     .bind(columns.occurred_at)
     .bind(columns.received_at)
     .bind(columns.body)
+    .bind(columns.traceparent)
+    .bind(columns.tracestate)
     .fetch_all(&mut **tx)
     .await?;
     Ok(stored.into_iter().collect())
@@ -299,6 +302,8 @@ struct EventColumns {
     occurred_at: Vec<i64>,
     received_at: Vec<i64>,
     body: Vec<String>,
+    traceparent: Vec<Option<String>>,
+    tracestate: Vec<Option<String>>,
 }
 
 impl EventColumns {
@@ -312,6 +317,11 @@ impl EventColumns {
         self.occurred_at.push(event.occurred_at);
         self.received_at.push(event.received_at);
         self.body.push(event.body.as_str().to_owned());
+        let trace = event.trace.as_ref();
+        self.traceparent
+            .push(trace.map(|trace| trace.traceparent.clone()));
+        self.tracestate
+            .push(trace.and_then(|trace| trace.tracestate.clone()));
     }
 }
 

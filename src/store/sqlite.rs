@@ -324,7 +324,8 @@ pub(super) fn log_connection(
 pub(super) struct LogConnection(rusqlite::Connection);
 
 const INSERT_EVENT: &str = "INSERT INTO events (seq, account, event_id, name, topic, entity_key, \
-     occurred_at, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     occurred_at, received_at, body, traceparent, tracestate) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
      ON CONFLICT (account, event_id) DO NOTHING";
 
 /// An entity's latest state: the event with the highest sequence number wins.
@@ -348,6 +349,11 @@ fn insert_event(insert: &mut rusqlite::CachedStatement<'_>, event: &StoredEvent)
         event.occurred_at,
         event.received_at,
         event.body.as_str(),
+        event.trace.as_ref().map(|trace| trace.traceparent.as_str()),
+        event
+            .trace
+            .as_ref()
+            .and_then(|trace| trace.tracestate.as_deref()),
     ])?;
     // Nothing changed: an earlier commit stored this id.
     Ok(changed == 1)

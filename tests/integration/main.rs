@@ -26,6 +26,7 @@ mod strict_bodies;
 mod subscriptions;
 mod tenant_safety;
 mod tenants;
+mod tracing;
 
 #[path = "../support/mod.rs"]
 mod support;
