@@ -35,6 +35,11 @@ impl Extractor for Headers<'_> {
 /// The span context a `traceparent` (and `tracestate`) names; `None` when it is not
 /// valid W3C Trace Context (which the recommendation says to ignore, not to pass on).
 pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    // The propagator reads a short id as a number; W3C's fields have fixed widths.
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    if fields.len() < 4 || fields[1].len() != 32 || fields[2].len() != 16 || fields[3].len() != 2 {
+        return None;
+    }
     let context = TraceContextPropagator::new().extract(&Headers {
         traceparent,
         tracestate,
