@@ -284,6 +284,47 @@ pub struct ServeConfig {
     /// one second's worth of `--publish-rate-limit`.
     #[arg(long, env = "REELAY_PUBLISH_BURST", value_parser = clap::value_parser!(u32).range(1..))]
     pub publish_burst: Option<u32>,
+
+    /// The OTLP/HTTP collector to export traces to, as a base URL (`/v1/traces` is
+    /// added, as for `OTEL_EXPORTER_OTLP_ENDPOINT`). Tracing is off unless this or one
+    /// of the standard `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// variables is set; this flag wins over them.
+    #[arg(long, env = "REELAY_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<url::Url>,
+
+    /// The share (0 to 1) of publishes without a `traceparent` that are traced, when
+    /// tracing is on. Parent-based: a publisher's sampled `traceparent` is traced
+    /// whatever the ratio, and an unsampled one is not.
+    #[arg(long, env = "REELAY_TRACE_SAMPLE_RATIO", default_value = "1.0", value_parser = parse_ratio)]
+    pub trace_sample_ratio: f64,
+}
+
+impl ServeConfig {
+    /// How traces are exported (see [`crate::trace`]).
+    pub fn trace_settings(&self) -> crate::trace::TraceSettings {
+        crate::trace::TraceSettings {
+            endpoint: self.otlp_endpoint.as_ref().map(|url| url.to_string()),
+            sample_ratio: self.trace_sample_ratio,
+        }
+    }
+}
+
+fn parse_otlp_endpoint(text: &str) -> Result<url::Url, String> {
+    match url::Url::parse(text.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        _ => Err(format!(
+            "{text:?} is not an http:// or https:// URL of an OTLP/HTTP collector (e.g. http://localhost:4318)"
+        )),
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!(
+            "{text:?} is not a sampling ratio from 0 to 1 (e.g. 0.01 for 1%)"
+        )),
+    }
 }
 
 /// The `WebHook-Request-Origin` of the validation handshake when no `--public-url` says

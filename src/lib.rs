@@ -42,3 +42,4 @@ pub mod stats;
 pub mod status;
 pub mod store;
 pub mod tail;
+pub mod trace;

@@ -39,6 +39,8 @@ pub enum ServeError {
     Sinks(#[from] crate::sinks::webhook::ClientError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("tracing: {0}")]
+    Trace(#[from] crate::trace::TraceError),
 }
 
 /// Runs the server on `listener` until `shutdown` completes.
@@ -90,6 +92,13 @@ pub async fn run(
 
     let user_tokens = Arc::new(UserTokens::open(store.clone()).await?);
 
+    let traces = crate::trace::start(&config.trace_settings())?;
+    if traces.is_some() {
+        tracing::info!(
+            sample_ratio = config.trace_sample_ratio,
+            "exporting traces over OTLP/HTTP"
+        );
+    }
     let cancel = CancellationToken::new();
     let dispatch_tasks = TaskTracker::new();
     let sinks = Sinks::new(SinkConfig {
@@ -188,6 +197,10 @@ pub async fn run(
     store.flush().await?;
     drop(store);
     store_tasks.close();
+    if let Some(traces) = traces {
+        // The exporter's last requests run on this runtime: flush from a thread beside it.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

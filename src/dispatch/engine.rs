@@ -53,7 +53,8 @@ pub(super) fn call<T: Send + 'static>(
 ) -> Call<T> {
     let (dispatcher, target) = (dispatcher.clone(), target.clone());
     Box::pin(async move {
-        let attempted = dispatcher.attempt_batch(&target, &events).await;
+        // A worker's and a resync's calls are first attempts; retries go one by one.
+        let attempted = dispatcher.attempt_batch(&target, &events, 1).await;
         drop(probe);
         Called {
             tag,
@@ -400,6 +401,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: "{}".into(),
+            trace: None,
         }
     }
 

@@ -700,10 +700,10 @@ impl Dispatcher {
         &self.shared.config
     }
 
-    /// One attempt to deliver `event` to `target`, with its metrics.
-    async fn attempt(&self, target: &Target, event: &Arc<StoredEvent>) -> Attempted {
+    /// Attempt number `attempt` to deliver `event` to `target`, with its metrics.
+    async fn attempt(&self, target: &Target, event: &Arc<StoredEvent>, attempt: u32) -> Attempted {
         let mut attempted = self
-            .attempt_batch(target, std::slice::from_ref(event))
+            .attempt_batch(target, std::slice::from_ref(event), attempt)
             .await;
         attempted.pop().unwrap_or_else(|| Attempted {
             result: AttemptResult::Failed {
@@ -716,9 +716,15 @@ impl Dispatcher {
         })
     }
 
-    /// One delivery call for `events` (as many as the destination's batch size): one
-    /// result per event, in order, with the metrics counted.
-    async fn attempt_batch(&self, target: &Target, events: &[Arc<StoredEvent>]) -> Vec<Attempted> {
+    /// One delivery call for `events` (as many as the destination's batch size), each
+    /// at its attempt number `attempt`: one result per event, in order, with the metrics
+    /// counted and (tracing on) a span per event sent.
+    async fn attempt_batch(
+        &self,
+        target: &Target,
+        events: &[Arc<StoredEvent>],
+        attempt: u32,
+    ) -> Vec<Attempted> {
         let format = target.subscription.format;
         // The subscription's transform first: an event it fails on is rejected, not sent,
         // and the rest of the batch goes on.
@@ -749,14 +755,26 @@ impl Dispatcher {
             .filter_map(|event| event.as_ref().ok())
             .collect();
         let mut sent = Vec::new();
+        // Tracing off: nothing here, and each event passes on its stored context.
+        let spans = delivery_spans(target, &sendable, attempt);
         if !sendable.is_empty() {
             let signer = target.signer();
+            let traces: Vec<_> = spans
+                .iter()
+                .map(|span| span.as_ref().map(crate::trace::spans::Delivery::trace))
+                .collect();
             let batch = Batch {
                 events: &sendable,
                 format,
                 signer: &signer,
+                traces: &traces,
             };
             sent = target.destination.send(batch).await;
+        }
+        for (span, attempted) in spans.into_iter().zip(&sent) {
+            if let Some(span) = span {
+                end_delivery_span(span, attempted);
+            }
         }
         let mut sent = sent.into_iter();
         let attempted: Vec<Attempted> = prepared
@@ -821,7 +839,7 @@ impl Dispatcher {
         event: StoredEvent,
     ) -> Result<Attempted, DispatchError> {
         let target = Target::new(subscription, &self.shared.sinks)?;
-        Ok(self.attempt(&target, &Arc::new(event)).await)
+        Ok(self.attempt(&target, &Arc::new(event), 1).await)
     }
 }
 
@@ -837,4 +855,45 @@ fn report_unreadable(unreadable: &[StoreError]) {
             unreadable.len()
         );
     }
+}
+
+/// A delivery attempt's span for each event about to be sent; empty with tracing off.
+fn delivery_spans(
+    target: &Target,
+    events: &[&Arc<StoredEvent>],
+    attempt: u32,
+) -> Vec<Option<crate::trace::spans::Delivery>> {
+    if crate::trace::tracer().is_none() {
+        return Vec::new();
+    }
+    let subscription = &target.subscription;
+    events
+        .iter()
+        .map(|event| {
+            crate::trace::spans::Delivery::start(
+                event.trace.as_deref(),
+                crate::trace::spans::Attempt {
+                    destination: subscription.destination.kind(),
+                    subscription: &subscription.id,
+                    account: &subscription.account,
+                    event_id: &event.id,
+                    event_name: &event.name,
+                    sequence: event.seq,
+                    attempt,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Ends an attempt's span with what the sink said.
+fn end_delivery_span(span: crate::trace::spans::Delivery, attempted: &Attempted) {
+    let (outcome, error) = match &attempted.result {
+        AttemptResult::Delivered => ("delivered", None),
+        AttemptResult::Failed { error, .. } => ("failed", Some(error.as_str())),
+        AttemptResult::Throttled { error, .. } => ("throttled", Some(error.as_str())),
+        AttemptResult::Gone => ("gone", Some(policy::GONE)),
+        AttemptResult::Rejected { error } => ("rejected", Some(error.as_str())),
+    };
+    span.end(outcome, attempted.status, error);
 }

@@ -244,6 +244,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: "{}".into(),
+            trace: None,
         }
     }
 

@@ -344,7 +344,7 @@ async fn attempt_once(
         }
     };
     let attempt = retry.attempts + 1;
-    let attempted = dispatcher.attempt(target, &event).await;
+    let attempted = dispatcher.attempt(target, &event, attempt).await;
     let delivery = Delivery {
         event: &event,
         resync_id: retry.resync_id.as_deref(),

@@ -539,6 +539,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: "{}".into(),
+            trace: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::ingest::cloudevents::{self, Incoming};
 use crate::model::Scope;
 use crate::model::now_millis;
 use crate::store::Appended;
+use crate::trace::spans::{Publish, Published};
 
 /// The answer: a CloudEvent saying which events were received (seed 002's shape).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -68,12 +69,35 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Publish, &account)?;
+    let span = Publish::start(&headers, &account, "/v1/accounts/{account}/cloudevents");
+    let received = receive_traced(&state, &caller, &account, &uri, &headers, body, &span).await;
+    span.end(match &received {
+        Ok((events, stored, _)) => Published::Stored {
+            events: *events,
+            stored: *stored,
+        },
+        Err(error) => Published::Failed(error.to_string()),
+    });
+    received.map(|(_, _, response)| response)
+}
+
+/// [`receive`] inside its publish span: the events received, how many were new, and
+/// the answer.
+async fn receive_traced(
+    state: &AppState,
+    caller: &Caller,
+    account: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    span: &Publish,
+) -> Result<(usize, usize, Response), ApiError> {
+    caller.require(Scope::Publish, account)?;
     let body = body?;
     state.limits.check_array_count(&body)?;
-    let (mode, incoming) = cloudevents::parse(&state.catalog, &headers, &body)?;
+    let (mode, incoming) = cloudevents::parse(&state.catalog, headers, &body)?;
     state.limits.check_count(incoming.len())?;
-    let verifier = state.user_tokens.verifier(&account).await?;
+    let verifier = state.user_tokens.verifier(account).await?;
     let now = now_millis();
     let mut ids = Vec::with_capacity(incoming.len());
     let mut events = Vec::with_capacity(incoming.len());
@@ -81,7 +105,7 @@ pub async fn receive(
         let token = event.take_user_token();
         let user = state
             .user_tokens
-            .replacement(verifier.as_deref(), &account, token.as_ref())
+            .replacement(verifier.as_deref(), account, token.as_ref())
             .map_err(|error| {
                 // Never the token: only which event, and the fixed reason.
                 tracing::info!(%account, index = ?event.index, code = error.code(), "user token refused");
@@ -92,19 +116,23 @@ pub async fn receive(
                 }
             })?;
         ids.push(event.id.clone());
-        events.push(Incoming::into_event(event, &account, user.as_deref(), now));
+        events.push(Incoming::into_event(event, account, user.as_deref(), now));
     }
     // The size limit is on the document as stored (with the user token replaced).
-    super::events::admit(&state, &headers, &events)?;
+    super::events::admit(state, headers, &events)?;
     caller.may_publish(&events)?;
-    let appended = state.store.append(events).await?;
+    super::events::carry_trace(&mut events, span);
+    let appended = state
+        .store
+        .append_traced(events, span.commit_parent())
+        .await?;
     let stored = appended
         .iter()
         .filter(|a| matches!(a, Appended::Stored(_)))
         .count();
     metrics::counter!("reelay_events_published_total").increment(stored as u64);
-    if state.dispatcher.metrics_scope().covers(&account) {
-        metrics::counter!("reelay_account_events_published_total", "account" => account.clone())
+    if state.dispatcher.metrics_scope().covers(account) {
+        metrics::counter!("reelay_account_events_published_total", "account" => account.to_owned())
             .increment(stored as u64);
     }
     tracing::debug!(%account, ?mode, events = ?ids, stored, "cloudevents received");
@@ -112,7 +140,7 @@ pub async fn receive(
     let answer = ReceivedEvent {
         specversion: "1.0".into(),
         event_type: "com.applicaster.event.received.v1".into(),
-        source: endpoint_url(state.public_url.as_ref(), &headers, &uri, &account),
+        source: endpoint_url(state.public_url.as_ref(), headers, uri, account),
         subject: match ids.as_slice() {
             [one] => format!("Event {one} was successfully received"),
             many => format!("Events {} were successfully received", many.join(", ")),
@@ -122,12 +150,13 @@ pub async fn receive(
     };
     let text = serde_json::to_string(&answer)
         .map_err(|error| ApiError::Store(crate::store::StoreError::Corrupt(error.to_string())))?;
-    Ok((
+    let response = (
         StatusCode::CREATED,
         [(CONTENT_TYPE, cloudevents::STRUCTURED)],
         text,
     )
-        .into_response())
+        .into_response();
+    Ok((appended.len(), stored, response))
 }
 
 /// The URL of this endpoint for `account`: under the configured public URL, else on the

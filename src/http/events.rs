@@ -19,6 +19,7 @@ use crate::ingest;
 use crate::model::Scope;
 use crate::model::{NewEvent, StoredEvent};
 use crate::store::{Appended, EventQuery, PageSize};
+use crate::trace::spans::{Publish, Published};
 
 /// The answer to a publish: the ids of the accepted events, in request order.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -52,14 +53,38 @@ pub async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
-    caller.require(Scope::Publish, &account)?;
-    state.limits.check_array_count(&body)?;
-    let events = ingest::native::parse(&state.catalog, &account, &body)?;
-    admit(&state, &headers, &events)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(append(&state, &caller, events).await?),
-    ))
+    let span = Publish::start(&headers, &account, "/v1/accounts/{account}/events");
+    let published = async {
+        caller.require(Scope::Publish, &account)?;
+        state.limits.check_array_count(&body)?;
+        let events = ingest::native::parse(&state.catalog, &account, &body)?;
+        admit(&state, &headers, &events)?;
+        append(&state, &caller, events, &span).await
+    }
+    .await;
+    span.end(outcome(&published));
+    Ok((StatusCode::ACCEPTED, Json(published?)))
+}
+
+/// What a publish's span records of its answer.
+pub(super) fn outcome(published: &Result<PublishOut, ApiError>) -> Published {
+    match published {
+        Ok(out) => Published::Stored {
+            events: out.ids.len(),
+            stored: out.stored,
+        },
+        Err(error) => Published::Failed(error.to_string()),
+    }
+}
+
+/// Gives each event the trace context of its publish (the publish span, or with
+/// tracing off the publisher's own `traceparent`), so its deliveries continue it.
+pub(super) fn carry_trace(events: &mut [NewEvent], span: &Publish) {
+    if let Some(trace) = span.trace() {
+        for event in events {
+            event.trace = Some(trace.clone());
+        }
+    }
 }
 
 /// The limits every publish passes before anything is stored: the number and size of
@@ -81,15 +106,20 @@ pub(super) fn admit(
 pub(super) async fn append(
     state: &AppState,
     caller: &Caller,
-    events: Vec<NewEvent>,
+    mut events: Vec<NewEvent>,
+    span: &Publish,
 ) -> Result<PublishOut, ApiError> {
     caller.may_publish(&events)?;
+    carry_trace(&mut events, span);
     let count = events.len();
     let account = events
         .first()
         .map(|e| e.account.clone())
         .unwrap_or_default();
-    let appended = state.store.append(events).await?;
+    let appended = state
+        .store
+        .append_traced(events, span.commit_parent())
+        .await?;
     let stored = appended
         .iter()
         .filter(|a| matches!(a, Appended::Stored(_)))

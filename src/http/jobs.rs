@@ -30,6 +30,7 @@ use crate::model::{
     now_millis,
 };
 use crate::sinks::webhook::generate_secret;
+use crate::trace::spans::Publish;
 
 /// Callback URLs one job may have: each is a delivery worker until it expires.
 const MAX_CALLBACKS_PER_JOB: usize = 10;
@@ -404,13 +405,22 @@ pub async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PublishOut>), ApiError> {
-    caller.require(Scope::Publish, &account)?;
-    check_job(&job)?;
-    state.limits.check_array_count(&body)?;
-    let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
-    super::events::admit(&state, &headers, &events)?;
-    let published = super::events::append(&state, &caller, events).await?;
-    Ok((StatusCode::ACCEPTED, Json(published)))
+    let span = Publish::start(
+        &headers,
+        &account,
+        "/v1/accounts/{account}/jobs/{job}/notifications",
+    );
+    let published = async {
+        caller.require(Scope::Publish, &account)?;
+        check_job(&job)?;
+        state.limits.check_array_count(&body)?;
+        let events = brightcove::parse(&state.catalog, &account, &job, &body, now_millis())?;
+        super::events::admit(&state, &headers, &events)?;
+        super::events::append(&state, &caller, events, &span).await
+    }
+    .await;
+    span.end(super::events::outcome(&published));
+    Ok((StatusCode::ACCEPTED, Json(published?)))
 }
 
 pub fn router() -> axum::Router<AppState> {

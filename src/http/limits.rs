@@ -200,6 +200,7 @@ mod tests {
             entity: None,
             occurred_at: 0,
             body: Document::from(body),
+            trace: None,
         }
     }
 

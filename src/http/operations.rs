@@ -298,6 +298,7 @@ pub async fn test_event(
         occurred_at: now,
         received_at: now,
         body: body.to_string().into(),
+        trace: None,
     };
     let attempted = state
         .dispatcher

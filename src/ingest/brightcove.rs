@@ -68,6 +68,7 @@ fn validate(
         entity: event_type.entity_change(fields),
         occurred_at: now,
         body,
+        trace: None,
     })
 }
 

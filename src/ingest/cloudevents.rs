@@ -130,6 +130,7 @@ impl Incoming {
             entity: self.entity,
             occurred_at: self.occurred_at.unwrap_or(now),
             body: Document::from(text),
+            trace: None,
         }
     }
 }

@@ -104,6 +104,7 @@ fn validate(
         entity: event_type.entity_change(fields),
         occurred_at,
         body,
+        trace: None,
     })
 }
 

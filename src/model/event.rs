@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::Millis;
+use super::{Millis, TraceContext};
 
 /// A validated event on its way into the log. `body` is the publisher's own JSON text for
 /// this event, byte for byte, so unknown fields and their order survive to the subscriber.
@@ -30,6 +30,9 @@ pub struct NewEvent {
     /// When the event happened, as the publisher said (`timestamp`).
     pub occurred_at: Millis,
     pub body: Document,
+    /// The trace its deliveries continue (see [`TraceContext`]); the events of one
+    /// request share it.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 /// An event as committed to the log, with its position.
@@ -46,6 +49,8 @@ pub struct StoredEvent {
     /// When Reelay committed it.
     pub received_at: Millis,
     pub body: Document,
+    /// The trace its deliveries continue, as stored with it.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 impl StoredEvent {

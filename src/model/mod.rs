@@ -8,6 +8,7 @@ mod ordering;
 mod rate_limit;
 mod subscription;
 mod token_verification;
+mod trace;
 mod transform;
 
 pub use event::{Document, EntityChange, NewEvent, StoredEvent, cloudevent_id, is_cloudevent_id};
@@ -20,6 +21,7 @@ pub use subscription::{
     Subscription, SubscriptionKind,
 };
 pub use token_verification::TokenVerification;
+pub use trace::TraceContext;
 pub use transform::{Transform, TransformError};
 
 /// Milliseconds since the Unix epoch: the one clock unit stored and compared everywhere.

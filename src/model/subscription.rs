@@ -258,6 +258,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: body.into(),
+            trace: None,
         }
     }
 

@@ -186,9 +186,14 @@ impl PreparedAmqp {
         Ok(channel)
     }
 
-    fn properties(&self, event: &crate::model::StoredEvent, payload: &Payload) -> BasicProperties {
+    fn properties(
+        &self,
+        event: &crate::model::StoredEvent,
+        payload: &Payload,
+        trace: Option<&crate::model::TraceContext>,
+    ) -> BasicProperties {
         let mut headers = FieldTable::default();
-        for (name, value) in bus::headers(event) {
+        for (name, value) in bus::headers(event, trace) {
             headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
         }
         let mut properties = BasicProperties::default()
@@ -270,9 +275,10 @@ impl Prepared for PreparedAmqp {
             };
             // Every message goes out first; then the confirms are awaited.
             let mut pending = Vec::with_capacity(batch.events.len());
-            for event in batch.events {
-                let payload = Payload::new(batch.format, event);
-                let properties = self.properties(event, &payload);
+            for (index, event) in batch.events.iter().enumerate() {
+                let trace = batch.trace(index);
+                let payload = Payload::new(batch.format, event, trace);
+                let properties = self.properties(event, &payload, trace);
                 let publish = channel.basic_publish(
                     self.exchange.as_str().into(),
                     self.routing_key.render(event).into(),

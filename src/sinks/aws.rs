@@ -33,7 +33,7 @@ use super::aws_policy::external_id;
 use super::destination::BoxFuture;
 use super::guard::{check_destination, refusal_in};
 use super::{Admission, AttemptResult, Attempted, Batch, Payload, Prepared, Refusal, Sink, Sinks};
-use crate::model::StoredEvent;
+use crate::model::{StoredEvent, TraceContext};
 
 /// The most a destination check at creation may take, the SDK's own retries included
 /// (less if the delivery timeout is shorter).
@@ -244,15 +244,18 @@ impl Prepared for PreparedAws {
             let payloads: Vec<Payload> = batch
                 .events
                 .iter()
-                .map(|event| Payload::new(batch.format, event))
+                .enumerate()
+                .map(|(index, event)| Payload::new(batch.format, event, batch.trace(index)))
                 .collect();
             let outgoing: Vec<Outgoing> = batch
                 .events
                 .iter()
                 .zip(&payloads)
-                .map(|(event, payload)| Outgoing {
+                .enumerate()
+                .map(|(index, (event, payload))| Outgoing {
                     event,
                     body: &payload.body,
+                    trace: batch.trace(index),
                 })
                 .collect();
             client.send(&outgoing).await
@@ -419,6 +422,9 @@ impl AwsResource {
 pub struct Outgoing<'a> {
     pub event: &'a StoredEvent,
     pub body: &'a Bytes,
+    /// Sent as the `traceparent` and `tracestate` message attributes (SNS, SQS). A
+    /// Kinesis record is the body alone: it carries the trace only inside a CloudEvent.
+    pub trace: Option<&'a TraceContext>,
 }
 
 /// Shared by every AWS destination: the SDK configurations, loaded once per distinct
@@ -740,7 +746,7 @@ fn messages(batch: &[Outgoing<'_>], fifo: bool) -> impl Iterator<Item = Message>
         Message {
             id: index.to_string(),
             body: String::from_utf8_lossy(outgoing.body).into_owned(),
-            attributes: message_attributes(event),
+            attributes: message_attributes(event, outgoing.trace),
             fifo: fifo.then(|| (fifo_id(group_of(event)), fifo_id(&event.id))),
         }
     })
@@ -883,8 +889,13 @@ fn fail_the_rest(outcomes: &mut [Result<(), Failure>], error: Failure) {
     }
 }
 
-/// The attributes SNS filter policies and SQS consumers select on.
-fn message_attributes(event: &StoredEvent) -> Vec<(&'static str, &'static str, String)> {
+/// The attributes SNS filter policies and SQS consumers select on, and the trace
+/// context the delivery continues (W3C names, as OpenTelemetry's SQS and SNS
+/// propagation reads them).
+fn message_attributes(
+    event: &StoredEvent,
+    trace: Option<&TraceContext>,
+) -> Vec<(&'static str, &'static str, String)> {
     let mut attributes = vec![
         ("eventName", "String", event.name.clone()),
         ("topic", "String", event.topic.clone()),
@@ -893,6 +904,12 @@ fn message_attributes(event: &StoredEvent) -> Vec<(&'static str, &'static str, S
     ];
     if let Some(key) = &event.entity_key {
         attributes.push(("entityKey", "String", key.clone()));
+    }
+    if let Some(trace) = trace {
+        attributes.push(("traceparent", "String", trace.traceparent.clone()));
+        if let Some(state) = &trace.tracestate {
+            attributes.push(("tracestate", "String", state.clone()));
+        }
     }
     attributes
 }
@@ -1013,6 +1030,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: Document::from("{}"),
+            trace: None,
         }
     }
 
@@ -1105,13 +1123,18 @@ mod tests {
             .map(|event| Outgoing {
                 event,
                 body: &small,
+                trace: None,
             })
             .collect();
         assert_eq!(target.batches(&outgoing), vec![0..10, 10..20, 20..25]);
         // 100 KiB each: two fit in 256 KiB, the third starts a new call.
         let outgoing: Vec<Outgoing> = events[..5]
             .iter()
-            .map(|event| Outgoing { event, body: &big })
+            .map(|event| Outgoing {
+                event,
+                body: &big,
+                trace: None,
+            })
             .collect();
         assert_eq!(target.batches(&outgoing), vec![0..2, 2..4, 4..5]);
     }

@@ -5,7 +5,7 @@
 use super::aws_policy::{UrlPolicy, parse_bus_url, redacted};
 use super::guard::check_host;
 use super::{Admission, Refusal};
-use crate::model::StoredEvent;
+use crate::model::{StoredEvent, TraceContext};
 
 /// A subject or routing key with placeholders: `{account}`, `{eventName}`, `{topic}`,
 /// `{entity}` (the event's entity key, `_` when it has none).
@@ -110,7 +110,8 @@ impl Template {
 
 /// The headers every bus message carries, beside its id (`Nats-Msg-Id`, AMQP
 /// `message_id`: the delivery id, so a broker that de-duplicates drops a redelivery).
-pub fn headers(event: &StoredEvent) -> Vec<(&'static str, String)> {
+/// With `trace`, `traceparent` and `tracestate` too (W3C Trace Context).
+pub fn headers(event: &StoredEvent, trace: Option<&TraceContext>) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("Reelay-Event-Name", event.name.clone()),
         ("Reelay-Topic", event.topic.clone()),
@@ -119,6 +120,12 @@ pub fn headers(event: &StoredEvent) -> Vec<(&'static str, String)> {
     ];
     if let Some(key) = &event.entity_key {
         headers.push(("Reelay-Entity-Key", key.clone()));
+    }
+    if let Some(trace) = trace {
+        headers.push(("traceparent", trace.traceparent.clone()));
+        if let Some(state) = &trace.tracestate {
+            headers.push(("tracestate", state.clone()));
+        }
     }
     headers
 }
@@ -198,6 +205,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: Document::from("{}"),
+            trace: None,
         }
     }
 
@@ -225,7 +233,7 @@ mod tests {
 
     #[test]
     fn headers_name_the_event() {
-        let names: Vec<&str> = headers(&event(Some("v1")))
+        let names: Vec<&str> = headers(&event(Some("v1")), None)
             .iter()
             .map(|(name, _)| *name)
             .collect();
@@ -239,6 +247,22 @@ mod tests {
                 "Reelay-Entity-Key"
             ]
         );
-        assert_eq!(headers(&event(None)).len(), 4);
+        assert_eq!(headers(&event(None), None).len(), 4);
+    }
+
+    #[test]
+    fn a_traced_delivery_carries_its_trace_context_as_headers() {
+        let trace = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: Some("rojo=00f067aa0ba902b7".into()),
+        };
+        let headers = headers(&event(None), Some(&trace));
+        assert_eq!(
+            &headers[4..],
+            [
+                ("traceparent", trace.traceparent.clone()),
+                ("tracestate", "rojo=00f067aa0ba902b7".to_owned())
+            ]
+        );
     }
 }

@@ -36,7 +36,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::ingest::cloudevents::{is_json, media_type};
-use crate::model::{Millis, StoredEvent};
+use crate::model::{Millis, StoredEvent, TraceContext};
 
 /// The structured mode's media type.
 pub const STRUCTURED: &str = "application/cloudevents+json";
@@ -47,6 +47,9 @@ const JSON: &str = "application/json";
 /// sequence numbers 64-bit.
 const SEQUENCE: &str = "reelaysequence";
 const TOPIC: &str = "reelaytopic";
+/// The distributed-tracing extension's attributes (W3C Trace Context).
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// A CloudEvent in the binary HTTP mode.
 #[derive(Debug, Clone)]
@@ -59,24 +62,25 @@ pub struct Binary {
     pub body: Bytes,
 }
 
-/// The event in the structured JSON mode.
-pub fn structured(event: &StoredEvent) -> Bytes {
+/// The event in the structured JSON mode; with `trace`, its distributed-tracing
+/// extension attributes (`traceparent`, `tracestate`) in place of any it had.
+pub fn structured(event: &StoredEvent, trace: Option<&TraceContext>) -> Bytes {
     if event.arrived_as_cloudevent()
-        && let Some(body) = extended(event)
+        && let Some(body) = extended(event, trace)
     {
         return body;
     }
-    wrapped(event)
+    wrapped(event, trace)
 }
 
-/// The event in the binary HTTP mode.
-pub fn binary(event: &StoredEvent) -> Binary {
+/// The event in the binary HTTP mode, with `trace` as in [`structured`].
+pub fn binary(event: &StoredEvent, trace: Option<&TraceContext>) -> Binary {
     if event.arrived_as_cloudevent()
-        && let Some(binary) = cloudevent_binary(event)
+        && let Some(binary) = cloudevent_binary(event, trace)
     {
         return binary;
     }
-    native_binary(event)
+    native_binary(event, trace)
 }
 
 /// The `source` of a Vimond event: stable, and unique with the `guid` (ids are unique
@@ -90,7 +94,7 @@ pub fn source(account: &str, topic: &str) -> String {
 
 /// A Vimond event wrapped in a CloudEvent: the attributes of the mapping, then the
 /// stored document as `data`.
-fn wrapped(event: &StoredEvent) -> Bytes {
+fn wrapped(event: &StoredEvent, trace: Option<&TraceContext>) -> Bytes {
     let document = event.body.bytes();
     let mut out = Vec::with_capacity(
         document.len()
@@ -117,7 +121,7 @@ fn wrapped(event: &StoredEvent) -> Bytes {
         let _ = write!(out, r#","time":"{time}""#);
     }
     out.extend_from_slice(br#","datacontenttype":"application/json","#);
-    push_extensions(&mut out, event);
+    push_extensions(&mut out, event, trace);
     out.extend_from_slice(br#","data":"#);
     out.extend_from_slice(document);
     out.push(b'}');
@@ -126,12 +130,14 @@ fn wrapped(event: &StoredEvent) -> Bytes {
 
 /// A stored CloudEvent with Reelay's extensions added (they replace any the publisher
 /// set) and null attributes left out. `None` when the stored text is not an object.
-fn extended(event: &StoredEvent) -> Option<Bytes> {
+fn extended(event: &StoredEvent, trace: Option<&TraceContext>) -> Option<Bytes> {
     let text = event.body.as_str();
     let mut out = Vec::with_capacity(text.len() + 48 + event.topic.len());
     // Usually there is nothing to leave out, so the stored text is copied as it is and
     // the extensions go before its closing brace, without parsing it.
-    let nothing_to_drop = !text.contains("null") && !text.contains("\"reelay");
+    let nothing_to_drop = !text.contains("null")
+        && !text.contains("\"reelay")
+        && (trace.is_none() || !text.contains("\"trace"));
     let head = text
         .trim()
         .strip_prefix('{')
@@ -147,7 +153,8 @@ fn extended(event: &StoredEvent) -> Option<Bytes> {
             let Members(members) = serde_json::from_str(text).ok()?;
             out.push(b'{');
             for (name, value) in &members {
-                if value.get() == "null" || name == SEQUENCE || name == TOPIC {
+                let replaced = trace.is_some() && (name == TRACEPARENT || name == TRACESTATE);
+                if value.get() == "null" || name == SEQUENCE || name == TOPIC || replaced {
                     continue;
                 }
                 push_json_string(&mut out, name);
@@ -157,20 +164,29 @@ fn extended(event: &StoredEvent) -> Option<Bytes> {
             }
         }
     }
-    push_extensions(&mut out, event);
+    push_extensions(&mut out, event, trace);
     out.push(b'}');
     Some(Bytes::from(out))
 }
 
-/// `"reelaysequence":"…","reelaytopic":"…"`.
-fn push_extensions(out: &mut Vec<u8>, event: &StoredEvent) {
+/// `"reelaysequence":"…","reelaytopic":"…"`, then `"traceparent"` and `"tracestate"`
+/// when the delivery continues a trace.
+fn push_extensions(out: &mut Vec<u8>, event: &StoredEvent, trace: Option<&TraceContext>) {
     let _ = write!(out, r#""{SEQUENCE}":"{}","{TOPIC}":"#, event.seq);
     push_json_string(out, &event.topic);
+    if let Some(trace) = trace {
+        let _ = write!(out, r#","{TRACEPARENT}":"#);
+        push_json_string(out, &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            let _ = write!(out, r#","{TRACESTATE}":"#);
+            push_json_string(out, state);
+        }
+    }
 }
 
 /// A Vimond event in binary mode: the mapping's attributes as headers, the stored
 /// document as the body (shared, not copied).
-fn native_binary(event: &StoredEvent) -> Binary {
+fn native_binary(event: &StoredEvent, trace: Option<&TraceContext>) -> Binary {
     let ce = HeaderName::from_static;
     let mut headers = Vec::with_capacity(8);
     headers.push((ce("ce-specversion"), HeaderValue::from_static("1.0")));
@@ -186,7 +202,7 @@ fn native_binary(event: &StoredEvent) -> Binary {
     if let Some(time) = Rfc3339::of(event.occurred_at) {
         headers.push((ce("ce-time"), header_value(&time.to_string())));
     }
-    push_extension_headers(&mut headers, event);
+    push_extension_headers(&mut headers, event, trace);
     Binary {
         headers,
         content_type: Some(HeaderValue::from_static(JSON)),
@@ -196,7 +212,7 @@ fn native_binary(event: &StoredEvent) -> Binary {
 
 /// A stored CloudEvent in binary mode: its attributes as headers, its data as the body.
 /// `None` when the stored text is not an object.
-fn cloudevent_binary(event: &StoredEvent) -> Option<Binary> {
+fn cloudevent_binary(event: &StoredEvent, trace: Option<&TraceContext>) -> Option<Binary> {
     let stored = event.body.bytes();
     let Members(members) = serde_json::from_str(event.body.as_str()).ok()?;
     let mut headers = Vec::with_capacity(members.len() + 2);
@@ -212,6 +228,7 @@ fn cloudevent_binary(event: &StoredEvent) -> Option<Binary> {
             "data_base64" => data_base64 = Some(*value),
             "datacontenttype" => content_type = Some(string_value(value)?),
             SEQUENCE | TOPIC => {}
+            TRACEPARENT | TRACESTATE if trace.is_some() => {}
             attribute => {
                 // Ingest allows lower-case letters and digits only, so the name is a
                 // valid header name.
@@ -224,7 +241,7 @@ fn cloudevent_binary(event: &StoredEvent) -> Option<Binary> {
             }
         }
     }
-    push_extension_headers(&mut headers, event);
+    push_extension_headers(&mut headers, event, trace);
     let body = match (data, data_base64) {
         (Some(data), _) => {
             let json = content_type
@@ -252,7 +269,11 @@ fn cloudevent_binary(event: &StoredEvent) -> Option<Binary> {
     })
 }
 
-fn push_extension_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, event: &StoredEvent) {
+fn push_extension_headers(
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    event: &StoredEvent,
+    trace: Option<&TraceContext>,
+) {
     headers.push((
         HeaderName::from_static("ce-reelaysequence"),
         HeaderValue::from(event.seq),
@@ -261,6 +282,18 @@ fn push_extension_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, event: &
         HeaderName::from_static("ce-reelaytopic"),
         header_value(&event.topic),
     ));
+    if let Some(trace) = trace {
+        headers.push((
+            HeaderName::from_static("ce-traceparent"),
+            header_value(&trace.traceparent),
+        ));
+        if let Some(state) = &trace.tracestate {
+            headers.push((
+                HeaderName::from_static("ce-tracestate"),
+                header_value(state),
+            ));
+        }
+    }
 }
 
 /// A header value percent-encoded as the HTTP binding asks (3.1.3.2): space, `"`, `%`
@@ -440,6 +473,7 @@ mod tests {
             occurred_at: 1_663_576_590_321,
             received_at: 1_663_576_591_000,
             body: Document::from(body),
+            trace: None,
         }
     }
 
@@ -458,6 +492,7 @@ mod tests {
             occurred_at: 1_717_770_436_035,
             received_at: 1_717_770_437_000,
             body: Document::from(body.to_string()),
+            trace: None,
         }
     }
 
@@ -481,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_vimond_event_becomes_the_mappings_attributes_around_its_document() {
-        let body = structured(&native(ASSET, Some("897874")));
+        let body = structured(&native(ASSET, Some("897874")), None);
         let text = std::str::from_utf8(&body).unwrap();
         let value: Value = serde_json::from_str(text).unwrap();
         assert_eq!(
@@ -501,7 +536,7 @@ mod tests {
     fn without_an_entity_key_there_is_no_subject_and_whole_seconds_have_no_fraction() {
         let mut event = native(ASSET, None);
         event.occurred_at = 1_663_576_590_000;
-        let value: Value = serde_json::from_slice(&structured(&event)).unwrap();
+        let value: Value = serde_json::from_slice(&structured(&event, None)).unwrap();
         assert!(value.get("subject").is_none());
         assert_eq!(value["time"], "2022-09-19T08:36:30Z");
     }
@@ -511,7 +546,7 @@ mod tests {
         let mut event = native(ASSET, Some("a \"quoted\" key"));
         event.account = "acme tv/é".into();
         event.id = "id \"1\"".into();
-        let value: Value = serde_json::from_slice(&structured(&event)).unwrap();
+        let value: Value = serde_json::from_slice(&structured(&event, None)).unwrap();
         assert_eq!(
             value["source"],
             "/reelay/accounts/acme%20tv%2F%C3%A9/topics/asset-operations"
@@ -519,7 +554,7 @@ mod tests {
         assert_eq!(value["id"], "id \"1\"");
         assert_eq!(value["subject"], "a \"quoted\" key");
 
-        let binary = binary(&event);
+        let binary = binary(&event, None);
         let headers = headers(&binary);
         let header = |name: &str| {
             headers
@@ -539,7 +574,7 @@ mod tests {
     #[test]
     fn a_vimond_event_in_binary_mode_is_its_document_with_ce_headers() {
         let event = native(ASSET, Some("897874"));
-        let binary = binary(&event);
+        let binary = binary(&event, None);
         assert_eq!(
             headers(&binary),
             [
@@ -566,7 +601,7 @@ mod tests {
     #[test]
     fn a_cloudevent_keeps_its_attributes_and_gains_the_extensions() {
         let event = arrived(&favorite());
-        let body = structured(&event);
+        let body = structured(&event, None);
         let text = std::str::from_utf8(&body).unwrap();
         let mut expected = favorite();
         expected["reelaysequence"] = json!("7");
@@ -583,14 +618,14 @@ mod tests {
         sent["subject"] = Value::Null;
         sent["reelaysequence"] = json!("999");
         sent["reelayother"] = json!("kept");
-        let value: Value = serde_json::from_slice(&structured(&arrived(&sent))).unwrap();
+        let value: Value = serde_json::from_slice(&structured(&arrived(&sent), None)).unwrap();
         assert!(value.get("subject").is_none(), "{value}");
         assert_eq!(value["reelaysequence"], "7");
         assert_eq!(value["reelayother"], "kept");
         let object = value.as_object().unwrap();
         assert_eq!(object.keys().filter(|k| *k == "reelaysequence").count(), 1);
         // Also in binary mode.
-        let binary = binary(&arrived(&sent));
+        let binary = binary(&arrived(&sent), None);
         let headers = headers(&binary);
         assert!(!headers.iter().any(|(n, _)| n == "ce-subject"));
         let sequences: Vec<_> = headers
@@ -604,7 +639,7 @@ mod tests {
     #[test]
     fn a_cloudevent_in_binary_mode_has_its_own_attributes_and_data() {
         let event = arrived(&favorite());
-        let binary = binary(&event);
+        let binary = binary(&event, None);
         assert_eq!(
             headers(&binary),
             // In stored order (`json!` sorts the members), then Reelay's.
@@ -638,7 +673,7 @@ mod tests {
         let mut text = favorite();
         text["datacontenttype"] = json!("text/plain; charset=utf-8");
         text["data"] = json!("caf\u{e9} \"au lait\"");
-        let binary_text = binary(&arrived(&text));
+        let binary_text = binary(&arrived(&text), None);
         assert_eq!(binary_text.body, "caf\u{e9} \"au lait\"".as_bytes());
         assert_eq!(
             binary_text.content_type.unwrap(),
@@ -649,23 +684,23 @@ mod tests {
         bytes.as_object_mut().unwrap().remove("data");
         bytes["datacontenttype"] = json!("application/octet-stream");
         bytes["data_base64"] = json!("AP8=");
-        let binary_bytes = binary(&arrived(&bytes));
+        let binary_bytes = binary(&arrived(&bytes), None);
         assert_eq!(binary_bytes.body, &b"\x00\xff"[..]);
         // And in structured mode, as stored.
-        let value: Value = serde_json::from_slice(&structured(&arrived(&bytes))).unwrap();
+        let value: Value = serde_json::from_slice(&structured(&arrived(&bytes), None)).unwrap();
         assert_eq!(value["data_base64"], "AP8=");
 
         // JSON data without a type: said to be JSON.
         let mut untyped = favorite();
         untyped.as_object_mut().unwrap().remove("datacontenttype");
         assert_eq!(
-            binary(&arrived(&untyped)).content_type.unwrap(),
+            binary(&arrived(&untyped), None).content_type.unwrap(),
             "application/json"
         );
         // No data at all: an empty body.
         let mut empty = untyped.clone();
         empty.as_object_mut().unwrap().remove("data");
-        let binary_empty = binary(&arrived(&empty));
+        let binary_empty = binary(&arrived(&empty), None);
         assert!(binary_empty.body.is_empty());
         assert!(binary_empty.content_type.is_none());
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Attempted, Sinks};
-use crate::model::{Format, StoredEvent};
+use crate::model::{Format, StoredEvent, TraceContext};
 
 /// What a future of a sink returns through the trait objects below.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -96,6 +96,23 @@ pub struct Batch<'a> {
     pub format: Format,
     /// The subscription's signer (webhooks sign each delivery).
     pub signer: &'a super::webhook::Signer,
+    /// With tracing on, the trace context each event's delivery sends (its attempt's
+    /// span), in order; empty with tracing off, when each event sends its stored one.
+    pub traces: &'a [Option<TraceContext>],
+}
+
+impl Batch<'_> {
+    /// The trace context the delivery of `events[index]` sends to the destination: the
+    /// attempt's span, or with tracing off the publisher's `traceparent` as it came.
+    pub fn trace(&self, index: usize) -> Option<&TraceContext> {
+        match self.traces.get(index) {
+            Some(trace) => trace.as_ref(),
+            None => self
+                .events
+                .get(index)
+                .and_then(|event| event.trace.as_deref()),
+        }
+    }
 }
 
 /// The most a check at creation may take, its connection and the destination's own

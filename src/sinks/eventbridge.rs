@@ -180,8 +180,10 @@ impl Prepared for PreparedEventBridge {
             let details: Vec<String> = batch
                 .events
                 .iter()
-                .map(|event| {
-                    String::from_utf8_lossy(&Payload::new(batch.format, event).body).into_owned()
+                .enumerate()
+                .map(|(index, event)| {
+                    let payload = Payload::new(batch.format, event, batch.trace(index));
+                    String::from_utf8_lossy(&payload.body).into_owned()
                 })
                 .collect();
             let sizes: Vec<usize> = batch

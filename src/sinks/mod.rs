@@ -32,7 +32,7 @@ use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 
 pub use self::destination::{Admission, Batch, Destination, Prepared, Refusal, Sink};
-use crate::model::{Format, StoredEvent};
+use crate::model::{Format, StoredEvent, TraceContext};
 
 /// Without `--slow-retry`: the least wait before retrying a misconfigured destination.
 pub const DEFAULT_SLOW_RETRY: Duration = Duration::from_secs(10 * 60);
@@ -198,7 +198,9 @@ pub struct Payload {
 }
 
 impl Payload {
-    pub fn new(format: Format, event: &StoredEvent) -> Payload {
+    /// The event in `format`; a CloudEvent carries `trace` in its distributed-tracing
+    /// extension (the transports carry it too, each in its own way).
+    pub fn new(format: Format, event: &StoredEvent, trace: Option<&TraceContext>) -> Payload {
         match format {
             // The hot path: the log's buffer itself, no header to build.
             Format::Native => Payload {
@@ -209,10 +211,10 @@ impl Payload {
             Format::Cloudevents => Payload {
                 content_type: Some(HeaderValue::from_static(cloudevents::STRUCTURED)),
                 headers: Vec::new(),
-                body: cloudevents::structured(event),
+                body: cloudevents::structured(event, trace),
             },
             Format::CloudeventsBinary => {
-                let binary = cloudevents::binary(event);
+                let binary = cloudevents::binary(event, trace);
                 Payload {
                     content_type: binary.content_type,
                     headers: binary.headers,

@@ -172,15 +172,16 @@ impl Prepared for PreparedNats {
             };
             // Every message goes out first; then the acknowledgements are awaited.
             let mut pending = Vec::with_capacity(batch.events.len());
-            for event in batch.events {
-                let payload = Payload::new(batch.format, event);
+            for (index, event) in batch.events.iter().enumerate() {
+                let trace = batch.trace(index);
+                let payload = Payload::new(batch.format, event, trace);
                 let mut headers = async_nats::HeaderMap::new();
                 if let Some(content_type) =
                     payload.content_type.as_ref().and_then(|v| v.to_str().ok())
                 {
                     headers.insert("Content-Type", content_type);
                 }
-                for (name, value) in bus::headers(event) {
+                for (name, value) in bus::headers(event, trace) {
                     headers.insert(name, value.as_str());
                 }
                 let message = jetstream::message::PublishMessage::build()

@@ -85,6 +85,7 @@ mod tests {
             occurred_at: 0,
             received_at: 0,
             body: body.into(),
+            trace: None,
         }
     }
 

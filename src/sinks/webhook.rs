@@ -31,7 +31,7 @@ use super::destination::BoxFuture;
 use super::guard::GuardedConnector;
 pub use super::guard::{DestinationError, check_destination};
 use super::{Admission, AttemptResult, Attempted, Batch, Payload, Prepared, Refusal, Sink, Sinks};
-use crate::model::Format;
+use crate::model::{Format, TraceContext};
 
 /// How much of a destination's answer is kept in the delivery log.
 const RESPONSE_SNIPPET_BYTES: usize = 1024;
@@ -218,12 +218,14 @@ impl Prepared for PreparedWebhook {
     fn send<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Vec<Attempted>> {
         Box::pin(async move {
             let mut results = Vec::with_capacity(batch.events.len());
-            for event in batch.events {
+            for (index, event) in batch.events.iter().enumerate() {
+                let trace = batch.trace(index);
                 let request = WebhookRequest {
                     url: &self.url,
                     id: &event.id,
                     sequence: event.seq,
-                    payload: Payload::new(batch.format, event),
+                    payload: Payload::new(batch.format, event, trace),
+                    trace,
                 };
                 results.push(self.sink.send(batch.signer, request).await);
             }
@@ -245,6 +247,8 @@ pub struct WebhookRequest<'a> {
     pub id: &'a str,
     pub sequence: i64,
     pub payload: Payload,
+    /// Sent as `traceparent` and `tracestate` (W3C Trace Context).
+    pub trace: Option<&'a TraceContext>,
 }
 
 type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
@@ -504,6 +508,15 @@ impl WebhookSink {
         for (name, value) in payload.headers {
             builder = builder.header(name, value);
         }
+        if let Some(trace) = request.trace {
+            // Stored and sent only after validation: always a valid header value.
+            if let Ok(value) = HeaderValue::from_str(&trace.traceparent) {
+                builder = builder.header("traceparent", value);
+            }
+            if let Some(Ok(value)) = trace.tracestate.as_deref().map(HeaderValue::from_str) {
+                builder = builder.header("tracestate", value);
+            }
+        }
         let message = builder
             .body(Full::new(payload.body))
             .map_err(|error| format!("request failed: {error}"))?;
@@ -714,6 +727,7 @@ mod tests {
                 headers: Vec::new(),
                 body: Bytes::from_static(b"{}"),
             },
+            trace: None,
         };
 
         let refused = WebhookSink::new(Duration::from_secs(5), false)

@@ -50,7 +50,7 @@ macro_rules! events_where {
     ($condition:literal) => {
         concat!(
             "SELECT seq, account, event_id, name, topic, entity_key, occurred_at, received_at, ",
-            "body FROM events WHERE ",
+            "body, traceparent, tracestate FROM events WHERE ",
             $condition
         )
     };
@@ -62,7 +62,7 @@ macro_rules! entities_with_events {
     ($condition:literal) => {
         concat!(
             "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, ",
-            "e.entity_key, e.occurred_at, e.received_at, e.body ",
+            "e.entity_key, e.occurred_at, e.received_at, e.body, e.traceparent, e.tracestate ",
             "FROM entities n JOIN events e ON e.seq = n.seq WHERE ",
             $condition
         )
@@ -77,7 +77,7 @@ macro_rules! events_page {
     ($condition:literal, $limit:literal, $bytes:literal) => {
         concat!(
             "SELECT e.seq, e.account, e.event_id, e.name, e.topic, e.entity_key, ",
-            "e.occurred_at, e.received_at, e.body FROM (SELECT seq, ",
+            "e.occurred_at, e.received_at, e.body, e.traceparent, e.tracestate FROM (SELECT seq, ",
             "SUM(octet_length(body)) OVER (ORDER BY seq) - octet_length(body) AS before ",
             "FROM events WHERE ",
             $condition,
@@ -108,7 +108,8 @@ macro_rules! entities_page {
     ($condition:literal, $limit:literal, $bytes:literal) => {
         concat!(
             "SELECT n.type, n.id, n.deleted, e.seq, e.account, e.event_id, e.name, e.topic, ",
-            "e.entity_key, e.occurred_at, e.received_at, e.body FROM (SELECT n.id, ",
+            "e.entity_key, e.occurred_at, e.received_at, e.body, e.traceparent, e.tracestate ",
+            "FROM (SELECT n.id, ",
             "SUM(octet_length(e.body)) OVER (ORDER BY n.id) - octet_length(e.body) AS before ",
             "FROM entities n JOIN events e ON e.seq = n.seq WHERE ",
             $condition,
@@ -426,7 +427,7 @@ impl Database {
             // The page's shape of `events_page!`, with the wanted names and topics as binds.
             let mut select = QueryBuilder::new(concat!(
                 "SELECT e.seq, e.account, e.event_id, e.name, e.topic, e.entity_key, ",
-                "e.occurred_at, e.received_at, e.body FROM (SELECT seq, ",
+                "e.occurred_at, e.received_at, e.body, e.traceparent, e.tracestate FROM (SELECT seq, ",
                 "SUM(octet_length(body)) OVER (ORDER BY seq) - octet_length(body) AS before ",
                 "FROM events WHERE account = "
             ));
@@ -637,7 +638,8 @@ impl Database {
         let rows: Vec<EventRow> = on_pool!(self, |pool| {
             let mut select = QueryBuilder::new(
                 "SELECT e.seq, e.account, e.event_id, e.name, e.topic, e.entity_key, \
-                 e.occurred_at, e.received_at, e.body FROM (SELECT seq, \
+                 e.occurred_at, e.received_at, e.body, e.traceparent, e.tracestate \
+                 FROM (SELECT seq, \
                  SUM(octet_length(body)) OVER (ORDER BY seq) - octet_length(body) AS before \
                  FROM events WHERE account = ",
             );

@@ -72,6 +72,7 @@ impl Derivation {
             received_at: cause.received_at,
             // Serializing strings and integers cannot fail.
             body: serde_json::to_string(&body).unwrap_or_default().into(),
+            trace: cause.trace.clone(),
         }
     }
 }
@@ -92,6 +93,7 @@ mod tests {
             occurred_at: 1_423_840_514_446,
             received_at: 1_423_840_514_500,
             body: "{}".into(),
+            trace: None,
         };
         let derivation = Derivation {
             video_change_topic: "cms-notifications".into(),

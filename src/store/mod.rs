@@ -485,12 +485,26 @@ impl Store {
     /// Appends events to the log; returns once they are committed (durable per the
     /// configured [`Durability`]). The result has one entry per input, in order.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        self.append_traced(events, None).await
+    }
+
+    /// [`Store::append`] for a traced publish: the group commit gets a span under
+    /// `trace` (the publish's span).
+    pub async fn append_traced(
+        &self,
+        events: Vec<NewEvent>,
+        trace: Option<opentelemetry::trace::SpanContext>,
+    ) -> Result<Vec<Appended>> {
         if let Some(reason) = self.halted() {
             return Err(StoreError::LogHalted(reason.to_owned()));
         }
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(writer::WriteOp::Append { events, reply })
+            .send(writer::WriteOp::Append {
+                events,
+                trace,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

@@ -273,6 +273,8 @@ async fn insert_events<'a>(
         .bind(columns.occurred_at)
         .bind(columns.received_at)
         .bind(columns.body)
+        .bind(columns.traceparent)
+        .bind(columns.tracestate)
         .fetch_all(&mut **tx)
         .await?;
     Ok(stored.into_iter().collect())
@@ -290,6 +292,8 @@ struct EventColumns {
     occurred_at: Vec<i64>,
     received_at: Vec<i64>,
     body: Vec<String>,
+    traceparent: Vec<Option<String>>,
+    tracestate: Vec<Option<String>>,
 }
 
 impl EventColumns {
@@ -303,6 +307,11 @@ impl EventColumns {
         self.occurred_at.push(event.occurred_at);
         self.received_at.push(event.received_at);
         self.body.push(event.body.as_str().to_owned());
+        let trace = event.trace.as_ref();
+        self.traceparent
+            .push(trace.map(|trace| trace.traceparent.clone()));
+        self.tracestate
+            .push(trace.and_then(|trace| trace.tracestate.clone()));
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
 use crate::model::{
     ApiKey, Destination, DisabledReason, EventFilter, Format, KeyOwner, Ordering, PayloadFilter,
     PreviousSecret, Scope, StoredEvent, Subscription, SubscriptionKind, TokenVerification,
-    Transform,
+    TraceContext, Transform,
 };
 use crate::sinks::destination::StoredDestination;
 
@@ -26,6 +26,8 @@ pub(super) struct EventRow {
     occurred_at: i64,
     received_at: i64,
     body: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 impl From<EventRow> for StoredEvent {
@@ -40,6 +42,12 @@ impl From<EventRow> for StoredEvent {
             occurred_at: row.occurred_at,
             received_at: row.received_at,
             body: row.body.into(),
+            trace: row.traceparent.map(|traceparent| {
+                std::sync::Arc::new(TraceContext {
+                    traceparent,
+                    tracestate: row.tracestate,
+                })
+            }),
         }
     }
 }

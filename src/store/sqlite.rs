@@ -335,6 +335,11 @@ fn insert_event(insert: &mut rusqlite::CachedStatement<'_>, event: &StoredEvent)
         event.occurred_at,
         event.received_at,
         event.body.as_str(),
+        event.trace.as_ref().map(|trace| trace.traceparent.as_str()),
+        event
+            .trace
+            .as_ref()
+            .and_then(|trace| trace.tracestate.as_deref()),
     ])?;
     // Nothing changed: an earlier commit stored this id.
     Ok(changed == 1)

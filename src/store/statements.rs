@@ -69,7 +69,8 @@ macro_rules! statement {
 /// The event columns both inserts write, in this order.
 macro_rules! event_columns {
     () => {
-        "events (seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body)"
+        "events (seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body, \
+         traceparent, tracestate)"
     };
 }
 
@@ -86,7 +87,7 @@ macro_rules! event_conflict {
 pub(super) const INSERT_EVENT: &str = for_sqlite!(concat!(
     "INSERT INTO ",
     event_columns!(),
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     event_conflict!()
 ));
 
@@ -96,7 +97,7 @@ pub(super) const INSERT_EVENTS: &str = concat!(
     "INSERT INTO ",
     event_columns!(),
     " SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-     $6::text[], $7::bigint[], $8::bigint[], $9::text[])",
+     $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[])",
     event_conflict!(),
     " RETURNING seq"
 );

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::derive::Derivation;
 use super::{Appended, Database, LogConnection, Progress, Result, StoreError, postgres};
 use crate::model::{EntityChange, NewEvent, StoredEvent, now_millis};
+use opentelemetry::trace::SpanContext;
 
 /// Events committed together, and the range of sequence numbers the commit covered.
 /// Batches arrive in commit order and `after` of one is `upto` of the previous one, so a
@@ -31,6 +32,8 @@ pub struct CommittedBatch {
 pub(super) enum WriteOp {
     Append {
         events: Vec<NewEvent>,
+        /// The publish's span, when it is traced: the commit gets a span under it.
+        trace: Option<SpanContext>,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
     },
     Progress(Progress),
@@ -253,9 +256,16 @@ impl Writer {
         let mut appends = Vec::new();
         let mut flushes = std::mem::take(&mut self.carried_flushes);
         let mut exhausted = false;
+        // The traced publishes of this commit (none with tracing off).
+        let mut traced = Vec::new();
         for op in ops {
             match op {
-                WriteOp::Append { events, reply } => {
+                WriteOp::Append {
+                    events,
+                    trace,
+                    reply,
+                } => {
+                    traced.extend(trace);
                     if let Some(error) = self.halted_error() {
                         let _ = reply.send(Err(error));
                         continue;
@@ -284,6 +294,7 @@ impl Writer {
                                     occurred_at: event.occurred_at,
                                     received_at,
                                     body: event.body,
+                                    trace: event.trace,
                                 },
                                 video_change,
                                 entity: event.entity,
@@ -314,8 +325,21 @@ impl Writer {
 
         let reserved = self.next_seq - 1 - after;
         let started = std::time::Instant::now();
+        let started_at = (!traced.is_empty()).then(std::time::SystemTime::now);
         let committed = self.commit_group(&mut rows, after, reserved, &progress);
         metrics::histogram!("reelay_commit_seconds").record(started.elapsed().as_secs_f64());
+        if let Some(started_at) = started_at {
+            let failed = committed.as_ref().err().map(ToString::to_string);
+            for parent in &traced {
+                crate::trace::spans::commit(
+                    parent,
+                    started_at,
+                    rows.len(),
+                    appends.len(),
+                    failed.as_deref(),
+                );
+            }
+        }
         metrics::histogram!("reelay_commit_events").record(rows.len() as f64);
         // Only commits that append say whether events can be stored: a progress report
         // (an update in place) may still fit where a new event does not.

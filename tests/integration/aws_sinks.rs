@@ -27,6 +27,7 @@ fn event(seq: i64, name: &str, entity: &str) -> StoredEvent {
         occurred_at: 0,
         received_at: 0,
         body: Document::from(body),
+        trace: None,
     }
 }
 
@@ -63,7 +64,11 @@ async fn send(
     let owned = outgoing(events);
     let batch: Vec<Outgoing> = owned
         .iter()
-        .map(|(event, body)| Outgoing { event, body })
+        .map(|(event, body)| Outgoing {
+            event,
+            body,
+            trace: None,
+        })
         .collect();
     target
         .send(&batch)

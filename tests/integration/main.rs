@@ -31,6 +31,7 @@ mod strict_bodies;
 mod subscriptions;
 mod tenant_safety;
 mod tenants;
+mod tracing;
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -176,6 +176,7 @@ fn event(account: &str, id: &str, name: &str, topic: &str) -> NewEvent {
         body: Document::from(format!(
             r#"{{"guid":"{id}","eventName":"{name}","note":"ünïcödé ✓"}}"#
         )),
+        trace: None,
     }
 }
 
