@@ -59,8 +59,11 @@ fn init_logs(format: LogFormat) {
             .with_writer(std::io::stderr)
             .boxed(),
     };
+    // The filter is the registry's, not the formatter's own (a per-layer filter lost
+    // lines of the log writer's thread on PostgreSQL): it applies to every layer.
     tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
+        .with(filter)
+        .with(lines)
         .init();
 }
 

@@ -355,9 +355,9 @@ mod tests {
         );
         assert_eq!(
             check(
-                json!({"endpoint": "https://example.com/", "events": ["asset-updated"], "ordering": "entity"})
+                json!({"endpoint": "https://example.com/", "events": ["asset-updated"], "orderBy": "entity"})
             ),
-            Some(("unknown_member", "ordering".to_owned()))
+            Some(("unknown_member", "orderBy".to_owned()))
         );
         // Each destination type has its own members, the AWS options included.
         assert_eq!(

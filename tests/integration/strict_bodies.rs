@@ -24,8 +24,8 @@ async fn a_subscription_with_an_unknown_member_is_refused_and_not_stored() {
     let path = "/v1/accounts/vimond/subscriptions";
     let refused = [
         (
-            json!({"endpoint": "http://127.0.0.1:9/hook", "events": ["asset-updated"], "ordering": "entity"}),
-            "ordering",
+            json!({"endpoint": "http://127.0.0.1:9/hook", "events": ["asset-updated"], "orderBy": "entity"}),
+            "orderBy",
         ),
         // Each destination type knows its own members: a stream name is not a queue's.
         (

@@ -379,7 +379,19 @@ async fn postgres_sessions_commit_as_durability_says_whatever_the_database_defau
     let dir = tempfile::tempdir().expect("temp dir");
     let mut app = TestApp::start_on(database.clone(), &[], dir).await;
     publish_ok(&app, "acme", "durable").await;
-    let logs = app.logs();
+    // The log is read from the server's stderr by a task of the test: wait for it.
+    let logs = eventually(
+        Duration::from_secs(10),
+        "the durability check logged",
+        || {
+            let logs = app.logs();
+            async move {
+                logs.contains("PostgreSQL commit durability checked")
+                    .then_some(logs)
+            }
+        },
+    )
+    .await;
     assert!(
         logs.contains("synchronous_commit=on") && !logs.contains("synchronous_commit=off"),
         "the pool's sessions read back synchronous_commit = on: {logs}"
@@ -398,7 +410,19 @@ async fn postgres_sessions_commit_as_durability_says_whatever_the_database_defau
             .all(|guid| published.iter().any(|event| event["id"] == *guid)),
         "{published:?}"
     );
-    let logs = app.logs();
+    // The log is read from the server's stderr by a task of the test: wait until both
+    // checks have come through it.
+    let logs = eventually(
+        Duration::from_secs(10),
+        "both durability checks logged",
+        || {
+            let logs = app.logs();
+            async move {
+                (logs.matches("PostgreSQL commit durability checked").count() >= 2).then_some(logs)
+            }
+        },
+    )
+    .await;
     let pool_line = logs
         .lines()
         .find(|line| line.contains("the connection pool") && line.contains("synchronous_commit"))
