@@ -36,7 +36,7 @@ const TIME_BYTES: usize = 14;
 pub struct EventBridgeDestination {
     /// The bus's name or ARN (`default` is the account's default bus).
     #[serde(rename = "eventBusName")]
-    #[schema(max_length = 1600)]
+    #[schema(min_length = 1, max_length = 1600, pattern = "^\\S+$")]
     pub event_bus_name: String,
     #[serde(flatten)]
     #[schema(inline)]
