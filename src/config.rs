@@ -285,10 +285,12 @@ pub struct ServeConfig {
     #[arg(long, env = "REELAY_PUBLISH_BURST", value_parser = clap::value_parser!(u32).range(1..))]
     pub publish_burst: Option<u32>,
 
-    /// The OTLP/HTTP collector to export traces to, as a base URL (`/v1/traces` is
-    /// added, as for `OTEL_EXPORTER_OTLP_ENDPOINT`). Tracing is off unless this or one
-    /// of the standard `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-    /// variables is set; this flag wins over them.
+    /// The OTLP/HTTP collector to export traces and metrics to, as a base URL
+    /// (`/v1/traces` and `/v1/metrics` are added, as for `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// Tracing is off unless this or one of the standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables is set; this flag wins over them.
+    /// Metrics also go over OTLP when this, `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set.
     #[arg(long, env = "REELAY_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
     pub otlp_endpoint: Option<url::Url>,
 

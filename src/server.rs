@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::http::{self, AppState, auth::Keys};
 use crate::sinks::aws_policy::AwsPolicy;
 use crate::sinks::{SinkConfig, Sinks};
 use crate::store::{Derivation, RetentionPolicy, SecretKey, Store, StoreError, StoreOptions};
+use crate::trace::metrics::{COUNT_BUCKETS, COUNT_HISTOGRAMS, OtlpRecorder, SECONDS_BUCKETS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -50,7 +52,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     // Installed first: the store's writer and dispatch take metric handles at start.
-    let metrics = metrics_handle();
+    // With OTLP on, the same figures also go to the collector.
+    let otlp_metrics = crate::trace::metrics::start(&config.trace_settings())?;
+    let (otlp_recorder, otlp_metrics) = match otlp_metrics {
+        Some((recorder, pipeline)) => (Some(recorder), Some(pipeline)),
+        None => (None, None),
+    };
+    let metrics = metrics_handle(otlp_recorder);
     let catalog = match &config.catalog {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::builtin(),
@@ -131,6 +139,13 @@ pub async fn run(
         dispatch_tasks.clone(),
     )
     .await?;
+    if let Some(otlp_metrics) = &otlp_metrics {
+        // The top subscriptions' series are not in the recorder: read at each export.
+        otlp_metrics.observe(
+            &Dispatcher::SUBSCRIPTION_FAMILIES,
+            dispatcher.subscription_samples(),
+        );
+    }
 
     // Retention runs beside dispatch and stops with it.
     dispatch_tasks.spawn(crate::store::run_retention(
@@ -194,12 +209,14 @@ pub async fn run(
     cancel.cancel();
     dispatch_tasks.close();
     dispatch_tasks.wait().await;
-    store.flush().await?;
-    drop(store);
+    store.close().await?;
     store_tasks.close();
     if let Some(traces) = traces {
         // The exporter's last requests run on this runtime: flush from a thread beside it.
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+    if let Some(otlp_metrics) = otlp_metrics {
+        let _ = tokio::task::spawn_blocking(move || otlp_metrics.shutdown()).await;
     }
     tracing::info!("stopped");
     Ok(())
@@ -267,27 +284,34 @@ async fn serve_http(
     graceful.shutdown().await;
 }
 
-/// The process-wide Prometheus recorder (the `metrics` crate has one global recorder).
-fn metrics_handle() -> PrometheusHandle {
+/// The process-wide Prometheus recorder (the `metrics` crate has one global recorder),
+/// beside `otlp` when metrics also go over OTLP. The first call in a process decides.
+fn metrics_handle(otlp: Option<OtlpRecorder>) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let seconds = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ];
-            let counts = [
-                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
-            ];
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&seconds)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full("reelay_commit_events".into()), &counts)
+                .set_buckets(&SECONDS_BUCKETS)
+                .and_then(|builder| {
+                    COUNT_HISTOGRAMS.iter().try_fold(builder, |builder, name| {
+                        builder
+                            .set_buckets_for_metric(Matcher::Full((*name).into()), &COUNT_BUCKETS)
+                    })
                 })
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
+            // A process has one recorder: a second install (none today) is a no-op.
+            let _installed = match otlp {
+                Some(otlp) => metrics::set_global_recorder(
+                    FanoutBuilder::default()
+                        .add_recorder(recorder)
+                        .add_recorder(otlp)
+                        .build(),
+                )
+                .is_ok(),
+                None => metrics::set_global_recorder(recorder).is_ok(),
+            };
             handle
         })
         .clone()

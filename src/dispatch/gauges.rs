@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::breaker::is_open;
-use super::{Dispatcher, Target};
+use super::{Dispatcher, Shared, Target};
 use crate::model::{Millis, now_millis};
 use crate::store::RetrySetCount;
+use crate::trace::metrics::Observed;
 
 /// Where a worker stands, written by the worker at each wake-up, read by the pass.
 #[derive(Debug, Default)]
@@ -113,48 +114,52 @@ pub(super) fn top(mut rows: Vec<Row>, n: usize) -> (Vec<Row>, usize) {
     (rows, omitted)
 }
 
+/// A per-subscription family: its name, its help text, and its value in a row.
+type Family = (&'static str, &'static str, fn(&Row) -> f64);
+
+/// The per-subscription families (gauges labelled `account`, `subscription`).
+const FAMILIES: [Family; 7] = [
+    (
+        "reelay_subscription_lag_events",
+        "Log positions between the subscription's oldest undelivered event and the head (top subscriptions only).",
+        |r| r.lag as f64,
+    ),
+    (
+        "reelay_subscription_oldest_undelivered_age_seconds",
+        "Age of the subscription's oldest undelivered event (top subscriptions only).",
+        |r| r.oldest_age,
+    ),
+    (
+        "reelay_subscription_retry_depth",
+        "Deliveries of the subscription waiting for a retry (top subscriptions only).",
+        |r| r.retry_waiting as f64,
+    ),
+    (
+        "reelay_subscription_retry_due",
+        "Of those, the ones due now (top subscriptions only).",
+        |r| r.retry_due as f64,
+    ),
+    (
+        "reelay_subscription_dead_letters",
+        "Dead letters of the subscription kept (top subscriptions only).",
+        |r| r.dead as f64,
+    ),
+    (
+        "reelay_subscription_breaker_open",
+        "1 while the subscription's endpoint counts as down (one probe at a time), else 0 (top subscriptions only).",
+        |r| f64::from(u8::from(r.breaker_open)),
+    ),
+    (
+        "reelay_subscription_consecutive_failures",
+        "Failed attempts of the subscription since its last success (top subscriptions only).",
+        |r| f64::from(r.consecutive_failures),
+    ),
+];
+
 /// The per-subscription families, as `/metrics` text.
 pub(super) fn render(rows: &[Row]) -> String {
-    type Value = fn(&Row) -> f64;
-    let families: [(&str, &str, Value); 7] = [
-        (
-            "reelay_subscription_lag_events",
-            "Log positions between the subscription's oldest undelivered event and the head (top subscriptions only).",
-            |r| r.lag as f64,
-        ),
-        (
-            "reelay_subscription_oldest_undelivered_age_seconds",
-            "Age of the subscription's oldest undelivered event (top subscriptions only).",
-            |r| r.oldest_age,
-        ),
-        (
-            "reelay_subscription_retry_depth",
-            "Deliveries of the subscription waiting for a retry (top subscriptions only).",
-            |r| r.retry_waiting as f64,
-        ),
-        (
-            "reelay_subscription_retry_due",
-            "Of those, the ones due now (top subscriptions only).",
-            |r| r.retry_due as f64,
-        ),
-        (
-            "reelay_subscription_dead_letters",
-            "Dead letters of the subscription kept (top subscriptions only).",
-            |r| r.dead as f64,
-        ),
-        (
-            "reelay_subscription_breaker_open",
-            "1 while the subscription's endpoint counts as down (one probe at a time), else 0 (top subscriptions only).",
-            |r| f64::from(u8::from(r.breaker_open)),
-        ),
-        (
-            "reelay_subscription_consecutive_failures",
-            "Failed attempts of the subscription since its last success (top subscriptions only).",
-            |r| f64::from(r.consecutive_failures),
-        ),
-    ];
     let mut text = String::new();
-    for (name, help, value) in families {
+    for (name, help, value) in FAMILIES {
         let _ = writeln!(text, "# HELP {name} {help}");
         let _ = writeln!(text, "# TYPE {name} gauge");
         for row in rows {
@@ -168,6 +173,23 @@ pub(super) fn render(rows: &[Row]) -> String {
         }
     }
     text
+}
+
+/// The same figures as samples, for the OTLP export.
+fn samples(rows: &[Row]) -> Vec<Observed> {
+    FAMILIES
+        .iter()
+        .flat_map(|(name, _, value)| {
+            rows.iter().map(move |row| Observed {
+                name,
+                labels: vec![
+                    ("account", row.account.clone()),
+                    ("subscription", row.subscription.clone()),
+                ],
+                value: value(row),
+            })
+        })
+        .collect()
 }
 
 /// A label value in the Prometheus text format.
@@ -278,21 +300,48 @@ impl Dispatcher {
 
         let (top, omitted) = top(rows, self.config().metrics.top_subscriptions);
         metrics::gauge!("reelay_metrics_subscriptions_omitted").set(omitted as f64);
-        let text: Arc<str> = render(&top).into();
         *self
             .shared
             .subscription_series
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = text;
+            .unwrap_or_else(|e| e.into_inner()) = top.into();
     }
 
-    /// The per-subscription series of the last metrics pass, as `/metrics` text.
-    pub fn subscription_metrics(&self) -> Arc<str> {
-        self.shared
+    /// The names of the per-subscription series.
+    pub const SUBSCRIPTION_FAMILIES: [&'static str; FAMILIES.len()] = {
+        let mut names = [""; FAMILIES.len()];
+        let mut i = 0;
+        while i < FAMILIES.len() {
+            names[i] = FAMILIES[i].0;
+            i += 1;
+        }
+        names
+    };
+
+    /// The top subscriptions' rows of the last metrics pass.
+    fn top_rows(shared: &Shared) -> Arc<[Row]> {
+        shared
             .subscription_series
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The per-subscription series of the last metrics pass, as `/metrics` text.
+    pub fn subscription_metrics(&self) -> String {
+        render(&Self::top_rows(&self.shared))
+    }
+
+    /// The same series for the OTLP export, read at each export for as long as the
+    /// dispatcher runs (nothing after it stopped).
+    pub fn subscription_samples(&self) -> impl Fn() -> Vec<Observed> + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move || {
+            shared
+                .upgrade()
+                .map(|shared| samples(&Self::top_rows(&shared)))
+                .unwrap_or_default()
+        }
     }
 
     /// Which accounts and subscriptions get series of their own.

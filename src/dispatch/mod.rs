@@ -107,8 +107,8 @@ struct Shared {
     retry_wake: RetryWake,
     /// The counters over time of the console's charts.
     stats: Arc<crate::stats::Stats>,
-    /// The per-subscription series of the last metrics pass (`gauges`), as text.
-    subscription_series: Mutex<Arc<str>>,
+    /// The top subscriptions of the last metrics pass (`gauges`), for their series.
+    subscription_series: Mutex<Arc<[gauges::Row]>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -325,7 +325,7 @@ impl Dispatcher {
                     notify: Notify::new(),
                 },
                 stats: Arc::new(crate::stats::Stats::new()),
-                subscription_series: Mutex::new(Arc::from("")),
+                subscription_series: Mutex::new(Arc::from(Vec::new())),
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
             }),

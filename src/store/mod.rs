@@ -528,6 +528,17 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)
     }
 
+    /// Saves what is queued, then stops the log writer: later writes through any handle
+    /// fail with [`StoreError::Closed`]. For the server's shutdown.
+    pub async fn close(self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(writer::WriteOp::Close(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
+    }
+
     /// Committed batches, in commit order, as they happen.
     pub fn subscribe_committed(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
         self.committed.subscribe()

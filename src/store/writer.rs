@@ -38,6 +38,9 @@ pub(super) enum WriteOp {
     },
     Progress(Progress),
     Flush(oneshot::Sender<()>),
+    /// A flush after which the writer ends, whatever [`super::Store`] handles are still
+    /// about: the server's shutdown does not depend on every clone being dropped.
+    Close(oneshot::Sender<()>),
 }
 
 /// An event on its way into the log.
@@ -146,6 +149,8 @@ pub(super) struct Writer {
     /// publish. Flushes wait until they are in.
     carried: Vec<Progress>,
     carried_flushes: Vec<oneshot::Sender<()>>,
+    /// A [`WriteOp::Close`] came: the writer ends after this commit.
+    closing: bool,
 }
 
 impl Writer {
@@ -172,6 +177,7 @@ impl Writer {
             runtime: Handle::current(),
             carried: Vec::new(),
             carried_flushes: Vec::new(),
+            closing: false,
         };
         if let Some(reason) = unusable_head(head_seq) {
             writer.halt(reason);
@@ -219,9 +225,11 @@ impl Writer {
     }
 
     /// Runs on a thread of its own until every [`super::Store`] handle is dropped and the
-    /// queue is empty.
+    /// queue is empty, or a [`WriteOp::Close`] is committed.
     pub(super) fn run(mut self) {
-        while let Some(first) = self.next_op() {
+        while !self.closing
+            && let Some(first) = self.next_op()
+        {
             let Some(first) = first else {
                 self.commit(Vec::new());
                 continue;
@@ -307,6 +315,10 @@ impl Writer {
                 }
                 WriteOp::Progress(report) => progress.push(report),
                 WriteOp::Flush(reply) => flushes.push(reply),
+                WriteOp::Close(reply) => {
+                    flushes.push(reply);
+                    self.closing = true;
+                }
             }
         }
         if exhausted {

@@ -18,6 +18,7 @@
 
 pub mod context;
 mod export;
+pub mod metrics;
 pub mod spans;
 
 use std::sync::OnceLock;
@@ -103,10 +104,7 @@ pub fn start(settings: &TraceSettings) -> Result<Option<Tracing>, TraceError> {
     let exporter = exporter
         .build()
         .map_err(|error| TraceError::Exporter(error.to_string()))?;
-    let service = std::env::var("OTEL_SERVICE_NAME")
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "reelay".to_owned());
+    let service = service_name();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -118,6 +116,14 @@ pub fn start(settings: &TraceSettings) -> Result<Option<Tracing>, TraceError> {
         .set(provider.tracer("reelay"))
         .map_err(|_| TraceError::AlreadyStarted)?;
     Ok(Some(Tracing { provider }))
+}
+
+/// The service name spans and metrics carry: `OTEL_SERVICE_NAME`, or `reelay`.
+fn service_name() -> String {
+    std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "reelay".to_owned())
 }
 
 /// The traces URL under an OTLP base URL, as the standard variable's rule has it.

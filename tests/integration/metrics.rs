@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::app::{ADMIN, TestApp, eventually};
 use crate::publish::asset_event;
+use crate::support::otlp::{MetricPoint, OtlpReceiver};
 use crate::support::receiver::{Receiver, Response};
 
 const DASHBOARD: &str = include_str!("../../docs/grafana/reelay.json");
@@ -254,6 +255,112 @@ async fn every_metric_of_the_dashboard_and_the_alert_rules_is_emitted() {
     );
     assert_eq!(value(&scraped, "reelay_storage_available"), Some(1.0));
     assert_eq!(value(&scraped, "reelay_subscriptions_running"), Some(3.0));
+}
+
+/// The metric names a scrape declares (`# TYPE name kind`), with their kinds.
+fn declared(scrape: &str) -> BTreeSet<(String, String)> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+/// With OTLP on, the figures `/metrics` shows also reach a real OTLP/HTTP collector
+/// (PyPI `opentelemetry-proto` decodes them): every metric of the scrape, as a series of
+/// the same kind, with the same labels and values.
+#[tokio::test]
+async fn with_otlp_on_the_same_figures_reach_the_collector() {
+    let otlp = OtlpReceiver::start().await;
+    let endpoint = otlp.endpoint();
+    let app = observed_app(&[
+        ("REELAY_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+    ])
+    .await;
+    let receiver = Receiver::start().await;
+    drive_traffic(&app, &receiver).await;
+
+    let find = |points: &[MetricPoint], name: &str, labels: &[(&str, &str)]| {
+        points
+            .iter()
+            .find(|point| {
+                point.name == name
+                    && labels.iter().all(|(key, value)| {
+                        point.attributes.get(*key).and_then(Value::as_str) == Some(*value)
+                    })
+            })
+            .map(|point| point.value)
+    };
+    // Every family of a scrape, of the same kind over OTLP, once both have caught up
+    // with the traffic (exports come every 300 ms).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let points = loop {
+        let points = otlp.metrics().await;
+        let exported: BTreeSet<(&str, &str)> = points
+            .iter()
+            .map(|point| (point.name.as_str(), point.kind.as_str()))
+            .collect();
+        let missing: Vec<_> = declared(&scrape(&app).await)
+            .into_iter()
+            .filter(|(name, kind)| {
+                let otlp_kind = match kind.as_str() {
+                    "counter" => "sum",
+                    "gauge" => "gauge",
+                    _ => "histogram",
+                };
+                !exported.contains(&(name.as_str(), otlp_kind))
+            })
+            .collect();
+        let refused = find(
+            &points,
+            "reelay_account_publishes_refused_total",
+            &[("account", "vimond"), ("code", "invalid_event")],
+        );
+        let running = find(&points, "reelay_subscriptions_running", &[]);
+        if missing.is_empty() && refused == Some(1.0) && running == Some(3.0) {
+            break points;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s, in the scrape but not over OTLP (or of another kind): {missing:?}; \
+             refused {refused:?}, running {running:?}\nexported: {exported:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The per-subscription series, labelled as on /metrics.
+    assert!(
+        points.iter().any(
+            |point| point.name == "reelay_subscription_consecutive_failures"
+                && point.attributes.contains_key("subscription")
+                && point.attributes.get("account").and_then(Value::as_str) == Some("vimond")
+        ),
+        "a top subscription's series with its labels"
+    );
+    assert_eq!(
+        find(
+            &points,
+            "reelay_publishes_refused_total",
+            &[("code", "invalid_event")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        find(
+            &points,
+            "reelay_delivery_attempts_total",
+            &[("class", "5xx"), ("outcome", "failed")]
+        )
+        .is_some_and(|failed| failed >= 1.0),
+        "failed attempts by status class"
+    );
+    assert!(
+        points
+            .iter()
+            .all(|point| point.service.as_deref() == Some("reelay"))
+    );
+    assert!(otlp.requests().await.errors.is_empty());
 }
 
 /// Adds `copies` subscriptions to the stopped server's database, each a copy of

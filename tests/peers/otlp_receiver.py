@@ -1,8 +1,8 @@
-"""An OTLP/HTTP trace receiver for Reelay's tests: a collector in a few lines.
+"""An OTLP/HTTP receiver for Reelay's tests: a collector in a few lines.
 
-It takes what an OpenTelemetry exporter POSTs to /v1/traces (protobuf
-ExportTraceServiceRequest, decoded with PyPI `opentelemetry-proto`, the protocol's own
-definitions) and shows every span that arrived as JSON:
+It takes what an OpenTelemetry exporter POSTs to /v1/traces and /v1/metrics (protobuf
+ExportTraceServiceRequest and ExportMetricsServiceRequest, decoded with PyPI
+`opentelemetry-proto`, the protocol's own definitions) and shows what arrived as JSON:
 
     python3 otlp_receiver.py --port 4318
 
@@ -12,6 +12,12 @@ definitions) and shows every span that arrived as JSON:
                              "" for a root), "name", "kind", "attributes" {key: value},
                              "status" {"code", "message"}, "start_ns", "end_ns",
                              "service"}, ...]} in arrival order
+    POST /v1/metrics         application/x-protobuf, answered with an empty
+                             ExportMetricsServiceResponse
+    GET  /_control/metrics   {"metrics": [{"name", "kind" ("sum", "gauge", "histogram"),
+                             "attributes" {key: value}, "value" (a sum's or gauge's;
+                             a histogram's count), "service"}, ...]}: the latest point of
+                             each series (name and attributes)
     GET  /_control/requests  {"count": n, "errors": [...]}: export requests received, and
                              why any could not be decoded
 
@@ -25,6 +31,10 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -32,6 +42,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 LOCK = threading.Lock()
 SPANS = []
+# The latest point of each series, by (name, its attributes as sorted JSON).
+METRICS = {}
 REQUESTS = {"count": 0, "errors": []}
 
 
@@ -51,6 +63,33 @@ def any_value(value):
 
 def attributes(pairs):
     return {kv.key: any_value(kv.value) for kv in pairs}
+
+
+def point_value(point):
+    kind = point.WhichOneof("value")
+    return getattr(point, kind) if kind else None
+
+
+def decode_metrics(body):
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(body)
+    series = []
+    for resource_metrics in request.resource_metrics:
+        resource = attributes(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                points = getattr(metric, kind).data_points
+                for point in points:
+                    value = point.count if kind == "histogram" else point_value(point)
+                    series.append({
+                        "name": metric.name,
+                        "kind": kind,
+                        "attributes": attributes(point.attributes),
+                        "value": value,
+                        "service": resource.get("service.name"),
+                    })
+    return series
 
 
 def decode(body):
@@ -93,13 +132,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path != "/v1/traces":
+        if self.path not in ("/v1/traces", "/v1/metrics"):
             self.answer(404, b"", "text/plain")
             return
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         try:
-            spans = decode(body)
+            if self.path == "/v1/traces":
+                spans = decode(body)
+            else:
+                series = decode_metrics(body)
         except Exception as error:  # noqa: BLE001 - report any decoding failure
             with LOCK:
                 REQUESTS["count"] += 1
@@ -108,14 +150,22 @@ class Handler(BaseHTTPRequestHandler):
             return
         with LOCK:
             REQUESTS["count"] += 1
-            SPANS.extend(spans)
-        self.answer(200, ExportTraceServiceResponse().SerializeToString(),
-                    "application/x-protobuf")
+            if self.path == "/v1/traces":
+                SPANS.extend(spans)
+                answer = ExportTraceServiceResponse()
+            else:
+                for one in series:
+                    key = (one["name"], json.dumps(one["attributes"], sort_keys=True))
+                    METRICS[key] = one
+                answer = ExportMetricsServiceResponse()
+        self.answer(200, answer.SerializeToString(), "application/x-protobuf")
 
     def do_GET(self):
         with LOCK:
             if self.path == "/_control/spans":
                 body = {"spans": list(SPANS)}
+            elif self.path == "/_control/metrics":
+                body = {"metrics": list(METRICS.values())}
             elif self.path == "/_control/requests":
                 body = dict(REQUESTS)
             else:

@@ -1,5 +1,6 @@
-//! A real OTLP/HTTP trace receiver for tests: `tests/peers/otlp_receiver.py`, which
-//! decodes what the exporter sends with PyPI `opentelemetry-proto` and shows the spans.
+//! A real OTLP/HTTP receiver for tests: `tests/peers/otlp_receiver.py`, which decodes
+//! what the exporters send with PyPI `opentelemetry-proto` and shows the spans and the
+//! metrics' latest points.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -42,6 +43,23 @@ impl Span {
     pub fn attribute(&self, name: &str) -> &Value {
         self.attributes.get(name).unwrap_or(&Value::Null)
     }
+}
+
+/// The latest point of one metric series, as the receiver decoded it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricPoint {
+    pub name: String,
+    /// "sum", "gauge" or "histogram".
+    pub kind: String,
+    pub attributes: HashMap<String, Value>,
+    /// A sum's or gauge's value; a histogram's count.
+    pub value: f64,
+    pub service: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Metrics {
+    metrics: Vec<MetricPoint>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +122,20 @@ impl OtlpReceiver {
             .await
             .expect("spans JSON");
         spans.spans
+    }
+
+    /// The latest point of every metric series received so far.
+    pub async fn metrics(&self) -> Vec<MetricPoint> {
+        let metrics: Metrics = self
+            .http
+            .get(format!("{}/_control/metrics", self.endpoint()))
+            .send()
+            .await
+            .expect("query the OTLP receiver")
+            .json()
+            .await
+            .expect("metrics JSON");
+        metrics.metrics
     }
 
     /// The export requests received, and why any could not be decoded.

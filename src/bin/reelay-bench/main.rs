@@ -21,6 +21,7 @@ mod receiver;
 mod report;
 mod retention;
 mod server;
+mod tracing;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -121,7 +122,7 @@ pub struct BenchConfig {
     #[arg(long)]
     pub resync_entities: Option<usize>,
     /// Run only these phases (for profiling one of them): raw, single, changes, batch,
-    /// batch-changes, one, one-changes, ten, ten-changes, filter, transform, ordering, latency,
+    /// batch-changes, one, one-changes, tracing, ten, ten-changes, filter, transform, ordering, latency,
     /// latency-changes, accounts, resync, kinesis, sns, nats, amqp, retention. The raw limit
     /// always runs; the retention phase runs only when named.
     #[arg(long, value_delimiter = ',')]
@@ -314,6 +315,9 @@ async fn measure(
         run: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(config.concurrency * 2)
+            // Under the server's 10 s `--header-timeout`, which closes connections idle
+            // that long: a pooled connection is never reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?,
         server,
         receiver,
@@ -368,6 +372,9 @@ async fn measure(
         report.delivery_one_changes = bench
             .delivery("one-changes", sizes.delivery_one, 1, Traffic::VideoChange)
             .await?;
+    }
+    if runs("tracing") {
+        report.tracing = Some(bench.tracing(sizes.delivery_one).await?);
     }
     if runs("ten") {
         report.delivery_ten = bench
@@ -623,12 +630,18 @@ impl Bench {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let (http, url, token) = (http.clone(), urls[n % urls.len()].clone(), token.clone());
             Box::pin(async move {
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .body(body)
-                    .send()
-                    .await?;
+                let send = || {
+                    http.post(&url)
+                        .bearer_auth(&token)
+                        .body(body.clone())
+                        .send()
+                };
+                // A connection lost before any answer is tried once more, as a publisher
+                // would: the event's guid makes a second copy a duplicate, not an event.
+                let response = match send().await {
+                    Err(error) if error.is_request() || error.is_connect() => send().await?,
+                    answer => answer?,
+                };
                 let status = response.status();
                 anyhow::ensure!(
                     status.as_u16() == 202,

@@ -234,6 +234,9 @@ pub struct Report {
     /// 10 subscriptions, each with `"ordering": "entity"`, over 1,000 entities.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_ordering: Option<DeliveryResult>,
+    /// 1 subscription on a server with tracing off, then on at 1%.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::tracing::TracingResult>,
     pub latency: LatencyResult,
     pub latency_changes: LatencyResult,
     /// Many accounts publishing at once, one subscription each.
@@ -359,6 +362,7 @@ impl Report {
             .into_iter()
             .flatten(),
         )
+        .chain(self.tracing.iter().flat_map(|t| [&t.off, &t.on]))
     }
 
     pub fn table(&self) -> String {
@@ -446,6 +450,24 @@ impl Report {
                 "  ratio to 1 subscription",
                 format!("{:.2}x", ten.per_second / one.per_second.max(1e-9)),
                 ">= 2.5x",
+            );
+        }
+        if let Some(tracing) = &self.tracing {
+            row(
+                &format!(
+                    "tracing on at {}%: deliveries/s, 1 subscription",
+                    tracing.sample_ratio * 100.0
+                ),
+                format!(
+                    "{:.0}/s (off: {:.0}/s)",
+                    tracing.on.per_second, tracing.off.per_second
+                ),
+                "",
+            );
+            row(
+                "  ratio to tracing off",
+                format!("{:.2}x", tracing.ratio),
+                ">= 0.9x",
             );
         }
         for bus in &self.buses {
