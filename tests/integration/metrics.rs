@@ -479,18 +479,22 @@ async fn ten_thousand_subscriptions_do_not_make_ten_thousand_series() {
         (status == 202).then_some(())
     })
     .await;
-    let scraped = eventually(
-        Duration::from_secs(60),
-        "the failing subscriptions in the metrics",
-        || async {
-            let scraped = samples(&scrape(&app).await);
-            let running = value(&scraped, "reelay_subscriptions_running");
-            let omitted = value(&scraped, "reelay_metrics_subscriptions_omitted");
-            (running == Some(SUBSCRIPTIONS as f64) && omitted == Some((FAILING - 20) as f64))
-                .then_some(scraped)
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let scraped = loop {
+        let scraped = samples(&scrape(&app).await);
+        let running = value(&scraped, "reelay_subscriptions_running");
+        let omitted = value(&scraped, "reelay_metrics_subscriptions_omitted");
+        if running == Some(SUBSCRIPTIONS as f64) && omitted == Some((FAILING - 20) as f64) {
+            break scraped;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s: {running:?} subscriptions running (of {SUBSCRIPTIONS}), \
+             {omitted:?} failing ones omitted (expected {})",
+            FAILING - 20
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     eprintln!("scraped after {:?}", started.elapsed());
     // The default top 20 of the 30 that fail; the 9,970 quiet ones have none.
     for (name, lines) in &scraped {
