@@ -55,7 +55,10 @@ pub async fn run(
     // With OTLP on, the same figures also go to the collector.
     let otlp_metrics = crate::trace::metrics::start(&config.trace_settings())?;
     let (otlp_recorder, otlp_metrics) = match otlp_metrics {
-        Some((recorder, pipeline)) => (Some(recorder), Some(pipeline)),
+        Some((recorder, pipeline)) => {
+            tracing::info!("exporting metrics over OTLP/HTTP");
+            (Some(recorder), Some(pipeline))
+        }
         None => (None, None),
     };
     let metrics = metrics_handle(otlp_recorder);

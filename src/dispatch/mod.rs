@@ -330,7 +330,24 @@ impl Dispatcher {
                 tasks: tasks.clone(),
             }),
         };
-        tasks.spawn(router.run(store.clone(), committed, page_bytes, cancel));
+        tasks.spawn(router.run(store.clone(), committed, page_bytes, cancel.clone()));
+        // A sleeping worker is no task, so the runtime's shutdown would not drop it, and it
+        // holds the dispatcher that holds it: let them all go when dispatch stops (a
+        // sleeping worker has nothing unsaved).
+        let shared = Arc::downgrade(&dispatcher.shared);
+        tasks.spawn(async move {
+            cancel.cancelled().await;
+            if let Some(shared) = shared.upgrade() {
+                let slots: Vec<Arc<worker::Slot>> = (shared.workers.lock())
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|handle| handle.slot.clone())
+                    .collect();
+                for slot in slots {
+                    slot.discard();
+                }
+            }
+        });
         // Callbacks that expired while the server was down go first.
         store
             .db()

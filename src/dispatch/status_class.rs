@@ -7,7 +7,8 @@ use crate::sinks::{AttemptResult, Attempted};
 /// Why an attempt ended as it did, coarsely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StatusClass {
-    /// Arrived at a destination without HTTP statuses (SNS, SQS, Kinesis, NATS, AMQP).
+    /// Arrived at a destination without HTTP statuses (a sink that is no HTTP
+    /// endpoint: the AWS services, the message buses).
     Ok,
     Informational,
     Success,

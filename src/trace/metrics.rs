@@ -29,9 +29,12 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use super::{TraceError, TraceSettings, export, service_name};
 
-/// The standard variable that turns metrics export on without `--otlp-endpoint` (the
-/// general `OTEL_EXPORTER_OTLP_ENDPOINT` turns on both traces and metrics).
-pub const OTEL_METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+/// The standard variables that turn metrics export on without `--otlp-endpoint` (the
+/// general one turns on traces too; the traces-only one does not turn on metrics).
+pub const OTEL_METRICS_ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
 
 /// Histogram bounds of the `*_seconds` histograms, the same on `/metrics` and over OTLP.
 pub const SECONDS_BUCKETS: [f64; 14] = [
@@ -46,8 +49,10 @@ pub const COUNT_HISTOGRAMS: [&str; 1] = ["reelay_commit_events"];
 
 /// Whether metrics go over OTLP: an endpoint by flag, or a standard variable.
 pub fn enabled(settings: &TraceSettings) -> bool {
-    settings.enabled()
-        || std::env::var(OTEL_METRICS_ENDPOINT_VAR).is_ok_and(|value| !value.is_empty())
+    settings.endpoint.is_some()
+        || OTEL_METRICS_ENDPOINT_VARS
+            .iter()
+            .any(|var| std::env::var(var).is_ok_and(|value| !value.is_empty()))
 }
 
 /// A figure that is not in the `metrics` recorder (the top subscriptions' series, which

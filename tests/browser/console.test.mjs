@@ -93,7 +93,7 @@ mkdirSync(shots, { recursive: true });
 async function newPage() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await context.newPage();
-  page.setDefaultTimeout(10000);
+  page.setDefaultTimeout(20000);
   return page;
 }
 
