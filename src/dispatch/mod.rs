@@ -109,9 +109,15 @@ struct Shared {
     stats: Arc<crate::stats::Stats>,
     /// The top subscriptions of the last metrics pass (`gauges`), for their series.
     subscription_series: Mutex<Arc<[gauges::Row]>>,
+    /// Workers starting at once (10,000 at a start) each look for a resync to resume:
+    /// a few lookups at a time, so that they do not take the whole connection pool.
+    resume_lookups: tokio::sync::Semaphore,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
+
+/// Resync lookups of starting workers under way at once, at most.
+const RESUME_LOOKUPS: usize = 4;
 
 impl WorkerHandle {
     /// Stops the worker: a running one at its next step, a sleeping one at once.
@@ -326,6 +332,7 @@ impl Dispatcher {
                 },
                 stats: Arc::new(crate::stats::Stats::new()),
                 subscription_series: Mutex::new(Arc::from(Vec::new())),
+                resume_lookups: tokio::sync::Semaphore::new(RESUME_LOOKUPS),
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
             }),
@@ -506,6 +513,9 @@ impl Dispatcher {
     /// Resumes the subscription's running resync, if it has one and its worker runs here
     /// (a worker started: after a restart, a takeover, or enabling).
     async fn resume_resync(&self, subscription_id: &str) -> Result<(), StoreError> {
+        let Ok(_lookup) = self.shared.resume_lookups.acquire().await else {
+            return Ok(());
+        };
         if let Some(run) = self.store().db().latest_resync_run(subscription_id).await?
             && run.completed_at.is_none()
         {

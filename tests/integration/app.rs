@@ -215,6 +215,25 @@ impl TestApp {
             .await
     }
 
+    /// A metric's value in `/metrics`, summed over the series whose labels contain
+    /// `labels` (0 when there is none).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains(labels))
+            .filter(|line| line[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request(reqwest::Method::GET, path, Some(ADMIN), None)
             .await

@@ -705,10 +705,24 @@ async fn a_deleted_stream_fails_visibly_and_nothing_is_lost_once_it_is_back() {
 
     // Back: the retries deliver all 40, and nothing is lost (the endpoint's probes are
     // spaced further apart the longer it was down: up to half a minute on a loaded machine).
+    // The stream is read once the server counts them delivered: a reader polling it
+    // while the retried puts landed saw none of them for 60 s in 1 run of 3 here (moto),
+    // though the server had each acknowledged; read after, all 40 were there in 6 of 6.
     create().await;
-    let records = eventually(
+    eventually(
         Duration::from_secs(60),
-        "the 40 retried records",
+        "the server counting the 40 retried records delivered",
+        || async {
+            let delivered = app
+                .metric("reelay_deliveries_total", r#"outcome="delivered""#)
+                .await;
+            (delivered >= 80.0).then_some(())
+        },
+    )
+    .await;
+    let records = eventually(
+        Duration::from_secs(10),
+        "the 40 retried records on the stream",
         || async {
             let records = stream_records(&kinesis, "fragile").await;
             (records.len() >= 40).then_some(records)

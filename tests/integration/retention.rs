@@ -41,24 +41,6 @@ async fn stored_guids(app: &TestApp, account: &str) -> HashSet<String> {
     guids.into_iter().collect()
 }
 
-/// A metric's value summed over its series (0 when absent).
-async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|line| line.starts_with(name) && line.contains(labels))
-        .filter(|line| line[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn guids<'a>(prefix: &str, range: impl Iterator<Item = u32> + 'a) -> Vec<String> {
     range.map(|n| format!("{prefix}-{n}")).collect()
 }
@@ -177,7 +159,9 @@ async fn short_retention_removes_what_was_delivered_and_keeps_what_is_still_want
     assert_eq!(stored, kept, "exactly what is still needed is kept");
     // The pass counts what it removed once it is over.
     eventually(Duration::from_secs(10), "the removals counted", || async {
-        let removed = metric(&app, "reelay_retention_removed_total", "kind=\"events\"").await;
+        let removed = app
+            .metric("reelay_retention_removed_total", "kind=\"events\"")
+            .await;
         (removed >= 25.0).then_some(())
     })
     .await;
