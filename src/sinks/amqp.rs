@@ -47,9 +47,9 @@ pub struct AmqpDestination {
     #[schema(pattern = "^[A-Za-z0-9_.:-]*$", max_length = 127)]
     pub exchange: String,
     /// The routing key, with placeholders `{account}`, `{eventName}`, `{topic}` and
-    /// `{entity}` (default `{eventName}`).
+    /// `{entity}` (default `{eventName}`): at most 255 bytes, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 255)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub routing_key: Option<String>,
     /// The broker, `amqp://user:password@host:port/vhost` or `amqps://…` (default: the
     /// server's `--amqp-url`). From an account key only where the operator allows it
