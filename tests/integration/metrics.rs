@@ -479,7 +479,9 @@ async fn ten_thousand_subscriptions_do_not_make_ten_thousand_series() {
         (status == 202).then_some(())
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // PostgreSQL on 2 cores starts 10,000 workers in about a minute (issue 17's start
+    // target is not met yet): what this test checks is the series, so it waits longer.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let scraped = loop {
         let scraped = samples(&scrape(&app).await);
         let running = value(&scraped, "reelay_subscriptions_running");
@@ -489,7 +491,7 @@ async fn ten_thousand_subscriptions_do_not_make_ten_thousand_series() {
         }
         assert!(
             Instant::now() < deadline,
-            "after 60 s: {running:?} subscriptions running (of {SUBSCRIPTIONS}), \
+            "after 120 s: {running:?} subscriptions running (of {SUBSCRIPTIONS}), \
              {omitted:?} failing ones omitted (expected {})",
             FAILING - 20
         );
