@@ -112,41 +112,28 @@ impl OtlpReceiver {
 
     /// Every span received so far, in arrival order.
     pub async fn spans(&self) -> Vec<Span> {
-        let spans: Spans = self
-            .http
-            .get(format!("{}/_control/spans", self.endpoint()))
-            .send()
-            .await
-            .expect("query the OTLP receiver")
-            .json()
-            .await
-            .expect("spans JSON");
-        spans.spans
+        self.control::<Spans>("spans").await.spans
     }
 
     /// The latest point of every metric series received so far.
     pub async fn metrics(&self) -> Vec<MetricPoint> {
-        let metrics: Metrics = self
-            .http
-            .get(format!("{}/_control/metrics", self.endpoint()))
-            .send()
-            .await
-            .expect("query the OTLP receiver")
-            .json()
-            .await
-            .expect("metrics JSON");
-        metrics.metrics
+        self.control::<Metrics>("metrics").await.metrics
     }
 
     /// The export requests received, and why any could not be decoded.
     pub async fn requests(&self) -> Requests {
+        self.control("requests").await
+    }
+
+    /// What the receiver shows at `/_control/<what>`.
+    async fn control<T: serde::de::DeserializeOwned>(&self, what: &str) -> T {
         self.http
-            .get(format!("{}/_control/requests", self.endpoint()))
+            .get(format!("{}/_control/{what}", self.endpoint()))
             .send()
             .await
             .expect("query the OTLP receiver")
             .json()
             .await
-            .expect("requests JSON")
+            .unwrap_or_else(|error| panic!("the receiver's {what} as JSON: {error}"))
     }
 }
