@@ -227,15 +227,7 @@ impl Leases {
             return Ok(());
         }
         let subscriptions = self.held_subscriptions(&missing).await?;
-        for subscription in subscriptions {
-            if subscription.disabled.is_some() || self.dispatcher.is_running(&subscription.id) {
-                continue;
-            }
-            let id = subscription.id.clone();
-            if let Err(error) = self.dispatcher.start_worker(subscription) {
-                tracing::error!(%error, subscription = %id, "cannot deliver to this subscription");
-            }
-        }
+        self.dispatcher.start_workers(subscriptions).await?;
         Ok(())
     }
 }

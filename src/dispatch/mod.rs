@@ -35,7 +35,7 @@ mod router;
 mod status_class;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -109,15 +109,9 @@ struct Shared {
     stats: Arc<crate::stats::Stats>,
     /// The top subscriptions of the last metrics pass (`gauges`), for their series.
     subscription_series: Mutex<Arc<[gauges::Row]>>,
-    /// Workers starting at once (10,000 at a start) each look for a resync to resume:
-    /// a few lookups at a time, so that they do not take the whole connection pool.
-    resume_lookups: tokio::sync::Semaphore,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
-
-/// Resync lookups of starting workers under way at once, at most.
-const RESUME_LOOKUPS: usize = 4;
 
 impl WorkerHandle {
     /// Stops the worker: a running one at its next step, a sleeping one at once.
@@ -332,7 +326,6 @@ impl Dispatcher {
                 },
                 stats: Arc::new(crate::stats::Stats::new()),
                 subscription_series: Mutex::new(Arc::from(Vec::new())),
-                resume_lookups: tokio::sync::Semaphore::new(RESUME_LOOKUPS),
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
             }),
@@ -365,16 +358,7 @@ impl Dispatcher {
             None => {
                 let (subscriptions, unreadable) = store.db().all_subscriptions().await?;
                 report_unreadable(&unreadable);
-                for subscription in subscriptions {
-                    if subscription.disabled.is_some() {
-                        continue;
-                    }
-                    // A destination its sink cannot prepare is skipped too, not fatal.
-                    let id = subscription.id.clone();
-                    if let Err(error) = dispatcher.start_worker(subscription) {
-                        tracing::error!(%error, subscription = %id, "a stored subscription cannot be delivered; it is skipped");
-                    }
-                }
+                dispatcher.start_workers(subscriptions).await?;
             }
             Some(cluster) => {
                 let leases = cluster::Leases::new(dispatcher.clone(), cluster);
@@ -426,8 +410,56 @@ impl Dispatcher {
         }
     }
 
-    /// Starts this node's worker for a subscription, from its cursor.
+    /// Starts this node's workers for subscriptions read at a start or a lease pass
+    /// (disabled ones and those running here already are skipped), then resumes their
+    /// unfinished resyncs. One query finds those runs for all of them (10,000 lookups at
+    /// once took PostgreSQL's whole pool), made once the workers are in place, so that a
+    /// run started meanwhile is found by it or finds the worker.
+    async fn start_workers(&self, subscriptions: Vec<Subscription>) -> Result<(), StoreError> {
+        let mut started = HashSet::new();
+        for subscription in subscriptions {
+            if subscription.disabled.is_some() || self.is_running(&subscription.id) {
+                continue;
+            }
+            let id = subscription.id.clone();
+            // A destination its sink cannot prepare is skipped, not fatal.
+            match self.launch_worker(subscription) {
+                Ok(()) => {
+                    started.insert(id);
+                }
+                Err(error) => {
+                    tracing::error!(%error, subscription = %id, "a stored subscription cannot be delivered; it is skipped");
+                }
+            }
+        }
+        if started.is_empty() {
+            return Ok(());
+        }
+        for run in self.store().db().unfinished_resync_runs().await? {
+            if started.contains(&run.subscription_id) {
+                self.start_local_resync(run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts this node's worker for one subscription (created or enabled), and resumes
+    /// its resync if one was interrupted.
     fn start_worker(&self, subscription: Subscription) -> Result<(), DispatchError> {
+        let id = subscription.id.clone();
+        self.launch_worker(subscription)?;
+        let dispatcher = self.clone();
+        self.shared.tasks.spawn(async move {
+            if let Err(error) = dispatcher.resume_resync(&id).await {
+                tracing::error!(%error, subscription = %id, "resuming a resync failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts this node's worker for a subscription, from its cursor; its resync, if any,
+    /// is the caller's to resume.
+    fn launch_worker(&self, subscription: Subscription) -> Result<(), DispatchError> {
         let target = Arc::new(Target::new(subscription, &self.shared.sinks)?);
         let cancel = self.shared.cancel.child_token();
         let (control, commands) = mpsc::channel(8);
@@ -454,14 +486,6 @@ impl Dispatcher {
         }
         // Its retries (if it was disabled and is enabled again) may be due now.
         self.shared.retry_wake.at(crate::model::now_millis());
-        // A resync a crash, a shutdown, a disabling or another node interrupted goes on
-        // from its saved position.
-        let dispatcher = self.clone();
-        self.shared.tasks.spawn(async move {
-            if let Err(error) = dispatcher.resume_resync(&id).await {
-                tracing::error!(%error, subscription = %id, "resuming a resync failed");
-            }
-        });
         Ok(())
     }
 
@@ -513,9 +537,6 @@ impl Dispatcher {
     /// Resumes the subscription's running resync, if it has one and its worker runs here
     /// (a worker started: after a restart, a takeover, or enabling).
     async fn resume_resync(&self, subscription_id: &str) -> Result<(), StoreError> {
-        let Ok(_lookup) = self.shared.resume_lookups.acquire().await else {
-            return Ok(());
-        };
         if let Some(run) = self.store().db().latest_resync_run(subscription_id).await?
             && run.completed_at.is_none()
         {

@@ -614,6 +614,17 @@ impl Database {
         row.map(ResyncRun::try_from).transpose()
     }
 
+    /// Every resync run not yet completed (at most one per subscription): what a start
+    /// resumes, read once for all the workers it starts.
+    pub async fn unfinished_resync_runs(&self) -> Result<Vec<ResyncRun>> {
+        let rows: Vec<ResyncRunRow> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT * FROM resync_runs WHERE completed_at IS NULL",
+        )
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter().map(ResyncRun::try_from).collect()
+    }
+
     pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
         let row: Option<EventRow> =
             on_pool!(self, |pool| sqlx::query_as(events_where!("seq = $1"))
