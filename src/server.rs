@@ -23,7 +23,7 @@ use crate::dispatch::{DispatchConfig, DispatchError, Dispatcher};
 use crate::http::limits::Limits;
 use crate::http::rate_limit::PublishRate;
 use crate::http::token_verification::UserTokens;
-use crate::http::{self, AppState, auth::Keys};
+use crate::http::{self, AppContext, AppState, auth::Keys};
 use crate::sinks::aws_policy::AwsPolicy;
 use crate::sinks::{SinkConfig, Sinks};
 use crate::store::{Derivation, RetentionPolicy, SecretKey, Store, StoreError, StoreOptions};
@@ -168,7 +168,7 @@ pub async fn run(
     // Cancelled when the server stops accepting: open event streams end then, so the
     // graceful shutdown does not wait for clients that never hang up.
     let http_cancel = cancel.child_token();
-    let state = AppState {
+    let state = AppState::new(AppContext {
         stopping: http_cancel.clone(),
         store: store.clone(),
         catalog: Arc::new(catalog),
@@ -193,7 +193,7 @@ pub async fn run(
             .publish_rate_limit
             .map(|rate| Arc::new(PublishRate::new(rate, config.publish_burst))),
         attempt_retention: config.attempt_retention,
-    };
+    });
     let address = listener.local_addr()?;
     tracing::info!(%address, "reelay listening");
     // Tests and scripts wait for this line to learn the port.
