@@ -362,7 +362,10 @@ impl LogConnection {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut written = Vec::with_capacity(rows.len());
         {
+            // Prepared once for the group, not looked up in the cache for each row.
             let mut insert = tx.prepare_cached(statements::INSERT_EVENT)?;
+            let mut next_version = tx.prepare_cached(statements::NEXT_VIDEO_VERSION.sqlite)?;
+            let mut set_entity = tx.prepare_cached(statements::SET_ENTITY)?;
             for row in rows {
                 if !insert_event(&mut insert, &row.event)? {
                     written.push(Written::Duplicate);
@@ -371,8 +374,7 @@ impl LogConnection {
                 let video_change = match &row.video_change {
                     None => None,
                     Some((video, seq)) => {
-                        let version: i64 = tx
-                            .prepare_cached(statements::NEXT_VIDEO_VERSION.sqlite)?
+                        let version: i64 = next_version
                             .query_row(rusqlite::params![row.event.account, video], |r| r.get(0))?;
                         let change = derivation.video_change(&row.event, video, version, *seq);
                         // Its id is fresh and random: a conflict means the log is not
@@ -387,14 +389,13 @@ impl LogConnection {
                     }
                 };
                 if let Some(entity) = &row.entity {
-                    tx.prepare_cached(statements::SET_ENTITY)?
-                        .execute(rusqlite::params![
-                            row.event.account,
-                            entity.entity_type,
-                            entity.id,
-                            row.event.seq,
-                            entity.deleted,
-                        ])?;
+                    set_entity.execute(rusqlite::params![
+                        row.event.account,
+                        entity.entity_type,
+                        entity.id,
+                        row.event.seq,
+                        entity.deleted,
+                    ])?;
                 }
                 written.push(Written::Stored { video_change });
             }
