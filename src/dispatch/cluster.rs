@@ -227,7 +227,7 @@ impl Leases {
             return Ok(());
         }
         let subscriptions = self.held_subscriptions(&missing).await?;
-        self.dispatcher.start_workers(subscriptions).await?;
+        self.dispatcher.start_workers(subscriptions).await;
         Ok(())
     }
 }

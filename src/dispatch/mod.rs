@@ -358,7 +358,7 @@ impl Dispatcher {
             None => {
                 let (subscriptions, unreadable) = store.db().all_subscriptions().await?;
                 report_unreadable(&unreadable);
-                dispatcher.start_workers(subscriptions).await?;
+                dispatcher.start_workers(subscriptions).await;
             }
             Some(cluster) => {
                 let leases = cluster::Leases::new(dispatcher.clone(), cluster);
@@ -415,7 +415,7 @@ impl Dispatcher {
     /// unfinished resyncs. One query finds those runs for all of them (10,000 lookups at
     /// once took PostgreSQL's whole pool), made once the workers are in place, so that a
     /// run started meanwhile is found by it or finds the worker.
-    async fn start_workers(&self, subscriptions: Vec<Subscription>) -> Result<(), StoreError> {
+    async fn start_workers(&self, subscriptions: Vec<Subscription>) {
         let mut started = HashSet::new();
         for subscription in subscriptions {
             if subscription.disabled.is_some() || self.is_running(&subscription.id) {
@@ -433,14 +433,20 @@ impl Dispatcher {
             }
         }
         if started.is_empty() {
-            return Ok(());
+            return;
         }
-        for run in self.store().db().unfinished_resync_runs().await? {
-            if started.contains(&run.subscription_id) {
-                self.start_local_resync(run);
+        // The workers run either way: a failed lookup costs the resumption of their
+        // resyncs (until their next start), as one worker's failed lookup always did.
+        match self.store().db().unfinished_resync_runs().await {
+            Ok(runs) => {
+                for run in runs {
+                    if started.contains(&run.subscription_id) {
+                        self.start_local_resync(run);
+                    }
+                }
             }
+            Err(error) => tracing::error!(%error, "looking for resyncs to resume failed"),
         }
-        Ok(())
     }
 
     /// Starts this node's worker for one subscription (created or enabled), and resumes
