@@ -137,12 +137,14 @@ impl Feed {
                     topics: &self.wants.filter.topics,
                     entity_key: self.wants.job.as_deref(),
                 };
-                let page = match self
+                let turn = self.router.log_read_turn().await;
+                let read = self
                     .store
                     .db()
                     .wanted_events_after(wanted, self.seen, upto, self.page)
-                    .await
-                {
+                    .await;
+                drop(turn);
+                let page = match read {
                     Ok(page) => page,
                     Err(error) => {
                         tracing::error!(%error, account = %self.wants.account, "reading the log failed; retrying");

@@ -18,8 +18,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{EventFilter, StoredEvent, Subscription, SubscriptionKind};
@@ -318,7 +318,15 @@ struct Routing {
 #[derive(Clone)]
 pub(super) struct Router {
     routing: Arc<Mutex<Routing>>,
+    /// Turns for the feeds' reads of the log: after a restart every worker behind the
+    /// head reads once (100,000 at once queued the whole connection pool for 15 s, and
+    /// the server's start with it), so a few read at a time and the pool stays free for
+    /// everything else.
+    log_reads: Arc<Semaphore>,
 }
+
+/// Feeds reading the log at once, at most.
+const LOG_READS: usize = 4;
 
 /// A worker's place in the router.
 pub(super) struct Attached {
@@ -338,7 +346,14 @@ impl Router {
                 routed: head,
                 next_id: 0,
             })),
+            log_reads: Arc::new(Semaphore::new(LOG_READS)),
         }
+    }
+
+    /// Waits for a turn to read the log; the turn lasts as long as what it returns.
+    pub(super) async fn log_read_turn(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed: `None` cannot happen, and would only mean no wait.
+        self.log_reads.acquire().await.ok()
     }
 
     fn lock(&self) -> MutexGuard<'_, Routing> {
