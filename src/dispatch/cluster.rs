@@ -140,8 +140,7 @@ impl Leases {
             (Some("rewind"), Some(id), Some(cursor)) => {
                 if let Ok(cursor) = cursor.parse() {
                     self.dispatcher
-                        .control(id, super::worker::Control::Rewind(cursor))
-                        .await;
+                        .control(id, super::worker::Control::Rewind(cursor));
                 }
             }
             (Some("rekey"), Some(id), None) => self.dispatcher.reload_signer(id).await,

@@ -16,7 +16,8 @@ const CATCH_UP_PAGE: u32 = 512;
 pub(super) struct Feed {
     store: Store,
     router: Router,
-    wants: Wants,
+    /// Shared with its route in the router's index.
+    wants: Arc<Wants>,
     /// How many events may wait in the inbox.
     capacity: usize,
     /// Every event with `seq <= seen` that the subscription wants has been returned.
@@ -56,7 +57,7 @@ impl Feed {
             waker,
             store,
             router,
-            wants,
+            wants: Arc::new(wants),
             capacity,
             seen: cursor,
             attached: None,
@@ -107,6 +108,27 @@ impl Feed {
         }
     }
 
+    /// Attaches to the router now, rather than at the first [`Feed::next`].
+    pub(super) fn attach(&mut self) {
+        if self.attached.is_none() {
+            self.attached = Some(self.router.attach(
+                &self.wants,
+                self.capacity,
+                self.waker.clone(),
+            ));
+        }
+    }
+
+    /// After the caller learned (from a read made after [`Feed::attach`]) that the log
+    /// holds nothing of its account past its position: the read of the log up to the
+    /// router's position is skipped, and everything comes through the inbox.
+    pub(super) fn skip_log(&mut self) {
+        if let Some(attached) = &self.attached {
+            self.seen = self.seen.max(attached.routed);
+            self.caught_up.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn detach(&mut self) {
         if let Some(attached) = self.attached.take() {
             self.router.detach(attached.id);
@@ -121,11 +143,7 @@ impl Feed {
             let Some(attached) = &self.attached else {
                 // Attached first, then the log is read up to the router's position: what
                 // is committed after it reaches the inbox meanwhile.
-                self.attached = Some(self.router.attach(
-                    &self.wants,
-                    self.capacity,
-                    self.waker.clone(),
-                ));
+                self.attach();
                 continue;
             };
             if self.seen < attached.routed {

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -124,7 +124,6 @@ impl WorkerHandle {
 struct WorkerHandle {
     target: Arc<Target>,
     cancel: CancellationToken,
-    control: mpsc::Sender<worker::Control>,
     /// Its task, or the worker itself while it sleeps.
     slot: Arc<worker::Slot>,
     /// The resync run whose runner goes beside this worker, if any.
@@ -417,15 +416,17 @@ impl Dispatcher {
     /// run started meanwhile is found by it or finds the worker.
     async fn start_workers(&self, subscriptions: Vec<Subscription>) {
         let mut started = HashSet::new();
+        let mut workers = Vec::new();
         for subscription in subscriptions {
             if subscription.disabled.is_some() || self.is_running(&subscription.id) {
                 continue;
             }
             let id = subscription.id.clone();
             // A destination its sink cannot prepare is skipped, not fatal.
-            match self.launch_worker(subscription) {
-                Ok(()) => {
+            match self.place_worker(subscription) {
+                Ok(placed) => {
                     started.insert(id);
+                    workers.push(placed);
                 }
                 Err(error) => {
                     tracing::error!(%error, subscription = %id, "a stored subscription cannot be delivered; it is skipped");
@@ -434,6 +435,30 @@ impl Dispatcher {
         }
         if started.is_empty() {
             return;
+        }
+        // Most of many subscriptions are idle: those whose account logged nothing past
+        // their cursor start asleep rather than each reading its account's log (100,000
+        // reads kept both cores busy for many seconds after a restart). Attached first,
+        // so the read sees everything the router will not bring them.
+        let mut attached = 0;
+        for (worker, _) in &mut workers {
+            attached += usize::from(worker.attach_before_start());
+        }
+        let last_events = match attached {
+            0 => None,
+            _ => match self.store().db().last_event_of_subscribed_accounts().await {
+                Ok(last) => Some(last),
+                Err(error) => {
+                    tracing::error!(%error, "reading where each account's log ends failed; every worker reads its own");
+                    None
+                }
+            },
+        };
+        for (mut worker, slot) in workers {
+            match &last_events {
+                Some(last) if worker.skip_an_empty_log(last) => slot.start_asleep(worker),
+                _ => slot.start(worker),
+            }
         }
         // The workers run either way: a failed lookup costs the resumption of their
         // resyncs (until their next start), as one worker's failed lookup always did.
@@ -466,23 +491,32 @@ impl Dispatcher {
     /// Starts this node's worker for a subscription, from its cursor; its resync, if any,
     /// is the caller's to resume.
     fn launch_worker(&self, subscription: Subscription) -> Result<(), DispatchError> {
+        let (mut worker, slot) = self.place_worker(subscription)?;
+        // A new subscription starts at the head: with nothing to read, it sleeps until
+        // the router brings it something, rather than running idle until it would.
+        if worker.attach_before_start() && worker.is_idle() {
+            slot.start_asleep(worker);
+        } else {
+            slot.start(worker);
+        }
+        Ok(())
+    }
+
+    /// Makes this node's worker for a subscription and puts its handle in place (any
+    /// previous one is stopped); the worker is the caller's to start in its slot.
+    fn place_worker(
+        &self,
+        subscription: Subscription,
+    ) -> Result<(worker::Worker, Arc<worker::Slot>), DispatchError> {
         let target = Arc::new(Target::new(subscription, &self.shared.sinks)?);
         let cancel = self.shared.cancel.child_token();
-        let (control, commands) = mpsc::channel(8);
         let slot = worker::Slot::new(self.shared.tasks.clone());
-        let worker = worker::Worker::new(
-            self.clone(),
-            target.clone(),
-            cancel.clone(),
-            commands,
-            slot.clone(),
-        );
-        slot.start(worker);
+        let worker =
+            worker::Worker::new(self.clone(), target.clone(), cancel.clone(), slot.clone());
         let handle = WorkerHandle {
             target,
             cancel,
-            control,
-            slot,
+            slot: slot.clone(),
             resync: Mutex::new(None),
         };
         let id = handle.target.id().to_owned();
@@ -492,7 +526,7 @@ impl Dispatcher {
         }
         // Its retries (if it was disabled and is enabled again) may be due now.
         self.shared.retry_wake.at(crate::model::now_millis());
-        Ok(())
+        Ok((worker, slot))
     }
 
     /// Starts (or resumes) sending a resync run to its subscription, on the node that
@@ -614,7 +648,7 @@ impl Dispatcher {
     /// Moves a subscription's cursor back to `cursor`, so every event after it is
     /// delivered again. Returns false when no worker runs for it (on any node).
     pub async fn rewind(&self, id: &str, cursor: i64) -> bool {
-        if self.control(id, worker::Control::Rewind(cursor)).await {
+        if self.control(id, worker::Control::Rewind(cursor)) {
             return true;
         }
         let Some(cluster) = &self.shared.cluster else {
@@ -690,24 +724,24 @@ impl Dispatcher {
 
     /// Tells an in-order subscription's worker that the retry it waits for is over
     /// (delivered or dead), so the next delivery may go.
-    async fn retry_resolved(&self, id: &str, seq: i64) {
-        self.control(id, worker::Control::Resolved(seq)).await;
+    fn retry_resolved(&self, id: &str, seq: i64) {
+        self.control(id, worker::Control::Resolved(seq));
     }
 
-    async fn control(&self, id: &str, command: worker::Control) -> bool {
-        let control = self
+    /// Hands a command to this node's worker of the subscription; false when none runs
+    /// here.
+    fn control(&self, id: &str, command: worker::Control) -> bool {
+        let slot = self
             .workers()
             .get(id)
-            .map(|handle| (handle.control.clone(), handle.slot.clone()));
-        match control {
-            Some((control, slot)) => {
-                let sent = control.send(command).await.is_ok();
-                // A sleeping worker starts again to act on it.
-                router::Wake::wake(&*slot);
-                sent
-            }
-            None => false,
-        }
+            .filter(|handle| !handle.cancel.is_cancelled())
+            .map(|handle| handle.slot.clone());
+        let Some(slot) = slot else {
+            return false;
+        };
+        // A sleeping worker starts again to act on it.
+        slot.send(command);
+        true
     }
 
     /// The sinks, shared with the API for the checks at creation and the validation

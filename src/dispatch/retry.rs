@@ -358,7 +358,7 @@ async fn attempt_once(
         && retry.resync_id.is_none()
         && recorded.outcome.retry_at().is_none()
     {
-        dispatcher.retry_resolved(target.id(), event.seq).await;
+        dispatcher.retry_resolved(target.id(), event.seq);
     }
     Some(report.take(None, None))
 }

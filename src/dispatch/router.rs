@@ -172,7 +172,7 @@ impl Inbox {
 
 /// One attached subscription in the index.
 struct Route {
-    wants: Wants,
+    wants: Arc<Wants>,
     inbox: Arc<Inbox>,
     /// Its account's event count when it last learned its position.
     mark: u64,
@@ -242,7 +242,7 @@ fn list_remove(lists: &mut HashMap<String, Vec<RouteId>>, key: &str, id: RouteId
 }
 
 impl Index {
-    fn add(&mut self, id: RouteId, wants: Wants, inbox: Arc<Inbox>) {
+    fn add(&mut self, id: RouteId, wants: Arc<Wants>, inbox: Arc<Inbox>) {
         let account = self.accounts.entry(wants.account.clone()).or_default();
         match &wants.job {
             Some(job) => list_add(&mut account.by_job, job, id),
@@ -366,7 +366,7 @@ impl Router {
     /// `waker` is told of each put.
     pub(super) fn attach(
         &self,
-        wants: &Wants,
+        wants: &Arc<Wants>,
         capacity: usize,
         waker: Option<Arc<dyn Wake>>,
     ) -> Attached {
@@ -532,15 +532,15 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn wants(account: &str, events: &[&str], topics: &[&str], job: Option<&str>) -> Wants {
-        Wants {
+    fn wants(account: &str, events: &[&str], topics: &[&str], job: Option<&str>) -> Arc<Wants> {
+        Arc::new(Wants {
             account: account.to_owned(),
             filter: EventFilter {
                 events: events.iter().map(|e| e.to_string()).collect(),
                 topics: topics.iter().map(|t| t.to_string()).collect(),
             },
             job: job.map(str::to_owned),
-        }
+        })
     }
 
     fn event(seq: i64, account: &str, name: &str, topic: &str, key: Option<&str>) -> StoredEvent {

@@ -7,13 +7,13 @@
 //! its inbox or a command comes. So an idle subscription costs a little memory and no
 //! task.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,9 +53,16 @@ const PROBE_BUSY_POLL: Duration = Duration::from_millis(250);
 /// A worker with nothing to do for this long sleeps (its task ends) until it has.
 pub(super) const SLEEP_AFTER: Duration = Duration::from_secs(5);
 
-/// Where a worker is: its task, or while it sleeps, the worker itself (no task).
+/// Where a worker is: its task, or while it sleeps, the worker itself (no task); and the
+/// commands that wait for it.
 pub(super) struct Slot {
     state: Mutex<SlotState>,
+    /// In the order they came. Unbounded, but commands are few: replays asked through
+    /// the API, and for in-order subscriptions the end of the retry they wait for. (A
+    /// channel would cost every idle subscription a kilobyte: tokio's allocates its
+    /// first block of slots at once.)
+    commands: Mutex<VecDeque<Control>>,
+    command_came: Notify,
     tasks: TaskTracker,
 }
 
@@ -69,8 +76,34 @@ impl Slot {
     pub(super) fn new(tasks: TaskTracker) -> Arc<Slot> {
         Arc::new(Slot {
             state: Mutex::new(SlotState::Awake(None)),
+            commands: Mutex::new(VecDeque::new()),
+            command_came: Notify::new(),
             tasks,
         })
+    }
+
+    fn commands(&self) -> MutexGuard<'_, VecDeque<Control>> {
+        // A poisoned lock only means a panic during a push or a pop.
+        self.commands.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands a command to the worker, and wakes it if it sleeps.
+    pub(super) fn send(&self, command: Control) {
+        self.commands().push_back(command);
+        self.command_came.notify_one();
+        self.wake();
+    }
+
+    /// The next command, once there is one. Cancel-safe: it is taken after the last
+    /// await.
+    async fn next_command(&self) -> Control {
+        loop {
+            if let Some(command) = self.commands().pop_front() {
+                return command;
+            }
+            // A send between the look and this wait leaves a permit: none is missed.
+            self.command_came.notified().await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -89,7 +122,7 @@ impl Slot {
     /// either is seen here or finds it asleep and wakes it.
     fn sleep(&self, worker: Box<Worker>) -> Result<(), Box<Worker>> {
         let mut state = self.lock();
-        if worker.cancel.is_cancelled() || !worker.control.is_empty() || worker.feed.has_news() {
+        if worker.cancel.is_cancelled() || !self.commands().is_empty() || worker.feed.has_news() {
             return Err(worker);
         }
         *state = SlotState::Asleep(worker);
@@ -109,7 +142,16 @@ impl Slot {
         }
     }
 
-    /// After its token was cancelled: forgets a sleeping worker (it has nothing unsaved).
+    /// Puts a worker that has nothing to do to sleep without running it, or starts it
+    /// if something came for it already.
+    pub(super) fn start_asleep(&self, worker: Worker) {
+        if let Err(worker) = self.sleep(Box::new(worker)) {
+            self.start(*worker);
+        }
+    }
+
+    /// After its token was cancelled: forgets a sleeping worker (it has nothing unsaved,
+    /// but for a position it skipped to at its start, which the next start finds again).
     pub(super) fn discard(&self) {
         drop(self.take_sleeping());
     }
@@ -160,7 +202,6 @@ pub(super) struct Worker {
     dispatcher: Dispatcher,
     target: Arc<Target>,
     cancel: CancellationToken,
-    control: mpsc::Receiver<Control>,
     feed: Feed,
     /// Matching events read from the feed, not yet started.
     pending: VecDeque<Arc<StoredEvent>>,
@@ -189,7 +230,6 @@ impl Worker {
         dispatcher: Dispatcher,
         target: Arc<Target>,
         cancel: CancellationToken,
-        control: mpsc::Receiver<Control>,
         slot: Arc<Slot>,
     ) -> Worker {
         let cursor = target.subscription.cursor;
@@ -216,7 +256,6 @@ impl Worker {
             dispatcher,
             target,
             cancel,
-            control,
             feed,
             pending: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
@@ -274,8 +313,39 @@ impl Worker {
         }
     }
 
+    /// In-order subscriptions, those ordered per entity (their parked events and retries
+    /// are in memory) and jobs' callbacks (whose expiry is a timer) keep their task.
+    fn may_sleep(&self) -> bool {
+        let subscription = &self.target.subscription;
+        !subscription.in_order() && self.order.is_none() && subscription.expires_at().is_none()
+    }
+
+    /// At a start: attaches the feed of a worker that may sleep (true), so that the
+    /// caller can then read where its account's log ends (see
+    /// [`Worker::skip_an_empty_log`]).
+    pub(super) fn attach_before_start(&mut self) -> bool {
+        if !self.may_sleep() {
+            return false;
+        }
+        self.feed.attach();
+        true
+    }
+
+    /// At a start, after [`Worker::attach_before_start`] and a read of the last event of
+    /// each account: true (and nothing to read) when its account's log ends at or before
+    /// its position.
+    pub(super) fn skip_an_empty_log(&mut self, last_events: &HashMap<String, i64>) -> bool {
+        let last = last_events.get(&self.target.subscription.account);
+        if last.is_some_and(|&last| last > self.feed.seen()) {
+            return false;
+        }
+        self.feed.skip_log();
+        self.show_standing();
+        true
+    }
+
     /// Whether nothing is left to do until the router or a command brings something.
-    fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.pending.is_empty()
             && self.in_flight.is_empty()
             && self.waiting_for.is_none()
@@ -287,7 +357,6 @@ impl Worker {
     /// for [`SLEEP_AFTER`].
     async fn deliver(&mut self) -> Stop {
         let subscription = &self.target.subscription;
-        let in_order = subscription.in_order();
         let (max_in_flight, batch_size) = limits(&self.dispatcher, &self.target);
         // Events read ahead of the calls that will carry them.
         let read_ahead = max_in_flight * batch_size;
@@ -299,10 +368,7 @@ impl Worker {
             let left = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
-        // In-order subscriptions, those ordered per entity (their parked events and
-        // retries are in memory) and jobs' callbacks (whose expiry is a timer) keep their
-        // task.
-        let may_sleep = !in_order && self.order.is_none() && expires.is_none();
+        let may_sleep = self.may_sleep();
         // Armed only while there is progress to save: an idle worker has no timer that
         // wakes it.
         let flush = tokio::time::sleep(FLUSH_EVERY);
@@ -377,7 +443,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Stop::End { expired: false },
-                Some(command) = self.control.recv() => self.command(command),
+                command = self.slot.next_command() => self.command(command),
                 Some(Called { results, .. }) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     for (event, attempted) in results {
                         if self.finished(&event, &attempted) {

@@ -185,7 +185,7 @@ impl Sink for WebhookDestination {
             parse_url(&self.url).ok_or_else(|| format!("{:?} is not a usable URL", self.url))?;
         Ok(Arc::new(PreparedWebhook {
             url,
-            sink: sinks.webhooks().clone(),
+            sinks: sinks.clone(),
         }))
     }
 
@@ -198,10 +198,11 @@ impl Sink for WebhookDestination {
     }
 }
 
-/// A webhook destination's parsed URL, with the shared client.
+/// A webhook destination's parsed URL, with the shared client (through the sinks: a
+/// copy of the client in each of many subscriptions cost hundreds of bytes apiece).
 struct PreparedWebhook {
     url: Uri,
-    sink: WebhookSink,
+    sinks: Arc<Sinks>,
 }
 
 impl Prepared for PreparedWebhook {
@@ -227,7 +228,7 @@ impl Prepared for PreparedWebhook {
                     payload: Payload::new(batch.format, event, trace),
                     trace,
                 };
-                results.push(self.sink.send(batch.signer, request).await);
+                results.push(self.sinks.webhooks().send(batch.signer, request).await);
             }
             results
         })

@@ -625,6 +625,23 @@ impl Database {
         rows.into_iter().map(ResyncRun::try_from).collect()
     }
 
+    /// The position of the last event in the log of each account that has a
+    /// subscription (accounts without events are left out): read once at a start, so
+    /// workers whose cursor is there already start asleep instead of each reading its
+    /// account's log. One index lookup per account.
+    pub async fn last_event_of_subscribed_accounts(&self) -> Result<HashMap<String, i64>> {
+        let rows: Vec<(String, Option<i64>)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT s.account, (SELECT MAX(e.seq) FROM events e WHERE e.account = s.account) \
+             FROM (SELECT DISTINCT account FROM subscriptions) s",
+        )
+        .fetch_all(pool)
+        .await?);
+        Ok(rows
+            .into_iter()
+            .filter_map(|(account, last)| Some((account, last?)))
+            .collect())
+    }
+
     pub async fn event_by_seq(&self, seq: i64) -> Result<Option<StoredEvent>> {
         let row: Option<EventRow> =
             on_pool!(self, |pool| sqlx::query_as(events_where!("seq = $1"))

@@ -195,3 +195,85 @@ async fn a_subscription_idle_long_enough_to_sleep_still_gets_new_events_and_repl
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.deliveries("/dozy").await.len(), 4);
 }
+
+async fn publish(app: &TestApp, account: &str, guid: &str) {
+    let (status, answer) = app
+        .post(
+            &format!("/v1/accounts/{account}/events"),
+            &event_of(account, "asset-updated", guid).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// At a start, a subscription whose account logged nothing past its cursor starts asleep
+/// without reading the log; one with its account's events past its cursor reads them.
+#[tokio::test]
+async fn after_a_restart_idle_subscriptions_wake_for_new_events_and_those_behind_read_the_log() {
+    let mut app = TestApp::start().await;
+    let receiver = Receiver::start().await;
+    let wants = json!({"events": ["asset-updated"]});
+    let (behind, _) = app
+        .subscribe_receiver(&receiver, "/behind", wants.clone(), &[])
+        .await;
+    let quiet_body = json!({"endpoint": receiver.url("/quiet"), "events": ["asset-updated"]});
+    let (status, answer) = app
+        .post("/v1/accounts/quiet/subscriptions", &quiet_body.to_string())
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    publish(&app, "vimond", "before-1").await;
+    publish(&app, "vimond", "before-2").await;
+    eventually(Duration::from_secs(30), "the first deliveries", || async {
+        (receiver.deliveries("/behind").await.len() == 2).then_some(())
+    })
+    .await;
+    assert!(app.terminate().await.success());
+    // As if it had stopped before saving its progress: its account's two events lie
+    // past its cursor.
+    let changed = app
+        .execute(
+            "UPDATE subscriptions SET cursor = 0 WHERE id = $1",
+            &[behind.as_str()],
+        )
+        .await;
+    assert_eq!(changed, 1);
+    app.kill_and_restart().await;
+
+    let again = eventually(
+        Duration::from_secs(30),
+        "the events past its cursor",
+        || async {
+            let got = receiver.deliveries("/behind").await;
+            (got.len() >= 4).then_some(got)
+        },
+    )
+    .await;
+    let mut redelivered: Vec<String> = again[2..]
+        .iter()
+        .filter_map(|d| d.webhook_id.clone())
+        .collect();
+    redelivered.sort();
+    assert_eq!(redelivered, vec!["before-1", "before-2"]);
+    // The quiet one started asleep: a new event of its account wakes it.
+    publish(&app, "quiet", "after-1").await;
+    let quiet = eventually(
+        Duration::from_secs(30),
+        "the quiet account's event",
+        || async {
+            let got = receiver.deliveries("/quiet").await;
+            (!got.is_empty()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(quiet[0].webhook_id.as_deref(), Some("after-1"));
+    publish(&app, "vimond", "after-2").await;
+    let behind_now = eventually(Duration::from_secs(30), "the next event", || async {
+        let got = receiver.deliveries("/behind").await;
+        (got.len() >= 5).then_some(got)
+    })
+    .await;
+    assert_eq!(behind_now[4].webhook_id.as_deref(), Some("after-2"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.deliveries("/behind").await.len(), 5);
+    assert_eq!(receiver.deliveries("/quiet").await.len(), 1);
+}
