@@ -757,3 +757,43 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewind_to(command: Control) -> i64 {
+        match command {
+            Control::Rewind(cursor) => cursor,
+            Control::Resolved(seq) => panic!("expected a rewind, got the end of retry {seq}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_reach_the_worker_in_order_whether_sent_before_or_while_it_waits() {
+        let slot = Slot::new(TaskTracker::new());
+        slot.send(Control::Rewind(3));
+        slot.send(Control::Rewind(7));
+        assert_eq!(rewind_to(slot.next_command().await), 3);
+        assert_eq!(rewind_to(slot.next_command().await), 7);
+
+        // Waiting: a command sent later wakes it.
+        let sender = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sender.send(Control::Rewind(11));
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(5), slot.next_command()).await;
+        assert_eq!(rewind_to(waited.expect("woken by the send")), 11);
+
+        // A wait given up (another branch of the worker's select won) takes nothing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), slot.next_command())
+                .await
+                .is_err()
+        );
+        slot.send(Control::Rewind(13));
+        assert_eq!(rewind_to(slot.next_command().await), 13);
+        assert!(slot.commands().is_empty());
+    }
+}
