@@ -250,8 +250,13 @@ impl Leases {
         if missing.is_empty() {
             return Ok(());
         }
+        // Read before the subscriptions, so that where the log ends holds for those that
+        // attach before anything else is committed (under traffic the others read).
+        let ends = self.dispatcher.log_ends().await;
         let subscriptions = self.held_subscriptions(&missing).await?;
-        self.dispatcher.start_workers(subscriptions).await;
+        self.dispatcher
+            .start_workers(subscriptions, ends.as_ref())
+            .await;
         Ok(())
     }
 }

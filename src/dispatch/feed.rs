@@ -119,7 +119,16 @@ impl Feed {
         }
     }
 
-    /// After the caller learned (from a read made after [`Feed::attach`]) that the log
+    /// Whether it is attached, and the router brings it everything after `head` (a
+    /// position up to which the caller has read the log some other way).
+    pub(super) fn attached_by(&self, head: i64) -> bool {
+        self.attached
+            .as_ref()
+            .is_some_and(|attached| attached.routed <= head)
+    }
+
+    /// After the caller learned (from a read that saw everything up to the router's
+    /// position for it, see [`Feed::attached_by`]) that the log
     /// holds nothing of its account past its position: the read of the log up to the
     /// router's position is skipped, and everything comes through the inbox.
     pub(super) fn skip_log(&mut self) {

@@ -121,6 +121,18 @@ impl WorkerHandle {
     }
 }
 
+/// Subscriptions read per query at a start.
+const START_PAGE: u32 = 1_000;
+
+/// Where each subscribed account's log ended when read (its last event's position;
+/// accounts without events are not there), and the head of the log then: a worker
+/// attached to the router at or before `head` has none of its account's events to read
+/// past `last`.
+pub(super) struct LogEnds {
+    head: i64,
+    last: HashMap<String, i64>,
+}
+
 struct WorkerHandle {
     target: Arc<Target>,
     cancel: CancellationToken,
@@ -355,9 +367,19 @@ impl Dispatcher {
         match dispatcher.shared.cluster.clone() {
             // One process: every enabled subscription is its own.
             None => {
-                let (subscriptions, unreadable) = store.db().all_subscriptions().await?;
-                report_unreadable(&unreadable);
-                dispatcher.start_workers(subscriptions).await;
+                let ends = dispatcher.log_ends().await;
+                let mut after = String::new();
+                loop {
+                    let page = store.db().subscriptions_after(&after, START_PAGE).await?;
+                    report_unreadable(&page.unreadable);
+                    dispatcher
+                        .start_workers(page.subscriptions, ends.as_ref())
+                        .await;
+                    match page.last {
+                        Some(last) => after = last,
+                        None => break,
+                    }
+                }
             }
             Some(cluster) => {
                 let leases = cluster::Leases::new(dispatcher.clone(), cluster);
@@ -414,9 +436,26 @@ impl Dispatcher {
     /// unfinished resyncs. One query finds those runs for all of them (10,000 lookups at
     /// once took PostgreSQL's whole pool), made once the workers are in place, so that a
     /// run started meanwhile is found by it or finds the worker.
-    async fn start_workers(&self, subscriptions: Vec<Subscription>) {
+    /// Where each subscribed account's log ends, and the head it was read at (`None`
+    /// when the read failed: every worker then reads its own account's log).
+    async fn log_ends(&self) -> Option<LogEnds> {
+        // Everything up to the head is committed before the query: the query sees it.
+        let head = self.store().head();
+        match self.store().db().last_event_of_subscribed_accounts().await {
+            Ok(last) => Some(LogEnds { head, last }),
+            Err(error) => {
+                tracing::error!(%error, "reading where each account's log ends failed; every worker reads its own");
+                None
+            }
+        }
+    }
+
+    /// Starts workers together (at the start, or taken over by a lease pass). Most of
+    /// many subscriptions are idle: those whose account logged nothing past their cursor
+    /// (by `ends`) start asleep rather than each reading its account's log (100,000
+    /// reads kept both cores busy for many seconds after a restart).
+    async fn start_workers(&self, subscriptions: Vec<Subscription>, ends: Option<&LogEnds>) {
         let mut started = HashSet::new();
-        let mut workers = Vec::new();
         for subscription in subscriptions {
             if subscription.disabled.is_some() || self.is_running(&subscription.id) {
                 continue;
@@ -424,9 +463,15 @@ impl Dispatcher {
             let id = subscription.id.clone();
             // A destination its sink cannot prepare is skipped, not fatal.
             match self.place_worker(subscription) {
-                Ok(placed) => {
+                Ok((mut worker, slot)) => {
                     started.insert(id);
-                    workers.push(placed);
+                    let skips = worker.attach_before_start()
+                        && ends.is_some_and(|ends| worker.skip_an_empty_log(ends));
+                    if skips {
+                        slot.start_asleep(worker);
+                    } else {
+                        slot.start(worker);
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, subscription = %id, "a stored subscription cannot be delivered; it is skipped");
@@ -435,30 +480,6 @@ impl Dispatcher {
         }
         if started.is_empty() {
             return;
-        }
-        // Most of many subscriptions are idle: those whose account logged nothing past
-        // their cursor start asleep rather than each reading its account's log (100,000
-        // reads kept both cores busy for many seconds after a restart). Attached first,
-        // so the read sees everything the router will not bring them.
-        let mut attached = 0;
-        for (worker, _) in &mut workers {
-            attached += usize::from(worker.attach_before_start());
-        }
-        let last_events = match attached {
-            0 => None,
-            _ => match self.store().db().last_event_of_subscribed_accounts().await {
-                Ok(last) => Some(last),
-                Err(error) => {
-                    tracing::error!(%error, "reading where each account's log ends failed; every worker reads its own");
-                    None
-                }
-            },
-        };
-        for (mut worker, slot) in workers {
-            match &last_events {
-                Some(last) if worker.skip_an_empty_log(last) => slot.start_asleep(worker),
-                _ => slot.start(worker),
-            }
         }
         // The workers run either way: a failed lookup costs the resumption of their
         // resyncs (until their next start), as one worker's failed lookup always did.

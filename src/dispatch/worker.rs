@@ -7,7 +7,7 @@
 //! its inbox or a command comes. So an idle subscription costs a little memory and no
 //! task.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use super::engine::{self, Call, Called, Delivery, Report};
 use super::feed::{Feed, Signals};
 use super::order::{self, Admit, EntityOrder};
 use super::router::{Wake, Wants};
-use super::{Dispatcher, Target};
+use super::{Dispatcher, LogEnds, Target};
 use crate::model::{Millis, StoredEvent, now_millis};
 use crate::sinks::Attempted;
 
@@ -321,7 +321,7 @@ impl Worker {
     }
 
     /// At a start: attaches the feed of a worker that may sleep (true), so that the
-    /// caller can then read where its account's log ends (see
+    /// caller can then look where its account's log ends (see
     /// [`Worker::skip_an_empty_log`]).
     pub(super) fn attach_before_start(&mut self) -> bool {
         if !self.may_sleep() {
@@ -331,11 +331,14 @@ impl Worker {
         true
     }
 
-    /// At a start, after [`Worker::attach_before_start`] and a read of the last event of
-    /// each account: true (and nothing to read) when its account's log ends at or before
-    /// its position.
-    pub(super) fn skip_an_empty_log(&mut self, last_events: &HashMap<String, i64>) -> bool {
-        let last = last_events.get(&self.target.subscription.account);
+    /// At a start, after [`Worker::attach_before_start`]: true (and nothing to read)
+    /// when its account's log, as `ends` read it, ends at or before its position, and
+    /// nothing was committed between that read and its attachment.
+    pub(super) fn skip_an_empty_log(&mut self, ends: &LogEnds) -> bool {
+        if !self.feed.attached_by(ends.head) {
+            return false;
+        }
+        let last = ends.last.get(&self.target.subscription.account);
         if last.is_some_and(|&last| last > self.feed.seen()) {
             return false;
         }

@@ -169,7 +169,15 @@ impl Backend {
     }
 }
 
-/// The database, for reads and for writes off the hot path. Cheap to clone.
+/// One page of the stored subscriptions (see [`Database::subscriptions_after`]).
+pub struct SubscriptionPage {
+    pub subscriptions: Vec<Subscription>,
+    /// Rows of the page that could not be read (each one's error).
+    pub unreadable: Vec<StoreError>,
+    /// The last id of the page, readable or not; `None`: the page was empty.
+    pub last: Option<String>,
+}
+
 /// One subscription's side of the retry set (see [`Database::retry_set_by_subscription`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySetCount {
@@ -184,6 +192,7 @@ pub struct RetrySetCount {
     pub oldest_received_at: Option<Millis>,
 }
 
+/// The database, for reads and for writes off the hot path. Cheap to clone.
 #[derive(Clone)]
 pub struct Database {
     pub(super) pool: Pool,
@@ -1016,16 +1025,26 @@ impl Database {
             .collect()
     }
 
-    /// Every subscription of every kind and account that can be read, and why the others
-    /// cannot (a row written by a newer version, or damaged): one unreadable row must not
-    /// keep the others from being delivered.
-    pub async fn all_subscriptions(&self) -> Result<(Vec<Subscription>, Vec<StoreError>)> {
+    /// Up to `limit` subscriptions of every kind and account with ids after `after`, in
+    /// id order (`""`: from the first), and why those of them that cannot be read cannot
+    /// (a row written by a newer version, or damaged: one unreadable row must not keep
+    /// the others from being delivered). A start reads them a page at a time, so that
+    /// 100,000 rows are not all in memory at once beside what their workers keep.
+    pub async fn subscriptions_after(&self, after: &str, limit: u32) -> Result<SubscriptionPage> {
         let rows: Vec<SubscriptionRow> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT * FROM subscriptions ORDER BY created_at, id"
+            "SELECT * FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2"
         )
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(pool)
         .await?);
-        Ok(open_subscriptions(rows, &self.sealer))
+        let last = rows.last().map(|row| row.id().to_owned());
+        let (subscriptions, unreadable) = open_subscriptions(rows, &self.sealer);
+        Ok(SubscriptionPage {
+            subscriptions,
+            unreadable,
+            last,
+        })
     }
 
     /// How many job callbacks of the account are live (not expired by `now`), over all

@@ -43,7 +43,7 @@ use crate::config::Durability;
 pub use crate::model::KeyOwner;
 use crate::model::{DisabledReason, Millis, NewEvent, StoredEvent};
 
-pub use database::{Backend, Database, PageSize, RetrySetCount, WantedEvents};
+pub use database::{Backend, Database, PageSize, RetrySetCount, SubscriptionPage, WantedEvents};
 pub use derive::Derivation;
 pub use postgres::Cluster;
 pub use retention::{PassReport, RetentionPolicy, RetentionState, run_retention};

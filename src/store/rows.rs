@@ -96,6 +96,12 @@ pub(super) fn open_subscriptions(
     (readable, unreadable)
 }
 
+impl SubscriptionRow {
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// A stored subscription with its secrets decrypted.
 pub(super) fn open_subscription(row: SubscriptionRow, sealer: &Sealer) -> Result<Subscription> {
     let mut subscription = Subscription::try_from(row)?;
