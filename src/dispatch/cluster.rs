@@ -22,6 +22,10 @@ use super::Dispatcher;
 use crate::model::now_millis;
 use crate::store::{Cluster, StoreError};
 
+/// A pass that starts at least this many workers reads where each account's log ends
+/// first (see `Dispatcher::start_workers`).
+const LOG_ENDS_FROM: usize = 64;
+
 /// At most this many announcements are taken at once before the next pass.
 const ANNOUNCEMENTS_PER_PASS: usize = 10_000;
 
@@ -251,8 +255,13 @@ impl Leases {
             return Ok(());
         }
         // Read before the subscriptions, so that where the log ends holds for those that
-        // attach before anything else is committed (under traffic the others read).
-        let ends = self.dispatcher.log_ends().await;
+        // attach before anything else is committed (under traffic the others read). It
+        // looks at every subscribed account: worth it for a node's first pass or a
+        // takeover, not for the few subscriptions just created (they read their own).
+        let ends = match missing.len() >= LOG_ENDS_FROM {
+            true => self.dispatcher.log_ends().await,
+            false => None,
+        };
         let subscriptions = self.held_subscriptions(&missing).await?;
         self.dispatcher
             .start_workers(subscriptions, ends.as_ref())
