@@ -12,6 +12,7 @@ use utoipa::OpenApi;
 use super::admin::ApiDoc;
 use super::body::{resolve, type_includes};
 use crate::catalog::{Catalog, Envelope, FieldKind, FieldSpec};
+use crate::sinks::destination::Destination;
 
 /// The OpenAPI document as served: generated from the handlers' own types, then made
 /// exact where the generator cannot be (see [`close_request_schemas`], [`add_responses`]).
@@ -300,8 +301,13 @@ fn close(document: &Value, schema: &mut Value) {
 /// The rules between members that the handlers apply and the DTOs' types cannot say,
 /// written into their schemas (JSON Schema 2020-12, as OpenAPI 3.1 takes it).
 fn add_member_rules(document: &mut Value) {
-    let aws =
-        json!({"required": ["type"], "properties": {"type": {"enum": ["sns", "sqs", "kinesis"]}}});
+    // Every destination but a webhook (the message buses too, not only AWS).
+    let not_webhooks: Vec<&str> = Destination::TYPES
+        .iter()
+        .copied()
+        .filter(|kind| *kind != "webhook")
+        .collect();
+    let not_webhook = json!({"required": ["type"], "properties": {"type": {"enum": not_webhooks}}});
     let rules = [
         (
             "SubscriptionIn",
@@ -318,9 +324,9 @@ fn add_member_rules(document: &mut Value) {
                 ]},
                 // Binary CloudEvents and the validation handshake are for webhooks.
                 {"not": {"required": ["destination", "format"],
-                         "properties": {"destination": aws.clone(), "format": {"const": "cloudevents-binary"}}}},
+                         "properties": {"destination": not_webhook.clone(), "format": {"const": "cloudevents-binary"}}}},
                 {"not": {"required": ["destination", "validationHandshake"],
-                         "properties": {"destination": aws.clone(), "validationHandshake": {"const": true}}}},
+                         "properties": {"destination": not_webhook.clone(), "validationHandshake": {"const": true}}}},
                 // `resyncTypes` goes with `"resync": true`.
                 {"not": {"required": ["resyncTypes"],
                          "properties": {"resyncTypes": {"type": "array"}, "resync": {"not": {"const": true}}}}},
