@@ -431,11 +431,6 @@ impl Dispatcher {
         }
     }
 
-    /// Starts this node's workers for subscriptions read at a start or a lease pass
-    /// (disabled ones and those running here already are skipped), then resumes their
-    /// unfinished resyncs. One query finds those runs for all of them (10,000 lookups at
-    /// once took PostgreSQL's whole pool), made once the workers are in place, so that a
-    /// run started meanwhile is found by it or finds the worker.
     /// Where each subscribed account's log ends, and the head it was read at (`None`
     /// when the read failed: every worker then reads its own account's log).
     async fn log_ends(&self) -> Option<LogEnds> {
@@ -450,10 +445,14 @@ impl Dispatcher {
         }
     }
 
-    /// Starts workers together (at the start, or taken over by a lease pass). Most of
-    /// many subscriptions are idle: those whose account logged nothing past their cursor
-    /// (by `ends`) start asleep rather than each reading its account's log (100,000
-    /// reads kept both cores busy for many seconds after a restart).
+    /// Starts this node's workers for subscriptions read at a start (a page of them) or
+    /// a lease pass (disabled ones and those running here already are skipped), then
+    /// resumes their unfinished resyncs. One query finds those runs for all of them
+    /// (10,000 lookups at once took PostgreSQL's whole pool), made once the workers are
+    /// in place, so that a run started meanwhile is found by it or finds the worker.
+    /// Most of many subscriptions are idle: those whose account logged nothing past
+    /// their cursor (by `ends`) start asleep rather than each reading its account's log
+    /// (100,000 reads kept both cores busy for many seconds after a restart).
     async fn start_workers(&self, subscriptions: Vec<Subscription>, ends: Option<&LogEnds>) {
         let mut started = HashSet::new();
         for subscription in subscriptions {
