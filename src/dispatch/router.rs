@@ -178,123 +178,151 @@ struct Route {
     mark: u64,
 }
 
-/// The attached subscriptions of one account, by what they want.
+/// What a subscription is listed under in the index, within its account.
+#[derive(Clone, Copy, Hash)]
+enum Listed {
+    Event,
+    Topic,
+    /// A job's callback, by its job (its filter is checked at each event).
+    Job,
+}
+
+impl Route {
+    /// Whether this route, listed under `listed`, wants `event`: the exact check behind
+    /// the index's hashed keys.
+    fn wants(&self, listed: Listed, event: &StoredEvent) -> bool {
+        let wants = &*self.wants;
+        wants.account == event.account
+            && match listed {
+                Listed::Event => wants.job.is_none() && wants.filter.events.contains(&event.name),
+                Listed::Topic => wants.job.is_none() && wants.filter.topics.contains(&event.topic),
+                Listed::Job => {
+                    wants.job.is_some()
+                        && wants.job == event.entity_key
+                        && wants.filter.matches(&event.name, &event.topic)
+                }
+            }
+    }
+}
+
+/// An account with attached subscriptions.
 #[derive(Default)]
 struct AccountRoutes {
-    routes: HashMap<RouteId, Route>,
-    by_event: HashMap<String, Vec<RouteId>>,
-    by_topic: HashMap<String, Vec<RouteId>>,
-    /// Jobs' callbacks, by job (their filter is checked at each event).
-    by_job: HashMap<String, Vec<RouteId>>,
+    routes: Vec<RouteId>,
     /// Events of this account routed since its first subscription attached.
     events: u64,
 }
 
-impl AccountRoutes {
-    /// The routes that want `event`, each once, in `out` (cleared first).
-    fn matching(&self, event: &StoredEvent, out: &mut Vec<RouteId>) {
+/// Which attached subscription wants what: by account, then event name, topic or job.
+///
+/// Flat: one entry per route and one per name it lists, under a hash of (account, kind,
+/// name), not a set of maps per account. Most accounts of a platform hold one or two
+/// subscriptions, and four maps each cost about 900 bytes per idle subscription (100,000
+/// of them: 90 MB); a hashed key holds no copy of either string. Two keys may share a
+/// hash: every route found is checked against the event ([`Route::wants`]).
+#[derive(Default)]
+pub(super) struct Index {
+    routes: HashMap<RouteId, Route>,
+    accounts: HashMap<Box<str>, AccountRoutes>,
+    listed: HashMap<u64, Vec<RouteId>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Index {
+    fn key(&self, account: &str, listed: Listed, name: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((account, listed, name))
+    }
+
+    /// The names a route is listed under.
+    fn keys(&self, wants: &Wants) -> Vec<u64> {
+        match &wants.job {
+            Some(job) => vec![self.key(&wants.account, Listed::Job, job)],
+            None => {
+                let events = wants.filter.events.iter().map(|name| (Listed::Event, name));
+                let topics = wants
+                    .filter
+                    .topics
+                    .iter()
+                    .map(|topic| (Listed::Topic, topic));
+                events
+                    .chain(topics)
+                    .map(|(listed, name)| self.key(&wants.account, listed, name))
+                    .collect()
+            }
+        }
+    }
+
+    fn add(&mut self, id: RouteId, wants: Arc<Wants>, inbox: Arc<Inbox>) {
+        for key in self.keys(&wants) {
+            let ids = self.listed.entry(key).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let account = match self.accounts.get_mut(wants.account.as_str()) {
+            Some(account) => account,
+            None => self
+                .accounts
+                .entry(wants.account.as_str().into())
+                .or_default(),
+        };
+        account.routes.push(id);
+        let mark = account.events;
+        self.routes.insert(id, Route { wants, inbox, mark });
+    }
+
+    /// Removes a route; its inbox gets nothing more. False when it was not there.
+    fn remove(&mut self, id: RouteId) -> bool {
+        let Some(route) = self.routes.remove(&id) else {
+            return false;
+        };
+        for key in self.keys(&route.wants) {
+            if let Entry::Occupied(mut ids) = self.listed.entry(key) {
+                ids.get_mut().retain(|&other| other != id);
+                if ids.get().is_empty() {
+                    ids.remove();
+                }
+            }
+        }
+        if let Some(account) = self.accounts.get_mut(route.wants.account.as_str()) {
+            account.routes.retain(|&other| other != id);
+            // An account without subscriptions costs nothing.
+            if account.routes.is_empty() {
+                self.accounts.remove(route.wants.account.as_str());
+            }
+        }
+        true
+    }
+
+    /// The routes that want `event`, each once and in order, in `out` (cleared first).
+    fn matching_into(&self, event: &StoredEvent, out: &mut Vec<RouteId>) {
         out.clear();
-        if let Some(ids) = self.by_event.get(&event.name) {
-            out.extend(ids);
+        let mut look = |listed: Listed, name: &str| {
+            if let Some(ids) = self.listed.get(&self.key(&event.account, listed, name)) {
+                out.extend(ids.iter().filter(|id| {
+                    self.routes
+                        .get(id)
+                        .is_some_and(|route| route.wants(listed, event))
+                }));
+            }
+        };
+        look(Listed::Event, &event.name);
+        look(Listed::Topic, &event.topic);
+        if let Some(key) = &event.entity_key {
+            look(Listed::Job, key);
         }
-        if let Some(ids) = self.by_topic.get(&event.topic) {
-            out.extend(ids);
-        }
-        if let Some(key) = &event.entity_key
-            && let Some(ids) = self.by_job.get(key)
-        {
-            out.extend(ids.iter().filter(|id| {
-                self.routes
-                    .get(id)
-                    .is_some_and(|route| route.wants.filter.matches(&event.name, &event.topic))
-            }));
-        }
-        // A subscription to both an event and its topic is listed twice.
+        // A subscription to both an event and its topic is found twice.
         if out.len() > 1 {
             out.sort_unstable();
             out.dedup();
         }
     }
-}
-
-/// Which attached subscription wants what: accounts, then event names and topics.
-#[derive(Default)]
-pub(super) struct Index {
-    accounts: HashMap<String, AccountRoutes>,
-    /// The account of every route, to remove it by id.
-    owners: HashMap<RouteId, String>,
-}
-
-fn list_add(lists: &mut HashMap<String, Vec<RouteId>>, key: &str, id: RouteId) {
-    let list = lists.entry(key.to_owned()).or_default();
-    if !list.contains(&id) {
-        list.push(id);
-    }
-}
-
-fn list_remove(lists: &mut HashMap<String, Vec<RouteId>>, key: &str, id: RouteId) {
-    if let Entry::Occupied(mut list) = lists.entry(key.to_owned()) {
-        list.get_mut().retain(|&other| other != id);
-        if list.get().is_empty() {
-            list.remove();
-        }
-    }
-}
-
-impl Index {
-    fn add(&mut self, id: RouteId, wants: Arc<Wants>, inbox: Arc<Inbox>) {
-        let account = self.accounts.entry(wants.account.clone()).or_default();
-        match &wants.job {
-            Some(job) => list_add(&mut account.by_job, job, id),
-            None => {
-                for name in &wants.filter.events {
-                    list_add(&mut account.by_event, name, id);
-                }
-                for topic in &wants.filter.topics {
-                    list_add(&mut account.by_topic, topic, id);
-                }
-            }
-        }
-        self.owners.insert(id, wants.account.clone());
-        let mark = account.events;
-        account.routes.insert(id, Route { wants, inbox, mark });
-    }
-
-    /// Removes a route; its inbox gets nothing more. False when it was not there.
-    fn remove(&mut self, id: RouteId) -> bool {
-        let Some(owner) = self.owners.remove(&id) else {
-            return false;
-        };
-        let Entry::Occupied(mut account) = self.accounts.entry(owner) else {
-            return false;
-        };
-        let routes = account.get_mut();
-        if let Some(route) = routes.routes.remove(&id) {
-            match &route.wants.job {
-                Some(job) => list_remove(&mut routes.by_job, job, id),
-                None => {
-                    for name in &route.wants.filter.events {
-                        list_remove(&mut routes.by_event, name, id);
-                    }
-                    for topic in &route.wants.filter.topics {
-                        list_remove(&mut routes.by_topic, topic, id);
-                    }
-                }
-            }
-        }
-        // An account without subscriptions costs nothing.
-        if routes.routes.is_empty() {
-            account.remove();
-        }
-        true
-    }
 
     #[cfg(test)]
     fn matching(&self, event: &StoredEvent) -> Vec<RouteId> {
         let mut out = Vec::new();
-        if let Some(account) = self.accounts.get(&event.account) {
-            account.matching(event, &mut out);
-        }
+        self.matching_into(event, &mut out);
         out
     }
 }
@@ -393,9 +421,9 @@ impl Router {
     pub(super) fn settle(&self, id: RouteId) -> Option<i64> {
         let mut routing = self.lock();
         let routing = &mut *routing;
-        let owner = routing.index.owners.get(&id)?;
-        let account = routing.index.accounts.get_mut(owner)?;
-        let route = account.routes.get_mut(&id)?;
+        let index = &mut routing.index;
+        let route = index.routes.get_mut(&id)?;
+        let account = index.accounts.get(route.wants.account.as_str())?;
         if route.mark == account.events {
             return None;
         }
@@ -421,23 +449,26 @@ impl Router {
         let mut targets = Vec::new();
         let routed = routing.routed;
         for event in batch.events.iter().filter(|e| e.seq > routed) {
-            let Some(account) = routing.index.accounts.get_mut(&event.account) else {
+            let index = &mut routing.index;
+            let Some(account) = index.accounts.get_mut(event.account.as_str()) else {
                 continue;
             };
             account.events += 1;
-            account.matching(event, &mut matched);
+            let events = account.events;
             targets.clear();
-            if account.events.is_multiple_of(NUDGE_EVERY) {
+            if events.is_multiple_of(NUDGE_EVERY) {
                 // Everyone in the account learns the position (with or without events).
-                targets.extend(account.routes.keys().copied());
-            } else {
+                targets.extend_from_slice(&account.routes);
+            }
+            index.matching_into(event, &mut matched);
+            if targets.is_empty() {
                 targets.extend_from_slice(&matched);
             }
             for &id in &targets {
-                let Some(route) = account.routes.get_mut(&id) else {
+                let Some(route) = index.routes.get_mut(&id) else {
                     continue;
                 };
-                route.mark = account.events;
+                route.mark = events;
                 let slot = *slots.entry(id).or_insert_with(|| {
                     staged.push(Staged {
                         id,
@@ -634,7 +665,7 @@ mod tests {
         assert!(index.matching(&updated).is_empty());
         assert!(!index.accounts.contains_key("a"));
         assert!(index.remove(3));
-        assert!(index.accounts.is_empty() && index.owners.is_empty());
+        assert!(index.accounts.is_empty() && index.routes.is_empty() && index.listed.is_empty());
     }
 
     fn batch(after: i64, events: Vec<StoredEvent>) -> CommittedBatch {

@@ -190,6 +190,41 @@ impl Wake for Slot {
     }
 }
 
+/// A worker's delivery calls under way. The queue is made at the first call and let go
+/// before the worker sleeps: an empty `FuturesUnordered` holds an allocated queue of about
+/// 250 bytes, which every sleeping worker would keep for nothing.
+#[derive(Default)]
+struct Calls(Option<FuturesUnordered<Call<()>>>);
+
+impl Calls {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, call: Call<()>) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(call);
+    }
+
+    /// The next call to finish; `None` at once when none is under way.
+    async fn next(&mut self) -> Option<Called<()>> {
+        match &mut self.0 {
+            Some(calls) => calls.next().await,
+            None => None,
+        }
+    }
+
+    /// Lets the queue go, when nothing is under way.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+}
+
 /// Why a worker's delivery loop ended.
 enum Stop {
     /// Nothing to do: it may sleep.
@@ -206,7 +241,7 @@ pub(super) struct Worker {
     /// Matching events read from the feed, not yet started.
     pending: VecDeque<Arc<StoredEvent>>,
     /// Delivery calls under way: one event each for a webhook, a batch for AWS sinks.
-    in_flight: FuturesUnordered<Call<()>>,
+    in_flight: Calls,
     /// The events of the calls under way: their position, and when each was committed
     /// (for the metrics' oldest undelivered event).
     in_flight_seqs: BTreeMap<i64, Millis>,
@@ -258,7 +293,7 @@ impl Worker {
             cancel,
             feed,
             pending: VecDeque::new(),
-            in_flight: FuturesUnordered::new(),
+            in_flight: Calls::default(),
             in_flight_seqs: BTreeMap::new(),
             report,
             saved_cursor: cursor,
@@ -289,6 +324,7 @@ impl Worker {
         let expired = loop {
             match self.deliver().await {
                 Stop::Idle => {
+                    self.in_flight.release();
                     let slot = self.slot.clone();
                     match slot.sleep(Box::new(self)) {
                         Ok(()) => return,
