@@ -250,8 +250,9 @@ pub(super) struct Worker {
     /// In-order subscriptions only: the event whose retry must be over before the next
     /// delivery starts.
     waiting_for: Option<i64>,
-    /// Subscriptions ordered per entity only: which events may go next.
-    order: Option<EntityOrder>,
+    /// Subscriptions ordered per entity only: which events may go next. Boxed: most
+    /// subscriptions are not ordered, and every sleeping worker would hold its 168 bytes.
+    order: Option<Box<EntityOrder>>,
     /// Ordered per entity: admitted events (their entity's turn), not started yet.
     ready: VecDeque<Arc<StoredEvent>>,
     /// Where it sleeps when it has nothing to do.
@@ -286,7 +287,7 @@ impl Worker {
             .subscription
             .ordering
             .by_entity()
-            .then(|| EntityOrder::new(order::PARKED_MAX));
+            .then(|| Box::new(EntityOrder::new(order::PARKED_MAX)));
         Worker {
             dispatcher,
             target,
@@ -494,7 +495,7 @@ impl Worker {
                         self.flush().await;
                     }
                 }
-                events = self.feed.next(), if self.pending.len() < read_ahead && !self.order.as_ref().is_some_and(EntityOrder::full) => {
+                events = self.feed.next(), if self.pending.len() < read_ahead && !self.order.as_deref().is_some_and(EntityOrder::full) => {
                     let subscription = &self.target.subscription;
                     self.pending.extend(events.into_iter().filter(|event| subscription.wants(event)));
                 }
@@ -503,7 +504,7 @@ impl Worker {
                     self.flush().await;
                 }
                 _ = sleep_until_some(probe_at), if probe_at.is_some() => {}
-                _ = recheck.tick(), if self.waiting_for.is_some() || self.order.as_ref().is_some_and(EntityOrder::has_retries) => {
+                _ = recheck.tick(), if self.waiting_for.is_some() || self.order.as_deref().is_some_and(EntityOrder::has_retries) => {
                     // Everything this worker reported is committed before the look.
                     self.flush().await;
                     if self.dispatcher.store().flush().await.is_ok() {
@@ -686,7 +687,7 @@ impl Worker {
         // Ordered per entity: parked, due and admitted events are not delivered yet.
         let parked = self
             .order
-            .as_ref()
+            .as_deref()
             .and_then(EntityOrder::first_waiting)
             .map(|seq| seq - 1);
         let ready = self.ready.iter().map(|event| event.seq - 1).min();
