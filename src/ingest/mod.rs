@@ -60,32 +60,38 @@ fn each_object<T>(
                 })?;
             Ok(vec![one])
         }
-        // A batch: each item keeps its own text, then is parsed into its fields.
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
-            if items.is_empty() {
-                return Err(IngestError::Empty);
-            }
-            items
+        // A batch: each object parsed once, keeping its own text.
+        Some(b'[') => match objects_of_batch(body) {
+            Some(items) => items
                 .into_iter()
                 .enumerate()
-                .map(|(index, raw)| {
-                    let invalid = |field: String, message: String| IngestError::Invalid {
-                        index: Some(index),
-                        field,
-                        message,
-                    };
-                    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get()) else {
-                        return Err(invalid(
-                            String::new(),
-                            format!("each {item} must be a JSON object"),
-                        ));
-                    };
-                    validate(&fields, Document::slice_of(body, raw.get()))
-                        .map_err(|(field, message)| invalid(field, message))
+                .map(|(index, (fields, text))| {
+                    validate(&fields, Document::slice_of(body, text))
+                        .map_err(|(field, message)| invalid_item(index, field, message))
                 })
-                .collect()
-        }
+                .collect(),
+            // Not an array of objects: read again item by item, to say which one is
+            // wrong and where (the first wrong one, a malformed or invalid object alike).
+            None => {
+                let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
+                if items.is_empty() {
+                    return Err(IngestError::Empty);
+                }
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, raw)| {
+                        let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(raw.get())
+                        else {
+                            let message = format!("each {item} must be a JSON object");
+                            return Err(invalid_item(index, String::new(), message));
+                        };
+                        validate(&fields, Document::slice_of(body, raw.get()))
+                            .map_err(|(field, message)| invalid_item(index, field, message))
+                    })
+                    .collect()
+            }
+        },
         _ => {
             // Malformed JSON gets its position; well-formed JSON of another kind, a 422.
             let _: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
@@ -95,6 +101,47 @@ fn each_object<T>(
                 message: format!("the body must be one {item} object or an array of them"),
             })
         }
+    }
+}
+
+/// A non-empty JSON array of objects, each object's fields with its own text (without the
+/// whitespace around it), read in one pass; `None` for any other body. Reading each item
+/// first as raw text and then again into fields cost a second parse of every batch.
+fn objects_of_batch(body: &[u8]) -> Option<Vec<(Map<String, Value>, &str)>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let after_whitespace = |at: usize| {
+        text[at..]
+            .find(|c: char| !matches!(c, ' ' | '\t' | '\n' | '\r'))
+            .map_or(text.len(), |skip| at + skip)
+    };
+    let mut at = after_whitespace(0);
+    if text.as_bytes().get(at) != Some(&b'[') {
+        return None;
+    }
+    let mut items = Vec::new();
+    loop {
+        let start = after_whitespace(at + 1);
+        // A stream stops after one value and says where it ended.
+        let mut stream =
+            serde_json::Deserializer::from_str(&text[start..]).into_iter::<Map<String, Value>>();
+        let fields = stream.next()?.ok()?;
+        let end = start + stream.byte_offset();
+        items.push((fields, &text[start..end]));
+        at = after_whitespace(end);
+        match text.as_bytes().get(at) {
+            Some(b',') => {}
+            Some(b']') => break,
+            _ => return None,
+        }
+    }
+    (after_whitespace(at + 1) == text.len()).then_some(items)
+}
+
+fn invalid_item(index: usize, field: String, message: String) -> IngestError {
+    IngestError::Invalid {
+        index: Some(index),
+        field,
+        message,
     }
 }
 

@@ -305,4 +305,44 @@ mod tests {
             Err(IngestError::Invalid { .. })
         ));
     }
+
+    #[test]
+    fn a_batch_is_read_exactly_as_sent_or_refused_where_it_is_wrong() {
+        let one = asset_updated("a").to_string();
+        // Escapes, nesting, a bracket and a comma inside strings, JSON's four whitespaces.
+        let odd = r#"{"eventName":"asset-updated","guid":"b\"],{","timestamp":"2022-09-19T08:36:30Z","assetId":1,"x":[{"y":"]"}]}"#;
+        let body = format!("\r\n\t[ {one}\n,\t{odd} ] \n");
+        let events = parse(&catalog(), "vimond", &Bytes::from(body)).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].body.as_str(), one);
+        assert_eq!(events[1].body.as_str(), odd);
+        assert_eq!(events[1].id, "b\"],{");
+
+        let refused = |body: &str| parse(&catalog(), "vimond", &Bytes::from(body.to_owned()));
+        assert_eq!(refused("[]"), Err(IngestError::Empty));
+        assert_eq!(refused(" [ \n ] "), Err(IngestError::Empty));
+        for wrong in [
+            format!("[{one},]"),
+            format!("[{one} {one}]"),
+            format!("[{one}] x"),
+            format!("[{one}"),
+            format!("[{one}]\u{c}"),
+        ] {
+            assert!(
+                matches!(refused(&wrong), Err(IngestError::Malformed { .. })),
+                "{wrong}"
+            );
+        }
+        // The first wrong item is the one named, whether it is not an object or invalid.
+        let mut no_guid = asset_updated("c");
+        no_guid.as_object_mut().unwrap().remove("guid");
+        assert_eq!(
+            invalid(&json!([asset_updated("d"), 7, no_guid])),
+            (Some(1), String::new())
+        );
+        assert_eq!(
+            invalid(&json!([asset_updated("d"), no_guid, 7])),
+            (Some(1), "guid".into())
+        );
+    }
 }
