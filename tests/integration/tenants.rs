@@ -206,8 +206,13 @@ async fn publish(app: &TestApp, account: &str, guid: &str) {
     assert_eq!(status, 202, "{answer}");
 }
 
+/// How many quiet accounts the restart test subscribes: more than the workers from which a
+/// PostgreSQL node's lease pass reads where each account's log ends, as a start does.
+const QUIET_ACCOUNTS: usize = 70;
+
 /// At a start, a subscription whose account logged nothing past its cursor starts asleep
 /// without reading the log; one with its account's events past its cursor reads them.
+/// On PostgreSQL the same holds for the first lease pass of the restarted node.
 #[tokio::test]
 async fn after_a_restart_idle_subscriptions_wake_for_new_events_and_those_behind_read_the_log() {
     let mut app = TestApp::start().await;
@@ -216,11 +221,22 @@ async fn after_a_restart_idle_subscriptions_wake_for_new_events_and_those_behind
     let (behind, _) = app
         .subscribe_receiver(&receiver, "/behind", wants.clone(), &[])
         .await;
-    let quiet_body = json!({"endpoint": receiver.url("/quiet"), "events": ["asset-updated"]});
-    let (status, answer) = app
-        .post("/v1/accounts/quiet/subscriptions", &quiet_body.to_string())
-        .await;
-    assert_eq!(status, 201, "{answer}");
+    let quiet_account = |n: usize| match n {
+        0 => "quiet".to_owned(),
+        n => format!("quiet-{n}"),
+    };
+    for n in 0..QUIET_ACCOUNTS {
+        let account = quiet_account(n);
+        let body =
+            json!({"endpoint": receiver.url(&format!("/{account}")), "events": ["asset-updated"]});
+        let (status, answer) = app
+            .post(
+                &format!("/v1/accounts/{account}/subscriptions"),
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
     publish(&app, "vimond", "before-1").await;
     publish(&app, "vimond", "before-2").await;
     eventually(Duration::from_secs(30), "the first deliveries", || async {
@@ -273,7 +289,24 @@ async fn after_a_restart_idle_subscriptions_wake_for_new_events_and_those_behind
     })
     .await;
     assert_eq!(behind_now[4].webhook_id.as_deref(), Some("after-2"));
+    // And one more of the quiet ones, the last subscribed.
+    let last = quiet_account(QUIET_ACCOUNTS - 1);
+    publish(&app, &last, "after-3").await;
+    let woken = eventually(
+        Duration::from_secs(30),
+        "the last quiet account's event",
+        || async {
+            let got = receiver.deliveries(&format!("/{last}")).await;
+            (!got.is_empty()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(woken[0].webhook_id.as_deref(), Some("after-3"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.deliveries("/behind").await.len(), 5);
-    assert_eq!(receiver.deliveries("/quiet").await.len(), 1);
+    for n in 0..QUIET_ACCOUNTS {
+        let expected = usize::from(n == 0 || n == QUIET_ACCOUNTS - 1);
+        let path = format!("/{}", quiet_account(n));
+        assert_eq!(receiver.deliveries(&path).await.len(), expected, "{path}");
+    }
 }
