@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions,
 };
 
 use super::database::ClaimLimits;
@@ -24,6 +25,11 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// A restarting checkpoint holds writers back while it copies what a passive one left:
 /// it is only started when that is at most this many frames (4 MB), a few milliseconds.
 const RESTART_AT_MOST_FRAMES: i64 = 1_024;
+/// How long a statement waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarting checkpoint waits for the writers' lock and for the readers in
+/// the WAL, writers held back meanwhile.
+const RESTART_WAIT: Duration = Duration::from_millis(50);
 /// Past this (1 GB) the WAL is restarted even when that means a long stall: writes have
 /// outrun passive checkpoints for too long.
 const WAL_FORCE_RESTART_FRAMES: i64 = 262_144;
@@ -80,7 +86,7 @@ pub(super) async fn open_pool(
         .auto_vacuum(SqliteAutoVacuum::Incremental)
         .journal_mode(SqliteJournalMode::Wal)
         .pragma("synchronous", synchronous(durability))
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(BUSY_TIMEOUT)
         .pragma("foreign_keys", "ON")
         // 16 MB of page cache per connection (the default is 2 MB).
         .pragma("cache_size", "-16000")
@@ -226,15 +232,43 @@ pub(super) async fn checkpoint(pool: &SqlitePool) -> Result<bool> {
     if frames - copied > RESTART_AT_MOST_FRAMES && frames < WAL_FORCE_RESTART_FRAMES {
         return Ok(true);
     }
+    // A restart takes the writers' lock, then waits for the readers still in the WAL,
+    // holding every writer back: on the pool's busy timeout (10 s) that wait stalled
+    // publishing for seconds. Here it waits at most `RESTART_WAIT` (the pool's timeout
+    // once the WAL is past the forced restart), then finishes as a passive one would and
+    // says busy, and the next call tries again.
+    let wait = match frames < WAL_FORCE_RESTART_FRAMES {
+        true => RESTART_WAIT,
+        false => BUSY_TIMEOUT,
+    };
+    let mut connection = pool.acquire().await?;
+    set_busy_timeout(&mut connection, wait).await?;
     let started = std::time::Instant::now();
-    let row = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-        .fetch_one(pool)
-        .await?;
+    let restarted = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_one(&mut *connection)
+        .await;
+    // The connection goes back to the pool with the pool's timeout, or not at all.
+    if set_busy_timeout(&mut connection, BUSY_TIMEOUT)
+        .await
+        .is_err()
+    {
+        connection.close_on_drop();
+    }
+    let row = restarted?;
     metrics::histogram!("reelay_checkpoint_seconds", "mode" => "restart")
         .record(started.elapsed().as_secs_f64());
     // Busy: a reader or writer kept it from finishing; the WAL is still long.
     let busy: i64 = row.try_get(0)?;
     Ok(busy != 0)
+}
+
+async fn set_busy_timeout(connection: &mut SqliteConnection, timeout: Duration) -> Result<()> {
+    // A number of ours, not input.
+    let pragma = format!("PRAGMA busy_timeout = {}", timeout.as_millis());
+    sqlx::query(sqlx::AssertSqlSafe(pragma))
+        .execute(connection)
+        .await?;
+    Ok(())
 }
 
 /// The last position in the log: its last event. Never a cursor: a subscriber cannot
@@ -309,7 +343,7 @@ pub(super) fn log_connection(
                 r.get(0)
             })?;
     }
-    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.execute_batch(&format!(
         "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \
          PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
