@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// What the table says of a phase `--only` left out.
+const NOT_RUN: &str = "not run";
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PhaseResources {
     pub peak_rss_mb: Option<f64>,
@@ -24,6 +27,11 @@ pub struct ThroughputResult {
 }
 
 impl ThroughputResult {
+    /// Whether its phase ran (`--only` may leave it out).
+    fn ran(&self) -> bool {
+        self.requests_or_events > 0
+    }
+
     pub fn new(
         count: usize,
         elapsed: Duration,
@@ -61,6 +69,11 @@ pub struct DeliveryResult {
 }
 
 impl DeliveryResult {
+    /// Whether its phase ran (`--only` may leave it out).
+    fn ran(&self) -> bool {
+        self.events > 0
+    }
+
     /// With how many of the phase's subscriptions each node delivered.
     pub fn with_split(self, subscriptions_per_node: Vec<u64>) -> DeliveryResult {
         DeliveryResult {
@@ -84,6 +97,11 @@ pub struct LatencyResult {
 }
 
 impl LatencyResult {
+    /// Whether its phase ran (`--only` may leave it out).
+    fn ran(&self) -> bool {
+        self.events > 0
+    }
+
     pub fn new(
         rate: u64,
         events: usize,
@@ -371,6 +389,20 @@ impl Report {
             r.cpu_seconds_per_1000_deliveries
                 .map_or("n/a".to_owned(), |v| format!("{v:.3} s"))
         };
+        // A phase left out by `--only` says so, rather than a rate of 0/s against its
+        // target; a ratio to a phase left out has nothing to compare with.
+        let rate = |ran: bool, per_second: f64| {
+            if ran {
+                format!("{per_second:.0}/s")
+            } else {
+                NOT_RUN.to_owned()
+            }
+        };
+        let times = |of: &DeliveryResult, to: &DeliveryResult| match (of.ran(), to.ran()) {
+            (false, _) => NOT_RUN.to_owned(),
+            (true, false) => "n/a".to_owned(),
+            (true, true) => format!("{:.2}x", of.per_second / to.per_second.max(1e-9)),
+        };
         let mut t = String::new();
         let storage = match (self.backend, self.nodes) {
             ("postgresql", 1) => ", PostgreSQL, 1 node".to_owned(),
@@ -396,30 +428,40 @@ impl Report {
         );
         row(
             "publish, single events: events/s",
-            format!("{:.0}/s", self.publish_single.per_second),
+            rate(self.publish_single.ran(), self.publish_single.per_second),
             "",
         );
         row(
             "  request p50 / p99",
-            format!(
-                "{:.2} / {:.2} ms",
-                self.publish_single.request_p50_ms, self.publish_single.request_p99_ms
+            if self.publish_single.ran() {
+                format!(
+                    "{:.2} / {:.2} ms",
+                    self.publish_single.request_p50_ms, self.publish_single.request_p99_ms
+                )
+            } else {
+                NOT_RUN.to_owned()
+            },
+            "",
+        );
+        row(
+            "  events that change a video: events/s",
+            rate(
+                self.publish_video_changes.ran(),
+                self.publish_video_changes.per_second,
             ),
             "",
         );
         row(
-            "  events that change a video: events/s",
-            format!("{:.0}/s", self.publish_video_changes.per_second),
-            "",
-        );
-        row(
             "publish, batches of 100: events/s",
-            format!("{:.0}/s", self.publish_batch.per_second),
+            rate(self.publish_batch.ran(), self.publish_batch.per_second),
             ">= 200000/s",
         );
         row(
             "  events that change a video: events/s",
-            format!("{:.0}/s", self.publish_batch_changes.per_second),
+            rate(
+                self.publish_batch_changes.ran(),
+                self.publish_batch_changes.per_second,
+            ),
             ">= 80000/s",
         );
         for (kind, one, ten, one_target) in [
@@ -433,24 +475,24 @@ impl Report {
         ] {
             row(
                 &format!("deliveries/s, 1 subscription{kind}"),
-                format!("{:.0}/s", one.per_second),
+                rate(one.ran(), one.per_second),
                 "",
             );
             row(
                 "  ratio to the raw limit",
-                format!("{:.3}", one.ratio_to_raw),
+                if one.ran() {
+                    format!("{:.3}", one.ratio_to_raw)
+                } else {
+                    NOT_RUN.to_owned()
+                },
                 one_target,
             );
             row(
                 &format!("deliveries/s, 10 subscriptions{kind}"),
-                format!("{:.0}/s", ten.per_second),
+                rate(ten.ran(), ten.per_second),
                 "",
             );
-            row(
-                "  ratio to 1 subscription",
-                format!("{:.2}x", ten.per_second / one.per_second.max(1e-9)),
-                ">= 2.5x",
-            );
+            row("  ratio to 1 subscription", times(ten, one), ">= 2.5x");
         }
         if let Some(tracing) = &self.tracing {
             row(
@@ -503,9 +545,9 @@ impl Report {
                 row(
                     name,
                     format!(
-                        "{:.0}/s ({:.2}x)",
+                        "{:.0}/s ({})",
                         result.per_second,
-                        result.per_second / self.delivery_ten.per_second.max(1e-9)
+                        times(result, &self.delivery_ten)
                     ),
                     "",
                 );
@@ -531,10 +573,7 @@ impl Report {
             );
             row(
                 "  ratio to 1 account",
-                format!(
-                    "{:.2}x",
-                    accounts.per_second / self.delivery_one.per_second.max(1e-9)
-                ),
+                times(accounts, &self.delivery_one),
                 ">= 0.8x",
             );
         }
@@ -542,15 +581,21 @@ impl Report {
             ("", &self.latency),
             (", video changes", &self.latency_changes),
         ] {
+            let at = if latency.ran() {
+                format!(" at {}/s", latency.rate_per_second)
+            } else {
+                String::new()
+            };
             row(
-                &format!(
-                    "publish->arrival at {}/s{kind}: p50 / p99 / max",
-                    latency.rate_per_second
-                ),
-                format!(
-                    "{:.1} / {:.1} / {:.1} ms",
-                    latency.p50_ms, latency.p99_ms, latency.max_ms
-                ),
+                &format!("publish->arrival{at}{kind}: p50 / p99 / max"),
+                if latency.ran() {
+                    format!(
+                        "{:.1} / {:.1} / {:.1} ms",
+                        latency.p50_ms, latency.p99_ms, latency.max_ms
+                    )
+                } else {
+                    NOT_RUN.to_owned()
+                },
                 "p99 <= 5 ms",
             );
         }
