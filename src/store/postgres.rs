@@ -186,23 +186,22 @@ pub(super) async fn commit_group(
     let mut log_after = after;
     let mut written = Vec::with_capacity(rows.len());
     if reserved > 0 {
-        // The notification goes out at commit; asking for it here saves a round trip.
-        // Positions stay below the largest bigint (the writer's next position must be
-        // representable): past that, no row is updated and the writer halts.
-        let top: Option<i64> = sqlx::query_scalar(
-            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 AND seq < 9223372036854775807 - $1 \
-             RETURNING seq, pg_notify($2, seq::text)::text",
-        )
-        .bind(reserved)
-        .bind(LOG_CHANNEL)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(top) = top else {
+        // Round trips, not PostgreSQL's work, are most of a commit's time: the head, the
+        // events and the videos' versions take one each, whatever the group's size.
+        let appended: Vec<(i64, Option<i64>)> = EventColumns::of(rows.iter().map(|row| &row.event))
+            .bind(sqlx::query_as(statements::APPEND_EVENTS))
+            .bind(reserved)
+            .bind(after)
+            .bind(LOG_CHANNEL)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(&(top, _)) = appended.first() else {
             return Err(StoreError::LogHalted(format!(
                 "sequence numbers are exhausted (or the log_head row is missing): {reserved} \
                  more positions do not fit"
             )));
         };
+        let inserted: HashSet<i64> = appended.iter().filter_map(|&(_, seq)| seq).collect();
         log_after = top - reserved;
         let shift = log_after - after;
         for row in rows.iter_mut() {
@@ -211,7 +210,7 @@ pub(super) async fn commit_group(
                 *seq += shift;
             }
         }
-        let inserted = insert_events(&mut tx, rows.iter().map(|row| &row.event)).await?;
+        let mut versions = next_video_versions(&mut tx, rows, &inserted).await?;
         let mut changes = Vec::new();
         for row in rows.iter() {
             if !inserted.contains(&row.event.seq) {
@@ -221,11 +220,7 @@ pub(super) async fn commit_group(
             let video_change = match &row.video_change {
                 None => None,
                 Some((video, seq)) => {
-                    let version: i64 = sqlx::query_scalar(statements::NEXT_VIDEO_VERSION.postgres)
-                        .bind(&row.event.account)
-                        .bind(video)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                    let version = versions.next(&row.event.account, video)?;
                     let change = derivation.video_change(&row.event, video, version, *seq);
                     changes.push(change.clone());
                     Some(change)
@@ -256,28 +251,75 @@ async fn insert_events<'a>(
     tx: &mut Transaction<'static, Postgres>,
     events: impl Iterator<Item = &'a StoredEvent>,
 ) -> Result<HashSet<i64>> {
-    let mut columns = EventColumns::default();
-    for event in events {
-        columns.push(event);
-    }
+    let columns = EventColumns::of(events);
     if columns.seq.is_empty() {
         return Ok(HashSet::new());
     }
-    let stored: Vec<i64> = sqlx::query_scalar(statements::INSERT_EVENTS)
-        .bind(columns.seq)
-        .bind(columns.account)
-        .bind(columns.event_id)
-        .bind(columns.name)
-        .bind(columns.topic)
-        .bind(columns.entity_key)
-        .bind(columns.occurred_at)
-        .bind(columns.received_at)
-        .bind(columns.body)
-        .bind(columns.traceparent)
-        .bind(columns.tracestate)
+    let stored: Vec<(i64,)> = columns
+        .bind(sqlx::query_as(statements::INSERT_EVENTS))
         .fetch_all(&mut **tx)
         .await?;
-    Ok(stored.into_iter().collect())
+    Ok(stored.into_iter().map(|(seq,)| seq).collect())
+}
+
+/// The versions the stored rows give their videos, taken in one statement.
+async fn next_video_versions(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[LogRow],
+    inserted: &HashSet<i64>,
+) -> Result<VideoVersions> {
+    let mut taken: HashMap<(String, String), i64> = HashMap::new();
+    for row in rows.iter().filter(|row| inserted.contains(&row.event.seq)) {
+        if let Some((video, _)) = &row.video_change {
+            *taken
+                .entry((row.event.account.clone(), video.clone()))
+                .or_default() += 1;
+        }
+    }
+    if taken.is_empty() {
+        return Ok(VideoVersions::default());
+    }
+    let (mut account, mut video, mut count) = (vec![], vec![], vec![]);
+    for ((a, v), n) in &taken {
+        account.push(a.as_str());
+        video.push(v.as_str());
+        count.push(*n);
+    }
+    let last: Vec<(String, String, i64)> = sqlx::query_as(statements::NEXT_VIDEO_VERSIONS)
+        .bind(account)
+        .bind(video)
+        .bind(count)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut next = HashMap::with_capacity(last.len());
+    for (account, video, version) in last {
+        let key = (account, video);
+        let first = version - taken.get(&key).copied().unwrap_or(1) + 1;
+        next.insert(key, first);
+    }
+    Ok(VideoVersions { next })
+}
+
+/// Each video's next version within a commit, handed out in log order.
+#[derive(Default)]
+struct VideoVersions {
+    next: HashMap<(String, String), i64>,
+}
+
+impl VideoVersions {
+    fn next(&mut self, account: &str, video: &str) -> Result<i64> {
+        // Keyed by owned strings: a lookup per video-changing event, not worth a borrow
+        // dance.
+        let version = self
+            .next
+            .get_mut(&(account.to_owned(), video.to_owned()))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("no version was taken for video {video}"))
+            })?;
+        let this = *version;
+        *version += 1;
+        Ok(this)
+    }
 }
 
 /// Events as columns, for one multi-row insert.
@@ -297,6 +339,33 @@ struct EventColumns {
 }
 
 impl EventColumns {
+    fn of<'a>(events: impl Iterator<Item = &'a StoredEvent>) -> EventColumns {
+        let mut columns = EventColumns::default();
+        for event in events {
+            columns.push(event);
+        }
+        columns
+    }
+
+    /// Binds the columns as `$1` to `$11`.
+    fn bind<'q, O>(
+        self,
+        query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.seq)
+            .bind(self.account)
+            .bind(self.event_id)
+            .bind(self.name)
+            .bind(self.topic)
+            .bind(self.entity_key)
+            .bind(self.occurred_at)
+            .bind(self.received_at)
+            .bind(self.body)
+            .bind(self.traceparent)
+            .bind(self.tracestate)
+    }
+
     fn push(&mut self, event: &StoredEvent) {
         self.seq.push(event.seq);
         self.account.push(event.account.clone());

@@ -102,6 +102,38 @@ pub(super) const INSERT_EVENTS: &str = concat!(
     " RETURNING seq"
 );
 
+/// PostgreSQL: a group's append in one round trip. Takes `$12` positions from the log
+/// head (its row lock orders every node's appends; the notification goes out at commit)
+/// and inserts the group's events, which the writer numbered from `$13 + 1`, at the
+/// positions the head gives them. Returns the new head beside each position stored (one
+/// row with `NULL` when every event was a duplicate), and no row when the head has no
+/// room for `$12` more positions (positions stay below the largest bigint: the writer's
+/// next position must be representable).
+pub(super) const APPEND_EVENTS: &str = concat!(
+    "WITH head AS (UPDATE log_head SET seq = seq + $12 \
+       WHERE id = 1 AND seq < 9223372036854775807 - $12 \
+       RETURNING seq, pg_notify($14, seq::text) AS notified), \
+     stored AS (INSERT INTO ",
+    event_columns!(),
+    " SELECT u.seq + (head.seq - $12 - $13), u.account, u.event_id, u.name, u.topic, \
+       u.entity_key, u.occurred_at, u.received_at, u.body, u.traceparent, u.tracestate \
+     FROM head, UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+       $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[]) \
+       AS u(seq, account, event_id, name, topic, entity_key, occurred_at, received_at, body, \
+       traceparent, tracestate)",
+    event_conflict!(),
+    " RETURNING seq) \
+     SELECT head.seq AS top, stored.seq AS stored FROM head LEFT JOIN stored ON true"
+);
+
+/// PostgreSQL: the versions a group's events give their videos, in one statement. Each
+/// (account, video) comes once, with the number of versions it takes (`$3`); returns the
+/// last version each took (its versions are the `$3` up to it, in log order).
+pub(super) const NEXT_VIDEO_VERSIONS: &str = "INSERT INTO video_versions (account, video, version) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+     ON CONFLICT (account, video) DO UPDATE SET version = video_versions.version + excluded.version \
+     RETURNING account, video, version";
+
 /// An entity's latest state: the event with the highest position wins.
 macro_rules! entity_upsert {
     () => {

@@ -398,6 +398,58 @@ async fn an_event_that_changes_a_video_is_followed_by_its_next_version() {
 }
 
 #[tokio::test]
+async fn one_commit_numbers_each_videos_versions_in_log_order_and_duplicates_take_none() {
+    let s = Scratch::open().await;
+    let change = |id: &str, video: &str| {
+        let mut cause = event(ACCOUNT, id, "asset-updated", "catalog");
+        cause.video = Some(video.into());
+        cause
+    };
+    // One request, so one commit: two changes of video-7 around one of video-8, and a
+    // repeat of the first id, which is a duplicate and takes no version.
+    let answer = s
+        .append(vec![
+            change("a", "video-7"),
+            change("b", "video-8"),
+            change("c", "video-7"),
+            change("a", "video-7"),
+        ])
+        .await;
+    assert_eq!(answer[3], Appended::Duplicate { id: "a".into() });
+    // A later commit: an id stored already takes no version either.
+    s.append(vec![change("b", "video-8"), change("d", "video-7")])
+        .await;
+
+    let log = s.log().await;
+    let versions: Vec<(String, i64, i64)> = log
+        .iter()
+        .filter(|e| e.topic == "video-changes")
+        .map(|e| {
+            let body: serde_json::Value = serde_json::from_str(e.body.as_str()).expect("JSON");
+            let cause = log
+                .iter()
+                .find(|c| c.seq == e.seq - 1)
+                .expect("the cause right before its change");
+            (
+                format!("{}:{}", cause.id, body["video"].as_str().expect("video")),
+                body["version"].as_i64().expect("version"),
+                e.seq - cause.seq,
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            ("a:video-7".to_owned(), 1, 1),
+            ("b:video-8".to_owned(), 1, 1),
+            ("c:video-7".to_owned(), 2, 1),
+            ("d:video-7".to_owned(), 3, 1),
+        ],
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
 async fn progress_moves_the_cursor_and_keeps_the_count_and_the_health() {
     let s = Scratch::open().await;
     let events = s.append_new(vec![player("p-1"), player("p-2")]).await;
