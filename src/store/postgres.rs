@@ -182,34 +182,22 @@ pub(super) async fn commit_group(
     progress: &[Progress],
     derivation: &Derivation,
 ) -> Result<(Vec<Written>, i64)> {
+    let derives = rows
+        .iter()
+        .any(|row| row.video_change.is_some() || row.entity.is_some());
+    if reserved > 0 && progress.is_empty() && !derives {
+        // The common group (events that change no video and no entity, no progress) is
+        // one statement, and one statement is a transaction of its own: no BEGIN and
+        // COMMIT round trips around it.
+        let (log_after, inserted) = append_events(pool, rows, after, reserved).await?;
+        return Ok((stored_or_duplicate(rows, &inserted), log_after));
+    }
     let mut tx = pool.begin().await?;
     let mut log_after = after;
     let mut written = Vec::with_capacity(rows.len());
     if reserved > 0 {
-        // Round trips, not PostgreSQL's work, are most of a commit's time: the head, the
-        // events and the videos' versions take one each, whatever the group's size.
-        let appended: Vec<(i64, Option<i64>)> = EventColumns::of(rows.iter().map(|row| &row.event))
-            .bind(sqlx::query_as(statements::APPEND_EVENTS))
-            .bind(reserved)
-            .bind(after)
-            .bind(LOG_CHANNEL)
-            .fetch_all(&mut *tx)
-            .await?;
-        let Some(&(top, _)) = appended.first() else {
-            return Err(StoreError::LogHalted(format!(
-                "sequence numbers are exhausted (or the log_head row is missing): {reserved} \
-                 more positions do not fit"
-            )));
-        };
-        let inserted: HashSet<i64> = appended.iter().filter_map(|&(_, seq)| seq).collect();
-        log_after = top - reserved;
-        let shift = log_after - after;
-        for row in rows.iter_mut() {
-            row.event.seq += shift;
-            if let Some((_, seq)) = &mut row.video_change {
-                *seq += shift;
-            }
-        }
+        let inserted;
+        (log_after, inserted) = append_events(&mut *tx, rows, after, reserved).await?;
         let mut versions = next_video_versions(&mut tx, rows, &inserted).await?;
         let mut changes = Vec::new();
         for row in rows.iter() {
@@ -243,6 +231,52 @@ pub(super) async fn commit_group(
     }
     tx.commit().await?;
     Ok((written, log_after))
+}
+
+/// Takes `reserved` positions from the log's head and inserts the rows after them, in
+/// one statement: round trips, not PostgreSQL's work, are most of a commit's time. The
+/// rows (numbered from `after + 1`) are moved up to follow the real head; returns the
+/// position they now start after and the positions actually stored (an id already in
+/// the log is not).
+async fn append_events<'c>(
+    executor: impl sqlx::postgres::PgExecutor<'c>,
+    rows: &mut [LogRow],
+    after: i64,
+    reserved: i64,
+) -> Result<(i64, HashSet<i64>)> {
+    let appended: Vec<(i64, Option<i64>)> = EventColumns::of(rows.iter().map(|row| &row.event))
+        .bind(sqlx::query_as(statements::APPEND_EVENTS))
+        .bind(reserved)
+        .bind(after)
+        .bind(LOG_CHANNEL)
+        .fetch_all(executor)
+        .await?;
+    let Some(&(top, _)) = appended.first() else {
+        return Err(StoreError::LogHalted(format!(
+            "sequence numbers are exhausted (or the log_head row is missing): {reserved} \
+             more positions do not fit"
+        )));
+    };
+    let inserted = appended.iter().filter_map(|&(_, seq)| seq).collect();
+    let log_after = top - reserved;
+    let shift = log_after - after;
+    for row in rows.iter_mut() {
+        row.event.seq += shift;
+        if let Some((_, seq)) = &mut row.video_change {
+            *seq += shift;
+        }
+    }
+    Ok((log_after, inserted))
+}
+
+/// What became of rows that derive nothing.
+fn stored_or_duplicate(rows: &[LogRow], inserted: &HashSet<i64>) -> Vec<Written> {
+    rows.iter()
+        .map(|row| match inserted.contains(&row.event.seq) {
+            true => Written::Stored { video_change: None },
+            false => Written::Duplicate,
+        })
+        .collect()
 }
 
 /// Inserts events in one statement; returns the positions actually stored (an id
