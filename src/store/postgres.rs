@@ -234,7 +234,7 @@ pub(super) async fn commit_group(
 }
 
 /// Takes `reserved` positions from the log's head and inserts the rows after them, in
-/// one statement: round trips, not PostgreSQL's work, are most of a commit's time. The
+/// one statement (a commit's round trips cost as much as PostgreSQL's work in it). The
 /// rows (numbered from `after + 1`) are moved up to follow the real head; returns the
 /// position they now start after and the positions actually stored (an id already in
 /// the log is not).

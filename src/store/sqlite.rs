@@ -91,9 +91,9 @@ pub(super) async fn open_pool(
         // SQLite's default page cache, 2 MB, for each of the pool's connections. Their
         // caches stay full while the server idles: at 16 MB each, a restart's read of
         // 100,000 subscriptions left the idle server 26-47 MB larger (409-445 MB against
-        // 383-398 MB, two runs each), and the reads they serve are mostly in the OS's page cache anyway (the
-        // resync of 100,000 entities took no longer). The log writer keeps 16 MB
-        // ([`log_connection`]).
+        // 383-398 MB, two runs each), and the reads they serve are mostly in the OS's
+        // page cache anyway (the resync of 100,000 entities took no longer). The log
+        // writer keeps 16 MB ([`log_connection`]).
         .pragma("cache_size", "-2000")
         // Commits never checkpoint (copy the WAL back into the database and fsync it):
         // that would stall every publisher queued behind that commit. A background
