@@ -272,9 +272,12 @@ async fn append_events<'c>(
 /// What became of rows that derive nothing.
 fn stored_or_duplicate(rows: &[LogRow], inserted: &HashSet<i64>) -> Vec<Written> {
     rows.iter()
-        .map(|row| match inserted.contains(&row.event.seq) {
-            true => Written::Stored { video_change: None },
-            false => Written::Duplicate,
+        .map(|row| {
+            if inserted.contains(&row.event.seq) {
+                Written::Stored { video_change: None }
+            } else {
+                Written::Duplicate
+            }
         })
         .collect()
 }
